@@ -1,0 +1,56 @@
+# resplit — every target sets up what it needs on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch first, pinned to the CPU build this machine keeps on disk; an open
+# range would pull a multi-GB CUDA build (see README, "Installing").
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup redis proto proto-check lint test demo bench clean
+
+setup: $(STAMP) redis
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# redis-server is needed by `resplit up` and the tests (they start their own).
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing redis-server from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	else \
+		echo "redis-server is missing: install it with 'sudo apt-get install redis-server' (Debian/Ubuntu) and run make again" >&2; \
+		exit 1; \
+	fi
+
+proto: $(STAMP)
+	$(BIN)/python tools/gen_protos.py
+
+proto-check: $(STAMP)
+	$(BIN)/python tools/check_protos.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: setup lint proto-check
+	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/resplit demo
+
+bench: setup
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	-@test -x $(BIN)/resplit && $(BIN)/resplit down >/dev/null 2>&1 || true
+	rm -rf $(VENV) .resplit .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,84 @@
+"""Typed service configuration from flags and environment variables.
+
+Every service describes its settings as a pydantic-settings model. Values come
+from command-line flags (``--port 50051``) first, then ``RESPLIT_*``
+environment variables, then defaults. A bad value must stop start-up with one
+line a person can act on, not a traceback: :func:`load_settings` does that.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Annotated, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+EXIT_BAD_CONFIG = 2
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has: where it listens, Redis, logging, shutdown."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RESPLIT_",
+        cli_kebab_case=True,
+        cli_exit_on_error=False,
+        cli_implicit_flags=True,
+        extra="forbid",
+    )
+
+    host: str = Field("127.0.0.1", description="address the gRPC server binds to")
+    port: Port = Field(50051, description="gRPC port")
+    http_port: Port = Field(9100, description="HTTP side port serving /healthz and /metrics")
+    advertise_host: str = Field(
+        "", description="host other processes use to reach this one (default: host, or 127.0.0.1 for 0.0.0.0)"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://", description="Redis URL")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    shutdown_grace_s: float = Field(5.0, ge=0, le=300, description="seconds in-flight RPCs get on SIGTERM")
+    health_interval_s: float = Field(1.0, gt=0, le=60, description="how often dependencies are re-checked")
+    max_message_bytes: int = Field(
+        256 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC send/receive message limit"
+    )
+
+    @property
+    def address(self) -> str:
+        """host:port other processes dial to reach this service."""
+        host = self.advertise_host or ("127.0.0.1" if self.host in ("0.0.0.0", "::", "[::]") else self.host)
+        return f"{host}:{self.port}"
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        name = ".".join(str(p) for p in item["loc"]) or "settings"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        flag = name.replace("_", "-")
+        parts.append(f"--{flag} (env RESPLIT_{name.upper()}): {item['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def parse_settings(cls: type[S], argv: Sequence[str] | None = None) -> S:
+    """Parse flags + environment into ``cls``; raises ValueError with one clear line."""
+    try:
+        return CliApp.run(cls, cli_args=list(argv) if argv is not None else sys.argv[1:])
+    except ValidationError as exc:
+        raise ValueError(_describe(exc)) from None
+    except SettingsError as exc:
+        raise ValueError(str(exc).strip().splitlines()[-1]) from None
+
+
+def load_settings(cls: type[S], prog: str, argv: Sequence[str] | None = None) -> S:
+    """Like :func:`parse_settings`, but a bad value ends the process with one line."""
+    try:
+        return parse_settings(cls, argv)
+    except ValueError as exc:
+        print(f"{prog}: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_CONFIG) from None

@@ -1,0 +1,134 @@
+"""Run one service: gRPC (aio) + health + reflection + metrics + side HTTP port.
+
+A service supplies a :class:`ServiceCore`-shaped object: which servicers to
+add, what to start, how to tell whether it is ready, what to stop. This module
+does the transport chores every service shares, so each ``server.py`` stays
+thin: bind (one clear line if the port is taken), report NOT_SERVING until
+``check_ready`` first says yes, re-check readiness every interval, and on
+SIGTERM/SIGINT go NOT_SERVING, finish in-flight RPCs within the grace period
+and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..config import ServiceSettings
+from ..telemetry import SERVICE_INFO, SERVICE_UP, setup_logging
+from .channels import channel_options
+from .health import Readiness
+from .http import build_app, start_side_port
+from .interceptors import MetricsInterceptor
+
+log = logging.getLogger(__name__)
+EXIT_CANNOT_START = 1
+
+
+class ServiceCore(Protocol):
+    """What a service plugs into :func:`serve`."""
+
+    name: str
+    #: Full proto names of the services it serves, e.g. ``resplit.v1.WorkerService``.
+    service_names: list[str]
+
+    def register(self, server: grpc.aio.Server) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def check_ready(self) -> tuple[bool, str]: ...
+
+    async def stop(self) -> None: ...
+
+
+class StartupError(RuntimeError):
+    """Start-up failed for a reason the operator can fix (message says which)."""
+
+
+async def _watch_readiness(core: ServiceCore, readiness: Readiness, interval: float) -> None:
+    last: tuple[bool, str] | None = None
+    while True:
+        try:
+            state = await core.check_ready()
+        except Exception as exc:  # a readiness probe must never kill the service
+            state = (False, f"readiness check failed: {exc}")
+        if state != last:
+            await readiness.set(*state)
+            SERVICE_UP.set(1 if state[0] else 0)
+            log.info("%s is %s (%s)", core.name, "SERVING" if state[0] else "NOT_SERVING", state[1])
+            last = state
+        await asyncio.sleep(interval)
+
+
+async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
+    """Serve ``core`` until SIGTERM or SIGINT."""
+    SERVICE_INFO.info({"service": core.name})
+    readiness = Readiness(core.service_names)
+    await readiness.set(False, "starting")
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor()], options=channel_options(settings.max_message_bytes)
+    )
+    core.register(server)
+    health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *core.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    bind = f"{settings.host}:{settings.port}"
+    try:
+        server.add_insecure_port(bind)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen for gRPC on {bind} (port in use or host invalid): {exc}") from None
+    try:
+        runner = await start_side_port(build_app(core.name, readiness), settings.host, settings.http_port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen for HTTP on {settings.host}:{settings.http_port}: {exc.strerror or exc}"
+        ) from None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await server.start()
+    log.info("%s listening on %s (gRPC), %s:%d (HTTP)", core.name, bind, settings.host, settings.http_port)
+    watcher: asyncio.Task[None] | None = None
+    try:
+        await core.start()
+        watcher = asyncio.create_task(_watch_readiness(core, readiness, settings.health_interval_s))
+        await stop.wait()
+        log.info("%s shutting down (grace %.1fs)", core.name, settings.shutdown_grace_s)
+    finally:
+        await readiness.shutting_down()
+        SERVICE_UP.set(0)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await server.stop(settings.shutdown_grace_s)
+        await core.stop()
+        await runner.cleanup()
+    log.info("%s stopped", core.name)
+
+
+def run(core: ServiceCore, settings: ServiceSettings) -> None:
+    """Blocking entry point used by every ``python -m services.<name>``."""
+    setup_logging(core.name, settings.log_level)
+    try:
+        asyncio.run(serve(core, settings))
+    except StartupError as exc:
+        print(f"resplit-{core.name}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CANNOT_START) from None

@@ -1,0 +1,52 @@
+"""Redis key names, in one place so every service spells them the same way."""
+
+from __future__ import annotations
+
+PREFIX = "resplit"
+
+
+def nodes() -> str:
+    """Set of every node id ever registered (alive or not)."""
+    return f"{PREFIX}:nodes"
+
+
+def node(node_id: str) -> str:
+    """The node's record (a serialized ``resplit.v1.Node``)."""
+    return f"{PREFIX}:node:{node_id}"
+
+
+def node_alive(node_id: str) -> str:
+    """Exists while the node's heartbeat is fresh; its TTL is the heartbeat TTL."""
+    return f"{PREFIX}:node:{node_id}:alive"
+
+
+def deployments() -> str:
+    return f"{PREFIX}:deployments"
+
+
+def deployment(name: str) -> str:
+    return f"{PREFIX}:deploy:{name}"
+
+
+def plan(name: str) -> str:
+    """The committed plan (a serialized ``resplit.v1.Plan``)."""
+    return f"{PREFIX}:deploy:{name}:plan"
+
+
+def committed_epoch(name: str) -> str:
+    return f"{PREFIX}:deploy:{name}:committed_epoch"
+
+
+def epoch_counter(name: str) -> str:
+    """Highest epoch ever handed out (INCR); never below the committed one."""
+    return f"{PREFIX}:deploy:{name}:epoch"
+
+
+def events(name: str) -> str:
+    """Redis stream of ``resplit.v1.DecisionEvent``."""
+    return f"{PREFIX}:deploy:{name}:events"
+
+
+def route_channel(name: str) -> str:
+    """Pub/sub channel carrying each newly committed ``resplit.v1.Route``."""
+    return f"{PREFIX}:deploy:{name}:route"

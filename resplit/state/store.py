@@ -1,0 +1,215 @@
+"""The Redis state store: everything services share lives here.
+
+Services hold nothing they cannot rebuild from Redis and the workers, so this
+wrapper is the only place that talks to Redis. Values are serialized protobuf
+messages. Connection loss is retried with exponential backoff by redis-py's own
+``Retry``; callers that must not block on Redis (the data plane) call with a
+timeout or check :meth:`ping` first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..v1 import common_pb2
+from . import keys
+
+# Store a plan only if its epoch is above the committed one: epochs only go up.
+_PUT_PLAN = """
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+local epoch = tonumber(ARGV[1])
+if epoch <= current then return current end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+local counter = tonumber(redis.call('GET', KEYS[3]) or '0')
+if counter < epoch then redis.call('SET', KEYS[3], ARGV[1]) end
+return 0
+"""
+
+# Next epoch: above both the counter and the committed epoch, so a counter lost
+# in a Redis restart (but re-seeded from a plan) never hands out an old epoch.
+_NEXT_EPOCH = """
+local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
+local committed = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[1])
+local nxt = math.max(counter, committed, floor) + 1
+redis.call('SET', KEYS[1], nxt)
+return nxt
+"""
+
+
+class StaleEpochError(ValueError):
+    """A plan's epoch is not above the committed epoch of its deployment."""
+
+    def __init__(self, deployment: str, epoch: int, committed: int) -> None:
+        super().__init__(
+            f"plan for {deployment!r} has epoch {epoch}, but epoch {committed} is already committed; "
+            "epochs only increase"
+        )
+        self.committed = committed
+
+
+class StateStore:
+    """Async access to resplit's shared state in Redis."""
+
+    def __init__(self, url: str, *, socket_timeout_s: float = 2.0, retries: int = 3) -> None:
+        self.url = url
+        self.redis = aioredis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=5,
+        )
+        self._put_plan = self.redis.register_script(_PUT_PLAN)
+        self._next_epoch = self.redis.register_script(_NEXT_EPOCH)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> tuple[bool, str]:
+        """(reachable, reason) without raising."""
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            return False, f"redis unreachable at {self.url}: {exc}"
+        return True, "redis reachable"
+
+    # -- node registry -----------------------------------------------------
+    async def register_node(self, node: common_pb2.Node, ttl_s: float) -> None:
+        """Write the node's record and start its heartbeat TTL."""
+        node.last_heartbeat = time.time()
+        node.state = common_pb2.NODE_STATE_UNSPECIFIED  # derived on read, never stored
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.nodes(), node.node_id)
+            pipe.set(keys.node(node.node_id), node.SerializeToString())
+            pipe.set(keys.node_alive(node.node_id), str(node.last_heartbeat), px=int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def heartbeat(self, node_id: str, ttl_s: float) -> bool:
+        """Refresh the TTL. False means the record is gone (e.g. Redis restarted
+        empty) and the node must register again."""
+        if not await self.redis.exists(keys.node(node_id)):
+            return False
+        await self.redis.set(keys.node_alive(node_id), str(time.time()), px=int(ttl_s * 1000))
+        return True
+
+    async def mark_down(self, node_id: str) -> None:
+        """End the heartbeat now (graceful shutdown): the node reads DOWN at once."""
+        await self.redis.delete(keys.node_alive(node_id))
+
+    async def deregister_node(self, node_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.nodes(), node_id)
+            pipe.delete(keys.node(node_id), keys.node_alive(node_id))
+            await pipe.execute()
+
+    async def list_nodes(self, include_down: bool = True) -> list[common_pb2.Node]:
+        """Every registered node, UP while its heartbeat key lives, else DOWN."""
+        ids = sorted(m.decode() for m in await self.redis.smembers(keys.nodes()))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node_id in ids:
+                pipe.get(keys.node(node_id))
+                pipe.get(keys.node_alive(node_id))
+            raw = await pipe.execute()
+        out = []
+        for i in range(len(ids)):
+            record, alive = raw[2 * i], raw[2 * i + 1]
+            if record is None:
+                continue
+            node = common_pb2.Node.FromString(record)
+            if alive is not None:
+                node.state = common_pb2.NODE_STATE_UP
+                node.last_heartbeat = float(alive)
+            else:
+                node.state = common_pb2.NODE_STATE_DOWN
+            if include_down or node.state == common_pb2.NODE_STATE_UP:
+                out.append(node)
+        return out
+
+    # -- deployments and plans --------------------------------------------
+    async def put_deployment(self, deployment: common_pb2.Deployment) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.deployments(), deployment.name)
+            pipe.set(keys.deployment(deployment.name), deployment.SerializeToString())
+            await pipe.execute()
+
+    async def get_deployment(self, name: str) -> common_pb2.Deployment | None:
+        raw = await self.redis.get(keys.deployment(name))
+        return None if raw is None else common_pb2.Deployment.FromString(raw)
+
+    async def list_deployments(self) -> list[common_pb2.Deployment]:
+        names = sorted(m.decode() for m in await self.redis.smembers(keys.deployments()))
+        found = [await self.get_deployment(name) for name in names]
+        return [d for d in found if d is not None]
+
+    async def next_epoch(self, deployment: str, floor: int = 0) -> int:
+        """A fresh epoch for ``deployment``: above every epoch seen so far and ``floor``."""
+        return int(
+            await self._next_epoch(
+                keys=[keys.epoch_counter(deployment), keys.committed_epoch(deployment)], args=[floor]
+            )
+        )
+
+    async def put_plan(self, plan: common_pb2.Plan) -> None:
+        """Commit ``plan`` atomically; raises :class:`StaleEpochError` unless its
+        epoch is above the committed one."""
+        committed = int(
+            await self._put_plan(
+                keys=[
+                    keys.plan(plan.deployment),
+                    keys.committed_epoch(plan.deployment),
+                    keys.epoch_counter(plan.deployment),
+                ],
+                args=[plan.epoch, plan.SerializeToString()],
+            )
+        )
+        if committed:
+            raise StaleEpochError(plan.deployment, plan.epoch, committed)
+
+    async def get_plan(self, deployment: str) -> common_pb2.Plan | None:
+        raw = await self.redis.get(keys.plan(deployment))
+        return None if raw is None else common_pb2.Plan.FromString(raw)
+
+    # -- decision log ------------------------------------------------------
+    async def append_event(self, event: common_pb2.DecisionEvent, max_len: int = 10_000) -> str:
+        """Append to the deployment's decision stream; returns the stream id."""
+        entry_id = await self.redis.xadd(
+            keys.events(event.deployment),
+            {"event": event.SerializeToString()},
+            maxlen=max_len,
+            approximate=True,
+        )
+        return entry_id.decode()
+
+    async def read_events(self, deployment: str, limit: int = 100) -> list[common_pb2.DecisionEvent]:
+        """The ``limit`` most recent events, oldest first."""
+        rows = await self.redis.xrevrange(keys.events(deployment), count=limit)
+        return [common_pb2.DecisionEvent.FromString(fields[b"event"]) for _, fields in reversed(rows)]
+
+    # -- route publication -------------------------------------------------
+    async def publish_route(self, route: common_pb2.Route) -> int:
+        """Tell subscribers about a committed route; returns how many got it."""
+        return int(await self.redis.publish(keys.route_channel(route.deployment), route.SerializeToString()))
+
+    async def watch_routes(self, deployment: str) -> AsyncIterator[common_pb2.Route]:
+        """Routes of ``deployment`` as they are published (until the caller stops)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(keys.route_channel(deployment))
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield common_pb2.Route.FromString(message["data"])
+        finally:
+            await pubsub.aclose()

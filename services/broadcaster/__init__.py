@@ -1,0 +1,1 @@
+"""Broadcaster (the paper's RB): two-phase rollout and route publication."""

@@ -1,0 +1,1 @@
+"""Monitor (the paper's CP): node and link telemetry into E(t)."""

@@ -1,0 +1,18 @@
+"""``python -m services.monitor`` / ``resplit-monitor``."""
+
+from __future__ import annotations
+
+from resplit.config import load_settings
+from resplit.rpc.server import run
+
+from .config import MonitorSettings
+from .server import MonitorCore
+
+
+def main() -> None:
+    settings = load_settings(MonitorSettings, "resplit-monitor")
+    run(MonitorCore(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Splitter (the paper's SR): a pure solver service."""

@@ -1,0 +1,18 @@
+"""``python -m services.splitter`` / ``resplit-splitter``."""
+
+from __future__ import annotations
+
+from resplit.config import load_settings
+from resplit.rpc.server import run
+
+from .config import SplitterSettings
+from .server import SplitterCore
+
+
+def main() -> None:
+    settings = load_settings(SplitterSettings, "resplit-splitter")
+    run(SplitterCore(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

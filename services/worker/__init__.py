@@ -1,0 +1,1 @@
+"""Worker: hosts segments, runs them for sessions, streams activations onward."""

@@ -1,0 +1,34 @@
+"""Worker settings (flags or RESPLIT_* environment variables)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, model_validator
+
+from resplit.config import Port, ServiceSettings
+
+
+class WorkerSettings(ServiceSettings):
+    port: Port = 50060
+    http_port: Port = 9160
+    node_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", max_length=64, description="default: host-port")
+    trusted: bool = Field(False, description="may host privacy-critical units (embedding, head)")
+    memory_bytes: int = Field(0, ge=0, description="memory offered to segments; 0 = detect")
+    device_profile: str = Field("cpu", description="device profile name, e.g. cpu, A100-40GB")
+    network_mbps: float = Field(1000.0, gt=0, description="declared network capacity")
+    heartbeat_ttl_s: float = Field(10.0, gt=0, le=3600, description="registry entry expires after this")
+    heartbeat_interval_s: float = Field(3.0, gt=0, le=600, description="how often the entry is refreshed")
+
+    @model_validator(mode="after")
+    def _interval_below_ttl(self) -> WorkerSettings:
+        if self.heartbeat_interval_s >= self.heartbeat_ttl_s:
+            raise ValueError(
+                f"heartbeat-interval-s ({self.heartbeat_interval_s}) must be below heartbeat-ttl-s "
+                f"({self.heartbeat_ttl_s}), or the node flaps between up and down"
+            )
+        return self
+
+    @property
+    def resolved_node_id(self) -> str:
+        return self.node_id or f"{socket.gethostname()}-{self.port}"
