@@ -15,6 +15,6 @@ async def not_yet(context: grpc.aio.ServicerContext, rpc: str, lands_with: str) 
     """
     await context.abort(
         grpc.StatusCode.UNIMPLEMENTED,
-        f"{rpc} is not implemented yet in this version of resplit (it lands with {lands_with})",
+        f"{rpc} is not implemented yet in this version of resplit; it lands with {lands_with}",
     )
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover

@@ -1,0 +1,115 @@
+"""``resplit`` commands: up, status, down, health, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..launcher import stack as stack_mod
+from ..rpc.probe import grpc_health
+from . import views
+
+app = typer.Typer(
+    help="resplit: adaptive split inference at the edge.", no_args_is_help=True, add_completion=False
+)
+console = Console()
+err = Console(stderr=True)
+
+StateDir = Annotated[
+    Path, typer.Option("--state-dir", envvar="RESPLIT_STATE_DIR", help="where the stack file and logs live")
+]
+DEFAULT_STATE_DIR = Path(".resplit")
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(min=0, max=64, help="number of workers")] = 3,
+    trusted: Annotated[int, typer.Option(min=0, help="how many of the workers are trusted")] = 1,
+    redis_url: Annotated[str | None, typer.Option(help="use this Redis instead of starting one")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for every health check")] = 30.0,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """Start Redis, the five services and N workers as separate processes."""
+    with views.progress(console) as bar:
+        task = bar.add_task("waiting for health checks", total=None)
+        try:
+            stack = stack_mod.up(
+                state_dir,
+                workers=workers,
+                trusted=trusted,
+                redis_url=redis_url,
+                timeout_s=timeout,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except stack_mod.StackError as exc:
+            err.print(f"[red]resplit up failed:[/red] {exc}")
+            raise typer.Exit(1) from None
+    console.print(views.status_table(stack))
+    console.print(f"stack file: {stack_mod.stack_file(state_dir)}  ·  stop it with [bold]resplit down[/bold]")
+
+
+@app.command()
+def status(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Health of every process of the running stack, and the node registry."""
+    try:
+        stack = stack_mod.load(state_dir)
+    except stack_mod.StackError as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    rows = views.status_rows(stack)
+    if as_json:
+        console.print_json(
+            data={"redis_url": stack.redis_url, "processes": rows, "nodes": views.node_rows(stack)}
+        )
+    else:
+        console.print(views.status_table(stack, rows))
+        console.print(views.nodes_table(stack))
+    if not all(r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    grace: Annotated[float, typer.Option(min=0, help="seconds to wait after SIGTERM before SIGKILL")] = 10.0,
+) -> None:
+    """Stop exactly the processes `resplit up` started (by PID)."""
+    try:
+        stopped, killed = stack_mod.down(state_dir, grace_s=grace)
+    except stack_mod.StackError as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    console.print(
+        f"stopped {len(stopped)} processes" + (f" (SIGKILL: {', '.join(killed)})" if killed else "")
+    )
+
+
+@app.command()
+def health(
+    address: Annotated[str, typer.Argument(help="host:port of a resplit gRPC service")],
+    service: Annotated[str, typer.Option(help="service name to check; empty = overall")] = "",
+    timeout: Annotated[float, typer.Option(min=0.1)] = 2.0,
+) -> None:
+    """Exit 0 if the service answers grpc.health.v1 SERVING (for container healthchecks)."""
+    state = grpc_health(address, service, timeout)
+    console.print(f"{address}: {state}")
+    if state != "SERVING":
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="leave the stack running afterwards")] = False,
+    state_dir: Annotated[Path, typer.Option(help="state folder of the demo stack")] = DEFAULT_STATE_DIR
+    / "demo",
+) -> None:
+    """Bring the stack up, show it healthy, and say what it can and cannot do yet."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(console, state_dir, keep))

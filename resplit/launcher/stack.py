@@ -1,0 +1,208 @@
+"""A whole local stack: one Redis, the four control services, N workers.
+
+``up`` writes ``<state_dir>/stack.json`` describing every process it started;
+``status`` and ``down`` read it back. ``down`` stops exactly those PIDs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from pydantic import BaseModel
+
+from ..rpc.probe import grpc_health, http_health
+from .processes import ProcessRecord, free_port, is_alive, log_tail, spawn, stop
+
+CONTROL_SERVICES = ("monitor", "splitter", "broadcaster", "orchestrator")
+REDIS_INSTALL_HINT = (
+    "redis-server is not installed: run `make setup` as root, or `sudo apt-get install redis-server`, "
+    "or pass --redis-url to use a Redis you already run"
+)
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or found; the message says why."""
+
+
+class Stack(BaseModel):
+    """What ``up`` started, as saved in the stack file."""
+
+    redis_url: str
+    processes: list[ProcessRecord]
+
+    def services(self) -> list[ProcessRecord]:
+        return [p for p in self.processes if p.kind != "redis"]
+
+    def by_name(self, name: str) -> ProcessRecord:
+        for record in self.processes:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+
+def stack_file(state_dir: Path) -> Path:
+    return state_dir / "stack.json"
+
+
+def load(state_dir: Path) -> Stack:
+    path = stack_file(state_dir)
+    if not path.exists():
+        raise StackError(
+            f"no stack is running from {state_dir} (no {path.name}); start one with `resplit up`"
+        )
+    return Stack.model_validate_json(path.read_text())
+
+
+def _save(state_dir: Path, stack: Stack) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stack_file(state_dir).with_suffix(".tmp")
+    tmp.write_text(stack.model_dump_json(indent=2))
+    tmp.replace(stack_file(state_dir))
+
+
+def _start_redis(state_dir: Path) -> tuple[ProcessRecord, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError(REDIS_INSTALL_HINT)
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    record = spawn("redis", "redis", argv, state_dir / "logs")
+    record.address = f"127.0.0.1:{port}"
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            return record, url
+        except redis.RedisError:
+            if not is_alive(record):
+                break
+            time.sleep(0.05)
+    stop([record])
+    raise StackError(f"redis-server did not come up on port {port}:\n{log_tail(record)}")
+
+
+def _service_argv(module: str, port: int, http_port: int, redis_url: str, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        f"services.{module}",
+        "--port",
+        str(port),
+        "--http-port",
+        str(http_port),
+        "--redis-url",
+        redis_url,
+        "--health-interval-s",
+        "0.25",
+        *extra,
+    ]
+
+
+def _spawn_service(name: str, kind: str, redis_url: str, state_dir: Path, extra: list[str]) -> ProcessRecord:
+    port, http_port = free_port(), free_port()
+    record = spawn(name, kind, _service_argv(kind, port, http_port, redis_url, extra), state_dir / "logs")
+    record.address = f"127.0.0.1:{port}"
+    record.http_port = http_port
+    return record
+
+
+def health_of(record: ProcessRecord) -> tuple[str, int]:
+    """(gRPC health status, /healthz HTTP code) of one service process."""
+    host = record.address.rsplit(":", 1)[0]
+    return grpc_health(record.address, timeout_s=1.0), http_health(host, record.http_port, timeout_s=1.0)[0]
+
+
+def wait_healthy(
+    stack: Stack, timeout_s: float, on_progress: Callable[[int, int], None] | None = None
+) -> dict[str, tuple[str, int]]:
+    """Block until every service is SERVING with /healthz 200; raise on timeout or a crash."""
+    pending = {r.name: r for r in stack.services()}
+    total, states = len(pending), {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for name, record in list(pending.items()):
+            if not is_alive(record):
+                raise StackError(
+                    f"{name} exited during start-up; last lines of {record.log}:\n{log_tail(record)}"
+                )
+            states[name] = health_of(record)
+            if states[name] == ("SERVING", 200):
+                del pending[name]
+        if on_progress:
+            on_progress(total - len(pending), total)
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            detail = ", ".join(f"{n}: gRPC {states[n][0]}, /healthz {states[n][1]}" for n in pending)
+            raise StackError(
+                f"not healthy after {timeout_s:.0f}s: {detail} (logs in {pending_logs(pending)})"
+            )
+        time.sleep(0.1)
+    return states
+
+
+def pending_logs(pending: dict[str, ProcessRecord]) -> str:
+    return ", ".join(r.log for r in pending.values())
+
+
+def up(
+    state_dir: Path,
+    workers: int = 3,
+    trusted: int = 1,
+    redis_url: str | None = None,
+    timeout_s: float = 30.0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Stack:
+    """Start Redis (unless ``redis_url``), the control services and ``workers`` workers.
+
+    The first ``trusted`` workers are trusted. On any failure everything
+    already started is stopped again before the error is raised.
+    """
+    if workers < 0 or not 0 <= trusted <= workers:
+        raise StackError(f"need 0 <= trusted ({trusted}) <= workers ({workers})")
+    if stack_file(state_dir).exists():
+        existing = load(state_dir)
+        if any(is_alive(p) for p in existing.processes):
+            raise StackError(f"a stack is already running from {state_dir}; run `resplit down` first")
+    records: list[ProcessRecord] = []
+    try:
+        if redis_url is None:
+            redis_record, redis_url = _start_redis(state_dir)
+            records.append(redis_record)
+        for kind in CONTROL_SERVICES:
+            records.append(_spawn_service(kind, kind, redis_url, state_dir, []))
+        for i in range(workers):
+            extra = ["--node-id", f"worker-{i}", "--heartbeat-ttl-s", "6", "--heartbeat-interval-s", "2"]
+            if i < trusted:
+                extra.append("--trusted")
+            records.append(_spawn_service(f"worker-{i}", "worker", redis_url, state_dir, extra))
+        stack = Stack(redis_url=redis_url, processes=records)
+        _save(state_dir, stack)
+        wait_healthy(stack, timeout_s, on_progress)
+    except BaseException:
+        stop(list(reversed(records)))
+        stack_file(state_dir).unlink(missing_ok=True)
+        raise
+    return stack
+
+
+def down(state_dir: Path, grace_s: float = 10.0) -> tuple[list[ProcessRecord], list[str]]:
+    """Stop every process of the stack, workers first and Redis last.
+
+    Returns (records that were stopped, names that needed SIGKILL).
+    """
+    stack = load(state_dir)
+    order = sorted(stack.processes, key=lambda r: {"worker": 0, "redis": 2}.get(r.kind, 1))
+    live = [r for r in order if is_alive(r)]
+    killed = stop([r for r in live if r.kind == "worker"], grace_s)
+    killed += stop([r for r in live if r.kind not in ("worker", "redis")], grace_s)
+    killed += stop([r for r in live if r.kind == "redis"], grace_s)
+    stack_file(state_dir).unlink(missing_ok=True)
+    return live, killed

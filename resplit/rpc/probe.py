@@ -1,0 +1,42 @@
+"""Client-side health probes: grpc.health.v1 and the HTTP /healthz port.
+
+Used by the launcher, ``resplit status``, ``resplit health`` (the compose
+healthcheck) and the tests, so every one of them asks the same question.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .channels import sync_channel
+
+
+def grpc_health(address: str, service: str = "", timeout_s: float = 2.0) -> str:
+    """``SERVING``, ``NOT_SERVING``, ... or ``UNREACHABLE (<why>)``."""
+    with sync_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return f"UNREACHABLE ({exc.code().name})"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def http_health(host: str, port: int, timeout_s: float = 2.0) -> tuple[int, str]:
+    """(HTTP status, reason) of ``GET /healthz``; (0, why) when unreachable."""
+    url = f"http://{host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return reply.status, json.loads(reply.read()).get("reason", "")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read()).get("reason", "")
+        except ValueError:
+            return exc.code, ""
+    except (OSError, ValueError) as exc:
+        return 0, str(exc)
