@@ -1,0 +1,134 @@
+"""Each of the five services as a real process: health, reflection, metrics,
+UNIMPLEMENTED for what is not built yet, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from support import ServiceProcess, wait_for
+
+from resplit.rpc.channels import sync_channel
+from resplit.v1 import (
+    broadcaster_pb2,
+    broadcaster_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    splitter_pb2,
+    splitter_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+
+pytestmark = pytest.mark.integration
+
+SERVICES = {
+    "monitor": "resplit.v1.MonitorService",
+    "orchestrator": "resplit.v1.OrchestratorService",
+    "splitter": "resplit.v1.SplitterService",
+    "broadcaster": "resplit.v1.BroadcasterService",
+    "worker": "resplit.v1.WorkerService",
+}
+
+# One RPC per service that a later issue implements: it must say so, not fake success.
+UNIMPLEMENTED = {
+    "monitor": lambda ch: monitor_pb2_grpc.MonitorServiceStub(ch).GetEnvironment(
+        monitor_pb2.GetEnvironmentRequest(), timeout=5
+    ),
+    "orchestrator": lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).Deploy(
+        orchestrator_pb2.DeployRequest(), timeout=5
+    ),
+    "splitter": lambda ch: splitter_pb2_grpc.SplitterServiceStub(ch).Solve(
+        splitter_pb2.SolveRequest(), timeout=5
+    ),
+    "broadcaster": lambda ch: broadcaster_pb2_grpc.BroadcasterServiceStub(ch).Rollout(
+        broadcaster_pb2.RolloutRequest(), timeout=5
+    ),
+    "worker": lambda ch: worker_pb2_grpc.WorkerServiceStub(ch).LoadSegment(
+        worker_pb2.LoadSegmentRequest(), timeout=5
+    ),
+}
+
+
+def _metrics(proc: ServiceProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
+        return reply.read().decode()
+
+
+@pytest.fixture(scope="module")
+def running(module_redis):
+    """All five services up against one Redis for the module."""
+    procs = {name: ServiceProcess(name, module_redis.url).start() for name in SERVICES}
+    try:
+        for proc in procs.values():
+            proc.wait_health("SERVING")
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.kill()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_is_serving_with_healthz_and_metrics(running, name):
+    proc = running[name]
+    assert proc.health() == "SERVING"
+    assert proc.healthz() == 200
+    text = _metrics(proc)
+    assert f'resplit_service_info{{service="{name}"}} 1.0' in text
+    assert "resplit_service_serving 1.0" in text
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_reflection_lists_the_service(running, name):
+    with sync_channel(running[name].address) as channel:
+        listed = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {SERVICES[name], "grpc.health.v1.Health"} <= listed
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_unbuilt_rpc_answers_unimplemented_with_a_message(running, name):
+    with sync_channel(running[name].address) as channel, pytest.raises(grpc.RpcError) as info:
+        UNIMPLEMENTED[name](channel)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "not implemented yet" in info.value.details()
+    assert "lands with" in info.value.details()
+    # The refusal is counted like any other RPC (the count lands just after the reply).
+    wait_for(lambda: 'code="UNIMPLEMENTED"' in _metrics(running[name]), 5, what="the UNIMPLEMENTED count")
+
+
+def test_worker_ping_status_and_probe_are_real(running):
+    with sync_channel(running["worker"].address) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        pong = stub.Ping(worker_pb2.PingRequest(payload=b"abc"), timeout=5)
+        status = stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
+        chunks = [worker_pb2.ProbeChunk(data=b"\0" * 65536) for _ in range(16)]
+        probe = stub.ProbeBandwidth(iter(chunks), timeout=10)
+    assert pong.payload == b"abc"
+    assert pong.node_id == status.node.node_id
+    assert status.node.address == running["worker"].address
+    assert status.node.capacity.memory_bytes > 0
+    assert probe.bytes == 16 * 65536 and probe.seconds >= 0
+
+
+def test_monitor_lists_the_registered_worker(running):
+    with sync_channel(running["monitor"].address) as channel:
+        nodes = (
+            monitor_pb2_grpc.MonitorServiceStub(channel)
+            .ListNodes(monitor_pb2.ListNodesRequest(), timeout=5)
+            .nodes
+        )
+    assert running["worker"].address in {n.address for n in nodes}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_sigterm_stops_gracefully(module_redis, services, name):
+    proc = ServiceProcess(name, module_redis.url).start()
+    services.append(proc)
+    proc.wait_health("SERVING")
+    assert proc.terminate(timeout=15) == 0
+    out = proc.output()
+    assert "shutting down" in out and f"{name} stopped" in out

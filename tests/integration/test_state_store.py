@@ -1,0 +1,155 @@
+"""The Redis state store against a real Redis server of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from resplit.state import StateStore
+from resplit.state.store import StaleEpochError
+from resplit.v1 import common_pb2
+
+pytestmark = pytest.mark.integration
+
+
+def _node(node_id: str, trusted: bool = False) -> common_pb2.Node:
+    return common_pb2.Node(
+        node_id=node_id,
+        address=f"127.0.0.1:{6000 + len(node_id)}",
+        trusted=trusted,
+        capacity=common_pb2.NodeCapacity(memory_bytes=2**30, cpu_cores=2, device_profile="cpu"),
+        role="worker",
+    )
+
+
+def _plan(name: str, epoch: int, *nodes: str) -> common_pb2.Plan:
+    plan = common_pb2.Plan(deployment=name, epoch=epoch, reason=f"test epoch {epoch}")
+    for i, node_id in enumerate(nodes):
+        plan.segments.add(units=common_pb2.UnitRange(start=i, end=i + 1), node_id=node_id)
+    return plan
+
+
+@pytest.fixture
+async def store(redis_server):
+    s = StateStore(redis_server.url)
+    yield s
+    await s.close()
+
+
+async def test_registered_node_is_up_then_down_after_heartbeat_ttl(store):
+    await store.register_node(_node("edge-1", trusted=True), ttl_s=0.5)
+    [node] = await store.list_nodes()
+    assert node.state == common_pb2.NODE_STATE_UP
+    assert node.trusted and node.capacity.memory_bytes == 2**30
+    await asyncio.sleep(0.8)
+    [node] = await store.list_nodes()
+    assert node.state == common_pb2.NODE_STATE_DOWN
+    assert await store.list_nodes(include_down=False) == []
+
+
+async def test_heartbeat_keeps_a_node_up_past_its_ttl(store):
+    await store.register_node(_node("edge-2"), ttl_s=0.5)
+    for _ in range(4):
+        await asyncio.sleep(0.25)
+        assert await store.heartbeat("edge-2", ttl_s=0.5)
+    [node] = await store.list_nodes()
+    assert node.state == common_pb2.NODE_STATE_UP
+    assert time.time() - node.last_heartbeat < 0.5
+
+
+async def test_heartbeat_reports_a_forgotten_node_and_mark_down_is_immediate(store):
+    assert not await store.heartbeat("never-registered", ttl_s=5)
+    await store.register_node(_node("edge-3"), ttl_s=30)
+    await store.mark_down("edge-3")
+    [node] = await store.list_nodes()
+    assert node.state == common_pb2.NODE_STATE_DOWN
+
+
+async def test_plan_epochs_only_increase(store):
+    await store.put_plan(_plan("llama", 2, "edge-1"))
+    for stale in (2, 1):
+        with pytest.raises(StaleEpochError, match="epoch 2 is already committed"):
+            await store.put_plan(_plan("llama", stale, "edge-9"))
+    assert (await store.get_plan("llama")).segments[0].node_id == "edge-1"
+    await store.put_plan(_plan("llama", 3, "edge-2"))
+    assert (await store.get_plan("llama")).epoch == 3
+    assert await store.get_plan("unknown") is None
+
+
+async def test_next_epoch_is_monotonic_and_above_the_committed_epoch(store, redis_server):
+    first = await store.next_epoch("m")
+    second = await store.next_epoch("m")
+    assert (first, second) == (1, 2)
+    await store.put_plan(_plan("m", 10, "a"))
+    assert await store.next_epoch("m") == 11
+    # A counter lost (e.g. Redis restarted and re-seeded only from the plan) never goes back.
+    await store.redis.delete("resplit:deploy:m:epoch")
+    assert await store.next_epoch("m") == 11
+    assert await store.next_epoch("m", floor=50) == 51
+
+
+async def test_decision_events_are_appended_and_read_back_in_order(store):
+    for i in range(5):
+        event = common_pb2.DecisionEvent(
+            deployment="llama",
+            timestamp=float(i),
+            outcome=common_pb2.DECISION_OUTCOME_KEEP,
+            reason=f"cycle {i}",
+        )
+        event.triggers.add(name="latency", value=100.0 + i, threshold=150.0)
+        await store.append_event(event)
+    events = await store.read_events("llama", limit=3)
+    assert [e.reason for e in events] == ["cycle 2", "cycle 3", "cycle 4"]
+    assert events[-1].triggers[0].value == 104.0
+    assert await store.read_events("other") == []
+
+
+async def test_deployments_round_trip(store):
+    await store.put_deployment(common_pb2.Deployment(name="b", model_dir="/m/b", num_units=8))
+    await store.put_deployment(common_pb2.Deployment(name="a", model_dir="/m/a", num_units=6))
+    assert [d.name for d in await store.list_deployments()] == ["a", "b"]
+    assert (await store.get_deployment("b")).num_units == 8
+    assert await store.get_deployment("c") is None
+
+
+async def test_published_routes_reach_a_subscriber(store):
+    received: list[common_pb2.Route] = []
+
+    async def listen() -> None:
+        async for route in store.watch_routes("llama"):
+            received.append(route)
+            if len(received) == 2:
+                return
+
+    listener = asyncio.create_task(listen())
+    route = common_pb2.Route(deployment="llama", epoch=1)
+    route.hops.add(units=common_pb2.UnitRange(start=0, end=3), node_id="edge-1", address="127.0.0.1:1")
+    deadline = time.monotonic() + 5
+    while await store.publish_route(route) == 0:  # until the subscription is in place
+        assert time.monotonic() < deadline, "subscriber never subscribed"
+        await asyncio.sleep(0.02)
+    route.epoch = 2
+    await store.publish_route(route)
+    await asyncio.wait_for(listener, 5)
+    assert [r.epoch for r in received] == [1, 2]
+    assert received[0].hops[0].address == "127.0.0.1:1"
+
+
+async def test_store_reconnects_after_redis_restarts(store, redis_server):
+    await store.register_node(_node("edge-1"), ttl_s=30)
+    redis_server.stop()
+    ok, reason = await store.ping()
+    assert not ok and "unreachable" in reason
+    redis_server.start()  # same port, empty: nothing persisted
+
+    async def reachable() -> bool:
+        return (await store.ping())[0]
+
+    deadline = time.monotonic() + 10
+    while not await reachable():
+        assert time.monotonic() < deadline, "store never reconnected"
+        await asyncio.sleep(0.1)
+    assert await store.list_nodes() == []
+    assert not await store.heartbeat("edge-1", ttl_s=30)  # tells the node to register again

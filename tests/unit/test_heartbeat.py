@@ -1,0 +1,66 @@
+"""The worker's registration schedule, with in-memory stand-ins for the registry."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.worker.core.heartbeat import Heartbeat
+
+
+class Registry:
+    """An in-memory registry that can forget nodes and go offline."""
+
+    def __init__(self) -> None:
+        self.known = False
+        self.online = True
+        self.registrations = 0
+        self.beats = 0
+
+    async def register(self) -> None:
+        if not self.online:
+            raise ConnectionError("registry offline")
+        self.known = True
+        self.registrations += 1
+
+    async def beat(self) -> bool:
+        if not self.online:
+            raise ConnectionError("registry offline")
+        self.beats += 1
+        return self.known
+
+
+async def test_registers_first_then_only_beats():
+    registry = Registry()
+    hb = Heartbeat(registry.register, registry.beat, interval_s=0.01)
+    for _ in range(3):
+        await hb.tick()
+    assert (registry.registrations, registry.beats, hb.registered) == (1, 2, True)
+
+
+async def test_registers_again_when_the_registry_forgot_the_node():
+    registry = Registry()
+    hb = Heartbeat(registry.register, registry.beat, interval_s=0.01)
+    await hb.tick()
+    registry.known = False  # e.g. Redis restarted empty
+    await hb.tick()
+    assert registry.registrations == 2 and hb.registrations == 2
+
+
+async def test_run_backs_off_while_offline_and_recovers():
+    registry = Registry()
+    registry.online = False
+    hb = Heartbeat(registry.register, registry.beat, interval_s=0.01, max_backoff_s=0.05)
+    task = asyncio.create_task(hb.run())
+    await asyncio.sleep(0.15)
+    assert not hb.registered and "offline" in hb.last_error
+    registry.online = True
+    for _ in range(100):
+        if hb.registered:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert hb.registered and hb.last_error == ""
