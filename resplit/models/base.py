@@ -1,0 +1,164 @@
+"""What every model family provides: units, the tensors of each unit, and a
+segment that runs a unit range with its own per-session state.
+
+Units: ``0`` = embedding, ``1..L`` = blocks, ``L+1`` = head. A segment
+``[start, end)`` is built from only its own tensors, with its blocks
+renumbered to local indexes so its KV cache starts at layer 0 (the global
+``layer_idx`` trap in the stack notes).
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from .checkpoint import Checkpoint
+
+
+class SegmentInputError(ValueError):
+    """An activation or token input that does not fit this segment."""
+
+
+@dataclass
+class SessionState:
+    """Per-session, per-segment state: the KV cache and how many tokens it has seen."""
+
+    cache: Any = None
+    seq_len: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    """What a segment produces for one step."""
+
+    #: Hidden states [rows, T, H] for the next hop, or None at the head.
+    hidden: torch.Tensor | None = None
+    #: Decoder head: logits of the last position [rows, V].
+    logits: torch.Tensor | None = None
+    #: Encoder head: pooled, normalized embeddings [rows, H].
+    embeddings: torch.Tensor | None = None
+
+
+class Segment(nn.Module, ABC):
+    """A contiguous unit range of one model, ready to run."""
+
+    def __init__(self, config: PretrainedConfig, start: int, end: int) -> None:
+        super().__init__()
+        self.config = config
+        self.start, self.end = start, end
+        self.num_blocks_total = num_blocks(config)
+
+    @property
+    def has_embedding(self) -> bool:
+        return self.start == 0
+
+    @property
+    def has_head(self) -> bool:
+        return self.end == self.num_blocks_total + 2
+
+    @property
+    def block_range(self) -> range:
+        """Global block indexes (0-based layer numbers) this segment runs."""
+        return range(max(self.start, 1) - 1, min(self.end, self.num_blocks_total + 1) - 1)
+
+    def param_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    @abstractmethod
+    def new_state(self) -> SessionState: ...
+
+    @abstractmethod
+    def step(
+        self,
+        state: SessionState,
+        input_ids: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """Run the units for one step; exactly one of input_ids / hidden is given."""
+
+
+class Family(ABC):
+    """One model family: which tensors belong to which unit, and how to build a segment."""
+
+    model_types: tuple[str, ...] = ()
+    #: True for decoders that generate; False for encoders that embed.
+    generative: bool = True
+
+    @abstractmethod
+    def unit_of(self, name: str, config: PretrainedConfig) -> set[int]:
+        """Units that need the checkpoint tensor ``name`` (a tied weight needs two)."""
+
+    @abstractmethod
+    def build(
+        self,
+        config: PretrainedConfig,
+        start: int,
+        end: int,
+        tensors: dict[str, torch.Tensor],
+        device: torch.device,
+    ) -> Segment:
+        """A segment for units [start, end) from exactly its tensors."""
+
+    def tensor_names(self, checkpoint: Checkpoint, start: int, end: int) -> list[str]:
+        wanted = set(range(start, end))
+        return [n for n in checkpoint.names() if self.unit_of(n, checkpoint.config) & wanted]
+
+
+def num_blocks(config: PretrainedConfig) -> int:
+    return int(config.num_hidden_layers)
+
+
+def num_units(config: PretrainedConfig) -> int:
+    return num_blocks(config) + 2
+
+
+def local_config(config: PretrainedConfig, blocks: range) -> PretrainedConfig:
+    """A copy of ``config`` describing only ``blocks``, renumbered from 0.
+
+    Layer types (full / sliding attention) are sliced with the blocks, so the
+    local KV cache and masks match what the whole model does at those layers.
+    """
+    local = copy.deepcopy(config)
+    types = getattr(config, "layer_types", None)
+    local.num_hidden_layers = len(blocks)
+    if types is not None:
+        local.layer_types = [types[i] for i in blocks]
+    return local
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def renumber(tensors: dict[str, torch.Tensor], prefix: str, first: int) -> dict[str, torch.Tensor]:
+    """``{prefix}{g}.rest`` -> ``{g - first}.rest`` for the block tensors of a segment."""
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix) :].split(".", 1)
+            out[f"{int(index) - first}.{rest}"] = value
+    return out
+
+
+def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Assign ``tensors`` as the module's parameters; every parameter must be covered."""
+    missing, unexpected = module.load_state_dict(tensors, strict=False, assign=True)
+    if unexpected:
+        raise ValueError(f"{what}: checkpoint tensors not used by the model: {sorted(unexpected)[:5]}")
+    if missing:
+        raise ValueError(f"{what}: checkpoint lacks tensors {sorted(missing)[:5]}")
+
+
+def check_materialized(module: nn.Module, what: str) -> None:
+    """Fail loudly if anything is still on the meta device (an unhandled buffer)."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_meta:
+            raise ValueError(f"{what}: {name} was not loaded (family adapter must materialize it)")

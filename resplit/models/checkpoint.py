@@ -1,0 +1,77 @@
+"""Read a model directory: its config and only the tensors a segment needs.
+
+A worker hosting a quarter of the blocks must hold a quarter of the weights,
+so tensors are read one by one with ``safe_open`` from ``model.safetensors``
+or from the shards listed in ``model.safetensors.index.json`` — never the
+whole file into memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, PretrainedConfig
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointError(ValueError):
+    """The model directory is missing, incomplete or unreadable; the message says how."""
+
+
+class Checkpoint:
+    """A local Hugging Face model directory (config.json + safetensors)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        self.dir = Path(model_dir)
+        if not (self.dir / "config.json").is_file():
+            raise CheckpointError(f"no config.json in {self.dir} (is it a Hugging Face model directory?)")
+        self.config: PretrainedConfig = AutoConfig.from_pretrained(self.dir, local_files_only=True)
+        self._files = self._index()
+
+    def _index(self) -> dict[str, Path]:
+        """tensor name -> file holding it."""
+        if (self.dir / INDEX).is_file():
+            weight_map = json.loads((self.dir / INDEX).read_text())["weight_map"]
+            return {name: self.dir / file for name, file in weight_map.items()}
+        if (self.dir / SINGLE).is_file():
+            with safe_open(self.dir / SINGLE, framework="pt") as f:
+                return dict.fromkeys(f.keys(), self.dir / SINGLE)
+        raise CheckpointError(f"no {SINGLE} or {INDEX} in {self.dir}")
+
+    def names(self) -> list[str]:
+        return sorted(self._files)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model was saved in (config ``dtype``), fp32 if unset."""
+        declared = getattr(self.config, "dtype", None)
+        if isinstance(declared, torch.dtype):
+            return declared
+        return DTYPES.get(str(declared).removeprefix("torch."), torch.float32)
+
+    def load(
+        self, names: Iterable[str], device: torch.device, dtype: torch.dtype | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Exactly the tensors ``names``, on ``device``, cast to ``dtype`` if given."""
+        by_file: dict[Path, list[str]] = defaultdict(list)
+        for name in names:
+            if name not in self._files:
+                raise CheckpointError(f"tensor {name!r} is not in the checkpoint at {self.dir}")
+            by_file[self._files[name]].append(name)
+        out: dict[str, torch.Tensor] = {}
+        for file, wanted in by_file.items():
+            with safe_open(file, framework="pt", device=str(device)) as f:
+                for name in wanted:
+                    tensor = f.get_tensor(name)
+                    out[name] = (
+                        tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                    )
+        return out

@@ -1,0 +1,137 @@
+"""Rotary-position decoders: Llama, Qwen2 (incl. sliding-window layers), Qwen3, Mistral.
+
+They share one layout (``model.embed_tokens``, ``model.layers.N``,
+``model.norm``, ``lm_head``) and one block call: ``layer(h, attention_mask=,
+position_embeddings=, position_ids=, cache=, use_cache=)`` with (cos, sin) from
+the model's rotary module. Masks are built per layer type, as the whole model
+builds them, from a config sliced to this segment's blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, DynamicCache, PretrainedConfig
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from .base import (
+    Family,
+    Segment,
+    SessionState,
+    StepOutput,
+    check_materialized,
+    load_into,
+    local_config,
+    num_blocks,
+    renumber,
+    strip_prefix,
+)
+
+EMBED, LAYERS, NORM, HEAD = "model.embed_tokens.", "model.layers.", "model.norm.", "lm_head."
+
+
+def tied(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "tie_word_embeddings", False))
+
+
+def layer_types(config: PretrainedConfig, blocks: range) -> list[str]:
+    """Attention type of each block, as the whole model would use it."""
+    declared = getattr(config, "layer_types", None)
+    if declared is not None:
+        return [declared[i] for i in blocks]
+    if config.model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
+        return ["sliding_attention"] * len(blocks)
+    return ["full_attention"] * len(blocks)
+
+
+class RotaryDecoderSegment(Segment):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        start: int,
+        end: int,
+        tensors: dict[str, torch.Tensor],
+        device: torch.device,
+    ) -> None:
+        super().__init__(config, start, end)
+        blocks = self.block_range
+        self.local = local_config(config, blocks)
+        self.types = layer_types(config, blocks)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(
+                self.local, attn_implementation=config._attn_implementation
+            )
+        self.local._attn_implementation = skeleton.config._attn_implementation
+        self.embed: nn.Module | None = skeleton.model.embed_tokens if self.has_embedding else None
+        self.layers = skeleton.model.layers
+        self.norm: nn.Module | None = skeleton.model.norm if self.has_head else None
+        self.lm_head: nn.Module | None = skeleton.lm_head if self.has_head else None
+        if self.embed is not None:
+            load_into(self.embed, strip_prefix(tensors, EMBED), "embedding")
+        load_into(
+            self.layers, renumber(tensors, LAYERS, blocks.start), f"blocks {blocks.start}..{blocks.stop - 1}"
+        )
+        if self.norm is not None and self.lm_head is not None:
+            load_into(self.norm, strip_prefix(tensors, NORM), "final norm")
+            head = {"weight": tensors[EMBED + "weight"]} if tied(config) else strip_prefix(tensors, HEAD)
+            load_into(self.lm_head, head, "lm_head")
+        self.rotary = None
+        if len(blocks):
+            with torch.device(device):  # its inv_freq buffer is computed, not loaded
+                self.rotary = type(skeleton.model.rotary_emb)(config=self.local)
+        self.eval()
+        check_materialized(self, f"{config.model_type} units [{start}, {end})")
+
+    def new_state(self) -> SessionState:
+        return SessionState(cache=DynamicCache(config=self.local) if len(self.layers) else None)
+
+    @torch.inference_mode()
+    def step(self, state, input_ids=None, hidden=None, attention_mask=None) -> StepOutput:
+        h = self.embed(input_ids) if self.embed is not None else hidden
+        length = h.shape[1]
+        position_ids = torch.arange(state.seq_len, state.seq_len + length, device=h.device).unsqueeze(0)
+        if self.rotary is not None:
+            kwargs = {
+                "config": self.local,
+                "inputs_embeds": h,
+                "attention_mask": None,
+                "cache": state.cache,
+                "position_ids": position_ids,
+            }
+            masks = {}
+            for kind in set(self.types):
+                builder = (
+                    create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
+                )
+                masks[kind] = builder(**kwargs)
+            cos_sin = self.rotary(h, position_ids)
+            for layer, kind in zip(self.layers, self.types, strict=True):
+                h = layer(
+                    h,
+                    attention_mask=masks[kind],
+                    position_embeddings=cos_sin,
+                    position_ids=position_ids,
+                    cache=state.cache,
+                    use_cache=True,
+                )
+        state.seq_len += length
+        if self.lm_head is None:
+            return StepOutput(hidden=h)
+        return StepOutput(logits=self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :])
+
+
+class RotaryDecoder(Family):
+    model_types = ("llama", "qwen2", "qwen3", "mistral")
+
+    def unit_of(self, name: str, config: PretrainedConfig) -> set[int]:
+        head = num_blocks(config) + 1
+        if name.startswith(EMBED):
+            return {0, head} if tied(config) else {0}
+        if name.startswith(LAYERS):
+            return {int(name[len(LAYERS) :].split(".", 1)[0]) + 1}
+        if name.startswith((NORM, HEAD)):
+            return set() if name.startswith(HEAD) and tied(config) else {head}
+        return set()
+
+    def build(self, config, start, end, tensors, device) -> Segment:
+        return RotaryDecoderSegment(config, start, end, tensors, device)

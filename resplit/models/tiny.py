@@ -1,0 +1,133 @@
+"""Tiny random models of each supported family, saved like real checkpoints.
+
+Nothing is downloaded at run time, so tests, the demo and benchmarks build
+their models here: a config from the family's config class, random weights
+(seeded), ``model.safetensors`` (optionally sharded), and a small byte-level
+BPE tokenizer trained on a built-in text so generated ids decode to text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+CORPUS = (
+    """\
+Split inference runs one model across several nodes. The edge node keeps the
+embedding and the head, so raw text and the generated tokens never leave it.
+The middle blocks run where compute is cheap: a MEC server or the cloud.
+When a link slows down or a node gets busy, the orchestrator moves a segment
+or moves the split. Tokens stream back to the client one by one.
+The quick brown fox jumps over the lazy dog. Hello world, hello edge, hello cloud.
+"""
+    * 4
+)
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+FAMILIES = ("llama", "qwen2", "qwen2-sliding", "mistral", "gpt2", "bert")
+
+
+def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_config(family: str, vocab_size: int, **overrides: Any):
+    """A small config of ``family`` (4 blocks, hidden 64) with ids inside the vocabulary."""
+    ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
+    decoder = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        **ids,
+    }
+    if family == "llama":
+        config = LlamaConfig(**{**decoder, **overrides})
+    elif family == "qwen2":
+        config = Qwen2Config(**{**decoder, **overrides})
+    elif family == "qwen2-sliding":
+        # Layers 2 and 3 (0-based) use an 8-token window: decode crosses it quickly.
+        config = Qwen2Config(
+            **{
+                **decoder,
+                "use_sliding_window": True,
+                "sliding_window": 8,
+                "max_window_layers": 2,
+                **overrides,
+            }
+        )
+    elif family == "mistral":
+        config = MistralConfig(**{**decoder, "sliding_window": 16, **overrides})
+    elif family == "gpt2":
+        config = GPT2Config(
+            **{
+                "vocab_size": vocab_size,
+                "n_embd": 64,
+                "n_layer": 4,
+                "n_head": 4,
+                "n_positions": 512,
+                **ids,
+                **overrides,
+            }
+        )
+    elif family == "bert":
+        config = BertConfig(
+            **{
+                "vocab_size": vocab_size,
+                "hidden_size": 64,
+                "num_hidden_layers": 4,
+                "num_attention_heads": 4,
+                "intermediate_size": 128,
+                "max_position_embeddings": 512,
+                "pad_token_id": 3,
+                **overrides,
+            }
+        )
+    else:
+        raise ValueError(f"unknown tiny family {family!r}; choose from {', '.join(FAMILIES)}")
+    return config
+
+
+def build_tiny(
+    family: str, out_dir: str | Path, seed: int = 0, max_shard_size: str | None = None, **overrides: Any
+) -> Path:
+    """Save a tiny random ``family`` model with its tokenizer under ``out_dir``; returns the path."""
+    out = Path(out_dir)
+    tokenizer = build_tokenizer()
+    config = tiny_config(family, len(tokenizer), **overrides)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config) if family == "bert" else AutoModelForCausalLM.from_config(config)
+    model.eval()
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, **kwargs)
+    tokenizer.save_pretrained(out)
+    return out
