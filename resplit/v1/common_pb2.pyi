@@ -299,17 +299,21 @@ class Route(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model_dir", "policy", "num_units", "family", "compression")
+    __slots__ = ("name", "model_dir", "policy", "num_units", "family", "compression", "dtype", "generative")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     NUM_UNITS_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    GENERATIVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_dir: str
     policy: Policy
     num_units: int
     family: str
     compression: str
-    def __init__(self, name: _Optional[str] = ..., model_dir: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., num_units: _Optional[int] = ..., family: _Optional[str] = ..., compression: _Optional[str] = ...) -> None: ...
+    dtype: str
+    generative: bool
+    def __init__(self, name: _Optional[str] = ..., model_dir: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., num_units: _Optional[int] = ..., family: _Optional[str] = ..., compression: _Optional[str] = ..., dtype: _Optional[str] = ..., generative: _Optional[bool] = ...) -> None: ...

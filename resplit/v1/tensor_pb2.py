@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as resplit_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17resplit/v1/tensor.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"\xe9\x01\n\x0cTensorHeader\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.resplit.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12$\n\x05units\x18\x06 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12,\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x17.resplit.v1.Compression\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x0e\n\x06scales\x18\t \x01(\x0c\"b\n\x0bTensorChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.resplit.v1.TensorHeader\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c*\x8a\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x0e\n\nDTYPE_INT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06*l\n\x0b\x43ompression\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x00\x12\x14\n\x10\x43OMPRESSION_FP16\x10\x01\x12\x14\n\x10\x43OMPRESSION_BF16\x10\x02\x12\x1b\n\x17\x43OMPRESSION_INT8_ABSMAX\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17resplit/v1/tensor.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"\x81\x02\n\x0cTensorHeader\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.resplit.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12$\n\x05units\x18\x06 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12,\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x17.resplit.v1.Compression\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x0e\n\x06scales\x18\t \x01(\x0c\x12\x16\n\x0e\x61ttention_mask\x18\n \x03(\r\"b\n\x0bTensorChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.resplit.v1.TensorHeader\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c*\x8a\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x0e\n\nDTYPE_INT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06*l\n\x0b\x43ompression\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x00\x12\x14\n\x10\x43OMPRESSION_FP16\x10\x01\x12\x14\n\x10\x43OMPRESSION_BF16\x10\x02\x12\x1b\n\x17\x43OMPRESSION_INT8_ABSMAX\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resplit.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=401
-  _globals['_DTYPE']._serialized_end=539
-  _globals['_COMPRESSION']._serialized_start=541
-  _globals['_COMPRESSION']._serialized_end=649
+  _globals['_DTYPE']._serialized_start=425
+  _globals['_DTYPE']._serialized_end=563
+  _globals['_COMPRESSION']._serialized_start=565
+  _globals['_COMPRESSION']._serialized_end=673
   _globals['_TENSORHEADER']._serialized_start=65
-  _globals['_TENSORHEADER']._serialized_end=298
-  _globals['_TENSORCHUNK']._serialized_start=300
-  _globals['_TENSORCHUNK']._serialized_end=398
+  _globals['_TENSORHEADER']._serialized_end=322
+  _globals['_TENSORCHUNK']._serialized_start=324
+  _globals['_TENSORCHUNK']._serialized_end=422
 # @@protoc_insertion_point(module_scope)

@@ -37,7 +37,7 @@ COMPRESSION_BF16: Compression
 COMPRESSION_INT8_ABSMAX: Compression
 
 class TensorHeader(_message.Message):
-    __slots__ = ("dtype", "shape", "session_id", "step", "epoch", "units", "compression", "total_bytes", "scales")
+    __slots__ = ("dtype", "shape", "session_id", "step", "epoch", "units", "compression", "total_bytes", "scales", "attention_mask")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class TensorHeader(_message.Message):
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCALES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     session_id: str
@@ -56,7 +57,8 @@ class TensorHeader(_message.Message):
     compression: Compression
     total_bytes: int
     scales: bytes
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., compression: _Optional[_Union[Compression, str]] = ..., total_bytes: _Optional[int] = ..., scales: _Optional[bytes] = ...) -> None: ...
+    attention_mask: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., compression: _Optional[_Union[Compression, str]] = ..., total_bytes: _Optional[int] = ..., scales: _Optional[bytes] = ..., attention_mask: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
     __slots__ = ("header", "index", "last", "data")

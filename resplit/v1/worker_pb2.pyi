@@ -35,22 +35,24 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "compression")
+    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "units", "return_logits")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     DOWNSTREAM_FIELD_NUMBER: _ClassVar[int]
-    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     deployment: str
     epoch: int
     task: Task
     sampling: SamplingParams
     downstream: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hop]
-    compression: _tensor_pb2.Compression
-    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ...) -> None: ...
+    units: _common_pb2.UnitRange
+    return_logits: bool
+    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., return_logits: _Optional[bool] = ...) -> None: ...
 
 class TokenInput(_message.Message):
     __slots__ = ("step", "input_ids", "attention_mask", "rows")
@@ -115,26 +117,30 @@ class ForwardResponse(_message.Message):
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., token: _Optional[_Union[TokenOutput, _Mapping]] = ..., result: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class LoadSegmentRequest(_message.Message):
-    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype")
+    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     epoch: int
     units: _common_pb2.UnitRange
     model_dir: str
     dtype: str
-    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    compression: _tensor_pb2.Compression
+    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ...) -> None: ...
 
 class LoadSegmentResponse(_message.Message):
-    __slots__ = ("param_bytes", "load_ms")
+    __slots__ = ("param_bytes", "load_ms", "device")
     PARAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     param_bytes: int
     load_ms: float
-    def __init__(self, param_bytes: _Optional[int] = ..., load_ms: _Optional[float] = ...) -> None: ...
+    device: str
+    def __init__(self, param_bytes: _Optional[int] = ..., load_ms: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
 
 class CommitEpochRequest(_message.Message):
     __slots__ = ("deployment", "epoch", "route")
