@@ -19,6 +19,14 @@ class WorkerSettings(ServiceSettings):
     network_mbps: float = Field(1000.0, gt=0, description="declared network capacity")
     heartbeat_ttl_s: float = Field(10.0, gt=0, le=3600, description="registry entry expires after this")
     heartbeat_interval_s: float = Field(3.0, gt=0, le=600, description="how often the entry is refreshed")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where segments run")
+    torch_threads: int = Field(0, ge=0, le=256, description="intra-op threads for torch; 0 = torch's default")
+    max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
+    max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
+    idle_timeout_s: float = Field(
+        300.0, gt=0, description="a session with no request for this long is closed"
+    )
+    chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="activation chunk size on the wire")
 
     @model_validator(mode="after")
     def _interval_below_ttl(self) -> WorkerSettings:

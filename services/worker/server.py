@@ -1,30 +1,40 @@
 """Worker transport: the WorkerService servicer and its wiring.
 
-Ping, GetStatus and ProbeBandwidth are real. The data plane (Forward,
-LoadSegment, CommitEpoch, ReleaseSegment, Export/ImportSession) answers
-UNIMPLEMENTED until the data-plane issue lands. Readiness: SERVING once the
-worker has registered; after that it stays SERVING through Redis outages,
-because the data plane never waits on the control plane.
+The data plane (Forward) lives in forward.py; this file wires segment
+loading, epochs, status and link probes. Session export/import (live
+migration) answers UNIMPLEMENTED until the orchestrator/broadcaster issue.
+Readiness: SERVING once the worker has registered; after that it stays
+SERVING through Redis outages, because the data plane never waits on the
+control plane. Torch work runs on one compute thread (segments) and one
+loader thread (prepare), so the event loop keeps serving every stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import torch
 
 from resplit.rpc.errors import not_yet
 from resplit.state import StateStore
-from resplit.v1 import worker_pb2, worker_pb2_grpc
+from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 from .config import WorkerSettings
+from .core import errors
 from .core.heartbeat import Heartbeat
+from .core.hosting import Hosting
 from .core.identity import describe_node
+from .core.loading import load_hosted, resolve_device
+from .core.sessions import Limits, SessionTable
+from .forward import Channels, ForwardHandler, status_of
 
-DATA_PLANE = "the worker data-plane issue"
+log = logging.getLogger(__name__)
 MIGRATION = "the orchestrator/broadcaster issue (live migration)"
 
 
@@ -32,17 +42,71 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, worker: WorkerCore) -> None:
         self.worker = worker
 
-    async def Forward(self, request_iterator: AsyncIterator[worker_pb2.ForwardRequest], context) -> None:
-        await not_yet(context, "WorkerService.Forward", DATA_PLANE)
+    async def Forward(self, request_iterator: AsyncIterator[worker_pb2.ForwardRequest], context):
+        async for reply in self.worker.forward.run(request_iterator, context):
+            yield reply
 
-    async def LoadSegment(self, request, context):
-        await not_yet(context, "WorkerService.LoadSegment", DATA_PLANE)
+    async def LoadSegment(
+        self, request: worker_pb2.LoadSegmentRequest, context
+    ) -> worker_pb2.LoadSegmentResponse:
+        worker = self.worker
+        start = time.perf_counter()
+        existing = worker.hosting.get(
+            request.deployment, request.epoch, request.units.start, request.units.end
+        )
+        if existing is None:
+            try:
+                existing = await worker.on_loader(
+                    lambda: load_hosted(
+                        request.deployment,
+                        request.epoch,
+                        request.units.start,
+                        request.units.end,
+                        request.model_dir,
+                        request.dtype,
+                        request.compression,
+                        worker.device,
+                    )
+                )
+            except errors.WorkerError as exc:
+                log.warning("LoadSegment refused: %s", exc)
+                await context.abort(status_of(exc), str(exc))
+            worker.hosting.add(existing)
+            log.info(
+                "loaded %s epoch %d units [%d, %d): %.1f MB",
+                request.deployment,
+                request.epoch,
+                request.units.start,
+                request.units.end,
+                existing.param_bytes / 1e6,
+            )
+        worker.refresh_hosted()
+        return worker_pb2.LoadSegmentResponse(
+            param_bytes=existing.param_bytes,
+            load_ms=(time.perf_counter() - start) * 1e3,
+            device=str(existing.device),
+        )
 
-    async def CommitEpoch(self, request, context):
-        await not_yet(context, "WorkerService.CommitEpoch", DATA_PLANE)
+    async def CommitEpoch(
+        self, request: worker_pb2.CommitEpochRequest, context
+    ) -> worker_pb2.CommitEpochResponse:
+        try:
+            self.worker.hosting.commit(request.deployment, request.epoch)
+        except errors.WorkerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        return worker_pb2.CommitEpochResponse(
+            active_epoch=self.worker.hosting.active_epoch(request.deployment)
+        )
 
-    async def ReleaseSegment(self, request, context):
-        await not_yet(context, "WorkerService.ReleaseSegment", DATA_PLANE)
+    async def ReleaseSegment(self, request: worker_pb2.ReleaseSegmentRequest, context):
+        try:
+            freed = self.worker.hosting.release(
+                request.deployment, request.epoch, request.units.start, request.units.end
+            )
+        except errors.WorkerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        self.worker.refresh_hosted()
+        return worker_pb2.ReleaseSegmentResponse(freed_bytes=freed)
 
     async def ExportSession(self, request, context) -> None:
         await not_yet(context, "WorkerService.ExportSession", MIGRATION)
@@ -51,7 +115,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         await not_yet(context, "WorkerService.ImportSession", MIGRATION)
 
     async def GetStatus(self, request, context) -> worker_pb2.WorkerStatus:
-        return worker_pb2.WorkerStatus(node=self.worker.node, sessions=0)
+        worker = self.worker
+        segments = [
+            worker_pb2.HostedSegment(
+                deployment=h.deployment,
+                epoch=h.epoch,
+                units=common_pb2.UnitRange(start=h.start, end=h.end),
+                param_bytes=h.param_bytes,
+                sessions=h.sessions,
+            )
+            for h in worker.hosting
+        ]
+        return worker_pb2.WorkerStatus(node=worker.node, segments=segments, sessions=len(worker.sessions))
 
     async def Ping(self, request: worker_pb2.PingRequest, context) -> worker_pb2.PingResponse:
         return worker_pb2.PingResponse(payload=request.payload, node_id=self.worker.node.node_id)
@@ -89,6 +164,32 @@ class WorkerCore:
             interval_s=settings.heartbeat_interval_s,
         )
         self._task: asyncio.Task[None] | None = None
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.device = resolve_device(settings.device)
+        self.hosting = Hosting()
+        self.sessions = SessionTable(
+            Limits(settings.max_sessions, settings.max_tokens, settings.idle_timeout_s)
+        )
+        self.channels = Channels(settings.max_message_bytes)
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
+        self.forward = ForwardHandler(
+            self.hosting, self.sessions, self.channels, self.on_compute, settings.chunk_bytes
+        )
+
+    async def on_compute(self, fn):
+        """Run torch work on the compute thread (one segment step at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._compute, fn)
+
+    async def on_loader(self, fn):
+        """Run segment loading on its own thread, so serving goes on meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._loader, fn)
+
+    def refresh_hosted(self) -> None:
+        del self.node.hosted[:]
+        for hosted in self.hosting:
+            self.node.hosted.add(start=hosted.start, end=hosted.end)
 
     def register(self, server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), server)
@@ -109,3 +210,6 @@ class WorkerCore:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.mark_down(self.node.node_id), 2.0)
         await self.store.close()
+        await self.channels.close()
+        self._compute.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)

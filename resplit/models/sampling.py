@@ -1,0 +1,61 @@
+"""Choosing the next token from the head's logits.
+
+Greedy when temperature is 0 (exactly ``argmax``, as ``model.generate`` with
+``do_sample=False``); otherwise temperature, then top-k, then top-p (nucleus)
+filtering, and a draw from a per-session generator seeded by the client so a
+seeded generation is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Sampler:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 0.0
+    seed: int = 0
+    stop_token_ids: frozenset[int] = frozenset()
+    max_new_tokens: int = 0
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def choose(self, logits: torch.Tensor) -> tuple[int, float]:
+        """(token id, its log-probability under the final distribution) for 1-D ``logits``."""
+        logits = logits.float().cpu()
+        if self.temperature == 0:
+            token = int(torch.argmax(logits))
+            return token, float(torch.log_softmax(logits, dim=-1)[token])
+        scores = logits / self.temperature
+        if self.top_k > 0:
+            k = min(self.top_k, scores.numel())
+            kth = torch.topk(scores, k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if 0 < self.top_p < 1:
+            ordered, order = torch.sort(scores, descending=True)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+            drop = cumulative > self.top_p
+            drop[1:] = drop[:-1].clone()  # keep the token that crosses the threshold
+            drop[0] = False
+            scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return token, float(torch.log(probs[token]))
+
+    def finish_reason(self, token: int, generated: int) -> str:
+        """'' to go on, else why the generation ends after ``token``."""
+        if token in self.stop_token_ids:
+            return "stop_token"
+        if self.max_new_tokens and generated >= self.max_new_tokens:
+            return "max_new_tokens"
+        return ""

@@ -1,0 +1,150 @@
+"""The blocking client: ``resplit.Client``.
+
+Ask the orchestrator for a deployment's route, open a session on the first
+hop, and stream tokens (or get embeddings) back. Errors from the workers come
+back as ``grpc.RpcError`` with their status code and message.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+import torch
+
+from ..rpc.channels import sync_channel
+from ..v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, worker_pb2_grpc
+from .exchange import EmbedExchange, GeneratedToken, GenerateExchange, Sampling
+from .tokens import TextStream, tokenizer_for
+
+DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
+
+
+class Client:
+    """Blocking client of a resplit deployment."""
+
+    def __init__(self, orchestrator: str = DEFAULT_ORCHESTRATOR, *, timeout_s: float = 300.0) -> None:
+        self.orchestrator = orchestrator
+        self.timeout_s = timeout_s
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def _channel(self, address: str) -> grpc.Channel:
+        if address not in self._channels:
+            self._channels[address] = sync_channel(address)
+        return self._channels[address]
+
+    # -- control plane -------------------------------------------------------
+    def _orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
+        return orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel(self.orchestrator))
+
+    def route(self, deployment: str) -> common_pb2.Route:
+        return self._orchestrator().GetRoute(
+            orchestrator_pb2.GetRouteRequest(deployment=deployment), timeout=30
+        )
+
+    def deployment(self, name: str) -> common_pb2.Deployment:
+        listed = self._orchestrator().ListDeployments(orchestrator_pb2.ListDeploymentsRequest(), timeout=30)
+        for deployment in listed.deployments:
+            if deployment.name == name:
+                return deployment
+        raise LookupError(
+            f"deployment {name!r} is not deployed (known: {[d.name for d in listed.deployments]})"
+        )
+
+    # -- data plane ----------------------------------------------------------
+    def _drive(self, address: str, exchange) -> Iterator[GeneratedToken]:
+        outbox: queue.SimpleQueue = queue.SimpleQueue()
+        for message in exchange.opening():
+            outbox.put(message)
+
+        def requests():
+            while (message := outbox.get()) is not None:
+                yield message
+
+        stub = worker_pb2_grpc.WorkerServiceStub(self._channel(address))
+        call = stub.Forward(requests(), timeout=self.timeout_s)
+        sent_at = time.perf_counter()
+        try:
+            for reply in call:
+                token, following, done = exchange.handle(reply)
+                for message in following:
+                    outbox.put(message)
+                if token is not None:
+                    now = time.perf_counter()
+                    token.latency_s, sent_at = now - sent_at, now
+                    yield token
+                if done:
+                    return
+        finally:
+            outbox.put(None)
+            call.cancel()
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[int],
+        route: common_pb2.Route,
+        sampling: Sampling | None = None,
+        return_logits: bool = False,
+    ) -> Iterator[GeneratedToken]:
+        """Generate from token ids along an explicit route."""
+        exchange = GenerateExchange(route, list(prompt_ids), sampling or Sampling(), return_logits)
+        yield from self._drive(route.hops[0].address, exchange)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        deployment: str,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int = 0,
+        stop_token_ids: Sequence[int] | None = None,
+        return_logits: bool = False,
+    ) -> Iterator[GeneratedToken]:
+        """Stream tokens (with incremental ``text``) for ``prompt``.
+
+        Stops at ``max_new_tokens`` or a stop token (default: the tokenizer's EOS).
+        """
+        tokenizer = tokenizer_for(self.deployment(deployment).model_dir)
+        ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        if stop_token_ids is None:
+            stop_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_token_ids)
+        text = TextStream(tokenizer)
+        for token in self.generate_ids(ids, self.route(deployment), sampling, return_logits):
+            token.text = text.push(token.token_id)
+            yield token
+
+    def embed_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, route: common_pb2.Route
+    ) -> torch.Tensor:
+        """Embeddings [rows, H] of a padded batch along an explicit route."""
+        exchange = EmbedExchange(route, input_ids, attention_mask)
+        for _ in self._drive(route.hops[0].address, exchange):
+            pass
+        if exchange.result is None:
+            raise RuntimeError("the session ended without a result")
+        return exchange.result
+
+    def embed(self, texts: Sequence[str], *, deployment: str, max_length: int = 256) -> torch.Tensor:
+        """Mean-pooled, normalized embeddings of ``texts`` [len(texts), H]."""
+        tokenizer = tokenizer_for(self.deployment(deployment).model_dir)
+        batch = tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return self.embed_ids(batch["input_ids"], batch["attention_mask"], self.route(deployment))

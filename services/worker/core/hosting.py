@@ -1,0 +1,96 @@
+"""The segments this worker hosts, per deployment and epoch.
+
+Rollout is two-phase: a segment is loaded for an epoch (prepare) while the
+deployment still serves its active epoch, and the epoch flips on commit. New
+sessions must name the active epoch; anything else is a stale epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from resplit.models import Segment
+
+from .errors import NotHosted, StaleEpoch
+
+Key = tuple[str, int, int, int]
+
+
+@dataclass
+class Hosted:
+    """One loaded segment of one deployment at one epoch."""
+
+    deployment: str
+    epoch: int
+    start: int
+    end: int
+    segment: Segment
+    model_dir: str
+    compression: int
+    dtype: torch.dtype
+    device: torch.device
+    generative: bool
+    hidden_size: int
+    sessions: int = 0
+
+    @property
+    def key(self) -> Key:
+        return (self.deployment, self.epoch, self.start, self.end)
+
+    @property
+    def param_bytes(self) -> int:
+        return self.segment.param_bytes()
+
+
+class Hosting:
+    def __init__(self) -> None:
+        self._segments: dict[Key, Hosted] = {}
+        self._active: dict[str, int] = {}
+
+    def __iter__(self):
+        return iter(list(self._segments.values()))
+
+    def get(self, deployment: str, epoch: int, start: int, end: int) -> Hosted | None:
+        return self._segments.get((deployment, epoch, start, end))
+
+    def add(self, hosted: Hosted) -> None:
+        self._segments[hosted.key] = hosted
+
+    def active_epoch(self, deployment: str) -> int:
+        return self._active.get(deployment, 0)
+
+    def commit(self, deployment: str, epoch: int) -> None:
+        """Make ``epoch`` the one new sessions use; epochs never go back."""
+        if not any(k[0] == deployment and k[1] == epoch for k in self._segments):
+            raise NotHosted(f"cannot commit epoch {epoch} of {deployment!r}: no segment of it is loaded here")
+        current = self.active_epoch(deployment)
+        if epoch < current:
+            raise StaleEpoch(
+                f"cannot commit epoch {epoch} of {deployment!r}: epoch {current} is already active"
+            )
+        self._active[deployment] = epoch
+
+    def release(self, deployment: str, epoch: int, start: int, end: int) -> int:
+        """Forget a segment; returns the parameter bytes freed."""
+        hosted = self._segments.pop((deployment, epoch, start, end), None)
+        if hosted is None:
+            raise NotHosted(f"units [{start}, {end}) of {deployment!r} epoch {epoch} are not hosted here")
+        return hosted.param_bytes
+
+    def for_session(self, deployment: str, epoch: int, start: int, end: int) -> Hosted:
+        """The segment a new session on this hop runs, or why there is none."""
+        if not any(k[0] == deployment for k in self._segments):
+            raise NotHosted(f"deployment {deployment!r} is not hosted on this worker")
+        active = self.active_epoch(deployment)
+        if epoch != active:
+            raise StaleEpoch(f"stale epoch {epoch} for {deployment!r}: this worker serves epoch {active}")
+        hosted = self.get(deployment, epoch, start, end)
+        if hosted is None:
+            here = ", ".join(
+                f"[{k[2]}, {k[3]})" for k in self._segments if k[0] == deployment and k[1] == epoch
+            )
+            where = f"units [{start}, {end}) of {deployment!r} epoch {epoch}"
+            raise NotHosted(f"{where} are not hosted here (hosted: {here or 'none'})")
+        return hosted

@@ -1,0 +1,88 @@
+"""Sessions on one worker: per-session state for one segment, and the limits.
+
+A session's KV cache lives with the segment that computed it. Limits protect
+everyone else: a cap on open sessions, on tokens per session, and an idle
+timeout; hitting one closes only that session and frees its memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from resplit.models import SessionState
+from resplit.models.sampling import Sampler
+
+from .errors import Duplicate, Exhausted, OutOfOrder
+from .hosting import Hosted
+
+
+@dataclass
+class Limits:
+    max_sessions: int = 64
+    max_tokens: int = 4096
+    idle_timeout_s: float = 300.0
+
+
+@dataclass
+class Session:
+    session_id: str
+    hosted: Hosted
+    state: SessionState
+    sampler: Sampler | None = None
+    return_logits: bool = False
+    next_step: int = 0
+    generated: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.session_id, self.hosted.start)
+
+
+class SessionTable:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._sessions: dict[tuple[str, int], Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(self, session: Session) -> Session:
+        if session.key in self._sessions:
+            raise Duplicate(
+                f"session {session.session_id!r} is already open on units starting at {session.key[1]}"
+            )
+        if len(self._sessions) >= self.limits.max_sessions:
+            limit = self.limits.max_sessions
+            raise Exhausted(
+                f"this worker already serves {len(self._sessions)} sessions (limit {limit}); "
+                "retry later or use another route"
+            )
+        self._sessions[session.key] = session
+        session.hosted.sessions += 1
+        return session
+
+    def close(self, session: Session) -> None:
+        """Drop the session and its cache (idempotent)."""
+        if self._sessions.pop(session.key, None) is not None:
+            session.hosted.sessions -= 1
+            session.state.cache = None
+
+    def begin_step(self, session: Session, step: int, new_tokens: int) -> None:
+        """Check order and the token limit before a step runs."""
+        if step != session.next_step:
+            raise OutOfOrder(
+                f"session {session.session_id!r} expected step {session.next_step}, got step {step}"
+            )
+        total = session.state.seq_len + new_tokens
+        if total > self.limits.max_tokens:
+            raise Exhausted(
+                f"session {session.session_id!r} would hold {total} tokens, over the limit of "
+                f"{self.limits.max_tokens}; the session is closed and its memory freed"
+            )
+        session.last_used = time.monotonic()
+
+    def end_step(self, session: Session) -> None:
+        session.next_step += 1
+        session.last_used = time.monotonic()

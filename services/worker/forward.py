@@ -1,0 +1,341 @@
+"""The data plane: one Forward stream per session per hop.
+
+A hop reads its session's steps from upstream (the client or the previous
+worker), runs its units, and either forwards the activation on its own stream
+to the next hop or, holding the head, samples the token (or pools the
+embedding). Results come back along the same streams. Every refusal aborts
+only this session's stream, with a status code and a message; a downstream
+hop's refusal is passed up unchanged, prefixed with where it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from resplit.core.tensors import Assembler, encode
+from resplit.models.sampling import Sampler
+from resplit.rpc.channels import aio_channel
+from resplit.v1 import worker_pb2, worker_pb2_grpc
+
+from .core import errors
+from .core.hosting import Hosted, Hosting
+from .core.inputs import activation, token_input
+from .core.sessions import Session, SessionTable
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    errors.BadInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotHosted: grpc.StatusCode.NOT_FOUND,
+    errors.StaleEpoch: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.OutOfOrder: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Duplicate: grpc.StatusCode.ALREADY_EXISTS,
+    errors.LoadFailed: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_of(exc: errors.WorkerError) -> grpc.StatusCode:
+    for cls, code in STATUS.items():
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class HopError(Exception):
+    """A downstream hop refused; carries its status so we can pass it on."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Channels:
+    """One channel per downstream address, shared by every session's stream."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
+        if address not in self._channels:
+            self._channels[address] = aio_channel(address, self.max_message_bytes)
+        return worker_pb2_grpc.WorkerServiceStub(self._channels[address])
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+class Downstream:
+    """This session's stream to the next hop."""
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub, address: str, units: tuple[int, int]) -> None:
+        self.address = address
+        self.units = units
+        self.call = stub.Forward()
+
+    async def write(self, message: worker_pb2.ForwardRequest) -> None:
+        try:
+            await self.call.write(message)
+        except grpc.aio.AioRpcError as exc:
+            raise self._hop_error(exc) from None
+        except asyncio.InvalidStateError:
+            raise await self._failed() from None
+
+    async def read(self) -> worker_pb2.ForwardResponse:
+        try:
+            message = await self.call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise self._hop_error(exc) from None
+        if message is grpc.aio.EOF:
+            raise await self._failed()
+        return message
+
+    async def _failed(self) -> HopError:
+        code = await self.call.code()
+        details = await self.call.details()
+        return HopError(
+            code or grpc.StatusCode.UNAVAILABLE, f"next hop {self.address}: {details or 'stream ended'}"
+        )
+
+    def _hop_error(self, exc: grpc.aio.AioRpcError) -> HopError:
+        details = exc.details() or ""
+        prefix = "" if details.startswith("next hop") else f"next hop {self.address}: "
+        return HopError(exc.code(), prefix + details)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.call.done_writing()
+        self.call.cancel()
+
+
+class ForwardHandler:
+    """Runs the Forward stream of one session on this hop."""
+
+    def __init__(
+        self,
+        hosting: Hosting,
+        sessions: SessionTable,
+        channels: Channels,
+        compute: Callable[[Callable[[], Any]], Any],
+        chunk_bytes: int,
+    ) -> None:
+        self.hosting = hosting
+        self.sessions = sessions
+        self.channels = channels
+        self.compute = compute
+        self.chunk_bytes = chunk_bytes
+
+    async def _next(
+        self, requests: AsyncIterator[worker_pb2.ForwardRequest]
+    ) -> worker_pb2.ForwardRequest | None:
+        timeout = self.sessions.limits.idle_timeout_s
+        try:
+            return await asyncio.wait_for(requests.__anext__(), timeout)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise TimeoutError(
+                f"no request for {timeout:g} s; the session is closed and its memory freed"
+            ) from None
+
+    async def run(
+        self, requests: AsyncIterator[worker_pb2.ForwardRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.ForwardResponse]:
+        session: Session | None = None
+        downstream: Downstream | None = None
+        try:
+            first = await self._next(requests)
+            if first is None:
+                return
+            if not first.HasField("open"):
+                raise errors.NotHosted("unknown session: a Forward stream must start with `open`")
+            session, downstream = await self._open(first.open)
+            yield worker_pb2.ForwardResponse(
+                opened=worker_pb2.SessionOpened(session_id=session.session_id, epoch=session.hosted.epoch)
+            )
+            while True:
+                request = await self._next(requests)
+                if request is None or request.HasField("close"):
+                    return
+                async for reply in self._step(session, downstream, request, requests):
+                    yield reply
+        except errors.WorkerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        except HopError as exc:
+            await context.abort(exc.code, exc.details)
+        except TimeoutError as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        finally:
+            if session is not None:
+                self.sessions.close(session)
+            if downstream is not None:
+                await downstream.close()
+
+    async def _open(self, request: worker_pb2.OpenSession) -> tuple[Session, Downstream | None]:
+        if not request.session_id or not request.deployment:
+            raise errors.BadInput("open needs a session_id and a deployment")
+        hosted = self.hosting.for_session(
+            request.deployment, request.epoch, request.units.start, request.units.end
+        )
+        sampler = None
+        if hosted.segment.has_head and hosted.generative:
+            params = request.sampling
+            try:
+                sampler = Sampler(
+                    temperature=params.temperature,
+                    top_k=params.top_k,
+                    top_p=params.top_p,
+                    seed=params.seed,
+                    stop_token_ids=frozenset(params.stop_token_ids),
+                    max_new_tokens=params.max_new_tokens,
+                )
+            except ValueError as exc:
+                raise errors.BadInput(str(exc)) from None
+        session = Session(
+            session_id=request.session_id,
+            hosted=hosted,
+            state=hosted.segment.new_state(),
+            sampler=sampler,
+            return_logits=request.return_logits,
+        )
+        self.sessions.open(session)
+        downstream = None
+        try:
+            if not hosted.segment.has_head:
+                downstream = await self._open_downstream(request, hosted)
+        except BaseException:
+            self.sessions.close(session)
+            raise
+        return session, downstream
+
+    async def _open_downstream(self, request: worker_pb2.OpenSession, hosted: Hosted) -> Downstream:
+        if not request.downstream:
+            raise errors.BadInput(
+                f"units [{hosted.start}, {hosted.end}) need a next hop, but the route ends here"
+            )
+        hop = request.downstream[0]
+        if hop.units.start != hosted.end:
+            raise errors.BadInput(f"next hop starts at unit {hop.units.start}, this hop ends at {hosted.end}")
+        downstream = Downstream(
+            self.channels.stub(hop.address), hop.address, (hop.units.start, hop.units.end)
+        )
+        opened = worker_pb2.OpenSession()
+        opened.CopyFrom(request)
+        opened.units.CopyFrom(hop.units)
+        del opened.downstream[:]
+        opened.downstream.extend(request.downstream[1:])
+        try:
+            await downstream.write(worker_pb2.ForwardRequest(open=opened))
+            reply = await downstream.read()
+        except BaseException:
+            await downstream.close()
+            raise
+        if not reply.HasField("opened"):
+            await downstream.close()
+            raise HopError(grpc.StatusCode.INTERNAL, f"next hop {hop.address} did not confirm the session")
+        return downstream
+
+    async def _step(
+        self,
+        session: Session,
+        downstream: Downstream | None,
+        request: worker_pb2.ForwardRequest,
+        requests: AsyncIterator[worker_pb2.ForwardRequest],
+    ) -> AsyncIterator[worker_pb2.ForwardResponse]:
+        hosted = session.hosted
+        if request.HasField("tokens"):
+            ids, mask = token_input(hosted, request.tokens)
+            step, hidden = request.tokens.step, None
+            tokens = ids.shape[1]
+        elif request.HasField("activation"):
+            assembler = Assembler()
+            chunk = request.activation
+            while not assembler.add(chunk):
+                more = await self._next(requests)
+                if more is None or not more.HasField("activation"):
+                    raise errors.BadInput("tensor truncated: the stream moved on before its last chunk")
+                chunk = more.activation
+            header, hidden, mask = activation(hosted, assembler, hosted.epoch)
+            step, ids, tokens = header.step, None, hidden.shape[1]
+        else:
+            raise errors.BadInput("expected tokens or an activation")
+        self.sessions.begin_step(session, step, tokens if hosted.generative else 0)
+        output = await self.compute(
+            lambda: hosted.segment.step(session.state, input_ids=ids, hidden=hidden, attention_mask=mask)
+        )
+        if downstream is not None:
+            mask_list = [] if mask is None else mask.flatten().tolist()
+            chunks = encode(
+                output.hidden,
+                session_id=session.session_id,
+                step=step,
+                epoch=hosted.epoch,
+                units=downstream.units,
+                compression=hosted.compression,
+                attention_mask=mask_list,
+                chunk_bytes=self.chunk_bytes,
+            )
+            for chunk in chunks:
+                await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
+            async for reply in self._relay(downstream, hosted.generative):
+                yield reply
+        elif hosted.generative:
+            for reply in self._sample(session, step, output.logits[0]):
+                yield reply
+        else:
+            for chunk in encode(
+                output.embeddings.float(),
+                session_id=session.session_id,
+                step=step,
+                epoch=hosted.epoch,
+                chunk_bytes=self.chunk_bytes,
+            ):
+                yield worker_pb2.ForwardResponse(result=chunk)
+        self.sessions.end_step(session)
+
+    async def _relay(
+        self, downstream: Downstream, generative: bool
+    ) -> AsyncIterator[worker_pb2.ForwardResponse]:
+        """Pass the next hop's replies for one step back up, through the step's last one."""
+        while True:
+            reply = await downstream.read()
+            yield reply
+            if reply.HasField("token") or (not generative and reply.HasField("result") and reply.result.last):
+                return
+
+    def _sample(self, session: Session, step: int, logits) -> list[worker_pb2.ForwardResponse]:
+        replies = []
+        if session.return_logits:
+            replies += [
+                worker_pb2.ForwardResponse(result=chunk)
+                for chunk in encode(
+                    logits.float(),
+                    session_id=session.session_id,
+                    step=step,
+                    epoch=session.hosted.epoch,
+                    chunk_bytes=self.chunk_bytes,
+                )
+            ]
+        if session.sampler is None:  # only head segments of generative models get here
+            raise errors.BadInput("this session does not generate")
+        token, logprob = session.sampler.choose(logits)
+        session.generated += 1
+        reason = session.sampler.finish_reason(token, session.generated)
+        replies.append(
+            worker_pb2.ForwardResponse(
+                token=worker_pb2.TokenOutput(
+                    step=step, token_id=token, logprob=logprob, finished=bool(reason), finish_reason=reason
+                )
+            )
+        )
+        return replies
