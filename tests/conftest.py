@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from support import RedisServer, ServiceProcess
+from support import LocalStack, RedisServer, ServiceProcess
+
+from resplit.models.tiny import FAMILIES, build_tiny
 
 
 @pytest.fixture
@@ -31,3 +33,27 @@ def services() -> Iterator[list[ServiceProcess]]:
     yield started
     for service in started:
         service.kill()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, object]:
+    """A tiny random model of every family, saved to disk once per test run.
+
+    The Llama one is saved sharded (model.safetensors.index.json) so both
+    checkpoint layouts are exercised.
+    """
+    root = tmp_path_factory.mktemp("models")
+    return {
+        family: build_tiny(family, root / family, max_shard_size="100KB" if family == "llama" else None)
+        for family in FAMILIES
+    }
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    """Redis, the orchestrator and four workers (worker-0 and worker-1 trusted), for one module."""
+    local = LocalStack()
+    try:
+        yield local.start()
+    finally:
+        local.stop()

@@ -142,3 +142,58 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@dataclass
+class LocalStack:
+    """Redis + orchestrator + workers as real processes (worker-0 and worker-1 are trusted)."""
+
+    workers: int = 4
+    worker_args: list[str] = field(default_factory=lambda: ["--torch-threads", "1"])
+    redis: RedisServer = field(default_factory=RedisServer)
+    orchestrator: ServiceProcess | None = None
+    worker_procs: list[ServiceProcess] = field(default_factory=list)
+
+    def start(self) -> LocalStack:
+        self.redis.start()
+        self.orchestrator = ServiceProcess("orchestrator", self.redis.url).start()
+        for i in range(self.workers):
+            extra = ["--node-id", f"worker-{i}", *self.worker_args] + (["--trusted"] if i < 2 else [])
+            self.worker_procs.append(ServiceProcess("worker", self.redis.url, extra).start())
+        for proc in (self.orchestrator, *self.worker_procs):
+            proc.wait_health("SERVING", timeout=60)
+        return self
+
+    def stop(self) -> None:
+        for proc in (*self.worker_procs, self.orchestrator):
+            if proc is not None:
+                proc.kill()
+        self.redis.stop()
+
+    def deploy(self, name: str, model_dir, segments=(), compression: str = "none"):
+        """Deploy over gRPC; ``segments`` are (start, end, worker index) triples."""
+        from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+        spec = common_pb2.Deployment(name=name, model_dir=str(model_dir), compression=compression)
+        request = orchestrator_pb2.DeployRequest(
+            deployment=spec,
+            segments=[
+                common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=f"worker-{w}")
+                for a, b, w in segments
+            ],
+        )
+        from resplit.rpc.channels import sync_channel
+
+        with sync_channel(self.orchestrator.address) as channel:
+            return orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=120).plan
+
+
+OWNERS = {1: [0], 2: [0, 1], 3: [0, 2, 0], 4: [0, 2, 3, 1]}
+
+
+def spread(num_units: int, pieces: int) -> list[tuple[int, int, int]]:
+    """Split [0, num_units) into ``pieces`` segments over workers: the first and last
+    segments (embedding, head) on trusted workers 0/1, the middle on untrusted 2 and 3;
+    three segments put S1 and S3 on the same worker, as in the paper."""
+    cuts = [round(i * num_units / pieces) for i in range(pieces + 1)]
+    return [(a, b, w) for a, b, w in zip(cuts[:-1], cuts[1:], OWNERS[pieces], strict=True)]

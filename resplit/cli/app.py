@@ -113,3 +113,8 @@ def demo(
     from .demo import run_demo
 
     raise typer.Exit(run_demo(console, state_dir, keep))
+
+
+from . import serve  # noqa: E402
+
+serve.register(app)

@@ -154,6 +154,13 @@ class StateStore:
         found = [await self.get_deployment(name) for name in names]
         return [d for d in found if d is not None]
 
+    async def delete_deployment(self, name: str) -> None:
+        """Forget a deployment and its plan; its epoch counters stay, so epochs never repeat."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.deployments(), name)
+            pipe.delete(keys.deployment(name), keys.plan(name))
+            await pipe.execute()
+
     async def next_epoch(self, deployment: str, floor: int = 0) -> int:
         """A fresh epoch for ``deployment``: above every epoch seen so far and ``floor``."""
         return int(

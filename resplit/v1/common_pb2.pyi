@@ -65,7 +65,7 @@ class Placement(_message.Message):
     def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CostBreakdown(_message.Message):
-    __slots__ = ("phi", "latency_ms", "utilization", "privacy", "compute_ms", "transfer_ms", "queueing_ms", "prefill_ms", "decode_ms_per_token", "throughput_tps")
+    __slots__ = ("phi", "latency_ms", "utilization", "privacy", "compute_ms", "transfer_ms", "queueing_ms", "prefill_ms", "decode_ms_per_token", "throughput_tps", "migration_gib", "bottleneck_ms")
     PHI_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     UTILIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,8 @@ class CostBreakdown(_message.Message):
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     DECODE_MS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_TPS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_GIB_FIELD_NUMBER: _ClassVar[int]
+    BOTTLENECK_MS_FIELD_NUMBER: _ClassVar[int]
     phi: float
     latency_ms: float
     utilization: float
@@ -86,7 +88,9 @@ class CostBreakdown(_message.Message):
     prefill_ms: float
     decode_ms_per_token: float
     throughput_tps: float
-    def __init__(self, phi: _Optional[float] = ..., latency_ms: _Optional[float] = ..., utilization: _Optional[float] = ..., privacy: _Optional[float] = ..., compute_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., queueing_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., decode_ms_per_token: _Optional[float] = ..., throughput_tps: _Optional[float] = ...) -> None: ...
+    migration_gib: float
+    bottleneck_ms: float
+    def __init__(self, phi: _Optional[float] = ..., latency_ms: _Optional[float] = ..., utilization: _Optional[float] = ..., privacy: _Optional[float] = ..., compute_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., queueing_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., decode_ms_per_token: _Optional[float] = ..., throughput_tps: _Optional[float] = ..., migration_gib: _Optional[float] = ..., bottleneck_ms: _Optional[float] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("deployment", "epoch", "segments", "predicted", "created_at", "reason")
@@ -221,7 +225,7 @@ class Thresholds(_message.Message):
     def __init__(self, l_max_ms: _Optional[float] = ..., u_max: _Optional[float] = ..., b_min_mbps: _Optional[float] = ..., t_cool_s: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("alpha", "beta", "gamma", "thresholds", "trusted_node_ids", "private_depth", "objective", "soft_privacy", "interval_s", "hysteresis")
+    __slots__ = ("alpha", "beta", "gamma", "thresholds", "trusted_node_ids", "private_depth", "objective", "soft_privacy", "interval_s", "hysteresis", "migration_weight")
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     BETA_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +236,7 @@ class Policy(_message.Message):
     SOFT_PRIVACY_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     HYSTERESIS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     alpha: float
     beta: float
     gamma: float
@@ -242,7 +247,8 @@ class Policy(_message.Message):
     soft_privacy: bool
     interval_s: float
     hysteresis: float
-    def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ..., gamma: _Optional[float] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., trusted_node_ids: _Optional[_Iterable[str]] = ..., private_depth: _Optional[int] = ..., objective: _Optional[_Union[Objective, str]] = ..., soft_privacy: _Optional[bool] = ..., interval_s: _Optional[float] = ..., hysteresis: _Optional[float] = ...) -> None: ...
+    migration_weight: float
+    def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ..., gamma: _Optional[float] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., trusted_node_ids: _Optional[_Iterable[str]] = ..., private_depth: _Optional[int] = ..., objective: _Optional[_Union[Objective, str]] = ..., soft_privacy: _Optional[bool] = ..., interval_s: _Optional[float] = ..., hysteresis: _Optional[float] = ..., migration_weight: _Optional[float] = ...) -> None: ...
 
 class Trigger(_message.Message):
     __slots__ = ("name", "value", "threshold", "subject")

@@ -29,20 +29,22 @@ SOLVER_KIND_GREEDY: SolverKind
 SOLVER_KIND_BRUTE_FORCE: SolverKind
 
 class UnitProfile(_message.Message):
-    __slots__ = ("index", "kind", "param_bytes", "kv_bytes_per_token", "flops_per_token", "activation_bytes_per_token")
+    __slots__ = ("index", "kind", "param_bytes", "kv_bytes_per_token", "flops_per_token", "activation_bytes_per_token", "attention_flops_per_position")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FLOPS_PER_POSITION_FIELD_NUMBER: _ClassVar[int]
     index: int
     kind: str
     param_bytes: int
     kv_bytes_per_token: int
     flops_per_token: float
     activation_bytes_per_token: int
-    def __init__(self, index: _Optional[int] = ..., kind: _Optional[str] = ..., param_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., flops_per_token: _Optional[float] = ..., activation_bytes_per_token: _Optional[int] = ...) -> None: ...
+    attention_flops_per_position: float
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[str] = ..., param_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., flops_per_token: _Optional[float] = ..., activation_bytes_per_token: _Optional[int] = ..., attention_flops_per_position: _Optional[float] = ...) -> None: ...
 
 class ModelProfile(_message.Message):
     __slots__ = ("name", "family", "dtype", "units")
@@ -57,30 +59,34 @@ class ModelProfile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., dtype: _Optional[str] = ..., units: _Optional[_Iterable[_Union[UnitProfile, _Mapping]]] = ...) -> None: ...
 
 class NodeProfile(_message.Message):
-    __slots__ = ("node_id", "memory_bytes", "flops_per_s", "utilization", "trusted", "device_profile")
+    __slots__ = ("node_id", "memory_bytes", "flops_per_s", "utilization", "trusted", "device_profile", "memory_bandwidth_gbps")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_S_FIELD_NUMBER: _ClassVar[int]
     UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     TRUSTED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BANDWIDTH_GBPS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     memory_bytes: int
     flops_per_s: float
     utilization: float
     trusted: bool
     device_profile: str
-    def __init__(self, node_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., flops_per_s: _Optional[float] = ..., utilization: _Optional[float] = ..., trusted: _Optional[bool] = ..., device_profile: _Optional[str] = ...) -> None: ...
+    memory_bandwidth_gbps: float
+    def __init__(self, node_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., flops_per_s: _Optional[float] = ..., utilization: _Optional[float] = ..., trusted: _Optional[bool] = ..., device_profile: _Optional[str] = ..., memory_bandwidth_gbps: _Optional[float] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("prompt_tokens", "generate_tokens", "request_rate")
+    __slots__ = ("prompt_tokens", "generate_tokens", "request_rate", "concurrent_sessions")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_RATE_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     generate_tokens: int
     request_rate: float
-    def __init__(self, prompt_tokens: _Optional[int] = ..., generate_tokens: _Optional[int] = ..., request_rate: _Optional[float] = ...) -> None: ...
+    concurrent_sessions: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., generate_tokens: _Optional[int] = ..., request_rate: _Optional[float] = ..., concurrent_sessions: _Optional[int] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("model", "nodes", "links", "policy", "workload", "current")
@@ -109,16 +115,18 @@ class SolveRequest(_message.Message):
     def __init__(self, problem: _Optional[_Union[Problem, _Mapping]] = ..., mode: _Optional[_Union[SolveMode, str]] = ..., solver: _Optional[_Union[SolverKind, str]] = ...) -> None: ...
 
 class SolveResponse(_message.Message):
-    __slots__ = ("plan", "cost", "solve_ms", "solver")
+    __slots__ = ("plan", "cost", "solve_ms", "solver", "detail")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     SOLVE_MS_FIELD_NUMBER: _ClassVar[int]
     SOLVER_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     plan: _common_pb2.Plan
     cost: _common_pb2.CostBreakdown
     solve_ms: float
     solver: SolverKind
-    def __init__(self, plan: _Optional[_Union[_common_pb2.Plan, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.CostBreakdown, _Mapping]] = ..., solve_ms: _Optional[float] = ..., solver: _Optional[_Union[SolverKind, str]] = ...) -> None: ...
+    detail: str
+    def __init__(self, plan: _Optional[_Union[_common_pb2.Plan, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.CostBreakdown, _Mapping]] = ..., solve_ms: _Optional[float] = ..., solver: _Optional[_Union[SolverKind, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ProfileModelRequest(_message.Message):
     __slots__ = ("model_dir", "config_json", "dtype")

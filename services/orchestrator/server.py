@@ -1,6 +1,7 @@
-"""Orchestrator transport. Reading state is real (deployments, plans, routes,
-events); deploying and the control loop answer UNIMPLEMENTED until their
-issues land. Ready while Redis answers."""
+"""Orchestrator transport. Deploy/Undeploy and the read path (deployments,
+plans, routes, events) are real; ApplyPlan and the control loop answer
+UNIMPLEMENTED until the orchestrator/broadcaster issue. Ready while Redis
+answers."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from resplit.state import StateStore
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 from .config import OrchestratorSettings
+from .deployer import Deployer, DeployError
 
-DEPLOY = "the worker data-plane issue (deploy path)"
 LOOP = "the orchestrator/broadcaster issue"
 
 
@@ -24,8 +25,9 @@ async def _require_name(name: str, context: grpc.aio.ServicerContext) -> str:
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, deployer: Deployer) -> None:
         self.store = store
+        self.deployer = deployer
 
     async def _plan(self, name: str, context: grpc.aio.ServicerContext) -> common_pb2.Plan:
         plan = await self.store.get_plan(await _require_name(name, context))
@@ -35,11 +37,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             )
         return plan
 
-    async def Deploy(self, request, context):
-        await not_yet(context, "OrchestratorService.Deploy", DEPLOY)
+    async def Deploy(
+        self, request: orchestrator_pb2.DeployRequest, context
+    ) -> orchestrator_pb2.DeployResponse:
+        try:
+            plan = await self.deployer.deploy(request.deployment, list(request.segments))
+        except DeployError as exc:
+            await context.abort(exc.code, str(exc))
+        return orchestrator_pb2.DeployResponse(plan=plan)
 
-    async def Undeploy(self, request, context):
-        await not_yet(context, "OrchestratorService.Undeploy", DEPLOY)
+    async def Undeploy(self, request: orchestrator_pb2.UndeployRequest, context):
+        try:
+            await self.deployer.undeploy(await _require_name(request.deployment, context))
+        except DeployError as exc:
+            await context.abort(exc.code, str(exc))
+        return orchestrator_pb2.UndeployResponse()
 
     async def ApplyPlan(self, request, context):
         await not_yet(context, "OrchestratorService.ApplyPlan", LOOP)
@@ -87,12 +99,12 @@ class OrchestratorCore:
     service_names = [orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name]
 
     def __init__(self, settings: OrchestratorSettings) -> None:
+        self.settings = settings
         self.store = StateStore(settings.redis_url)
 
     def register(self, server: grpc.aio.Server) -> None:
-        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
-            OrchestratorServicer(self.store), server
-        )
+        servicer = OrchestratorServicer(self.store, Deployer(self.store, self.settings.prepare_deadline_s))
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
         return None

@@ -1,0 +1,182 @@
+"""Deploy path: load segments on workers, commit the epoch, store the plan.
+
+Until the broadcaster's two-phase rollout lands, the orchestrator talks to
+the workers itself: LoadSegment on every hop in parallel (prepare), then
+CommitEpoch everywhere (commit), then the plan goes to Redis and the route is
+published. A failed load releases what was loaded and leaves no plan behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from resplit.core.tensors import COMPRESSIONS
+from resplit.core.units import PlanError, route_of
+from resplit.rpc.channels import aio_channel
+from resplit.state import StateStore
+from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+from .core.models import ModelDirError, inspect_model
+from .core.placement import PrivacyError, check_placement, default_segments
+from .core.policy import default_policy
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(Exception):
+    """A deployment refused; ``code`` is the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _call(address: str, method: str, request, deadline_s: float):
+    async with aio_channel(address) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        return await getattr(stub, method)(request, timeout=deadline_s)
+
+
+class Deployer:
+    def __init__(self, store: StateStore, prepare_deadline_s: float) -> None:
+        self.store = store
+        self.prepare_deadline_s = prepare_deadline_s
+
+    async def deploy(
+        self, spec: common_pb2.Deployment, segments: list[common_pb2.Segment]
+    ) -> common_pb2.Plan:
+        if not spec.name:
+            raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
+        compression = spec.compression or "none"
+        if compression not in COMPRESSIONS:
+            raise DeployError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"compression must be one of {', '.join(COMPRESSIONS)}, got {spec.compression!r}",
+            )
+        try:
+            info = await asyncio.to_thread(inspect_model, spec.model_dir)
+        except FileNotFoundError as exc:
+            raise DeployError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+        except ModelDirError as exc:
+            raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        policy = spec.policy if spec.HasField("policy") else default_policy()
+        nodes = await self.store.list_nodes(include_down=False)
+        try:
+            segments = segments or default_segments(nodes, info.num_units)
+            check_placement(segments, nodes, info.num_units, policy.private_depth, policy.trusted_node_ids)
+        except PrivacyError as exc:
+            raise DeployError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+        except PlanError as exc:
+            code = (
+                grpc.StatusCode.FAILED_PRECONDITION
+                if "down" in str(exc)
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            raise DeployError(code, str(exc)) from None
+
+        previous = await self.store.get_plan(spec.name)
+        epoch = await self.store.next_epoch(spec.name, floor=previous.epoch if previous else 0)
+        plan = common_pb2.Plan(
+            deployment=spec.name, epoch=epoch, segments=segments, created_at=time.time(), reason="deploy"
+        )
+        route = route_of(plan, nodes)
+        started = time.perf_counter()
+        await self._prepare(spec, route, COMPRESSIONS[compression])
+        await self._commit(route)
+        log.info("deployed %s epoch %d in %.0f ms", spec.name, epoch, (time.perf_counter() - started) * 1e3)
+
+        record = common_pb2.Deployment()
+        record.CopyFrom(spec)
+        record.policy.CopyFrom(policy)
+        record.num_units, record.family, record.generative = info.num_units, info.family, info.generative
+        record.compression = compression
+        await self.store.put_plan(plan)
+        await self.store.put_deployment(record)
+        await self.store.publish_route(route)
+        if previous is not None:
+            await self._release(previous, nodes)
+        return plan
+
+    async def _prepare(self, spec: common_pb2.Deployment, route: common_pb2.Route, compression: int) -> None:
+        requests = [
+            (
+                hop,
+                worker_pb2.LoadSegmentRequest(
+                    deployment=spec.name,
+                    epoch=route.epoch,
+                    units=hop.units,
+                    model_dir=spec.model_dir,
+                    dtype=spec.dtype,
+                    compression=compression,
+                ),
+            )
+            for hop in route.hops
+        ]
+        results = await asyncio.gather(
+            *(_call(hop.address, "LoadSegment", req, self.prepare_deadline_s) for hop, req in requests),
+            return_exceptions=True,
+        )
+        failures = [
+            (hop, r) for (hop, _), r in zip(requests, results, strict=True) if isinstance(r, BaseException)
+        ]
+        if not failures:
+            return
+        for (hop, request), result in zip(requests, results, strict=True):
+            if not isinstance(result, BaseException):
+                release = worker_pb2.ReleaseSegmentRequest(
+                    deployment=request.deployment, epoch=request.epoch, units=request.units
+                )
+                await asyncio.gather(
+                    _call(hop.address, "ReleaseSegment", release, 10), return_exceptions=True
+                )
+        hop, error = failures[0]
+        where = (
+            f"worker {hop.node_id} ({hop.address}) could not load units [{hop.units.start}, {hop.units.end})"
+        )
+        if isinstance(error, grpc.aio.AioRpcError):
+            raise DeployError(error.code(), f"{where}: {error.details()}")
+        raise DeployError(grpc.StatusCode.UNAVAILABLE, f"{where}: {error}")
+
+    async def _commit(self, route: common_pb2.Route) -> None:
+        addresses = {hop.address for hop in route.hops}
+        request = worker_pb2.CommitEpochRequest(deployment=route.deployment, epoch=route.epoch, route=route)
+        results = await asyncio.gather(
+            *(_call(a, "CommitEpoch", request, 10) for a in addresses), return_exceptions=True
+        )
+        for address, result in zip(addresses, results, strict=True):
+            if isinstance(result, BaseException):
+                raise DeployError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"worker {address} did not commit epoch {route.epoch}: {result}",
+                )
+
+    async def _release(self, plan: common_pb2.Plan, nodes: list[common_pb2.Node]) -> None:
+        """Free an older plan's segments (best effort: a worker may be gone)."""
+        by_id = {n.node_id: n.address for n in nodes}
+        for segment in plan.segments:
+            address = by_id.get(segment.node_id)
+            if address is None:
+                continue
+            request = worker_pb2.ReleaseSegmentRequest(
+                deployment=plan.deployment, epoch=plan.epoch, units=segment.units
+            )
+            try:
+                await _call(address, "ReleaseSegment", request, 10)
+            except grpc.aio.AioRpcError as exc:
+                log.info(
+                    "release of %s epoch %d on %s: %s", plan.deployment, plan.epoch, address, exc.details()
+                )
+
+    async def undeploy(self, name: str) -> None:
+        plan = await self.store.get_plan(name)
+        if plan is None:
+            raise DeployError(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
+        await self._release(plan, await self.store.list_nodes())
+        await self.store.delete_deployment(name)
+
+
+__all__ = ["DeployError", "Deployer", "PlanError"]
