@@ -1,0 +1,177 @@
+"""Many sessions at once, each exactly right; limits refuse clearly and free memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import torch
+from support import LocalStack, spread
+from transformers import AutoModelForCausalLM
+
+from resplit.models import Checkpoint, num_units
+from resplit.rpc.channels import sync_channel
+from resplit.sdk import AsyncClient, Client, Sampling
+from resplit.sdk.exchange import GenerateExchange
+from resplit.v1 import worker_pb2, worker_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+
+def _reference(model_dir, prompt: list[int], new_tokens: int) -> list[int]:
+    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    out = whole.generate(
+        torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=3
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def _sessions_on(proc) -> int:
+    with sync_channel(proc.address) as channel:
+        return (
+            worker_pb2_grpc.WorkerServiceStub(channel)
+            .GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
+            .sessions
+        )
+
+
+def test_eight_concurrent_sessions_each_exactly_right(stack, tiny_models):
+    model_dir = tiny_models["qwen2"]
+    stack.deploy("concurrent", model_dir, spread(num_units(Checkpoint(model_dir).config), 3))
+    prompts = [[10 + i, 20 + 3 * i, 30, 40 + i, 7 * (i + 1)] for i in range(8)]
+    expected = [_reference(model_dir, p, 24) for p in prompts]
+
+    def run(prompt: list[int]) -> list[int]:
+        with Client(stack.orchestrator.address) as client:
+            route = client.route("concurrent")
+            return [t.token_id for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=24))]
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(run, prompts))
+    assert got == expected
+    assert all(_sessions_on(p) == 0 for p in stack.worker_procs)
+
+
+def test_async_client_streams_the_same_tokens(stack, tiny_models):
+    model_dir = tiny_models["gpt2"]
+    stack.deploy("async-gpt2", model_dir, spread(num_units(Checkpoint(model_dir).config), 2))
+    prompt = [11, 12, 13, 14]
+    expected = _reference(model_dir, prompt, 16)
+
+    async def go() -> list[list[int]]:
+        async with AsyncClient(stack.orchestrator.address) as client:
+            route = await client.route("async-gpt2")
+
+            async def one() -> list[int]:
+                return [
+                    t.token_id async for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=16))
+                ]
+
+            return await asyncio.gather(one(), one(), one())
+
+    assert asyncio.run(go()) == [expected] * 3
+
+
+def test_text_generation_with_the_models_tokenizer(stack, tiny_models):
+    model_dir = tiny_models["llama"]
+    stack.deploy("text-llama", model_dir, spread(num_units(Checkpoint(model_dir).config), 3))
+    with Client(stack.orchestrator.address) as client:
+        tokens = list(client.generate("The edge node keeps", deployment="text-llama", max_new_tokens=12))
+        tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(model_dir)
+    ids = [t.token_id for t in tokens]
+    assert "".join(t.text for t in tokens) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert 1 <= len(tokens) <= 12
+    assert all(t.latency_s > 0 for t in tokens)
+
+
+def test_seeded_sampling_is_reproducible_and_differs_across_seeds(stack, tiny_models):
+    model_dir = tiny_models["mistral"]
+    stack.deploy("sampled", model_dir, spread(num_units(Checkpoint(model_dir).config), 2))
+    with Client(stack.orchestrator.address) as client:
+        route = client.route("sampled")
+
+        def draw(seed: int) -> list[int]:
+            sampling = Sampling(max_new_tokens=16, temperature=1.5, top_k=50, top_p=0.95, seed=seed)
+            return [t.token_id for t in client.generate_ids([5, 6, 7], route, sampling)]
+
+        first, again, other = draw(1), draw(1), draw(2)
+    assert first == again
+    assert first != other
+
+
+def test_stop_token_ends_the_generation(stack, tiny_models):
+    model_dir = tiny_models["llama"]
+    stack.deploy("stops", model_dir, spread(num_units(Checkpoint(model_dir).config), 2))
+    with Client(stack.orchestrator.address) as client:
+        route = client.route("stops")
+        free = [t.token_id for t in client.generate_ids([5, 6, 7], route, Sampling(max_new_tokens=10))]
+        stop_at = free[3]
+        stopped = list(
+            client.generate_ids([5, 6, 7], route, Sampling(max_new_tokens=10, stop_token_ids=[stop_at]))
+        )
+    assert [t.token_id for t in stopped] == free[: free.index(stop_at) + 1]
+    assert stopped[-1].finished and stopped[-1].finish_reason == "stop_token"
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_models):
+    args = ["--torch-threads", "1", "--max-sessions", "2", "--max-tokens", "20", "--idle-timeout-s", "1"]
+    local = LocalStack(workers=2, worker_args=args)
+    try:
+        local.start()
+        model_dir = tiny_models["llama"]
+        local.deploy("limited", model_dir, spread(num_units(Checkpoint(model_dir).config), 2))
+        yield local
+    finally:
+        local.stop()
+
+
+def test_session_limit_answers_resource_exhausted(limited):
+    with Client(limited.orchestrator.address) as client:
+        route = client.route("limited")
+        held = [
+            client._drive(route.hops[0].address, GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5)))
+            for _ in range(2)
+        ]
+        for session in held:
+            next(session)
+        with pytest.raises(grpc.RpcError) as info:
+            list(client.generate_ids([5, 6], route, Sampling(max_new_tokens=2)))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit 2" in info.value.details()
+        for session in held:
+            assert len(list(session)) == 4  # the held sessions finish untouched
+        assert len(list(client.generate_ids([5, 6], route, Sampling(max_new_tokens=2)))) == 2
+    assert all(_sessions_on(p) == 0 for p in limited.worker_procs)
+
+
+def test_token_limit_answers_resource_exhausted_and_frees_the_session(limited):
+    with Client(limited.orchestrator.address) as client:
+        route = client.route("limited")
+        got = []
+        with pytest.raises(grpc.RpcError) as info:
+            for token in client.generate_ids(list(range(5, 17)), route, Sampling(max_new_tokens=30)):
+                got.append(token)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "over the limit of 20" in info.value.details()
+    assert len(got) == 20 - 12 + 1  # 12 prompt tokens + 8 decoded reach 20; the 9th step is refused
+    time.sleep(0.2)
+    assert all(_sessions_on(p) == 0 for p in limited.worker_procs)
+
+
+def test_idle_session_answers_deadline_exceeded_and_frees_the_session(limited):
+    with Client(limited.orchestrator.address) as client:
+        route = client.route("limited")
+        session = client._drive(
+            route.hops[0].address, GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5))
+        )
+        next(session)
+        time.sleep(1.6)
+        with pytest.raises(grpc.RpcError) as info:
+            list(session)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "memory freed" in info.value.details()
+    assert all(_sessions_on(p) == 0 for p in limited.worker_procs)
