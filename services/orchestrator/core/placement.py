@@ -50,7 +50,7 @@ def default_segments(nodes: Sequence[common_pb2.Node], num_units: int) -> list[c
     owners = [edge.node_id, middle.node_id, edge.node_id]
     return [
         common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=owner)
-        for a, b, owner in zip(cuts, cuts[1:], owners, strict=True)
+        for a, b, owner in zip(cuts[:-1], cuts[1:], owners, strict=True)
     ]
 
 
