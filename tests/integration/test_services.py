@@ -39,8 +39,8 @@ UNIMPLEMENTED = {
     "monitor": lambda ch: monitor_pb2_grpc.MonitorServiceStub(ch).GetEnvironment(
         monitor_pb2.GetEnvironmentRequest(), timeout=5
     ),
-    "orchestrator": lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).Deploy(
-        orchestrator_pb2.DeployRequest(), timeout=5
+    "orchestrator": lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).ApplyPlan(
+        orchestrator_pb2.ApplyPlanRequest(), timeout=5
     ),
     "splitter": lambda ch: splitter_pb2_grpc.SplitterServiceStub(ch).Solve(
         splitter_pb2.SolveRequest(), timeout=5
@@ -48,8 +48,8 @@ UNIMPLEMENTED = {
     "broadcaster": lambda ch: broadcaster_pb2_grpc.BroadcasterServiceStub(ch).Rollout(
         broadcaster_pb2.RolloutRequest(), timeout=5
     ),
-    "worker": lambda ch: worker_pb2_grpc.WorkerServiceStub(ch).LoadSegment(
-        worker_pb2.LoadSegmentRequest(), timeout=5
+    "worker": lambda ch: list(
+        worker_pb2_grpc.WorkerServiceStub(ch).ExportSession(worker_pb2.ExportSessionRequest(), timeout=5)
     ),
 }
 

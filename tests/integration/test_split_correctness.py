@@ -54,7 +54,9 @@ def test_decoder_split_matches_whole_model(stack, tiny_models, references, famil
     with Client(stack.orchestrator.address) as client:
         route = client.route(name)
         assert len({hop.address for hop in route.hops}) == len({w for *_, w in spread(units, pieces)})
-        tokens = list(client.generate_ids(PROMPT, route, Sampling(max_new_tokens=NEW_TOKENS), return_logits=True))
+        tokens = list(
+            client.generate_ids(PROMPT, route, Sampling(max_new_tokens=NEW_TOKENS), return_logits=True)
+        )
     expected_tokens, expected_logits = references[family]
     assert [t.token_id for t in tokens] == expected_tokens
     assert tokens[-1].finished and tokens[-1].finish_reason == "max_new_tokens"
