@@ -124,6 +124,9 @@ def register(app: typer.Typer) -> None:
                     latencies.append(token.latency_s * 1e3)
             except grpc.RpcError as exc:
                 raise _fail(exc) from None
+            except LookupError as exc:
+                err.print(str(exc))
+                raise typer.Exit(1) from None
         print()
         if len(latencies) > 1:
             decode = latencies[1:]
@@ -147,6 +150,9 @@ def register(app: typer.Typer) -> None:
                 vectors = client.embed(texts, deployment=deployment)
             except grpc.RpcError as exc:
                 raise _fail(exc) from None
+            except LookupError as exc:
+                err.print(str(exc))
+                raise typer.Exit(1) from None
         table = Table(title=f"embeddings from {deployment!r} ({vectors.shape[1]} dims)")
         for column in ("text", "norm", "first values"):
             table.add_column(column)
