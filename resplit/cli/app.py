@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..launcher import stack as stack_mod
 from ..rpc.probe import grpc_health
-from . import views
+from . import serve, views
 
 app = typer.Typer(
     help="resplit: adaptive split inference at the edge.", no_args_is_help=True, add_completion=False
@@ -22,6 +22,7 @@ StateDir = Annotated[
     Path, typer.Option("--state-dir", envvar="RESPLIT_STATE_DIR", help="where the stack file and logs live")
 ]
 DEFAULT_STATE_DIR = Path(".resplit")
+serve.register(app)
 
 
 @app.command()
@@ -109,12 +110,7 @@ def demo(
     state_dir: Annotated[Path, typer.Option(help="state folder of the demo stack")] = DEFAULT_STATE_DIR
     / "demo",
 ) -> None:
-    """Bring the stack up, show it healthy, and say what it can and cannot do yet."""
+    """Start the stack, run MiniLM split over three workers and stream tokens from a tiny Llama."""
     from .demo import run_demo
 
     raise typer.Exit(run_demo(console, state_dir, keep))
-
-
-from . import serve  # noqa: E402
-
-serve.register(app)
