@@ -119,6 +119,7 @@ def test_stop_token_ends_the_generation(stack, tiny_models):
 @pytest.fixture(scope="module")
 def limited(tiny_models):
     args = ["--torch-threads", "1", "--max-sessions", "2", "--max-tokens", "20", "--idle-timeout-s", "1"]
+    args += ["--chunk-bytes", "1024"]  # every prefill activation and logits tensor goes in several chunks
     local = LocalStack(workers=2, worker_args=args)
     try:
         local.start()
@@ -175,3 +176,13 @@ def test_idle_session_answers_deadline_exceeded_and_frees_the_session(limited):
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "memory freed" in info.value.details()
     assert all(_sessions_on(p) == 0 for p in limited.worker_procs)
+
+
+def test_chunked_activations_and_logits_are_exact(limited, tiny_models):
+    prompt = list(range(5, 17))  # 12 tokens x 64 x 4 bytes = 3 KiB per activation: 3 chunks
+    expected = _reference(tiny_models["llama"], prompt, 8)
+    with Client(limited.orchestrator.address) as client:
+        route = client.route("limited")
+        tokens = list(client.generate_ids(prompt, route, Sampling(max_new_tokens=8), return_logits=True))
+    assert [t.token_id for t in tokens] == expected
+    assert tokens[0].logits.shape == (320,)  # 1280 bytes of logits: 2 chunks
