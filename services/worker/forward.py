@@ -140,7 +140,8 @@ class ForwardHandler:
     ) -> worker_pb2.ForwardRequest | None:
         timeout = self.sessions.limits.idle_timeout_s
         try:
-            return await asyncio.wait_for(requests.__anext__(), timeout)
+            async with asyncio.timeout(timeout):  # no extra task per message, unlike wait_for
+                return await anext(requests)
         except StopAsyncIteration:
             return None
         except TimeoutError:
