@@ -11,7 +11,6 @@ hop's refusal is passed up unchanged, prefixed with where it happened.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,13 +19,13 @@ import grpc
 
 from resplit.core.tensors import Assembler, encode
 from resplit.models.sampling import Sampler
-from resplit.rpc.channels import aio_channel
-from resplit.v1 import worker_pb2, worker_pb2_grpc
+from resplit.v1 import worker_pb2
 
 from .core import errors
 from .core.hosting import Hosted, Hosting
 from .core.inputs import activation, token_input
 from .core.sessions import Session, SessionTable
+from .hops import Channels, Downstream, HopError
 
 log = logging.getLogger(__name__)
 
@@ -46,76 +45,6 @@ def status_of(exc: errors.WorkerError) -> grpc.StatusCode:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL
-
-
-class HopError(Exception):
-    """A downstream hop refused; carries its status so we can pass it on."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class Channels:
-    """One channel per downstream address, shared by every session's stream."""
-
-    def __init__(self, max_message_bytes: int) -> None:
-        self.max_message_bytes = max_message_bytes
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
-        if address not in self._channels:
-            self._channels[address] = aio_channel(address, self.max_message_bytes)
-        return worker_pb2_grpc.WorkerServiceStub(self._channels[address])
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-
-
-class Downstream:
-    """This session's stream to the next hop."""
-
-    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub, address: str, units: tuple[int, int]) -> None:
-        self.address = address
-        self.units = units
-        self.call = stub.Forward()
-
-    async def write(self, message: worker_pb2.ForwardRequest) -> None:
-        try:
-            await self.call.write(message)
-        except grpc.aio.AioRpcError as exc:
-            raise self._hop_error(exc) from None
-        except asyncio.InvalidStateError:
-            raise await self._failed() from None
-
-    async def read(self) -> worker_pb2.ForwardResponse:
-        try:
-            message = await self.call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise self._hop_error(exc) from None
-        if message is grpc.aio.EOF:
-            raise await self._failed()
-        return message
-
-    async def _failed(self) -> HopError:
-        code = await self.call.code()
-        details = await self.call.details()
-        return HopError(
-            code or grpc.StatusCode.UNAVAILABLE, f"next hop {self.address}: {details or 'stream ended'}"
-        )
-
-    def _hop_error(self, exc: grpc.aio.AioRpcError) -> HopError:
-        details = exc.details() or ""
-        prefix = "" if details.startswith("next hop") else f"next hop {self.address}: "
-        return HopError(exc.code(), prefix + details)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.call.done_writing()
-        self.call.cancel()
 
 
 class ForwardHandler:
