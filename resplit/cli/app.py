@@ -114,3 +114,8 @@ def demo(
     from .demo import run_demo
 
     raise typer.Exit(run_demo(console, state_dir, keep))
+
+
+from .top import top  # noqa: E402
+
+app.command()(top)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -9,7 +11,14 @@ import grpc
 import torch
 
 from ..rpc.channels import aio_channel
-from ..v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, worker_pb2_grpc
+from ..v1 import (
+    common_pb2,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    worker_pb2_grpc,
+)
 from .client import DEFAULT_ORCHESTRATOR
 from .exchange import EmbedExchange, GeneratedToken, GenerateExchange, Sampling
 from .tokens import TextStream, tokenizer_for
@@ -18,9 +27,14 @@ from .tokens import TextStream, tokenizer_for
 class AsyncClient:
     """asyncio client of a resplit deployment."""
 
-    def __init__(self, orchestrator: str = DEFAULT_ORCHESTRATOR, *, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, orchestrator: str = DEFAULT_ORCHESTRATOR, *, timeout_s: float = 300.0, monitor: str = ""
+    ) -> None:
+        """``monitor``: as for :class:`resplit.Client`, latency reports go there when set."""
         self.orchestrator = orchestrator
         self.timeout_s = timeout_s
+        self.monitor = monitor
+        self._reports: set[asyncio.Task] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> AsyncClient:
@@ -30,6 +44,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._reports:  # let queued latency reports go out (bounded wait)
+            await asyncio.wait(self._reports, timeout=0.5)
+        self._reports.clear()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -56,6 +73,26 @@ class AsyncClient:
         raise LookupError(
             f"deployment {name!r} is not deployed (known: {[d.name for d in listed.deployments]})"
         )
+
+    def _report_latency(self, deployment: str, started: float, tokens: int) -> None:
+        """Feed the monitor's latency EWMA in the background; never an error here."""
+        if not self.monitor or not deployment:
+            return
+        sample = monitor_pb2.LatencySample(
+            deployment=deployment,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            tokens=tokens,
+            timestamp=time.time(),
+        )
+        stub = monitor_pb2_grpc.MonitorServiceStub(self._channel(self.monitor))
+
+        async def send() -> None:
+            with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
+                await stub.ReportLatency(sample, timeout=2.0)
+
+        task = asyncio.create_task(send())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _drive(self, address: str, exchange) -> AsyncIterator[GeneratedToken]:
         call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(timeout=self.timeout_s)
@@ -88,8 +125,11 @@ class AsyncClient:
         return_logits: bool = False,
     ) -> AsyncIterator[GeneratedToken]:
         exchange = GenerateExchange(route, list(prompt_ids), sampling or Sampling(), return_logits)
+        started, tokens = time.perf_counter(), 0
         async for token in self._drive(route.hops[0].address, exchange):
+            tokens += 1
             yield token
+        self._report_latency(route.deployment, started, tokens)
 
     async def generate(
         self,
@@ -118,8 +158,10 @@ class AsyncClient:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, route: common_pb2.Route
     ) -> torch.Tensor:
         exchange = EmbedExchange(route, input_ids, attention_mask)
+        started = time.perf_counter()
         async for _ in self._drive(route.hops[0].address, exchange):
             pass
+        self._report_latency(route.deployment, started, int(input_ids.shape[0]))
         if exchange.result is None:
             raise RuntimeError("the session ended without a result")
         return exchange.result

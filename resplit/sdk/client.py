@@ -7,6 +7,7 @@ back as ``grpc.RpcError`` with their status code and message.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,14 @@ import grpc
 import torch
 
 from ..rpc.channels import sync_channel
-from ..v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, worker_pb2_grpc
+from ..v1 import (
+    common_pb2,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    worker_pb2_grpc,
+)
 from .exchange import EmbedExchange, GeneratedToken, GenerateExchange, Sampling
 from .tokens import TextStream, tokenizer_for
 
@@ -25,9 +33,15 @@ DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
 class Client:
     """Blocking client of a resplit deployment."""
 
-    def __init__(self, orchestrator: str = DEFAULT_ORCHESTRATOR, *, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, orchestrator: str = DEFAULT_ORCHESTRATOR, *, timeout_s: float = 300.0, monitor: str = ""
+    ) -> None:
+        """``monitor``: host:port of the monitor; when set, each finished request's
+        end-to-end latency is reported to it (fire and forget, never an error here)."""
         self.orchestrator = orchestrator
         self.timeout_s = timeout_s
+        self.monitor = monitor
+        self._reports: list[grpc.Future] = []
         self._channels: dict[str, grpc.Channel] = {}
 
     def __enter__(self) -> Client:
@@ -37,6 +51,10 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        for report in self._reports:  # let queued latency reports go out (bounded wait)
+            with contextlib.suppress(grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
+                report.result(timeout=0.5)
+        self._reports.clear()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -63,6 +81,20 @@ class Client:
         raise LookupError(
             f"deployment {name!r} is not deployed (known: {[d.name for d in listed.deployments]})"
         )
+
+    def _report_latency(self, deployment: str, started: float, tokens: int) -> None:
+        """Feed the monitor's per-deployment latency EWMA without waiting for it."""
+        if not self.monitor or not deployment:
+            return
+        sample = monitor_pb2.LatencySample(
+            deployment=deployment,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            tokens=tokens,
+            timestamp=time.time(),
+        )
+        stub = monitor_pb2_grpc.MonitorServiceStub(self._channel(self.monitor))
+        self._reports = [r for r in self._reports if not r.done()]
+        self._reports.append(stub.ReportLatency.future(sample, timeout=2.0))  # not awaited here
 
     # -- data plane ----------------------------------------------------------
     def _drive(self, address: str, exchange) -> Iterator[GeneratedToken]:
@@ -101,7 +133,11 @@ class Client:
     ) -> Iterator[GeneratedToken]:
         """Generate from token ids along an explicit route."""
         exchange = GenerateExchange(route, list(prompt_ids), sampling or Sampling(), return_logits)
-        yield from self._drive(route.hops[0].address, exchange)
+        started, tokens = time.perf_counter(), 0
+        for token in self._drive(route.hops[0].address, exchange):
+            tokens += 1
+            yield token
+        self._report_latency(route.deployment, started, tokens)
 
     def generate(
         self,
@@ -135,8 +171,10 @@ class Client:
     ) -> torch.Tensor:
         """Embeddings [rows, H] of a padded batch along an explicit route."""
         exchange = EmbedExchange(route, input_ids, attention_mask)
+        started = time.perf_counter()
         for _ in self._drive(route.hops[0].address, exchange):
             pass
+        self._report_latency(route.deployment, started, int(input_ids.shape[0]))
         if exchange.result is None:
             raise RuntimeError("the session ended without a result")
         return exchange.result

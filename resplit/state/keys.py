@@ -50,3 +50,39 @@ def events(name: str) -> str:
 def route_channel(name: str) -> str:
     """Pub/sub channel carrying each newly committed ``resplit.v1.Route``."""
     return f"{PREFIX}:deploy:{name}:route"
+
+
+def metrics_latest(node_id: str) -> str:
+    """The node's latest ``resplit.v1.NodeMetrics``."""
+    return f"{PREFIX}:node:{node_id}:metrics"
+
+
+def metrics_series(node_id: str) -> str:
+    """Redis stream of the node's ``NodeMetrics`` (time series, trimmed by age)."""
+    return f"{PREFIX}:node:{node_id}:metrics:ts"
+
+
+def links_from(src: str) -> str:
+    """Latest estimates of every link out of ``src``: an ``Environment`` holding only
+    ``links`` (one value per node, so E(t) reads N values, not N^2)."""
+    return f"{PREFIX}:node:{src}:links"
+
+
+def link_series(src: str, dst: str) -> str:
+    """Redis stream of one directed link's ``Link`` estimates."""
+    return f"{PREFIX}:link:{src}>{dst}:ts"
+
+
+def latency_ewma() -> str:
+    """Hash deployment -> end-to-end latency EWMA in ms."""
+    return f"{PREFIX}:latency_ewma"
+
+
+def latency_series(name: str) -> str:
+    """Redis stream of one deployment's end-to-end latency samples."""
+    return f"{PREFIX}:deploy:{name}:latency:ts"
+
+
+def environment_series() -> str:
+    """Redis stream of assembled E(t) snapshots."""
+    return f"{PREFIX}:environment:ts"

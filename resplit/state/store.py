@@ -118,14 +118,10 @@ class StateStore:
         ids = sorted(m.decode() for m in await self.redis.smembers(keys.nodes()))
         if not ids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for node_id in ids:
-                pipe.get(keys.node(node_id))
-                pipe.get(keys.node_alive(node_id))
-            raw = await pipe.execute()
+        records = await self.redis.mget([keys.node(node_id) for node_id in ids])
+        beats = await self.redis.mget([keys.node_alive(node_id) for node_id in ids])
         out = []
-        for i in range(len(ids)):
-            record, alive = raw[2 * i], raw[2 * i + 1]
+        for record, alive in zip(records, beats, strict=True):
             if record is None:
                 continue
             node = common_pb2.Node.FromString(record)
@@ -137,6 +133,98 @@ class StateStore:
             if include_down or node.state == common_pb2.NODE_STATE_UP:
                 out.append(node)
         return out
+
+    # -- telemetry time series (E(t)) ----------------------------------------
+    # Each series is a Redis stream trimmed by age (XADD MINID, exact: approximate
+    # trimming never trims a small stream): retention is a time span, whatever the
+    # reporting rate. The latest value sits beside it, so E(t) is assembled with
+    # one round trip per kind.
+    @staticmethod
+    def _min_id(retention_s: float) -> str:
+        return str(max(int((time.time() - retention_s) * 1000), 0))
+
+    async def put_metrics(self, report: common_pb2.NodeMetrics, retention_s: float) -> None:
+        raw = report.SerializeToString()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.metrics_latest(report.node_id), raw, px=int(retention_s * 1000))
+            pipe.xadd(
+                keys.metrics_series(report.node_id),
+                {"m": raw},
+                minid=self._min_id(retention_s),
+                approximate=False,
+            )
+            await pipe.execute()
+
+    async def latest_metrics(self, node_ids: list[str]) -> dict[str, common_pb2.NodeMetrics]:
+        if not node_ids:
+            return {}
+        raws = await self.redis.mget([keys.metrics_latest(n) for n in node_ids])
+        return {n: common_pb2.NodeMetrics.FromString(r) for n, r in zip(node_ids, raws, strict=True) if r}
+
+    async def metrics_history(self, node_id: str, since: float = 0.0) -> list[common_pb2.NodeMetrics]:
+        """Reports of ``node_id`` since unix time ``since``, oldest first."""
+        rows = await self.redis.xrange(keys.metrics_series(node_id), min=str(int(since * 1000)))
+        return [common_pb2.NodeMetrics.FromString(fields[b"m"]) for _, fields in rows]
+
+    async def put_links(self, src: str, links: list[common_pb2.Link], retention_s: float) -> None:
+        """Replace the latest estimates of the links out of ``src`` and append each to its series."""
+        bundle = common_pb2.Environment(timestamp=time.time(), links=links)
+        min_id = self._min_id(retention_s)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.links_from(src), bundle.SerializeToString(), px=int(retention_s * 1000))
+            for link in links:
+                pipe.xadd(
+                    keys.link_series(link.src, link.dst),
+                    {"l": link.SerializeToString()},
+                    minid=min_id,
+                    approximate=False,
+                )
+            await pipe.execute()
+
+    async def list_links(self, node_ids: list[str], max_age_s: float = 0.0) -> list[common_pb2.Link]:
+        """Latest estimate of every directed link out of ``node_ids`` (younger than
+        ``max_age_s`` when > 0)."""
+        if not node_ids:
+            return []
+        raws = await self.redis.mget([keys.links_from(n) for n in node_ids])
+        floor = time.time() - max_age_s if max_age_s > 0 else float("-inf")
+        found = []
+        for raw in raws:
+            if raw:
+                found.extend(x for x in common_pb2.Environment.FromString(raw).links if x.timestamp >= floor)
+        return found
+
+    async def link_history(self, src: str, dst: str, since: float = 0.0) -> list[common_pb2.Link]:
+        rows = await self.redis.xrange(keys.link_series(src, dst), min=str(int(since * 1000)))
+        return [common_pb2.Link.FromString(fields[b"l"]) for _, fields in rows]
+
+    async def put_latency(
+        self, deployment: str, sample_ms: float, ewma_ms: float, retention_s: float
+    ) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.latency_ewma(), deployment, repr(ewma_ms))
+            pipe.xadd(
+                keys.latency_series(deployment),
+                {"ms": repr(sample_ms)},
+                minid=self._min_id(retention_s),
+                approximate=False,
+            )
+            await pipe.execute()
+
+    async def latency_ewma(self) -> dict[str, float]:
+        raw = await self.redis.hgetall(keys.latency_ewma())
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    async def put_environment(self, env: common_pb2.Environment, keep: int) -> None:
+        """Append an E(t) snapshot, keeping about the last ``keep`` (snapshots repeat the
+        metric and link series, so they are capped by count, not only by age)."""
+        await self.redis.xadd(
+            keys.environment_series(), {"e": env.SerializeToString()}, maxlen=keep, approximate=True
+        )
+
+    async def environment_history(self, since: float = 0.0) -> list[common_pb2.Environment]:
+        rows = await self.redis.xrange(keys.environment_series(), min=str(int(since * 1000)))
+        return [common_pb2.Environment.FromString(fields[b"e"]) for _, fields in rows]
 
     # -- deployments and plans --------------------------------------------
     async def put_deployment(self, deployment: common_pb2.Deployment) -> None:

@@ -27,6 +27,18 @@ class WorkerSettings(ServiceSettings):
         300.0, gt=0, description="a session with no request for this long is closed"
     )
     chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="activation chunk size on the wire")
+    agent_interval_s: float = Field(
+        2.0, ge=0, le=3600, description="node agent cycle: metrics report and link probes (0: no agent)"
+    )
+    cpu_source: str = Field(
+        "auto", pattern=r"^(auto|cgroup|process)$", description="node CPU from its own cgroup or the process"
+    )
+    probe_interval_s: float = Field(10.0, ge=0, description="seconds between probes of one link (0: none)")
+    probe_bytes: int = Field(256 * 1024, ge=4096, le=16 << 20, description="bytes one bandwidth probe sends")
+    probe_budget_bytes: int = Field(
+        1 << 20, ge=4096, le=256 << 20, description="most probe bytes one agent cycle sends (all peers)"
+    )
+    metrics_retention_s: float = Field(3600.0, gt=0, description="how long metric and link series are kept")
 
     @model_validator(mode="after")
     def _interval_below_ttl(self) -> WorkerSettings:

@@ -25,12 +25,14 @@ from resplit.rpc.errors import not_yet
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
+from .agent import Agent
 from .config import WorkerSettings
 from .core import errors
 from .core.heartbeat import Heartbeat
 from .core.hosting import Hosting
 from .core.identity import describe_node
 from .core.loading import load_hosted, resolve_device
+from .core.metrics import ComputeTimes
 from .core.sessions import Limits, SessionTable
 from .forward import Channels, ForwardHandler, status_of
 
@@ -173,14 +175,34 @@ class WorkerCore:
         )
         self.channels = Channels(settings.max_message_bytes)
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
+        self.compute_times = ComputeTimes()
+        self._agent: Agent | None = None
+        self._agent_task: asyncio.Task[None] | None = None
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.forward = ForwardHandler(
             self.hosting, self.sessions, self.channels, self.on_compute, settings.chunk_bytes
         )
 
     async def on_compute(self, fn):
-        """Run torch work on the compute thread (one segment step at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self._compute, fn)
+        """Run torch work on the compute thread (one segment step at a time), timed on
+        that thread (queueing excluded) for the node agent: per segment when one is
+        hosted, else as "all" (the step does not say which segment it runs)."""
+        times = self.compute_times
+        hosted = list(self.hosting)
+        key = f"{hosted[0].start}-{hosted[0].end}" if len(hosted) == 1 else "all"
+
+        def timed():
+            start = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                times.record(key, (time.perf_counter() - start) * 1000)
+
+        times.in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._compute, timed)
+        finally:
+            times.in_flight -= 1
 
     async def on_loader(self, fn):
         """Run segment loading on its own thread, so serving goes on meanwhile."""
@@ -196,6 +218,15 @@ class WorkerCore:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.heartbeat.run())
+        if self.settings.agent_interval_s > 0:
+            self._agent = Agent(
+                self.settings,
+                self.node.node_id,
+                self.store,
+                self.compute_times,
+                lambda: self._compute._work_queue.qsize(),
+            )
+            self._agent_task = asyncio.create_task(self._agent.run())
 
     async def check_ready(self) -> tuple[bool, str]:
         if self.heartbeat.registered:
@@ -203,6 +234,12 @@ class WorkerCore:
         return False, f"not registered yet: {self.heartbeat.last_error or 'registering'}"
 
     async def stop(self) -> None:
+        if self._agent_task is not None:
+            self._agent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._agent_task
+        if self._agent is not None:
+            await self._agent.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -28,13 +28,13 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 def test_contracts_are_kept():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout
+    assert "4 kept, 0 broken" in result.stdout
 
 
 def test_a_core_module_importing_grpc_and_a_cross_service_import_break_the_contracts(tmp_path):
     copy = tmp_path / "repo"
     copy.mkdir()
-    for item in ("pyproject.toml", "resplit", "services"):
+    for item in ("pyproject.toml", "resplit", "services", "testbed"):
         src = ROOT / item
         if src.is_dir():
             shutil.copytree(src, copy / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -42,7 +42,9 @@ def test_a_core_module_importing_grpc_and_a_cross_service_import_break_the_contr
             shutil.copy(src, copy / item)
     (copy / "services" / "splitter" / "core" / "leak.py").write_text("import grpc  # noqa\n")
     (copy / "services" / "monitor" / "core" / "peek.py").write_text("import services.worker.server  # noqa\n")
+    (copy / "testbed" / "peek.py").write_text("import services.worker.config  # noqa\n")
     result = _lint(copy)
     assert result.returncode != 0
     assert "Services do not import each other BROKEN" in result.stdout
     assert "Core logic never imports grpc or redis BROKEN" in result.stdout
+    assert "The testbed runs services as processes, never imports them BROKEN" in result.stdout

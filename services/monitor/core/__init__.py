@@ -1,2 +1,2 @@
-"""Monitor logic without transport. Node state is derived from heartbeats in
-the registry; metric aggregation and the EWMA land with the monitor issue."""
+"""Monitor logic without transport: E(t) assembly, staleness (down detection)
+and input validation. The latency EWMA is resplit.core.smoothing.Ewma."""

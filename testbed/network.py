@@ -1,0 +1,166 @@
+"""Network namespaces joined by a bridge, with tc shaping per node.
+
+Topology (checked on the development machines, see shared notes): one bridge
+in the root namespace holding ``.1`` of a private /24; one namespace per
+node, linked to the bridge by a veth pair whose inner end is ``eth0`` with
+``.2``, ``.3``, ... Only these addresses (and loopback) are ever used.
+
+Shaping is on a node's egress (``eth0`` inside its namespace): ``tbf`` for
+the rate, ``netem`` for delay, jitter and loss (netem at the root with tbf
+under it when both are asked for). ``shape`` uses ``tc qdisc replace``, so a
+rate changes while traffic flows. Some kernels (the 2-core development VMs)
+lack the netem qdisc: asking for delay, jitter or loss there raises
+:class:`EmulationUnavailable` saying so; rates still work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import os
+from dataclasses import dataclass, field
+
+from .system import EmulationUnavailable, sh
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A private /24 that no interface or route on the host uses."""
+    used = sh("ip", "-4", "route", "show", "table", "all").stdout + sh("ip", "-4", "addr").stdout
+    seed = os.getpid()
+    for i in range(200):
+        candidate = ipaddress.IPv4Network(f"10.{200 + (seed + i) % 50}.{(seed // 50 + i * 7) % 250 + 1}.0/24")
+        prefix = str(candidate.network_address).rsplit(".", 1)[0] + "."
+        if prefix not in used:
+            return candidate
+    raise RuntimeError("no free private /24 found for the testbed bridge")
+
+
+_instances = itertools.count()
+
+
+def _tag() -> str:
+    """Short and unique per process and instance: interface names hold 15 characters."""
+    return f"{os.getpid() % 100000}{next(_instances) % 100}"
+
+
+@dataclass
+class Shape:
+    """What a node's egress link looks like (0 = not limited)."""
+
+    rate_mbit: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+
+
+def tc_commands(dev: str, shape: Shape) -> list[list[str]]:
+    """The tc commands that give ``dev`` this shape (pure, so it is testable)."""
+    base = ["tc", "qdisc", "replace", "dev", dev]
+    if shape.rate_mbit <= 0 and shape.delay_ms <= 0 and shape.loss_pct <= 0:
+        return [["tc", "qdisc", "del", "dev", dev, "root"]]
+    rate_bits = shape.rate_mbit * 1e6
+    # Burst: enough for the kernel timer (rate / 250 Hz), at least one MTU-sized frame.
+    burst = max(int(rate_bits / 8 / 250), 3200)
+    tbf = ["tbf", "rate", f"{shape.rate_mbit}mbit", "burst", str(burst), "latency", "50ms"]
+    if shape.delay_ms <= 0 and shape.loss_pct <= 0:
+        return [[*base, "root", "handle", "1:", *tbf]]
+    netem = ["netem", "delay", f"{shape.delay_ms}ms"]
+    if shape.jitter_ms > 0:
+        netem.append(f"{shape.jitter_ms}ms")
+    if shape.loss_pct > 0:
+        netem += ["loss", f"{shape.loss_pct}%"]
+    commands = [[*base, "root", "handle", "1:", *netem]]
+    if shape.rate_mbit > 0:
+        commands.append([*base, "parent", "1:1", "handle", "2:", *tbf])
+    return commands
+
+
+@dataclass
+class Network:
+    """A bridge plus one namespace per node; ``close`` removes everything it made."""
+
+    tag: str = field(default_factory=_tag)
+    subnet: ipaddress.IPv4Network | None = None
+    namespaces: dict[str, str] = field(default_factory=dict)  # node -> netns name
+    addresses: dict[str, str] = field(default_factory=dict)  # node -> address
+    shapes: dict[str, Shape] = field(default_factory=dict)
+    veths: list[str] = field(default_factory=list)  # root-namespace ends, for cleanup after a half-made node
+    bridge: str = ""
+
+    @property
+    def bridge_address(self) -> str:
+        assert self.subnet is not None
+        return str(self.subnet.network_address + 1)
+
+    def create(self) -> Network:
+        self.subnet = self.subnet or _free_subnet()
+        self.bridge = f"rsb{self.tag}"
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.bridge_address}/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        return self
+
+    def add_node(self, name: str) -> str:
+        """A namespace for ``name`` with its veth to the bridge; returns its address."""
+        assert self.subnet is not None
+        index = len(self.namespaces)
+        netns, host_end, inner = f"rs{self.tag}-{index}", f"rsv{self.tag}x{index}", f"rsi{self.tag}x{index}"
+        address = str(self.subnet.network_address + 2 + index)
+        sh("ip", "netns", "add", netns)
+        self.namespaces[name] = netns
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", inner)
+        self.veths.append(host_end)
+        sh("ip", "link", "set", inner, "netns", netns)
+        sh("ip", "link", "set", host_end, "master", self.bridge)
+        sh("ip", "link", "set", host_end, "up")
+        ns = ["ip", "netns", "exec", netns]
+        sh(*ns, "ip", "link", "set", inner, "name", "eth0")
+        sh(*ns, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+        sh(*ns, "ip", "link", "set", "eth0", "up")
+        sh(*ns, "ip", "link", "set", "lo", "up")
+        # Probes are short transfers after idle gaps: no slow-start restart, so a
+        # probe measures the link's rate rather than TCP's ramp (per-namespace sysctl).
+        sh(*ns, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_slow_start_after_idle", check=False)
+        self.addresses[name] = address
+        return address
+
+    def shape(self, name: str, shape: Shape) -> None:
+        """Give node ``name``'s egress this shape (replaces the previous one in place)."""
+        netns = self.namespaces[name]
+        previous = self.shapes.get(name)
+        structure_changed = previous is not None and (previous.delay_ms > 0 or previous.loss_pct > 0) != (
+            shape.delay_ms > 0 or shape.loss_pct > 0
+        )
+        if structure_changed:
+            sh("ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        for command in tc_commands("eth0", shape):
+            try:
+                sh("ip", "netns", "exec", netns, *command, check=command[2] != "del")
+            except RuntimeError as exc:
+                if "netem" in command and "unknown" in str(exc):
+                    self.shapes.pop(name, None)
+                    raise EmulationUnavailable(
+                        "this kernel has no netem qdisc, so delay, jitter and loss cannot be emulated "
+                        f"here (rate shaping with tbf works): {exc}"
+                    ) from None
+                raise
+        self.shapes[name] = shape
+
+    def exec_prefix(self, name: str) -> list[str]:
+        """argv prefix that runs a command in node ``name``'s namespace (nsenter keeps
+        /sys/fs/cgroup visible, which ``ip netns exec`` would hide by remounting /sys)."""
+        return ["nsenter", f"--net=/var/run/netns/{self.namespaces[name]}"]
+
+    def close(self) -> None:
+        for netns in self.namespaces.values():
+            with contextlib.suppress(RuntimeError):
+                sh("ip", "netns", "del", netns)
+        self.namespaces.clear()
+        for veth in self.veths:  # normally gone with its namespace; not if the node was half made
+            sh("ip", "link", "del", veth, check=False)
+        self.veths.clear()
+        if self.bridge:
+            with contextlib.suppress(RuntimeError):
+                sh("ip", "link", "del", self.bridge)
+            self.bridge = ""

@@ -1,0 +1,52 @@
+"""Testbed parts that need no root: tc command lines, cgroup files, the non-root fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed import nodes as nodes_mod
+from testbed.cgroups import Cgroup
+from testbed.network import Shape, tc_commands
+from testbed.system import EmulationUnavailable
+
+
+def test_rate_only_is_one_tbf_replace():
+    (command,) = tc_commands("eth0", Shape(rate_mbit=50))
+    assert command[:7] == ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle"]
+    assert "tbf" in command and "50mbit" in command
+    burst = int(command[command.index("burst") + 1])
+    assert burst >= 50e6 / 8 / 250  # at least one kernel tick's worth of bytes
+
+
+def test_delay_jitter_loss_and_rate_stack_netem_over_tbf():
+    netem, tbf = tc_commands("eth0", Shape(rate_mbit=20, delay_ms=10, jitter_ms=2, loss_pct=0.5))
+    assert netem[netem.index("netem") :] == ["netem", "delay", "10ms", "2ms", "loss", "0.5%"]
+    assert tbf[5:9] == ["parent", "1:1", "handle", "2:"] and "20mbit" in tbf
+
+
+def test_no_shape_deletes_the_root_qdisc():
+    assert tc_commands("eth0", Shape()) == [["tc", "qdisc", "del", "dev", "eth0", "root"]]
+
+
+def test_cgroup_writes_quota_and_memory_limit(tmp_path):
+    for controller in ("cpu", "cpuacct", "memory"):
+        (tmp_path / controller).mkdir()
+    group = Cgroup("bed/n0", cores=1.5, memory_bytes=1 << 30, root=tmp_path).create()
+    assert (tmp_path / "cpu/bed/n0/cpu.cfs_quota_us").read_text() == "150000"
+    assert (tmp_path / "cpu/bed/n0/cpu.cfs_period_us").read_text() == "100000"
+    assert (tmp_path / "memory/bed/n0/memory.limit_in_bytes").read_text() == str(1 << 30)
+    (tmp_path / "cpuacct/bed/n0/cpuacct.usage").write_text("2500000000\n")
+    assert group.usage_s() == 2.5
+
+
+def test_without_root_it_refuses_or_falls_back_and_says_why(monkeypatch, capsys):
+    monkeypatch.setattr("testbed.system.os.geteuid", lambda: 1000)
+    with pytest.raises(EmulationUnavailable, match="need root"), nodes_mod.Testbed(fallback=False):
+        pass
+    with nodes_mod.Testbed(fallback=True) as bed:
+        node = bed.add_node("n0")
+        assert not bed.emulated and node.address == "127.0.0.1" and node.cgroup is None
+        assert "per-process accounting" in bed.reason
+        with pytest.raises(EmulationUnavailable, match="cannot shape"):
+            node.shape(rate_mbit=10)
+    assert "falling back" in capsys.readouterr().err
