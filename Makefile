@@ -19,14 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-# redis-server is needed by `resplit up` and the tests (they start their own).
+# redis-server is needed by `resplit up` and the tests (they start their own);
+# iproute2 (ip, tc) by the testbed's network namespaces and link shaping.
 redis:
-	@if command -v redis-server >/dev/null 2>&1; then :; \
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v tc >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing redis-server from Debian's packages"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		echo "installing$$missing from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "redis-server is missing: install it with 'sudo apt-get install redis-server' (Debian/Ubuntu) and run make again" >&2; \
+		echo "missing:$$missing. Install with 'sudo apt-get install$$missing' (Debian/Ubuntu) and run make again" >&2; \
 		exit 1; \
 	fi
 
