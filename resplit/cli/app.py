@@ -119,3 +119,7 @@ def demo(
 from .top import top  # noqa: E402
 
 app.command()(top)
+
+from .plan import plan_app  # noqa: E402
+
+app.add_typer(plan_app, name="plan")

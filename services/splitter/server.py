@@ -1,25 +1,75 @@
-"""Splitter transport. The solver lands with the splitter issue; until then
-Solve and ProfileModel answer UNIMPLEMENTED. It needs nothing but itself, so
-it is ready as soon as it listens."""
+"""Splitter transport: Solve and ProfileModel over gRPC, everything else in ``core``.
+
+Statuses: a malformed problem or config is INVALID_ARGUMENT (the message names
+the field), an infeasible problem is FAILED_PRECONDITION (the message names the
+constraint that fails), a missing model directory is NOT_FOUND and a problem
+too large for brute force is RESOURCE_EXHAUSTED. Solving is CPU work, so it
+runs in a worker thread and health checks keep answering meanwhile. The service
+needs nothing but itself, so it is ready as soon as it listens.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 
-from resplit.rpc.errors import not_yet
 from resplit.v1 import splitter_pb2, splitter_pb2_grpc
 
 from .config import SplitterSettings
+from .core import convert, profiles
+from .core.problem import ProblemError
+from .core.solve import Infeasible, Solution, TooLarge, solve
 
-SOLVER = "the splitter issue (exact split + placement solver)"
+
+def _solve(request: splitter_pb2.SolveRequest, time_limit_s: float | None) -> Solution:
+    mode = convert.mode_from_proto(request.mode)
+    kind = convert.solver_from_proto(request.solver)
+    problem = convert.problem_from_proto(request.problem)
+    return solve(problem, mode, kind, time_limit_s)
 
 
 class SplitterServicer(splitter_pb2_grpc.SplitterServiceServicer):
-    async def Solve(self, request, context):
-        await not_yet(context, "SplitterService.Solve", SOLVER)
+    def __init__(self, settings: SplitterSettings) -> None:
+        self.time_limit_s = settings.solve_time_limit_s or None
 
-    async def ProfileModel(self, request, context):
-        await not_yet(context, "SplitterService.ProfileModel", SOLVER)
+    async def Solve(self, request: splitter_pb2.SolveRequest, context) -> splitter_pb2.SolveResponse:
+        try:
+            solution = await asyncio.to_thread(_solve, request, self.time_limit_s)
+        except ProblemError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed problem: {exc}")
+        except Infeasible as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"infeasible: {exc.reason}")
+        except TooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        reason = f"{solution.solver.value}: Phi={solution.cost.phi:.6g}"
+        return splitter_pb2.SolveResponse(
+            plan=convert.plan_to_proto(solution.plan, solution.cost, reason, time.time()),
+            cost=convert.breakdown_to_proto(solution.cost),
+            solve_ms=solution.solve_ms,
+            solver=convert.SOLVER_TO_PROTO[solution.solver],
+            detail=solution.detail,
+        )
+
+    async def ProfileModel(
+        self, request: splitter_pb2.ProfileModelRequest, context
+    ) -> splitter_pb2.ModelProfile:
+        if bool(request.model_dir) == bool(request.config_json):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of model_dir and config_json"
+            )
+        try:
+            if request.model_dir:
+                config = profiles.load_config(request.model_dir)
+            else:
+                config = profiles.parse_config(request.config_json)
+            model = profiles.profile(config, request.dtype)
+        except profiles.ModelNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except profiles.ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad model config: {exc}")
+        return convert.model_to_proto(model)
 
 
 class SplitterCore:
@@ -30,7 +80,7 @@ class SplitterCore:
         self.settings = settings
 
     def register(self, server: grpc.aio.Server) -> None:
-        splitter_pb2_grpc.add_SplitterServiceServicer_to_server(SplitterServicer(), server)
+        splitter_pb2_grpc.add_SplitterServiceServicer_to_server(SplitterServicer(self.settings), server)
 
     async def start(self) -> None:
         return None

@@ -18,8 +18,6 @@ from resplit.v1 import (
     monitor_pb2_grpc,
     orchestrator_pb2,
     orchestrator_pb2_grpc,
-    splitter_pb2,
-    splitter_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
@@ -38,9 +36,6 @@ SERVICES = {
 UNIMPLEMENTED = {
     "orchestrator": lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).ApplyPlan(
         orchestrator_pb2.ApplyPlanRequest(), timeout=5
-    ),
-    "splitter": lambda ch: splitter_pb2_grpc.SplitterServiceStub(ch).Solve(
-        splitter_pb2.SolveRequest(), timeout=5
     ),
     "broadcaster": lambda ch: broadcaster_pb2_grpc.BroadcasterServiceStub(ch).Rollout(
         broadcaster_pb2.RolloutRequest(), timeout=5

@@ -116,7 +116,12 @@ class Evaluation:
 
 
 def _unit_times(unit: Unit, node: Node, work: Workload) -> tuple[float, float]:
-    args = (unit.flops_per_token, unit.attention_flops_per_position, unit.param_bytes, unit.kv_bytes_per_token)
+    args = (
+        unit.flops_per_token,
+        unit.attention_flops_per_position,
+        unit.param_bytes,
+        unit.kv_bytes_per_token,
+    )
     pre = float(prefill_service_s(*args, work, node.flops_per_s, node.memory_bandwidth_bps))
     dec = float(decode_service_s(*args, work, node.flops_per_s, node.memory_bandwidth_bps))
     return pre, dec
@@ -126,12 +131,16 @@ def _check_cover(plan: Plan, problem: Problem, nodes: dict[str, Node]) -> list[s
     problems, expected = [], 0
     for seg in plan.segments:
         if seg.start != expected or seg.end <= seg.start:
-            problems.append(f"(3) unique assignment: segment [{seg.start}, {seg.end}) does not follow {expected}")
+            problems.append(
+                f"(3) unique assignment: segment [{seg.start}, {seg.end}) does not follow {expected}"
+            )
         if seg.node_id not in nodes:
             problems.append(f"(3) unique assignment: segment [{seg.start}, {seg.end}) has no known node")
         expected = max(expected, seg.end)
     if expected != problem.num_units:
-        problems.append(f"(3) unique assignment: the plan covers units up to {expected}, not {problem.num_units}")
+        problems.append(
+            f"(3) unique assignment: the plan covers units up to {expected}, not {problem.num_units}"
+        )
     return problems
 
 
@@ -206,10 +215,14 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     out.privacy = len(exposed) / len(critical)
     if exposed and not policy.soft_privacy:
         for i in exposed:
-            violations.append(f"(5) privacy: unit {i} ({units[i].kind or 'unit'}) on untrusted node {owner[i]!r}")
+            violations.append(
+                f"(5) privacy: unit {i} ({units[i].kind or 'unit'}) on untrusted node {owner[i]!r}"
+            )
     if problem.current is not None:
         before = problem.current.node_of_units(problem.num_units)
-        moved = sum(problem.unit_memory_bytes(units[i]) for i in range(problem.num_units) if owner[i] != before[i])
+        moved = sum(
+            problem.unit_memory_bytes(units[i]) for i in range(problem.num_units) if owner[i] != before[i]
+        )
         out.migration_gib = moved / GIB
     out.prefill_ms = prefill
     out.decode_ms_per_token = decode

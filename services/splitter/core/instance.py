@@ -12,6 +12,7 @@ segments may also repeat a node back to back).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,7 +73,7 @@ class Instance:
 
     def fixed_segments(self) -> list[tuple[int, int]]:
         points = [0, *self.cuts, self.n]
-        return list(zip(points[:-1], points[1:], strict=True))
+        return list(itertools.pairwise(points))
 
     def plan_of(self, assign: np.ndarray) -> Plan:
         """Segments of an assignment: maximal runs (RESPLIT) or the fixed segments (PLACEMENT_ONLY)."""
@@ -162,9 +163,8 @@ def _hops(problem: Problem, n: int, count: int) -> tuple[np.ndarray, np.ndarray]
     act = np.array([0.0] + [u.activation_bytes_per_token for u in problem.model.units[:-1]])[:, None, None]
     work, alpha = problem.workload, problem.policy.alpha
     bw = np.where(has, bandwidth, 1.0)[None, :, :]
-    latency = cm.hop_ms(rtt[None], bw, work.prompt_tokens * act) + work.decode_steps * cm.hop_ms(
-        rtt[None], bw, act
-    )
+    delay = np.where(has, rtt, 0.0)[None, :, :]
+    latency = cm.hop_ms(delay, bw, work.prompt_tokens * act) + work.decode_steps * cm.hop_ms(delay, bw, act)
     hop_cost = np.where(has[None], alpha * latency, INF)
     hop_stage = np.where(has[None], cm.wire_ms(bw, act), INF)
     diagonal = np.arange(count)
@@ -181,6 +181,8 @@ class Scores:
     feasible: np.ndarray
     bottleneck: np.ndarray
     utilization: np.ndarray
+    #: Phi without the feasibility mask (what a relaxation that ignores node-wide limits would pay).
+    raw: np.ndarray
 
 
 def score(inst: Instance, assigns: np.ndarray) -> Scores:
@@ -210,8 +212,10 @@ def score(inst: Instance, assigns: np.ndarray) -> Scores:
             ok &= np.all(assigns[:, a:b] == assigns[:, a : a + 1], axis=1)
     links = (prev * count + nxt + np.arange(k_count)[:, None] * count * count).ravel()
     wire = inst.hop_stage[cut, prev, nxt]
-    wire = np.bincount(links, weights=np.where(np.isfinite(wire), wire, 0.0).ravel(), minlength=k_count * count**2)
+    wire = np.bincount(
+        links, weights=np.where(np.isfinite(wire), wire, 0.0).ravel(), minlength=k_count * count**2
+    )
     bottleneck = np.maximum(np.where(used, stage, 0.0).max(axis=1), wire.reshape(k_count, -1).max(axis=1))
     utilization = np.where(np.isfinite(rho), rho, INF).max(axis=1)
     phi = additive + (inst.beta * utilization if inst.beta > 0 else 0.0)
-    return Scores(np.where(ok, phi, INF), ok, np.where(ok, bottleneck, INF), utilization)
+    return Scores(np.where(ok, phi, INF), ok, np.where(ok, bottleneck, INF), utilization, phi)
