@@ -22,6 +22,8 @@ from .base import (
     check_materialized,
     load_into,
     local_config,
+    renumber,
+    strip_prefix,
 )
 
 
@@ -56,24 +58,18 @@ class BertSegment(Segment):
         self.embeddings: nn.Module | None = skeleton.embeddings if self.has_embedding else None
         self.layers = skeleton.encoder.layer
 
-        def part(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
         if self.embeddings is not None:
             weights = {
                 k: v
-                for k, v in part(f"{p}embeddings.").items()
+                for k, v in strip_prefix(tensors, f"{p}embeddings.").items()
                 if k not in ("position_ids", "token_type_ids")
             }
             load_into(self.embeddings, weights, "embeddings")
             positions = config.max_position_embeddings
             self.embeddings.position_ids = torch.arange(positions, device=device).expand((1, -1))
             self.embeddings.token_type_ids = torch.zeros((1, positions), dtype=torch.long, device=device)
-        layers_sd = {}
-        for key, value in part(f"{p}encoder.layer.").items():
-            index, rest = key.split(".", 1)
-            layers_sd[f"{int(index) - blocks.start}.{rest}"] = value
-        load_into(self.layers, layers_sd, f"layers {blocks.start}..{blocks.stop - 1}")
+        layers = renumber(tensors, f"{p}encoder.layer.", blocks.start)
+        load_into(self.layers, layers, f"layers {blocks.start}..{blocks.stop - 1}")
         self.eval()
         check_materialized(self, f"bert units [{start}, {end})")
 

@@ -20,6 +20,8 @@ from .base import (
     load_into,
     local_config,
     num_blocks,
+    renumber,
+    strip_prefix,
 )
 
 
@@ -56,20 +58,17 @@ class GPT2Segment(Segment):
         self.ln_f: nn.Module | None = body.ln_f if self.has_head else None
         self.lm_head: nn.Module | None = skeleton.lm_head if self.has_head else None
 
-        def part(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
         if self.wte is not None and self.wpe is not None:
-            load_into(self.wte, part(f"{p}wte."), "wte")
-            load_into(self.wpe, part(f"{p}wpe."), "wpe")
-        blocks_sd = {}
-        for key, value in part(f"{p}h.").items():
-            index, rest = key.split(".", 1)
-            blocks_sd[f"{int(index) - blocks.start}.{rest}"] = value
-        load_into(self.h, blocks_sd, f"blocks {blocks.start}..{blocks.stop - 1}")
+            load_into(self.wte, strip_prefix(tensors, f"{p}wte."), "wte")
+            load_into(self.wpe, strip_prefix(tensors, f"{p}wpe."), "wpe")
+        load_into(
+            self.h, renumber(tensors, f"{p}h.", blocks.start), f"blocks {blocks.start}..{blocks.stop - 1}"
+        )
         if self.ln_f is not None and self.lm_head is not None:
-            load_into(self.ln_f, part(f"{p}ln_f."), "ln_f")
-            head = {"weight": tensors[f"{p}wte.weight"]} if _tied(config) else part("lm_head.")
+            load_into(self.ln_f, strip_prefix(tensors, f"{p}ln_f."), "ln_f")
+            head = (
+                {"weight": tensors[f"{p}wte.weight"]} if _tied(config) else strip_prefix(tensors, "lm_head.")
+            )
             load_into(self.lm_head, head, "lm_head")
         self.eval()
         check_materialized(self, f"gpt2 units [{start}, {end})")
