@@ -13,7 +13,6 @@ import torch
 from ..rpc.channels import aio_channel
 from ..v1 import (
     common_pb2,
-    monitor_pb2,
     monitor_pb2_grpc,
     orchestrator_pb2,
     orchestrator_pb2_grpc,
@@ -21,6 +20,7 @@ from ..v1 import (
 )
 from .client import DEFAULT_ORCHESTRATOR
 from .exchange import EmbedExchange, GeneratedToken, GenerateExchange, Sampling
+from .requests import latency_sample, pick_deployment, prompt_and_sampling
 from .tokens import TextStream, tokenizer_for
 
 
@@ -67,23 +67,13 @@ class AsyncClient:
         listed = await self._orchestrator().ListDeployments(
             orchestrator_pb2.ListDeploymentsRequest(), timeout=30
         )
-        for deployment in listed.deployments:
-            if deployment.name == name:
-                return deployment
-        raise LookupError(
-            f"deployment {name!r} is not deployed (known: {[d.name for d in listed.deployments]})"
-        )
+        return pick_deployment(listed.deployments, name)
 
     def _report_latency(self, deployment: str, started: float, tokens: int) -> None:
         """Feed the monitor's latency EWMA in the background; never an error here."""
         if not self.monitor or not deployment:
             return
-        sample = monitor_pb2.LatencySample(
-            deployment=deployment,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            tokens=tokens,
-            timestamp=time.time(),
-        )
+        sample = latency_sample(deployment, started, tokens)
         stub = monitor_pb2_grpc.MonitorServiceStub(self._channel(self.monitor))
 
         async def send() -> None:
@@ -145,10 +135,9 @@ class AsyncClient:
         return_logits: bool = False,
     ) -> AsyncIterator[GeneratedToken]:
         tokenizer = tokenizer_for((await self.deployment(deployment)).model_dir)
-        ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
-        if stop_token_ids is None:
-            stop_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_token_ids)
+        ids, sampling = prompt_and_sampling(
+            tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token_ids
+        )
         text = TextStream(tokenizer)
         async for token in self.generate_ids(ids, await self.route(deployment), sampling, return_logits):
             token.text = text.push(token.token_id)

@@ -18,13 +18,13 @@ import torch
 from ..rpc.channels import sync_channel
 from ..v1 import (
     common_pb2,
-    monitor_pb2,
     monitor_pb2_grpc,
     orchestrator_pb2,
     orchestrator_pb2_grpc,
     worker_pb2_grpc,
 )
 from .exchange import EmbedExchange, GeneratedToken, GenerateExchange, Sampling
+from .requests import latency_sample, pick_deployment, prompt_and_sampling
 from .tokens import TextStream, tokenizer_for
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
@@ -75,23 +75,13 @@ class Client:
 
     def deployment(self, name: str) -> common_pb2.Deployment:
         listed = self._orchestrator().ListDeployments(orchestrator_pb2.ListDeploymentsRequest(), timeout=30)
-        for deployment in listed.deployments:
-            if deployment.name == name:
-                return deployment
-        raise LookupError(
-            f"deployment {name!r} is not deployed (known: {[d.name for d in listed.deployments]})"
-        )
+        return pick_deployment(listed.deployments, name)
 
     def _report_latency(self, deployment: str, started: float, tokens: int) -> None:
         """Feed the monitor's per-deployment latency EWMA without waiting for it."""
         if not self.monitor or not deployment:
             return
-        sample = monitor_pb2.LatencySample(
-            deployment=deployment,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            tokens=tokens,
-            timestamp=time.time(),
-        )
+        sample = latency_sample(deployment, started, tokens)
         stub = monitor_pb2_grpc.MonitorServiceStub(self._channel(self.monitor))
         self._reports = [r for r in self._reports if not r.done()]
         self._reports.append(stub.ReportLatency.future(sample, timeout=2.0))  # not awaited here
@@ -157,10 +147,9 @@ class Client:
         Stops at ``max_new_tokens`` or a stop token (default: the tokenizer's EOS).
         """
         tokenizer = tokenizer_for(self.deployment(deployment).model_dir)
-        ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
-        if stop_token_ids is None:
-            stop_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_token_ids)
+        ids, sampling = prompt_and_sampling(
+            tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token_ids
+        )
         text = TextStream(tokenizer)
         for token in self.generate_ids(ids, self.route(deployment), sampling, return_logits):
             token.text = text.push(token.token_id)

@@ -186,3 +186,26 @@ def test_chunked_activations_and_logits_are_exact(limited, tiny_models):
         tokens = list(client.generate_ids(prompt, route, Sampling(max_new_tokens=8), return_logits=True))
     assert [t.token_id for t in tokens] == expected
     assert tokens[0].logits.shape == (320,)  # 1280 bytes of logits: 2 chunks
+
+
+def test_async_client_generate_and_embed_by_deployment_name(stack, tiny_models):
+    stack.deploy("async-text", tiny_models["llama"], spread(6, 2))
+    stack.deploy("async-bert", tiny_models["bert"], spread(6, 2))
+
+    async def go():
+        async with AsyncClient(stack.orchestrator.address) as client:
+            tokens = [t async for t in client.generate("The edge", deployment="async-text", max_new_tokens=6)]
+            vectors = await client.embed(["hello edge", "hello cloud"], deployment="async-bert")
+            with pytest.raises(LookupError, match="'nope' is not deployed"):
+                await client.deployment("nope")
+            return tokens, vectors
+
+    tokens, vectors = asyncio.run(go())
+    with Client(stack.orchestrator.address) as client:
+        expected = [
+            t.token_id for t in client.generate("The edge", deployment="async-text", max_new_tokens=6)
+        ]
+        expected_vectors = client.embed(["hello edge", "hello cloud"], deployment="async-bert")
+    assert [t.token_id for t in tokens] == expected
+    assert torch.equal(vectors, expected_vectors)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
