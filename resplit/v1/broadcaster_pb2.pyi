@@ -21,14 +21,16 @@ ROLLOUT_PHASE_RELEASED: RolloutPhase
 ROLLOUT_PHASE_ABORTED: RolloutPhase
 
 class RolloutRequest(_message.Message):
-    __slots__ = ("plan", "deployment", "prepare_deadline_s")
+    __slots__ = ("plan", "deployment", "prepare_deadline_s", "drain_deadline_s")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     PREPARE_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     plan: _common_pb2.Plan
     deployment: _common_pb2.Deployment
     prepare_deadline_s: float
-    def __init__(self, plan: _Optional[_Union[_common_pb2.Plan, _Mapping]] = ..., deployment: _Optional[_Union[_common_pb2.Deployment, _Mapping]] = ..., prepare_deadline_s: _Optional[float] = ...) -> None: ...
+    drain_deadline_s: float
+    def __init__(self, plan: _Optional[_Union[_common_pb2.Plan, _Mapping]] = ..., deployment: _Optional[_Union[_common_pb2.Deployment, _Mapping]] = ..., prepare_deadline_s: _Optional[float] = ..., drain_deadline_s: _Optional[float] = ...) -> None: ...
 
 class RolloutTimes(_message.Message):
     __slots__ = ("prepare_ms", "commit_ms", "release_ms", "migration_ms", "migration_bytes", "sessions_migrated")

@@ -13,6 +13,7 @@ class SolveMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOLVE_MODE_UNSPECIFIED: _ClassVar[SolveMode]
     SOLVE_MODE_PLACEMENT_ONLY: _ClassVar[SolveMode]
     SOLVE_MODE_RESPLIT: _ClassVar[SolveMode]
+    SOLVE_MODE_EVALUATE: _ClassVar[SolveMode]
 
 class SolverKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,6 +24,7 @@ class SolverKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 SOLVE_MODE_UNSPECIFIED: SolveMode
 SOLVE_MODE_PLACEMENT_ONLY: SolveMode
 SOLVE_MODE_RESPLIT: SolveMode
+SOLVE_MODE_EVALUATE: SolveMode
 SOLVER_KIND_UNSPECIFIED: SolverKind
 SOLVER_KIND_EXACT: SolverKind
 SOLVER_KIND_GREEDY: SolverKind

@@ -35,7 +35,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "units", "return_logits")
+    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "units", "return_logits", "start_step", "generated", "context_tokens", "migrate_from", "migrate_epoch")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,11 @@ class OpenSession(_message.Message):
     DOWNSTREAM_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    START_STEP_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_FROM_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     deployment: str
     epoch: int
@@ -52,7 +57,12 @@ class OpenSession(_message.Message):
     downstream: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hop]
     units: _common_pb2.UnitRange
     return_logits: bool
-    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., return_logits: _Optional[bool] = ...) -> None: ...
+    start_step: int
+    generated: int
+    context_tokens: int
+    migrate_from: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hop]
+    migrate_epoch: int
+    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., return_logits: _Optional[bool] = ..., start_step: _Optional[int] = ..., generated: _Optional[int] = ..., context_tokens: _Optional[int] = ..., migrate_from: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., migrate_epoch: _Optional[int] = ...) -> None: ...
 
 class TokenInput(_message.Message):
     __slots__ = ("step", "input_ids", "attention_mask", "rows")
@@ -93,18 +103,20 @@ class SessionOpened(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class TokenOutput(_message.Message):
-    __slots__ = ("step", "token_id", "logprob", "finished", "finish_reason")
+    __slots__ = ("step", "token_id", "logprob", "finished", "finish_reason", "latest_epoch")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    LATEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
     step: int
     token_id: int
     logprob: float
     finished: bool
     finish_reason: str
-    def __init__(self, step: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    latest_epoch: int
+    def __init__(self, step: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., latest_epoch: _Optional[int] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
     __slots__ = ("opened", "token", "result")
@@ -153,10 +165,12 @@ class CommitEpochRequest(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., route: _Optional[_Union[_common_pb2.Route, _Mapping]] = ...) -> None: ...
 
 class CommitEpochResponse(_message.Message):
-    __slots__ = ("active_epoch",)
+    __slots__ = ("active_epoch", "latest_epoch")
     ACTIVE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LATEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
     active_epoch: int
-    def __init__(self, active_epoch: _Optional[int] = ...) -> None: ...
+    latest_epoch: int
+    def __init__(self, active_epoch: _Optional[int] = ..., latest_epoch: _Optional[int] = ...) -> None: ...
 
 class ReleaseSegmentRequest(_message.Message):
     __slots__ = ("deployment", "epoch", "units")
@@ -175,40 +189,34 @@ class ReleaseSegmentResponse(_message.Message):
     def __init__(self, freed_bytes: _Optional[int] = ...) -> None: ...
 
 class ExportSessionRequest(_message.Message):
-    __slots__ = ("deployment", "session_id", "units")
+    __slots__ = ("deployment", "session_id", "units", "epoch")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     session_id: str
     units: _common_pb2.UnitRange
-    def __init__(self, deployment: _Optional[str] = ..., session_id: _Optional[str] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, deployment: _Optional[str] = ..., session_id: _Optional[str] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class KvChunk(_message.Message):
-    __slots__ = ("deployment", "session_id", "unit", "kind", "tensor", "token_ids", "epoch")
+    __slots__ = ("deployment", "session_id", "unit", "kind", "tensor", "epoch", "length")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     session_id: str
     unit: int
     kind: str
     tensor: _tensor_pb2.TensorChunk
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
     epoch: int
-    def __init__(self, deployment: _Optional[str] = ..., session_id: _Optional[str] = ..., unit: _Optional[int] = ..., kind: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., epoch: _Optional[int] = ...) -> None: ...
-
-class ImportSessionResponse(_message.Message):
-    __slots__ = ("bytes", "layers")
-    BYTES_FIELD_NUMBER: _ClassVar[int]
-    LAYERS_FIELD_NUMBER: _ClassVar[int]
-    bytes: int
-    layers: int
-    def __init__(self, bytes: _Optional[int] = ..., layers: _Optional[int] = ...) -> None: ...
+    length: int
+    def __init__(self, deployment: _Optional[str] = ..., session_id: _Optional[str] = ..., unit: _Optional[int] = ..., kind: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., epoch: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

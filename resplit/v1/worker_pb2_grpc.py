@@ -59,11 +59,6 @@ class WorkerServiceStub:
                 request_serializer=resplit_dot_v1_dot_worker__pb2.ExportSessionRequest.SerializeToString,
                 response_deserializer=resplit_dot_v1_dot_worker__pb2.KvChunk.FromString,
                 _registered_method=True)
-        self.ImportSession = channel.stream_unary(
-                '/resplit.v1.WorkerService/ImportSession',
-                request_serializer=resplit_dot_v1_dot_worker__pb2.KvChunk.SerializeToString,
-                response_deserializer=resplit_dot_v1_dot_worker__pb2.ImportSessionResponse.FromString,
-                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/resplit.v1.WorkerService/GetStatus',
                 request_serializer=resplit_dot_v1_dot_worker__pb2.GetStatusRequest.SerializeToString,
@@ -114,14 +109,9 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSession(self, request, context):
-        """Live migration: stream out a session's KV cache for some units.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ImportSession(self, request_iterator, context):
-        """Live migration: receive a session's KV cache.
+        """Live migration: stream out a session's KV cache for some units. The new
+        hop of a migrating session calls it on the old hop while opening (see
+        OpenSession.migrate_from) and imports what it receives.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,11 +165,6 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.ExportSession,
                     request_deserializer=resplit_dot_v1_dot_worker__pb2.ExportSessionRequest.FromString,
                     response_serializer=resplit_dot_v1_dot_worker__pb2.KvChunk.SerializeToString,
-            ),
-            'ImportSession': grpc.stream_unary_rpc_method_handler(
-                    servicer.ImportSession,
-                    request_deserializer=resplit_dot_v1_dot_worker__pb2.KvChunk.FromString,
-                    response_serializer=resplit_dot_v1_dot_worker__pb2.ImportSessionResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -332,33 +317,6 @@ class WorkerService:
             '/resplit.v1.WorkerService/ExportSession',
             resplit_dot_v1_dot_worker__pb2.ExportSessionRequest.SerializeToString,
             resplit_dot_v1_dot_worker__pb2.KvChunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ImportSession(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
-            request_iterator,
-            target,
-            '/resplit.v1.WorkerService/ImportSession',
-            resplit_dot_v1_dot_worker__pb2.KvChunk.SerializeToString,
-            resplit_dot_v1_dot_worker__pb2.ImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -113,9 +113,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def ExportSession(self, request, context) -> None:
         await not_yet(context, "WorkerService.ExportSession", MIGRATION)
 
-    async def ImportSession(self, request_iterator, context):
-        await not_yet(context, "WorkerService.ImportSession", MIGRATION)
-
     async def GetStatus(self, request, context) -> worker_pb2.WorkerStatus:
         worker = self.worker
         segments = [

@@ -19,7 +19,6 @@ EXPECTED_RPCS = {
             "CommitEpoch",
             "ReleaseSegment",
             "ExportSession",
-            "ImportSession",
             "GetStatus",
             "Ping",
             "ProbeBandwidth",
