@@ -146,28 +146,48 @@ class ServiceProcess:
 
 @dataclass
 class LocalStack:
-    """Redis + orchestrator + workers as real processes (worker-0 and worker-1 are trusted)."""
+    """Redis, the broadcaster, the orchestrator and workers as real processes
+    (worker-0 and worker-1 are trusted). ``adaptive`` also starts the monitor and
+    the splitter and runs the orchestrator's control loop every ``interval_s``;
+    without it the orchestrator serves plans as deployed (``--no-adaptive``)."""
 
     workers: int = 4
     worker_args: list[str] = field(default_factory=lambda: ["--torch-threads", "1"])
+    adaptive: bool = False
+    orchestrator_args: list[str] = field(default_factory=list)
     redis: RedisServer = field(default_factory=RedisServer)
     orchestrator: ServiceProcess | None = None
+    broadcaster: ServiceProcess | None = None
+    monitor: ServiceProcess | None = None
+    splitter: ServiceProcess | None = None
     worker_procs: list[ServiceProcess] = field(default_factory=list)
+
+    def control(self) -> list[ServiceProcess]:
+        procs = (self.monitor, self.splitter, self.broadcaster, self.orchestrator)
+        return [p for p in procs if p is not None]
 
     def start(self) -> LocalStack:
         self.redis.start()
-        self.orchestrator = ServiceProcess("orchestrator", self.redis.url).start()
+        peers = []
+        kinds = ("monitor", "splitter", "broadcaster") if self.adaptive else ("broadcaster",)
+        for kind in kinds:
+            proc = ServiceProcess(kind, self.redis.url).start()
+            setattr(self, kind, proc)
+            peers += [f"--{kind}-address", proc.address]
+        flags = [] if self.adaptive else ["--no-adaptive"]
+        self.orchestrator = ServiceProcess(
+            "orchestrator", self.redis.url, [*peers, *flags, *self.orchestrator_args]
+        ).start()
         for i in range(self.workers):
             extra = ["--node-id", f"worker-{i}", *self.worker_args] + (["--trusted"] if i < 2 else [])
             self.worker_procs.append(ServiceProcess("worker", self.redis.url, extra).start())
-        for proc in (self.orchestrator, *self.worker_procs):
+        for proc in (*self.control(), *self.worker_procs):
             proc.wait_health("SERVING", timeout=60)
         return self
 
     def stop(self) -> None:
-        for proc in (*self.worker_procs, self.orchestrator):
-            if proc is not None:
-                proc.kill()
+        for proc in (*self.worker_procs, *reversed(self.control())):
+            proc.kill()
         self.redis.stop()
 
     def deploy(self, name: str, model_dir, segments=(), compression: str = "none"):

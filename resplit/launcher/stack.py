@@ -176,8 +176,12 @@ def up(
         if redis_url is None:
             redis_record, redis_url = _start_redis(state_dir)
             records.append(redis_record)
-        for kind in CONTROL_SERVICES:
-            records.append(_spawn_service(kind, kind, redis_url, state_dir, []))
+        peers: list[str] = []
+        for kind in CONTROL_SERVICES:  # the orchestrator comes last and is told where the others are
+            extra = peers if kind == "orchestrator" else []
+            record = _spawn_service(kind, kind, redis_url, state_dir, extra)
+            records.append(record)
+            peers += [f"--{kind}-address", record.address]
         for i in range(workers):
             extra = ["--node-id", f"worker-{i}", "--heartbeat-ttl-s", "6", "--heartbeat-interval-s", "2"]
             if i < trusted:
