@@ -49,9 +49,11 @@ def tiny_models(tmp_path_factory) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    """Redis, the orchestrator and four workers (worker-0 and worker-1 trusted), for one module."""
+    """Redis, the broadcaster, the orchestrator and four workers (worker-0 and worker-1
+    trusted), shared by every module that asks for it: deployment names must be unique
+    across modules, and a test that kills a worker starts it again."""
     local = LocalStack()
     try:
         yield local.start()

@@ -42,6 +42,8 @@ class RedisServer:
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    #: Addresses to listen on besides loopback (a testbed's bridge, for its nodes).
+    also_bind: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -51,8 +53,11 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise AssertionError("redis-server is not installed; run `make setup` (it installs it as root)")
+        bind = ["--bind", "127.0.0.1", *self.also_bind] + (
+            ["--protected-mode", "no"] if self.also_bind else []
+        )
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), *bind, "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -153,6 +158,8 @@ class LocalStack:
 
     workers: int = 4
     worker_args: list[str] = field(default_factory=lambda: ["--torch-threads", "1"])
+    #: Extra flags for single workers, by index (e.g. a declared memory size).
+    per_worker: dict[int, list[str]] = field(default_factory=dict)
     adaptive: bool = False
     orchestrator_args: list[str] = field(default_factory=list)
     redis: RedisServer = field(default_factory=RedisServer)
@@ -179,7 +186,8 @@ class LocalStack:
             "orchestrator", self.redis.url, [*peers, *flags, *self.orchestrator_args]
         ).start()
         for i in range(self.workers):
-            extra = ["--node-id", f"worker-{i}", *self.worker_args] + (["--trusted"] if i < 2 else [])
+            extra = ["--node-id", f"worker-{i}", *self.worker_args, *self.per_worker.get(i, [])]
+            extra += ["--trusted"] if i < 2 else []
             self.worker_procs.append(ServiceProcess("worker", self.redis.url, extra).start())
         for proc in (*self.control(), *self.worker_procs):
             proc.wait_health("SERVING", timeout=60)
@@ -190,11 +198,13 @@ class LocalStack:
             proc.kill()
         self.redis.stop()
 
-    def deploy(self, name: str, model_dir, segments=(), compression: str = "none"):
+    def deploy(self, name: str, model_dir, segments=(), compression: str = "none", policy=None):
         """Deploy over gRPC; ``segments`` are (start, end, worker index) triples."""
         from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
         spec = common_pb2.Deployment(name=name, model_dir=str(model_dir), compression=compression)
+        if policy is not None:
+            spec.policy.CopyFrom(policy)
         request = orchestrator_pb2.DeployRequest(
             deployment=spec,
             segments=[
@@ -206,6 +216,30 @@ class LocalStack:
 
         with sync_channel(self.orchestrator.address) as channel:
             return orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=120).plan
+
+    def rollout(self, plan, timeout: float = 60, **request):
+        """Roll ``plan`` (see make_plan) out through the broadcaster; the response."""
+        from resplit.rpc.channels import sync_channel
+        from resplit.v1 import broadcaster_pb2, broadcaster_pb2_grpc
+
+        with sync_channel(self.broadcaster.address) as channel:
+            return broadcaster_pb2_grpc.BroadcasterServiceStub(channel).Rollout(
+                broadcaster_pb2.RolloutRequest(plan=plan, **request), timeout=timeout
+            )
+
+
+def make_plan(name: str, segments, epoch: int = 0):
+    """A Plan from (start, end, worker index) triples; epoch 0 lets the broadcaster choose."""
+    from resplit.v1 import common_pb2
+
+    return common_pb2.Plan(
+        deployment=name,
+        epoch=epoch,
+        segments=[
+            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=f"worker-{w}")
+            for a, b, w in segments
+        ],
+    )
 
 
 OWNERS = {1: [0], 2: [0, 1], 3: [0, 2, 0], 4: [0, 2, 3, 1]}

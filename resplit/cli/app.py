@@ -1,4 +1,4 @@
-"""``resplit`` commands: up, status, down, health, demo."""
+"""``resplit`` commands: up, status, down, health, demo, events; plan solve/show/apply."""
 
 from __future__ import annotations
 
@@ -120,6 +120,10 @@ from .top import top  # noqa: E402
 
 app.command()(top)
 
+from .control import apply, events, show  # noqa: E402
 from .plan import plan_app  # noqa: E402
 
+app.command()(events)
+plan_app.command()(show)
+plan_app.command()(apply)
 app.add_typer(plan_app, name="plan")

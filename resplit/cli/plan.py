@@ -16,7 +16,9 @@ from ..v1 import splitter_pb2, splitter_pb2_grpc
 from . import plan_views
 from .targets import service_address
 
-plan_app = typer.Typer(help="Plans: split + placement from the splitter.", no_args_is_help=True)
+plan_app = typer.Typer(
+    help="Plans: solve a scenario with the splitter; show or apply a deployment's plan.", no_args_is_help=True
+)
 console = Console()
 err = Console(stderr=True)
 EXIT_BAD_SCENARIO = 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import statistics
 import sys
 from pathlib import Path
@@ -45,6 +46,10 @@ def plan_table(plan: common_pb2.Plan) -> Table:
         table.add_column(column)
     for i, segment in enumerate(plan.segments, 1):
         table.add_row(f"S{i}", f"[{segment.units.start}, {segment.units.end})", segment.node_id)
+    created = datetime.datetime.fromtimestamp(plan.created_at).strftime("%Y-%m-%d %H:%M:%S")
+    table.caption = f"created {created} · {plan.reason or 'no reason given'}"
+    if plan.predicted.phi:
+        table.caption += f" · predicted L {plan.predicted.latency_ms:,.1f} ms, Phi {plan.predicted.phi:.4g}"
     return table
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,9 +34,39 @@ class ProcessRecord(BaseModel):
     http_port: int = 0
 
 
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port that is free right now, chosen below the kernel's ephemeral range.
+
+    Why not bind to port 0: the kernel hands out the same range to outgoing
+    connections, so between choosing a port and the service binding it, some
+    client socket may take it. Ports under the ephemeral range are only ever
+    taken by an explicit bind.
+    """
+    low, _ = _ephemeral_range()
+    start = max(1024, low - 12000)
+    for _ in range(200):
+        port = random.randrange(start, low)
+        if port in _GIVEN:  # handed out already, maybe not bound yet
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -159,12 +159,16 @@ def up(
     redis_url: str | None = None,
     timeout_s: float = 30.0,
     on_progress: Callable[[int, int], None] | None = None,
+    extra_args: dict[str, list[str]] | None = None,
 ) -> Stack:
     """Start Redis (unless ``redis_url``), the control services and ``workers`` workers.
 
-    The first ``trusted`` workers are trusted. On any failure everything
-    already started is stopped again before the error is raised.
+    The first ``trusted`` workers are trusted. ``extra_args`` adds flags per
+    service kind (e.g. ``{"worker": ["--max-tokens", "8192"]}``). On any
+    failure everything already started is stopped again before the error is
+    raised.
     """
+    extra_args = extra_args or {}
     if workers < 0 or not 0 <= trusted <= workers:
         raise StackError(f"need 0 <= trusted ({trusted}) <= workers ({workers})")
     if stack_file(state_dir).exists():
@@ -178,12 +182,13 @@ def up(
             records.append(redis_record)
         peers: list[str] = []
         for kind in CONTROL_SERVICES:  # the orchestrator comes last and is told where the others are
-            extra = peers if kind == "orchestrator" else []
+            extra = (peers if kind == "orchestrator" else []) + extra_args.get(kind, [])
             record = _spawn_service(kind, kind, redis_url, state_dir, extra)
             records.append(record)
             peers += [f"--{kind}-address", record.address]
         for i in range(workers):
             extra = ["--node-id", f"worker-{i}", "--heartbeat-ttl-s", "6", "--heartbeat-interval-s", "2"]
+            extra += extra_args.get("worker", [])
             if i < trusted:
                 extra.append("--trusted")
             records.append(_spawn_service(f"worker-{i}", "worker", redis_url, state_dir, extra))

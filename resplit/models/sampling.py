@@ -2,13 +2,14 @@
 
 Greedy when temperature is 0 (exactly ``argmax``, as ``model.generate`` with
 ``do_sample=False``); otherwise temperature, then top-k, then top-p (nucleus)
-filtering, and a draw from a per-session generator seeded by the client so a
-seeded generation is reproducible.
+filtering, and a draw seeded by the client's seed and the token's index, so a
+seeded generation is reproducible and a session that moves to another node
+(or is replayed) mid-generation draws exactly what it would have drawn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -21,17 +22,16 @@ class Sampler:
     seed: int = 0
     stop_token_ids: frozenset[int] = frozenset()
     max_new_tokens: int = 0
-    generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 <= self.top_p <= 1:
             raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
-        self.generator = torch.Generator().manual_seed(self.seed)
 
-    def choose(self, logits: torch.Tensor) -> tuple[int, float]:
-        """(token id, its log-probability under the final distribution) for 1-D ``logits``."""
+    def choose(self, logits: torch.Tensor, index: int = 0) -> tuple[int, float]:
+        """(token id, its log-probability under the final distribution) for 1-D ``logits``;
+        ``index`` is the 0-based position of this token among the generated ones."""
         logits = logits.float().cpu()
         if self.temperature == 0:
             token = int(torch.argmax(logits))
@@ -49,7 +49,8 @@ class Sampler:
             drop[0] = False
             scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % (1 << 63))
+        token = int(torch.multinomial(probs, 1, generator=generator))
         return token, float(torch.log(probs[token]))
 
     def finish_reason(self, token: int, generated: int) -> str:

@@ -1,4 +1,5 @@
-"""The asyncio client: ``resplit.AsyncClient``, same API with ``async``."""
+"""The asyncio client: ``resplit.AsyncClient``, same API with ``async``, and the
+same behaviour across reconfigurations and failures (see client.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from ..v1 import (
     worker_pb2_grpc,
 )
 from .client import DEFAULT_ORCHESTRATOR
-from .exchange import EmbedExchange, GeneratedToken, GenerateExchange, Sampling
-from .requests import latency_sample, pick_deployment, prompt_and_sampling
+from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExchange, Sampling
+from .requests import backoff_s, latency_sample, pick_deployment, prompt_and_sampling, recoverable
 from .tokens import TextStream, tokenizer_for
 
 
@@ -28,12 +29,21 @@ class AsyncClient:
     """asyncio client of a resplit deployment."""
 
     def __init__(
-        self, orchestrator: str = DEFAULT_ORCHESTRATOR, *, timeout_s: float = 300.0, monitor: str = ""
+        self,
+        orchestrator: str = DEFAULT_ORCHESTRATOR,
+        *,
+        timeout_s: float = 300.0,
+        monitor: str = "",
+        recoveries: int = 8,
+        move_cache: bool = True,
     ) -> None:
-        """``monitor``: as for :class:`resplit.Client`, latency reports go there when set."""
+        """``monitor``, ``recoveries``: as for :class:`resplit.Client`."""
         self.orchestrator = orchestrator
         self.timeout_s = timeout_s
         self.monitor = monitor
+        self.recoveries = recoveries
+        self.move_cache = move_cache
+        self._route_checked = 0.0
         self._reports: set[asyncio.Task] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -84,28 +94,93 @@ class AsyncClient:
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
-    async def _drive(self, address: str, exchange) -> AsyncIterator[GeneratedToken]:
-        call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(timeout=self.timeout_s)
+    async def _newer_route(self, route: common_pb2.Route) -> common_pb2.Route | None:
+        now = time.monotonic()
+        if now - self._route_checked < 1.0:
+            return None
         try:
-            for message in exchange.opening():
+            latest = await self.route(route.deployment)
+        except grpc.RpcError:
+            self._route_checked = now
+            return None
+        self._route_checked = 0.0
+        return latest if latest.epoch > route.epoch else None
+
+    async def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
+        if attempt > self.recoveries or not recoverable(error):
+            raise error
+        await asyncio.sleep(backoff_s(attempt))
+        try:
+            route = await self.route(exchange.route.deployment)
+        except grpc.RpcError:
+            route = exchange.route
+        return exchange.replay(route)
+
+    async def _run(self, exchange) -> AsyncIterator[GeneratedToken]:
+        """Drive ``exchange`` to the end across route changes and failures."""
+        messages, previous, attempt = exchange.opening(), None, 0
+        while True:
+            outcome: list = []
+            try:
+                async for token in self._stream(exchange, messages, previous, outcome):
+                    yield token
+            except grpc.RpcError as error:
+                if previous is not None:
+                    previous.cancel()
+                    previous = None
+                attempt += 1
+                messages = await self._recover(exchange, attempt, error)
+                continue
+            if not outcome:
+                return
+            previous, route = outcome
+            messages = exchange.migrate(route) if self.move_cache else exchange.replay(route)
+
+    async def _stream(
+        self, exchange, messages: list, previous, outcome: list
+    ) -> AsyncIterator[GeneratedToken]:
+        """One Forward stream; on a move, fills ``outcome`` with (this call, newer route)."""
+        address = exchange.route.hops[0].address
+        call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(timeout=self.timeout_s)
+        moving = False
+        try:
+            for message in messages:
                 await call.write(message)
             sent_at = time.perf_counter()
             while True:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:
-                    raise RuntimeError(f"worker {address} ended the session early: {await call.details()}")
+                    code = await call.code()
+                    if code != grpc.StatusCode.OK:
+                        empty = grpc.aio.Metadata()
+                        raise grpc.aio.AioRpcError(code, empty, empty, details=await call.details())
+                    raise ExchangeError("the first hop ended the session before its last token")
+                if previous is not None and reply.HasField("opened"):
+                    previous.cancel()  # the new hops hold the cache now
+                    previous = None
                 token, following, done = exchange.handle(reply)
-                for message in following:
-                    await call.write(message)
                 if token is not None:
                     now = time.perf_counter()
                     token.latency_s, sent_at = now - sent_at, now
                     yield token
                 if done:
+                    for message in following:
+                        await call.write(message)
                     await call.done_writing()
                     return
+                if token is not None and exchange.moved():
+                    route = await self._newer_route(exchange.route)
+                    if route is not None:
+                        moving = True
+                        outcome.extend((call, route))
+                        return
+                for message in following:
+                    await call.write(message)
         finally:
-            call.cancel()
+            if not moving:
+                call.cancel()
+            if previous is not None:
+                previous.cancel()
 
     async def generate_ids(
         self,
@@ -116,7 +191,7 @@ class AsyncClient:
     ) -> AsyncIterator[GeneratedToken]:
         exchange = GenerateExchange(route, list(prompt_ids), sampling or Sampling(), return_logits)
         started, tokens = time.perf_counter(), 0
-        async for token in self._drive(route.hops[0].address, exchange):
+        async for token in self._run(exchange):
             tokens += 1
             yield token
         self._report_latency(route.deployment, started, tokens)
@@ -148,7 +223,7 @@ class AsyncClient:
     ) -> torch.Tensor:
         exchange = EmbedExchange(route, input_ids, attention_mask)
         started = time.perf_counter()
-        async for _ in self._drive(route.hops[0].address, exchange):
+        async for _ in self._run(exchange):
             pass
         self._report_latency(route.deployment, started, int(input_ids.shape[0]))
         if exchange.result is None:

@@ -3,6 +3,12 @@
 Ask the orchestrator for a deployment's route, open a session on the first
 hop, and stream tokens (or get embeddings) back. Errors from the workers come
 back as ``grpc.RpcError`` with their status code and message.
+
+Sessions follow reconfigurations: when a token reports a newer epoch, the
+client fetches the new route and moves the session there before the next
+step (its cache pulled by the new hops while the old session stays open);
+when a hop fails, or the cache cannot be moved, it replays the token history
+on the current route. The caller sees the same tokens either way.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from ..v1 import (
     orchestrator_pb2_grpc,
     worker_pb2_grpc,
 )
-from .exchange import EmbedExchange, GeneratedToken, GenerateExchange, Sampling
-from .requests import latency_sample, pick_deployment, prompt_and_sampling
+from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExchange, Sampling
+from .requests import backoff_s, latency_sample, pick_deployment, prompt_and_sampling, recoverable
 from .tokens import TextStream, tokenizer_for
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
@@ -34,13 +40,25 @@ class Client:
     """Blocking client of a resplit deployment."""
 
     def __init__(
-        self, orchestrator: str = DEFAULT_ORCHESTRATOR, *, timeout_s: float = 300.0, monitor: str = ""
+        self,
+        orchestrator: str = DEFAULT_ORCHESTRATOR,
+        *,
+        timeout_s: float = 300.0,
+        monitor: str = "",
+        recoveries: int = 8,
+        move_cache: bool = True,
     ) -> None:
         """``monitor``: host:port of the monitor; when set, each finished request's
-        end-to-end latency is reported to it (fire and forget, never an error here)."""
+        end-to-end latency is reported to it (fire and forget, never an error here).
+        ``recoveries``: how many failures one session survives by replaying.
+        ``move_cache``: on a route change, move the session's KV cache to the new hops
+        (default); False rebuilds it there by replaying the token history instead."""
         self.orchestrator = orchestrator
         self.timeout_s = timeout_s
         self.monitor = monitor
+        self.recoveries = recoveries
+        self.move_cache = move_cache
+        self._route_checked = 0.0
         self._reports: list[grpc.Future] = []
         self._channels: dict[str, grpc.Channel] = {}
 
@@ -87,32 +105,79 @@ class Client:
         self._reports.append(stub.ReportLatency.future(sample, timeout=2.0))  # not awaited here
 
     # -- data plane ----------------------------------------------------------
-    def _drive(self, address: str, exchange) -> Iterator[GeneratedToken]:
-        outbox: queue.SimpleQueue = queue.SimpleQueue()
-        for message in exchange.opening():
-            outbox.put(message)
+    def _newer_route(self, route: common_pb2.Route) -> common_pb2.Route | None:
+        """The deployment's route if its epoch is newer; None when not (yet) or unreachable
+        (the session then goes on where it is and asks again a second later)."""
+        now = time.monotonic()
+        if now - self._route_checked < 1.0:
+            return None
+        try:
+            latest = self.route(route.deployment)
+        except grpc.RpcError:
+            self._route_checked = now
+            return None
+        self._route_checked = 0.0
+        return latest if latest.epoch > route.epoch else None
 
-        def requests():
-            while (message := outbox.get()) is not None:
-                yield message
+    def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
+        if attempt > self.recoveries or not recoverable(error):
+            raise error
+        time.sleep(backoff_s(attempt))
+        try:
+            route = self.route(exchange.route.deployment)
+        except grpc.RpcError:
+            route = exchange.route  # the control plane is away: the data plane may still serve
+        return exchange.replay(route)
 
-        stub = worker_pb2_grpc.WorkerServiceStub(self._channel(address))
-        call = stub.Forward(requests(), timeout=self.timeout_s)
+    def _run(self, exchange) -> Iterator[GeneratedToken]:
+        """Drive ``exchange`` to the end across route changes and failures."""
+        messages, previous, attempt = exchange.opening(), None, 0
+        while True:
+            try:
+                switch = yield from self._stream(exchange, messages, previous)
+            except grpc.RpcError as error:
+                if previous is not None:  # the new hops refused the cache: give up the old session too
+                    previous.close()
+                    previous = None
+                attempt += 1
+                messages = self._recover(exchange, attempt, error)
+                continue
+            if switch is None:
+                return
+            previous, route = switch
+            messages = exchange.migrate(route) if self.move_cache else exchange.replay(route)
+
+    def _stream(self, exchange, messages: list, previous: _Call | None):
+        """One Forward stream: yields tokens; returns None when the session is done, or
+        (this stream, newer route) to move at this token boundary."""
+        call = _Call(self._channel(exchange.route.hops[0].address), messages, self.timeout_s)
         sent_at = time.perf_counter()
+        moving = False
         try:
             for reply in call:
+                if previous is not None and reply.HasField("opened"):
+                    previous.close()  # the new hops hold the cache now
+                    previous = None
                 token, following, done = exchange.handle(reply)
-                for message in following:
-                    outbox.put(message)
                 if token is not None:
                     now = time.perf_counter()
                     token.latency_s, sent_at = now - sent_at, now
                     yield token
                 if done:
-                    return
+                    call.send(following)
+                    return None
+                if token is not None and exchange.moved():
+                    route = self._newer_route(exchange.route)
+                    if route is not None:
+                        moving = True
+                        return call, route
+                call.send(following)
+            raise ExchangeError("the first hop ended the session before its last token")
         finally:
-            outbox.put(None)
-            call.cancel()
+            if not moving:
+                call.close()
+            if previous is not None:
+                previous.close()
 
     def generate_ids(
         self,
@@ -124,7 +189,7 @@ class Client:
         """Generate from token ids along an explicit route."""
         exchange = GenerateExchange(route, list(prompt_ids), sampling or Sampling(), return_logits)
         started, tokens = time.perf_counter(), 0
-        for token in self._drive(route.hops[0].address, exchange):
+        for token in self._run(exchange):
             tokens += 1
             yield token
         self._report_latency(route.deployment, started, tokens)
@@ -161,7 +226,7 @@ class Client:
         """Embeddings [rows, H] of a padded batch along an explicit route."""
         exchange = EmbedExchange(route, input_ids, attention_mask)
         started = time.perf_counter()
-        for _ in self._drive(route.hops[0].address, exchange):
+        for _ in self._run(exchange):
             pass
         self._report_latency(route.deployment, started, int(input_ids.shape[0]))
         if exchange.result is None:
@@ -175,3 +240,28 @@ class Client:
             list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
         return self.embed_ids(batch["input_ids"], batch["attention_mask"], self.route(deployment))
+
+
+class _Call:
+    """One Forward stream fed from a queue, so replies and requests interleave."""
+
+    def __init__(self, channel: grpc.Channel, messages: list, timeout_s: float) -> None:
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.send(messages)
+
+        def requests():
+            while (message := self._outbox.get()) is not None:
+                yield message
+
+        self._call = worker_pb2_grpc.WorkerServiceStub(channel).Forward(requests(), timeout=timeout_s)
+
+    def __iter__(self):
+        return iter(self._call)
+
+    def send(self, messages: list) -> None:
+        for message in messages:
+            self._outbox.put(message)
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self._call.cancel()

@@ -4,6 +4,12 @@ Both the blocking and the asyncio client drive these: they send what
 ``opening()`` returns, feed every reply to ``handle()``, and send what it
 returns, until it says the session is done. One place decides what a step
 is, so the two clients cannot drift apart.
+
+A session can also leave its route at a token boundary: ``moved()`` says a
+hop reported a newer epoch, ``migrate(route)`` opens the session there with
+its cache pulled from the old hops, and ``replay(route)`` rebuilds it from
+the token history (the fallback when the old hops are gone). All three keep
+the step count and the sampler's position, so the tokens do not change.
 """
 
 from __future__ import annotations
@@ -55,10 +61,16 @@ class GeneratedToken:
     logits: torch.Tensor | None = None
     #: Seconds from sending the step to receiving its token.
     latency_s: float = 0.0
+    #: The plan epoch the token was computed under (it changes when the session moves).
+    epoch: int = 0
 
 
 class ExchangeError(RuntimeError):
     """The workers answered something the protocol does not allow."""
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _open(route: common_pb2.Route, session_id: str, task: int, **extra) -> worker_pb2.ForwardRequest:
@@ -84,23 +96,70 @@ class GenerateExchange:
     prompt_ids: Sequence[int]
     sampling: Sampling
     return_logits: bool = False
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session_id: str = field(default_factory=new_session_id)
     step: int = 0
+    #: Tokens generated so far (the last one is not yet in any cache).
+    generated: list[int] = field(default_factory=list)
+    #: The newest epoch a hop has reported for this deployment.
+    latest_epoch: int = 0
+    #: How many times the session crossed to a new epoch, by cache move and by replay.
+    migrations: int = 0
+    replays: int = 0
     _logits: Assembler | None = None
     _pending_logits: torch.Tensor | None = None
 
-    def opening(self) -> list[worker_pb2.ForwardRequest]:
-        if not self.prompt_ids:
-            raise ExchangeError("the prompt is empty")
-        opened = _open(
+    def _open(self, **resume) -> worker_pb2.ForwardRequest:
+        return _open(
             self.route,
             self.session_id,
             worker_pb2.TASK_GENERATE,
             sampling=self.sampling.to_proto(),
             return_logits=self.return_logits,
+            **resume,
         )
+
+    def opening(self) -> list[worker_pb2.ForwardRequest]:
+        if not self.prompt_ids:
+            raise ExchangeError("the prompt is empty")
         tokens = worker_pb2.TokenInput(step=0, input_ids=list(self.prompt_ids), rows=1)
+        return [self._open(), worker_pb2.ForwardRequest(tokens=tokens)]
+
+    def moved(self) -> bool:
+        """A hop knows a newer epoch than the one this session runs on."""
+        return self.latest_epoch > self.route.epoch
+
+    def migrate(self, route: common_pb2.Route) -> list[worker_pb2.ForwardRequest]:
+        """Open on ``route`` at this token boundary, pulling the cache from the old hops."""
+        if not self.generated:
+            return self.replay(route)
+        old = self.route
+        self.route = route
+        self.migrations += 1
+        opened = self._open(
+            start_step=self.step,
+            generated=len(self.generated),
+            context_tokens=len(self.prompt_ids) + len(self.generated) - 1,
+            migrate_from=list(old.hops),
+            migrate_epoch=old.epoch,
+        )
+        nxt = worker_pb2.TokenInput(step=self.step, input_ids=[self.generated[-1]], rows=1)
+        return [opened, worker_pb2.ForwardRequest(tokens=nxt)]
+
+    def replay(self, route: common_pb2.Route) -> list[worker_pb2.ForwardRequest]:
+        """Rebuild the session on ``route`` from its token history (no cache needed)."""
+        self.route = route
+        self.session_id = new_session_id()
+        self._logits, self._pending_logits = None, None
+        if not self.generated:
+            return self.opening()
+        self.replays += 1
+        opened = self._open(start_step=self.step, generated=len(self.generated))
+        history = [*self.prompt_ids, *self.generated]
+        tokens = worker_pb2.TokenInput(step=self.step, input_ids=history, rows=1)
         return [opened, worker_pb2.ForwardRequest(tokens=tokens)]
+
+    def closing(self) -> worker_pb2.ForwardRequest:
+        return worker_pb2.ForwardRequest(close=worker_pb2.CloseSession(session_id=self.session_id))
 
     def handle(
         self, reply: worker_pb2.ForwardResponse
@@ -127,11 +186,13 @@ class GenerateExchange:
             finished=out.finished,
             finish_reason=out.finish_reason,
             logits=self._pending_logits,
+            epoch=self.route.epoch,
         )
         self._pending_logits = None
+        self.latest_epoch = max(self.latest_epoch, out.latest_epoch)
+        self.generated.append(token.token_id)
         if out.finished:
-            close = worker_pb2.ForwardRequest(close=worker_pb2.CloseSession(session_id=self.session_id))
-            return token, [close], True
+            return token, [self.closing()], True
         self.step += 1
         nxt = worker_pb2.TokenInput(step=self.step, input_ids=[token.token_id], rows=1)
         return token, [worker_pb2.ForwardRequest(tokens=nxt)], False
@@ -142,7 +203,7 @@ class EmbedExchange:
     route: common_pb2.Route
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session_id: str = field(default_factory=new_session_id)
     result: torch.Tensor | None = None
     _assembler: Assembler = field(default_factory=Assembler)
 
@@ -158,6 +219,13 @@ class EmbedExchange:
             _open(self.route, self.session_id, worker_pb2.TASK_EMBED),
             worker_pb2.ForwardRequest(tokens=tokens),
         ]
+
+    def moved(self) -> bool:
+        return False  # one step: nothing to carry across epochs
+
+    def replay(self, route: common_pb2.Route) -> list[worker_pb2.ForwardRequest]:
+        self.route, self.session_id, self._assembler = route, new_session_id(), Assembler()
+        return self.opening()
 
     def handle(self, reply: worker_pb2.ForwardResponse) -> tuple[None, list[worker_pb2.ForwardRequest], bool]:
         if reply.HasField("opened"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
+import grpc
 from transformers import PreTrainedTokenizerBase
 
 from ..v1 import common_pb2, monitor_pb2
@@ -50,3 +51,28 @@ def latency_sample(deployment: str, started: float, tokens: int) -> monitor_pb2.
         tokens=tokens,
         timestamp=time.time(),
     )
+
+
+#: Failures a session survives by moving to a (possibly newer) route and replaying:
+#: a hop gone or restarting, a stale epoch or released segment, a cache that could
+#: not be moved. Anything else (bad input, limits, the client's own deadline) is the
+#: caller's to see.
+RECOVERABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def recoverable(exc: grpc.RpcError) -> bool:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code in RECOVERABLE
+
+
+def backoff_s(attempt: int) -> float:
+    """Wait before recovery attempt ``attempt`` (1-based): 0.1 s doubling to 2 s."""
+    return min(2.0, 0.1 * 2 ** (attempt - 1))

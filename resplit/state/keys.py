@@ -86,3 +86,21 @@ def latency_series(name: str) -> str:
 def environment_series() -> str:
     """Redis stream of assembled E(t) snapshots."""
     return f"{PREFIX}:environment:ts"
+
+
+def rollout(name: str) -> str:
+    """The deployment's latest rollout (a serialized ``resplit.v1.RolloutStatus``)."""
+    return f"{PREFIX}:deploy:{name}:rollout"
+
+
+# -- control loop (Alg. 1) ---------------------------------------------------
+def last_change(name: str) -> str:
+    """Hash: ``at`` (unix time of the last applied plan change, t_last of Alg. 1),
+    ``event`` (its decision event's stream id) and ``measured`` (1 once its
+    measured latency is recorded), so T_cool survives an orchestrator restart."""
+    return f"{PREFIX}:deploy:{name}:last_change"
+
+
+def measured_latency(name: str) -> str:
+    """Hash decision event id -> end-to-end latency EWMA (ms) measured after that change."""
+    return f"{PREFIX}:deploy:{name}:events:measured"

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ..v1 import common_pb2
+from ..v1 import broadcaster_pb2, common_pb2
 from . import keys
 
 # Store a plan only if its epoch is above the committed one: epochs only go up.
@@ -277,6 +277,16 @@ class StateStore:
         raw = await self.redis.get(keys.plan(deployment))
         return None if raw is None else common_pb2.Plan.FromString(raw)
 
+    # -- rollouts ----------------------------------------------------------
+    async def put_rollout(self, status: broadcaster_pb2.RolloutStatus) -> None:
+        """Record the latest rollout of ``status.deployment`` (it outlives a
+        broadcaster restart and an undeploy, like the epoch counter)."""
+        await self.redis.set(keys.rollout(status.deployment), status.SerializeToString())
+
+    async def get_rollout(self, deployment: str) -> broadcaster_pb2.RolloutStatus | None:
+        raw = await self.redis.get(keys.rollout(deployment))
+        return None if raw is None else broadcaster_pb2.RolloutStatus.FromString(raw)
+
     # -- decision log ------------------------------------------------------
     async def append_event(self, event: common_pb2.DecisionEvent, max_len: int = 10_000) -> str:
         """Append to the deployment's decision stream; returns the stream id."""
@@ -289,9 +299,42 @@ class StateStore:
         return entry_id.decode()
 
     async def read_events(self, deployment: str, limit: int = 100) -> list[common_pb2.DecisionEvent]:
-        """The ``limit`` most recent events, oldest first."""
-        rows = await self.redis.xrevrange(keys.events(deployment), count=limit)
-        return [common_pb2.DecisionEvent.FromString(fields[b"event"]) for _, fields in reversed(rows)]
+        """The ``limit`` most recent events, oldest first, with the measured latency
+        recorded after each change (:meth:`put_measured_latency`) merged in."""
+        rows = list(reversed(await self.redis.xrevrange(keys.events(deployment), count=limit)))
+        events = [common_pb2.DecisionEvent.FromString(fields[b"event"]) for _, fields in rows]
+        if rows:
+            measured = await self.redis.hmget(keys.measured_latency(deployment), [i for i, _ in rows])
+            for event, value in zip(events, measured, strict=True):
+                if value is not None:
+                    event.measured_latency_ms = float(value)
+        return events
+
+    # -- control loop: t_last and measured latency after a change ------------
+    async def record_change(self, deployment: str, at: float, event_id: str) -> None:
+        """Remember t_last (Alg. 1) and the event of the change, whose latency is not measured yet."""
+        await self.redis.hset(
+            keys.last_change(deployment), mapping={"at": repr(at), "event": event_id, "measured": "0"}
+        )
+
+    async def last_change(self, deployment: str) -> tuple[float, str, bool] | None:
+        """(t_last, event id, measured yet) of the last applied change, or None."""
+        raw = await self.redis.hgetall(keys.last_change(deployment))
+        if b"at" not in raw:
+            return None
+        return float(raw[b"at"]), raw.get(b"event", b"").decode(), raw.get(b"measured") == b"1"
+
+    async def put_measured_latency(self, deployment: str, event_id: str, latency_ms: float) -> None:
+        """The latency measured after the change of ``event_id``; read_events merges it in."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.measured_latency(deployment), event_id, repr(latency_ms))
+            pipe.hset(keys.last_change(deployment), "measured", "1")
+            await pipe.execute()
+
+    async def latency_samples(self, deployment: str, since: float = 0.0) -> list[float]:
+        """End-to-end latency samples (ms) of ``deployment`` reported since unix time ``since``."""
+        rows = await self.redis.xrange(keys.latency_series(deployment), min=str(int(since * 1000) + 1))
+        return [float(fields[b"ms"]) for _, fields in rows]
 
     # -- route publication -------------------------------------------------
     async def publish_route(self, route: common_pb2.Route) -> int:

@@ -17,3 +17,25 @@ class OrchestratorSettings(ServiceSettings):
     adaptive: bool = Field(
         True, description="run the Alg. 1 control loop (--no-adaptive serves plans as deployed)"
     )
+    # -- the control loop (Alg. 1); Delta t and Theta come from each deployment's policy
+    control_interval_floor_s: float = Field(
+        0.5, gt=0, description="shortest Delta t the loop runs a deployment at, whatever its policy says"
+    )
+    control_rpc_timeout_s: float = Field(
+        30.0, gt=0, description="deadline of each monitor/splitter call in a control cycle"
+    )
+    drain_deadline_s: float = Field(
+        10.0, ge=0, description="how long old-epoch segments may drain after a reconfiguration"
+    )
+    control_prompt_tokens: int = Field(
+        128, ge=1, description="prompt length of the workload the splitter costs"
+    )
+    control_generate_tokens: int = Field(
+        32, ge=0, description="tokens generated per request in that workload"
+    )
+    assumed_rtt_ms: float = Field(
+        1.0, ge=0, description="RTT assumed for a link the workers have not probed yet"
+    )
+    measure_after_s: float = Field(
+        5.0, ge=0, description="wait after a change before its measured latency goes into the decision log"
+    )

@@ -1,9 +1,11 @@
-"""Deploy path: load segments on workers, commit the epoch, store the plan.
+"""Deploy path: validate, choose the segments, assign the epoch, and hand
+the plan to the broadcaster's two-phase rollout (prepare, commit, store the
+plan, publish the route, drain and release the old epoch).
 
-Until the broadcaster's two-phase rollout lands, the orchestrator talks to
-the workers itself: LoadSegment on every hop in parallel (prepare), then
-CommitEpoch everywhere (commit), then the plan goes to Redis and the route is
-published. A failed load releases what was loaded and leaves no plan behind.
+The Deployment record is stored only once the rollout committed: a refused
+or aborted deploy leaves the previous record (and plan) as they were, and a
+first deploy that fails leaves nothing behind. The broadcaster gets the spec
+in the request, so it never reads a record that is not committed yet.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import grpc
 
 from resplit.core.tensors import COMPRESSIONS
-from resplit.core.units import PlanError, route_of
+from resplit.core.units import PlanError
 from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -23,6 +25,7 @@ from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from .core.models import ModelDirError, inspect_model
 from .core.placement import PrivacyError, check_placement, default_segments
 from .core.policy import default_policy
+from .rollouts import Broadcaster, RolloutFailed
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,10 @@ async def _call(address: str, method: str, request, deadline_s: float):
 
 
 class Deployer:
-    def __init__(self, store: StateStore, prepare_deadline_s: float) -> None:
+    def __init__(self, store: StateStore, prepare_deadline_s: float, broadcaster: Broadcaster) -> None:
         self.store = store
         self.prepare_deadline_s = prepare_deadline_s
+        self.broadcaster = broadcaster
 
     async def deploy(
         self, spec: common_pb2.Deployment, segments: list[common_pb2.Segment]
@@ -78,81 +82,25 @@ class Deployer:
             )
             raise DeployError(code, str(exc)) from None
 
-        previous = await self.store.get_plan(spec.name)
-        epoch = await self.store.next_epoch(spec.name, floor=previous.epoch if previous else 0)
-        plan = common_pb2.Plan(
-            deployment=spec.name, epoch=epoch, segments=segments, created_at=time.time(), reason="deploy"
-        )
-        route = route_of(plan, nodes)
-        started = time.perf_counter()
-        await self._prepare(spec, route, COMPRESSIONS[compression])
-        await self._commit(route)
-        log.info("deployed %s epoch %d in %.0f ms", spec.name, epoch, (time.perf_counter() - started) * 1e3)
-
         record = common_pb2.Deployment()
         record.CopyFrom(spec)
         record.policy.CopyFrom(policy)
         record.num_units, record.family, record.generative = info.num_units, info.family, info.generative
         record.compression = compression
-        await self.store.put_plan(plan)
+
+        previous = await self.store.get_plan(spec.name)
+        epoch = await self.store.next_epoch(spec.name, floor=previous.epoch if previous else 0)
+        plan = common_pb2.Plan(
+            deployment=spec.name, epoch=epoch, segments=segments, created_at=time.time(), reason="deploy"
+        )
+        started = time.perf_counter()
+        try:
+            answer = await self.broadcaster.rollout(plan, record, self.prepare_deadline_s)
+        except RolloutFailed as exc:
+            raise DeployError(exc.code, str(exc)) from None
         await self.store.put_deployment(record)
-        await self.store.publish_route(route)
-        if previous is not None:
-            await self._release(previous, nodes)
-        return plan
-
-    async def _prepare(self, spec: common_pb2.Deployment, route: common_pb2.Route, compression: int) -> None:
-        requests = [
-            (
-                hop,
-                worker_pb2.LoadSegmentRequest(
-                    deployment=spec.name,
-                    epoch=route.epoch,
-                    units=hop.units,
-                    model_dir=spec.model_dir,
-                    dtype=spec.dtype,
-                    compression=compression,
-                ),
-            )
-            for hop in route.hops
-        ]
-        results = await asyncio.gather(
-            *(_call(hop.address, "LoadSegment", req, self.prepare_deadline_s) for hop, req in requests),
-            return_exceptions=True,
-        )
-        failures = [
-            (hop, r) for (hop, _), r in zip(requests, results, strict=True) if isinstance(r, BaseException)
-        ]
-        if not failures:
-            return
-        for (hop, request), result in zip(requests, results, strict=True):
-            if not isinstance(result, BaseException):
-                release = worker_pb2.ReleaseSegmentRequest(
-                    deployment=request.deployment, epoch=request.epoch, units=request.units
-                )
-                await asyncio.gather(
-                    _call(hop.address, "ReleaseSegment", release, 10), return_exceptions=True
-                )
-        hop, error = failures[0]
-        where = (
-            f"worker {hop.node_id} ({hop.address}) could not load units [{hop.units.start}, {hop.units.end})"
-        )
-        if isinstance(error, grpc.aio.AioRpcError):
-            raise DeployError(error.code(), f"{where}: {error.details()}")
-        raise DeployError(grpc.StatusCode.UNAVAILABLE, f"{where}: {error}")
-
-    async def _commit(self, route: common_pb2.Route) -> None:
-        addresses = {hop.address for hop in route.hops}
-        request = worker_pb2.CommitEpochRequest(deployment=route.deployment, epoch=route.epoch, route=route)
-        results = await asyncio.gather(
-            *(_call(a, "CommitEpoch", request, 10) for a in addresses), return_exceptions=True
-        )
-        for address, result in zip(addresses, results, strict=True):
-            if isinstance(result, BaseException):
-                raise DeployError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"worker {address} did not commit epoch {route.epoch}: {result}",
-                )
+        log.info("deployed %s epoch %d in %.0f ms", spec.name, epoch, (time.perf_counter() - started) * 1e3)
+        return answer.committed
 
     async def _release(self, plan: common_pb2.Plan, nodes: list[common_pb2.Node]) -> None:
         """Free an older plan's segments (best effort: a worker may be gone)."""

@@ -1,21 +1,24 @@
-"""Orchestrator transport. Deploy/Undeploy and the read path (deployments,
-plans, routes, events) are real; ApplyPlan and the control loop answer
-UNIMPLEMENTED until the orchestrator/broadcaster issue. Ready while Redis
-answers."""
+"""Orchestrator transport: Deploy/Undeploy, the read path (deployments, plans,
+routes, events), ApplyPlan (an operator's plan, validated like any other and
+rolled out by the broadcaster) and, with ``adaptive``, the Alg. 1 control loop
+(loop.py). Ready while Redis answers."""
 
 from __future__ import annotations
+
+import time
 
 import grpc
 
 from resplit.core.units import PlanError, route_of
-from resplit.rpc.errors import not_yet
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 from .config import OrchestratorSettings
+from .core.decide import OUTCOME_TO_PROTO, Outcome, change_of
+from .core.placement import PrivacyError, check_placement
 from .deployer import Deployer, DeployError
-
-LOOP = "the orchestrator/broadcaster issue"
+from .loop import Control, ControlLoop
+from .rollouts import Broadcaster, RolloutFailed
 
 
 async def _require_name(name: str, context: grpc.aio.ServicerContext) -> str:
@@ -25,9 +28,10 @@ async def _require_name(name: str, context: grpc.aio.ServicerContext) -> str:
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, store: StateStore, deployer: Deployer) -> None:
+    def __init__(self, store: StateStore, deployer: Deployer, control: Control) -> None:
         self.store = store
         self.deployer = deployer
+        self.control = control
 
     async def _plan(self, name: str, context: grpc.aio.ServicerContext) -> common_pb2.Plan:
         plan = await self.store.get_plan(await _require_name(name, context))
@@ -53,8 +57,71 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             await context.abort(exc.code, str(exc))
         return orchestrator_pb2.UndeployResponse()
 
-    async def ApplyPlan(self, request, context):
-        await not_yet(context, "OrchestratorService.ApplyPlan", LOOP)
+    async def ApplyPlan(self, request: orchestrator_pb2.ApplyPlanRequest, context) -> common_pb2.Plan:
+        """An operator's plan: validated, given the next epoch, rolled out, logged."""
+        name = await _require_name(request.deployment, context)
+        deployment = await self.store.get_deployment(name)
+        if deployment is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
+        code, problem = await self._check_operator_plan(deployment, list(request.segments))
+        if code is not None:
+            await context.abort(code, f"plan for {name!r} refused: {problem}")
+        reason = f"operator: {request.reason or 'ApplyPlan'}"
+        async with self.control.lock(name):
+            previous = await self.store.get_plan(name) or common_pb2.Plan(deployment=name)
+            plan = common_pb2.Plan(
+                deployment=name,
+                epoch=await self.store.next_epoch(name, floor=previous.epoch),
+                segments=request.segments,
+                created_at=time.time(),
+                reason=reason,
+            )
+            outcome = change_of(previous, plan)
+            event = common_pb2.DecisionEvent(
+                deployment=name, timestamp=time.time(), previous=previous, candidates=[plan], reason=reason
+            )
+            try:
+                reply = await self.control.broadcaster.rollout(
+                    plan,
+                    deployment,
+                    self.control.settings.prepare_deadline_s,
+                    self.control.settings.drain_deadline_s,
+                )
+            except RolloutFailed as exc:
+                event.outcome = common_pb2.DECISION_OUTCOME_KEEP
+                event.reason = f"{reason}; rollout of epoch {plan.epoch} failed: {exc}"
+                await self.store.append_event(event)
+                await context.abort(exc.code, str(exc))
+            committed = reply.committed if reply.HasField("committed") else plan
+            event.outcome = OUTCOME_TO_PROTO[
+                Outcome.RESPLIT if outcome is Outcome.RESPLIT else Outcome.MIGRATE
+            ]
+            event.chosen.CopyFrom(committed)
+            event_id = await self.store.append_event(event)
+            await self.store.record_change(name, event.timestamp, event_id)
+        return committed
+
+    async def _check_operator_plan(
+        self, deployment: common_pb2.Deployment, segments: list[common_pb2.Segment]
+    ) -> tuple[grpc.StatusCode | None, str]:
+        """(None, "") when the plan can be served: it covers the model once, its nodes
+        are registered and up, and privacy-critical units sit on trusted nodes."""
+        if not segments:
+            return grpc.StatusCode.INVALID_ARGUMENT, "no segments given"
+        policy = deployment.policy
+        nodes = await self.store.list_nodes()
+        try:
+            check_placement(
+                segments, nodes, deployment.num_units, policy.private_depth, policy.trusted_node_ids
+            )
+        except PrivacyError as exc:
+            return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        except PlanError as exc:
+            down = "down" in str(exc)
+            return (grpc.StatusCode.FAILED_PRECONDITION if down else grpc.StatusCode.INVALID_ARGUMENT), str(
+                exc
+            )
+        return None, ""
 
     async def ListDeployments(self, request, context) -> orchestrator_pb2.ListDeploymentsResponse:
         return orchestrator_pb2.ListDeploymentsResponse(deployments=await self.store.list_deployments())
@@ -101,16 +168,26 @@ class OrchestratorCore:
     def __init__(self, settings: OrchestratorSettings) -> None:
         self.settings = settings
         self.store = StateStore(settings.redis_url)
+        self.control = Control(Broadcaster(settings.broadcaster_address), settings)
+        self.loop: ControlLoop | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        servicer = OrchestratorServicer(self.store, Deployer(self.store, self.settings.prepare_deadline_s))
+        # One broadcaster channel for deploys and the loop; stop() closes it.
+        deployer = Deployer(self.store, self.settings.prepare_deadline_s, self.control.broadcaster)
+        servicer = OrchestratorServicer(self.store, deployer, self.control)
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
-        return None
+        if self.settings.adaptive:
+            self.loop = ControlLoop(self.store, self.control)
+            self.loop.start()
 
     async def check_ready(self) -> tuple[bool, str]:
         return await self.store.ping()
 
     async def stop(self) -> None:
+        if self.loop is not None:
+            await self.loop.stop()
+            self.loop = None
+        await self.control.broadcaster.close()
         await self.store.close()

@@ -2,8 +2,10 @@
 
 Statuses: a malformed problem or config is INVALID_ARGUMENT (the message names
 the field), an infeasible problem is FAILED_PRECONDITION (the message names the
-constraint that fails), a missing model directory is NOT_FOUND and a problem
-too large for brute force is RESOURCE_EXHAUSTED. Solving is CPU work, so it
+constraint that fails; for EVALUATE, every constraint the current plan
+breaks), a missing model directory is NOT_FOUND and a problem too large for
+brute force is RESOURCE_EXHAUSTED. EVALUATE chooses nothing: it answers the
+cost of ``problem.current`` under the given nodes and links. Solving is CPU work, so it
 runs in a worker thread and health checks keep answering meanwhile. The service
 needs nothing but itself, so it is ready as soon as it listens.
 """
@@ -20,10 +22,12 @@ from resplit.v1 import splitter_pb2, splitter_pb2_grpc
 from .config import SplitterSettings
 from .core import convert, profiles
 from .core.problem import ProblemError
-from .core.solve import Infeasible, Solution, TooLarge, solve
+from .core.solve import Infeasible, Solution, TooLarge, evaluate_current, solve
 
 
 def _solve(request: splitter_pb2.SolveRequest, time_limit_s: float | None) -> Solution:
+    if request.mode == splitter_pb2.SOLVE_MODE_EVALUATE:
+        return evaluate_current(convert.problem_from_proto(request.problem))
     mode = convert.mode_from_proto(request.mode)
     kind = convert.solver_from_proto(request.solver)
     problem = convert.problem_from_proto(request.problem)

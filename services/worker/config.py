@@ -27,6 +27,9 @@ class WorkerSettings(ServiceSettings):
         300.0, gt=0, description="a session with no request for this long is closed"
     )
     chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="activation chunk size on the wire")
+    migration_timeout_s: float = Field(
+        60.0, gt=0, description="how long pulling a migrating session's cache from an old hop may take"
+    )
     agent_interval_s: float = Field(
         2.0, ge=0, le=3600, description="node agent cycle: metrics report and link probes (0: no agent)"
     )

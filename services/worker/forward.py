@@ -6,6 +6,12 @@ to the next hop or, holding the head, samples the token (or pools the
 embedding). Results come back along the same streams. Every refusal aborts
 only this session's stream, with a status code and a message; a downstream
 hop's refusal is passed up unchanged, prefixed with where it happened.
+
+A session may open mid-generation on a new epoch (``start_step`` > 0): with
+``migrate_from`` its cache is pulled from the old route first (see
+migration.py), otherwise the next step replays the whole token history.
+Every token carries the newest epoch any hop on the way knows of, which is
+how a client learns, at a token boundary, that its route has changed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .core.hosting import Hosted, Hosting
 from .core.inputs import activation, token_input
 from .core.sessions import Session, SessionTable
 from .hops import Channels, Downstream, HopError
+from .migration import Migrator
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,7 @@ STATUS = {
     errors.Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Duplicate: grpc.StatusCode.ALREADY_EXISTS,
     errors.LoadFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.MigrationFailed: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -57,12 +65,14 @@ class ForwardHandler:
         channels: Channels,
         compute: Callable[[Callable[[], Any]], Any],
         chunk_bytes: int,
+        migrator: Migrator,
     ) -> None:
         self.hosting = hosting
         self.sessions = sessions
         self.channels = channels
         self.compute = compute
         self.chunk_bytes = chunk_bytes
+        self.migrator = migrator
 
     async def _next(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest]
@@ -114,6 +124,10 @@ class ForwardHandler:
     async def _open(self, request: worker_pb2.OpenSession) -> tuple[Session, Downstream | None]:
         if not request.session_id or not request.deployment:
             raise errors.BadInput("open needs a session_id and a deployment")
+        if request.migrate_from and not request.migrate_epoch < request.epoch:
+            raise errors.BadInput(
+                f"a session migrates to a newer epoch: from {request.migrate_epoch} to {request.epoch}"
+            )
         hosted = self.hosting.for_session(
             request.deployment, request.epoch, request.units.start, request.units.end
         )
@@ -137,14 +151,28 @@ class ForwardHandler:
             state=hosted.segment.new_state(),
             sampler=sampler,
             return_logits=request.return_logits,
+            next_step=request.start_step,
+            generated=request.generated,
         )
         self.sessions.open(session)
         downstream = None
         try:
-            if not hosted.segment.has_head:
+            if request.migrate_from:  # pull this hop's cache while the next hop pulls its own
+                opening = [self.migrator.pull(session, request)]
+                if not hosted.segment.has_head:
+                    opening.append(self._open_downstream(request, hosted))
+                results = await asyncio.gather(*opening, return_exceptions=True)
+                if len(results) > 1 and not isinstance(results[1], BaseException):
+                    downstream = results[1]
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+            elif not hosted.segment.has_head:
                 downstream = await self._open_downstream(request, hosted)
         except BaseException:
             self.sessions.close(session)
+            if downstream is not None:
+                await downstream.close()
             raise
         return session, downstream
 
@@ -217,7 +245,7 @@ class ForwardHandler:
             )
             for chunk in chunks:
                 await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
-            async for reply in self._relay(downstream, hosted.generative):
+            async for reply in self._relay(downstream, hosted):
                 yield reply
         elif hosted.generative:
             for reply in self._sample(session, step, output.logits[0]):
@@ -234,13 +262,19 @@ class ForwardHandler:
         self.sessions.end_step(session)
 
     async def _relay(
-        self, downstream: Downstream, generative: bool
+        self, downstream: Downstream, hosted: Hosted
     ) -> AsyncIterator[worker_pb2.ForwardResponse]:
         """Pass the next hop's replies for one step back up, through the step's last one."""
         while True:
             reply = await downstream.read()
+            if reply.HasField("token"):
+                latest = self.hosting.latest_epoch(hosted.deployment)
+                if latest > reply.token.latest_epoch:
+                    reply.token.latest_epoch = latest
+                yield reply
+                return
             yield reply
-            if reply.HasField("token") or (not generative and reply.HasField("result") and reply.result.last):
+            if not hosted.generative and reply.HasField("result") and reply.result.last:
                 return
 
     def _sample(self, session: Session, step: int, logits) -> list[worker_pb2.ForwardResponse]:
@@ -258,13 +292,18 @@ class ForwardHandler:
             ]
         if session.sampler is None:  # only head segments of generative models get here
             raise errors.BadInput("this session does not generate")
-        token, logprob = session.sampler.choose(logits)
+        token, logprob = session.sampler.choose(logits, session.generated)
         session.generated += 1
         reason = session.sampler.finish_reason(token, session.generated)
         replies.append(
             worker_pb2.ForwardResponse(
                 token=worker_pb2.TokenOutput(
-                    step=step, token_id=token, logprob=logprob, finished=bool(reason), finish_reason=reason
+                    step=step,
+                    token_id=token,
+                    logprob=logprob,
+                    finished=bool(reason),
+                    finish_reason=reason,
+                    latest_epoch=self.hosting.latest_epoch(session.hosted.deployment),
                 )
             )
         )

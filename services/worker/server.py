@@ -1,8 +1,8 @@
 """Worker transport: the WorkerService servicer and its wiring.
 
-The data plane (Forward) lives in forward.py; this file wires segment
-loading, epochs, status and link probes. Session export/import (live
-migration) answers UNIMPLEMENTED until the orchestrator/broadcaster issue.
+The data plane (Forward) lives in forward.py, live migration in
+migration.py; this file wires segment loading, epochs, status and link
+probes.
 Readiness: SERVING once the worker has registered; after that it stays
 SERVING through Redis outages, because the data plane never waits on the
 control plane. Torch work runs on one compute thread (segments) and one
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import torch
 
-from resplit.rpc.errors import not_yet
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -29,15 +29,15 @@ from .agent import Agent
 from .config import WorkerSettings
 from .core import errors
 from .core.heartbeat import Heartbeat
-from .core.hosting import Hosting
+from .core.hosting import Hosted, Hosting
 from .core.identity import describe_node
 from .core.loading import load_hosted, resolve_device
 from .core.metrics import ComputeTimes
 from .core.sessions import Limits, SessionTable
 from .forward import Channels, ForwardHandler, status_of
+from .migration import Migrator
 
 log = logging.getLogger(__name__)
-MIGRATION = "the orchestrator/broadcaster issue (live migration)"
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -56,6 +56,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         existing = worker.hosting.get(
             request.deployment, request.epoch, request.units.start, request.units.end
         )
+        if existing is None:
+            existing = worker.reuse(request)
         if existing is None:
             try:
                 existing = await worker.on_loader(
@@ -96,8 +98,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self.worker.hosting.commit(request.deployment, request.epoch)
         except errors.WorkerError as exc:
             await context.abort(status_of(exc), str(exc))
+        hosting = self.worker.hosting
         return worker_pb2.CommitEpochResponse(
-            active_epoch=self.worker.hosting.active_epoch(request.deployment)
+            active_epoch=hosting.active_epoch(request.deployment),
+            latest_epoch=hosting.latest_epoch(request.deployment),
         )
 
     async def ReleaseSegment(self, request: worker_pb2.ReleaseSegmentRequest, context):
@@ -110,8 +114,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.worker.refresh_hosted()
         return worker_pb2.ReleaseSegmentResponse(freed_bytes=freed)
 
-    async def ExportSession(self, request, context) -> None:
-        await not_yet(context, "WorkerService.ExportSession", MIGRATION)
+    async def ExportSession(self, request: worker_pb2.ExportSessionRequest, context):
+        try:
+            async for chunk in self.worker.migrator.stream(request):
+                yield chunk
+        except errors.WorkerError as exc:
+            await context.abort(status_of(exc), str(exc))
 
     async def GetStatus(self, request, context) -> worker_pb2.WorkerStatus:
         worker = self.worker
@@ -176,8 +184,15 @@ class WorkerCore:
         self._agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
+        self.migrator = Migrator(
+            self.sessions,
+            self.channels,
+            self.node.node_id,
+            settings.chunk_bytes,
+            settings.migration_timeout_s,
+        )
         self.forward = ForwardHandler(
-            self.hosting, self.sessions, self.channels, self.on_compute, settings.chunk_bytes
+            self.hosting, self.sessions, self.channels, self.on_compute, settings.chunk_bytes, self.migrator
         )
 
     async def on_compute(self, fn):
@@ -200,6 +215,26 @@ class WorkerCore:
             return await asyncio.get_running_loop().run_in_executor(self._compute, timed)
         finally:
             times.in_flight -= 1
+
+    def reuse(self, request: worker_pb2.LoadSegmentRequest) -> Hosted | None:
+        """The same units of the same model loaded at another epoch, re-filed under this one:
+        preparing an unchanged segment costs nothing and both epochs share the weights."""
+        same = self.hosting.same_weights(
+            request.deployment, request.units.start, request.units.end, request.model_dir, request.dtype
+        )
+        if same is None or request.epoch < 1:
+            return None
+        hosted = dataclasses.replace(same, epoch=request.epoch, compression=request.compression, sessions=0)
+        self.hosting.add(hosted)
+        log.info(
+            "%s epoch %d units [%d, %d): weights shared with epoch %d",
+            request.deployment,
+            request.epoch,
+            hosted.start,
+            hosted.end,
+            same.epoch,
+        )
+        return hosted
 
     async def on_loader(self, fn):
         """Run segment loading on its own thread, so serving goes on meanwhile."""

@@ -181,9 +181,7 @@ def test_bad_input_is_refused_while_a_good_session_goes_on(stack, tiny_models, d
     )[0, len(PROMPT) :].tolist()
     cases = _bad_cases(route)
     with Client(stack.orchestrator.address) as client:
-        good = client._drive(
-            route.hops[0].address, GenerateExchange(route, PROMPT, Sampling(max_new_tokens=20))
-        )
+        good = client._run(GenerateExchange(route, PROMPT, Sampling(max_new_tokens=20)))
         tokens = [next(good).token_id]
         for name, address, messages, code, fragment in cases:
             with pytest.raises(grpc.RpcError) as info:
@@ -207,7 +205,8 @@ def test_downstream_refusal_reaches_the_client_with_its_status(stack, deployed):
     broken.CopyFrom(route)
     broken.hops[2].units.start = 3  # the last hop does not host [3, 6)
     broken.hops[1].units.end = 3
-    with Client(stack.orchestrator.address) as client, pytest.raises(grpc.RpcError) as info:
+    # recoveries=0: a client that may recover would fetch the real route and succeed
+    with Client(stack.orchestrator.address, recoveries=0) as client, pytest.raises(grpc.RpcError) as info:
         list(client.generate_ids(PROMPT, broken, Sampling(max_new_tokens=2)))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert info.value.details().startswith("next hop")

@@ -1,5 +1,5 @@
-"""Each of the five services as a real process: health, reflection, metrics,
-UNIMPLEMENTED for what is not built yet, graceful SIGTERM."""
+"""Each of the five services as a real process: health, reflection, metrics
+(refusals counted by status code), graceful SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ from support import ServiceProcess, wait_for
 
 from resplit.rpc.channels import sync_channel
 from resplit.v1 import (
-    broadcaster_pb2,
-    broadcaster_pb2_grpc,
     monitor_pb2,
     monitor_pb2_grpc,
-    orchestrator_pb2,
-    orchestrator_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
@@ -30,19 +26,6 @@ SERVICES = {
     "splitter": "resplit.v1.SplitterService",
     "broadcaster": "resplit.v1.BroadcasterService",
     "worker": "resplit.v1.WorkerService",
-}
-
-# One RPC per service that a later issue implements: it must say so, not fake success.
-UNIMPLEMENTED = {
-    "orchestrator": lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).ApplyPlan(
-        orchestrator_pb2.ApplyPlanRequest(), timeout=5
-    ),
-    "broadcaster": lambda ch: broadcaster_pb2_grpc.BroadcasterServiceStub(ch).Rollout(
-        broadcaster_pb2.RolloutRequest(), timeout=5
-    ),
-    "worker": lambda ch: list(
-        worker_pb2_grpc.WorkerServiceStub(ch).ExportSession(worker_pb2.ExportSessionRequest(), timeout=5)
-    ),
 }
 
 
@@ -81,15 +64,14 @@ def test_reflection_lists_the_service(running, name):
     assert {SERVICES[name], "grpc.health.v1.Health"} <= listed
 
 
-@pytest.mark.parametrize("name", list(UNIMPLEMENTED))  # the monitor has none left
-def test_unbuilt_rpc_answers_unimplemented_with_a_message(running, name):
-    with sync_channel(running[name].address) as channel, pytest.raises(grpc.RpcError) as info:
-        UNIMPLEMENTED[name](channel)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not implemented yet" in info.value.details()
-    assert "lands with" in info.value.details()
+def test_a_refusal_carries_its_code_and_message_and_is_counted(running):
+    request = worker_pb2.ExportSessionRequest(deployment="nope", session_id="s", epoch=1)
+    with sync_channel(running["worker"].address) as channel, pytest.raises(grpc.RpcError) as info:
+        list(worker_pb2_grpc.WorkerServiceStub(channel).ExportSession(request, timeout=5))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "unknown session 's' of 'nope' at epoch 1" in info.value.details()
     # The refusal is counted like any other RPC (the count lands just after the reply).
-    wait_for(lambda: 'code="UNIMPLEMENTED"' in _metrics(running[name]), 5, what="the UNIMPLEMENTED count")
+    wait_for(lambda: 'code="NOT_FOUND"' in _metrics(running["worker"]), 5, what="the NOT_FOUND count")
 
 
 def test_worker_ping_status_and_probe_are_real(running):

@@ -11,21 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from resplit.core.units import PlanError, check_segments
+from resplit.core.privacy import PrivacyError, check_placement, privacy_critical
+from resplit.core.units import PlanError
 from resplit.v1 import common_pb2
-
-
-class PrivacyError(PlanError):
-    """A privacy-critical unit placed on an untrusted node."""
 
 
 class NoNodesError(PlanError):
     """No suitable node is registered and up."""
-
-
-def privacy_critical(num_units: int, private_depth: int) -> set[int]:
-    """The embedding, ``private_depth`` blocks after it, and the head."""
-    return set(range(0, min(private_depth, num_units - 2) + 1)) | {num_units - 1}
 
 
 def capability(node: common_pb2.Node) -> tuple[int, int, int]:
@@ -54,27 +46,12 @@ def default_segments(nodes: Sequence[common_pb2.Node], num_units: int) -> list[c
     ]
 
 
-def check_placement(
-    segments: Sequence[common_pb2.Segment],
-    nodes: Sequence[common_pb2.Node],
-    num_units: int,
-    private_depth: int = 0,
-    extra_trusted: Sequence[str] = (),
-) -> None:
-    """Raise PlanError (or PrivacyError) unless the plan can be served as is."""
-    check_segments(segments, num_units)
-    by_id = {n.node_id: n for n in nodes}
-    critical = privacy_critical(num_units, private_depth)
-    for segment in segments:
-        node = by_id.get(segment.node_id)
-        where = f"units [{segment.units.start}, {segment.units.end})"
-        if node is None:
-            raise PlanError(f"{where}: node {segment.node_id!r} is not registered")
-        if node.state != common_pb2.NODE_STATE_UP:
-            raise PlanError(f"{where}: node {segment.node_id!r} is down")
-        units = set(range(segment.units.start, segment.units.end))
-        if units & critical and not (node.trusted or node.node_id in extra_trusted):
-            raise PrivacyError(
-                f"{where} include privacy-critical units {sorted(units & critical)} "
-                f"but node {node.node_id!r} is not trusted"
-            )
+__all__ = [
+    "NoNodesError",
+    "PlanError",
+    "PrivacyError",
+    "capability",
+    "check_placement",
+    "default_segments",
+    "privacy_critical",
+]

@@ -28,3 +28,22 @@ def default_policy() -> common_pb2.Policy:
         interval_s=5.0,
         hysteresis=0.05,
     )
+
+
+INTERVAL_S = 5.0
+
+
+def effective_thresholds(policy: common_pb2.Policy) -> common_pb2.Thresholds:
+    """The policy's Theta with Table I in place of every unset (0) threshold."""
+    given = policy.thresholds
+    return common_pb2.Thresholds(
+        l_max_ms=given.l_max_ms or L_MAX_MS,
+        u_max=given.u_max or U_MAX,
+        b_min_mbps=given.b_min_mbps or B_MIN_MBPS,
+        t_cool_s=given.t_cool_s or T_COOL_S,
+    )
+
+
+def interval_of(policy: common_pb2.Policy) -> float:
+    """Delta t of a deployment: its policy's, else 5 s."""
+    return policy.interval_s if policy.interval_s > 0 else INTERVAL_S

@@ -17,7 +17,7 @@ from .diagnose import diagnose
 from .greedy import greedy
 from .problem import Mode, Plan, Problem, ProblemError, SolverKind
 
-__all__ = ["Infeasible", "Solution", "TooLarge", "solve"]
+__all__ = ["Infeasible", "Solution", "TooLarge", "evaluate_current", "solve"]
 
 
 class Infeasible(Exception):
@@ -75,3 +75,27 @@ def solve(
     if not checked.feasible:
         raise RuntimeError(f"solver {kind.value} returned a plan that breaks {checked.violations}")
     return Solution(plan, checked.breakdown, kind, elapsed_ms, detail, proven)
+
+
+def evaluate_current(problem: Problem) -> Solution:
+    """SOLVE_MODE_EVALUATE: the cost of ``problem.current`` as it stands, nothing chosen.
+
+    Raises :class:`ProblemError` without a current plan and :class:`Infeasible`
+    (naming every broken constraint) when the plan cannot run under these nodes
+    and links, e.g. a segment on a node that is gone or a saturated node.
+    """
+    if problem.current is None:
+        raise ProblemError("EVALUATE scores the plan in force: problem.current is required")
+    started = time.perf_counter()
+    checked = evaluate(problem, problem.current)
+    if not checked.feasible:
+        raise Infeasible("the current plan breaks " + "; ".join(checked.violations))
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    return Solution(
+        problem.current,
+        checked.breakdown,
+        SolverKind.EXACT,
+        elapsed_ms,
+        "evaluate: the current plan scored by the reference cost model (nothing chosen)",
+        True,
+    )

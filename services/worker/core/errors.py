@@ -37,3 +37,8 @@ class Duplicate(WorkerError):
 
 class LoadFailed(WorkerError):
     """A segment could not be loaded (FAILED_PRECONDITION)."""
+
+
+class MigrationFailed(WorkerError):
+    """A session's cache could not be moved here (FAILED_PRECONDITION): the client
+    falls back to replaying the session's token history on the new route."""

@@ -1,8 +1,14 @@
 """The segments this worker hosts, per deployment and epoch.
 
 Rollout is two-phase: a segment is loaded for an epoch (prepare) while the
-deployment still serves its active epoch, and the epoch flips on commit. New
-sessions must name the active epoch; anything else is a stale epoch.
+deployment still serves its active epoch, and the epoch flips on commit.
+New sessions open on the active epoch, or on an older one still loaded here
+(draining: a client that fetched its route just before the commit); those
+sessions learn the newer epoch from their first token and move. A worker
+that hosts nothing of a committed epoch still learns that it exists
+(``latest_epoch``), so the sessions it serves are told to move too. The same
+units of the same model at two epochs share one set of weights: an unchanged
+segment costs nothing to prepare.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class Hosting:
     def __init__(self) -> None:
         self._segments: dict[Key, Hosted] = {}
         self._active: dict[str, int] = {}
+        self._latest: dict[str, int] = {}
 
     def __iter__(self):
         return iter(list(self._segments.values()))
@@ -58,25 +65,44 @@ class Hosting:
     def add(self, hosted: Hosted) -> None:
         self._segments[hosted.key] = hosted
 
+    def same_weights(self, deployment: str, start: int, end: int, model_dir: str, dtype_name: str):
+        """A segment of these units of this model already loaded at another epoch, if any."""
+        for hosted in self._segments.values():
+            if (hosted.deployment, hosted.start, hosted.end, hosted.model_dir) == (
+                deployment,
+                start,
+                end,
+                model_dir,
+            ) and (not dtype_name or str(hosted.dtype) == f"torch.{dtype_name}"):
+                return hosted
+        return None
+
     def active_epoch(self, deployment: str) -> int:
         return self._active.get(deployment, 0)
 
+    def latest_epoch(self, deployment: str) -> int:
+        """The newest epoch of ``deployment`` this worker has heard of."""
+        return max(self._latest.get(deployment, 0), self.active_epoch(deployment))
+
     def commit(self, deployment: str, epoch: int) -> None:
-        """Make ``epoch`` the one new sessions use; epochs never go back."""
-        if not any(k[0] == deployment and k[1] == epoch for k in self._segments):
-            raise NotHosted(f"cannot commit epoch {epoch} of {deployment!r}: no segment of it is loaded here")
+        """Make ``epoch`` the one new sessions use here (if this worker hosts part of it);
+        either way remember it as the deployment's latest. Epochs never go back."""
         current = self.active_epoch(deployment)
         if epoch < current:
             raise StaleEpoch(
                 f"cannot commit epoch {epoch} of {deployment!r}: epoch {current} is already active"
             )
-        self._active[deployment] = epoch
+        self._latest[deployment] = max(self._latest.get(deployment, 0), epoch)
+        if any(k[0] == deployment and k[1] == epoch for k in self._segments):
+            self._active[deployment] = epoch
 
     def release(self, deployment: str, epoch: int, start: int, end: int) -> int:
         """Forget a segment; returns the parameter bytes freed."""
         hosted = self._segments.pop((deployment, epoch, start, end), None)
         if hosted is None:
             raise NotHosted(f"units [{start}, {end}) of {deployment!r} epoch {epoch} are not hosted here")
+        if any(other.segment is hosted.segment for other in self._segments.values()):
+            return 0  # the weights stay: another epoch shares them
         return hosted.param_bytes
 
     def for_session(self, deployment: str, epoch: int, start: int, end: int) -> Hosted:
@@ -84,7 +110,8 @@ class Hosting:
         if not any(k[0] == deployment for k in self._segments):
             raise NotHosted(f"deployment {deployment!r} is not hosted on this worker")
         active = self.active_epoch(deployment)
-        if epoch != active:
+        loaded = epoch < active and any(k[0] == deployment and k[1] == epoch for k in self._segments)
+        if epoch != active and not loaded:
             raise StaleEpoch(f"stale epoch {epoch} for {deployment!r}: this worker serves epoch {active}")
         hosted = self.get(deployment, epoch, start, end)
         if hosted is None:

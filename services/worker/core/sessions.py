@@ -36,14 +36,15 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (self.session_id, self.hosted.start)
+    def key(self) -> tuple[str, int, int]:
+        """A session crossing to a new epoch is open twice for a moment (old and new)."""
+        return (self.session_id, self.hosted.epoch, self.hosted.start)
 
 
 class SessionTable:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._sessions: dict[tuple[str, int], Session] = {}
+        self._sessions: dict[tuple[str, int, int], Session] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -51,7 +52,7 @@ class SessionTable:
     def open(self, session: Session) -> Session:
         if session.key in self._sessions:
             raise Duplicate(
-                f"session {session.session_id!r} is already open on units starting at {session.key[1]}"
+                f"session {session.session_id!r} is already open on units starting at {session.hosted.start}"
             )
         if len(self._sessions) >= self.limits.max_sessions:
             limit = self.limits.max_sessions
@@ -62,6 +63,13 @@ class SessionTable:
         self._sessions[session.key] = session
         session.hosted.sessions += 1
         return session
+
+    def sessions_of(self, session_id: str, deployment: str, epoch: int) -> list[Session]:
+        return [
+            s
+            for (sid, ep, _), s in self._sessions.items()
+            if sid == session_id and ep == epoch and s.hosted.deployment == deployment
+        ]
 
     def close(self, session: Session) -> None:
         """Drop the session and its cache (idempotent)."""

@@ -1,0 +1,128 @@
+"""``resplit events`` and ``resplit plan show / apply``: the orchestrator's decision
+log and plans, read and forced from the command line."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..rpc.channels import sync_channel
+from ..v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from .serve import parse_split, plan_table
+from .targets import service_address
+
+console = Console()
+err = Console(stderr=True, highlight=False)
+
+Orchestrator = Annotated[
+    str | None,
+    typer.Option(envvar="RESPLIT_ORCHESTRATOR", help="orchestrator host:port (default: local stack)"),
+]
+StateDir = Annotated[Path, typer.Option("--state-dir", envvar="RESPLIT_STATE_DIR", help="local stack folder")]
+OUTCOMES = {
+    common_pb2.DECISION_OUTCOME_KEEP: "[dim]keep[/dim]",
+    common_pb2.DECISION_OUTCOME_MIGRATE: "[yellow]migrate[/yellow]",
+    common_pb2.DECISION_OUTCOME_RESPLIT: "[magenta]resplit[/magenta]",
+}
+
+
+def _call(method: str, request, orchestrator: str | None, state_dir: Path, timeout: float):
+    """One orchestrator RPC; a gRPC failure becomes one red line and exit 1."""
+    address = service_address("orchestrator", orchestrator, state_dir)
+    with sync_channel(address) as channel:
+        try:
+            return getattr(orchestrator_pb2_grpc.OrchestratorServiceStub(channel), method)(
+                request, timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                err.print(
+                    f"[red]cannot reach the orchestrator at {address}[/red]: start a stack with "
+                    "`resplit up` or pass --orchestrator HOST:PORT",
+                    soft_wrap=True,
+                )
+            else:
+                err.print(f"[red]{exc.code().name}[/red]: {exc.details()}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+def segments_text(plan: common_pb2.Plan) -> str:
+    return ",".join(f"{s.units.start}:{s.units.end}@{s.node_id}" for s in plan.segments) or "-"
+
+
+def trigger_text(trigger: common_pb2.Trigger) -> str:
+    if trigger.name == "node_down":
+        return f"node_down {trigger.subject}"
+    relation = "<" if trigger.name == "bandwidth" else ">"
+    subject = "" if trigger.name == "latency" else f" {trigger.subject}"
+    return f"{trigger.name}{subject} {trigger.value:.4g} {relation} {trigger.threshold:.4g}"
+
+
+def _ms(value: float) -> str:
+    if value <= 0:
+        return "-"
+    return f"{value:.3g} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def events_view(deployment: str, events: list[common_pb2.DecisionEvent]) -> Table:
+    table = Table(title=f"decisions of {deployment!r} ({len(events)})")
+    for column in ("time", "outcome", "triggers", "chosen plan", "predicted", "measured", "reason"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        chosen = event.chosen if event.HasField("chosen") else None
+        table.add_row(
+            datetime.datetime.fromtimestamp(event.timestamp).strftime("%H:%M:%S"),
+            OUTCOMES.get(event.outcome, "?"),
+            "\n".join(trigger_text(t) for t in event.triggers) or "-",
+            f"epoch {chosen.epoch}: {segments_text(chosen)}" if chosen is not None else "-",
+            _ms(chosen.predicted.latency_ms) if chosen is not None else "-",
+            _ms(event.measured_latency_ms),
+            event.reason,
+        )
+    return table
+
+
+def events(
+    deployment: Annotated[str, typer.Argument(help="deployment name")],
+    limit: Annotated[int, typer.Option(min=1, help="how many of the latest decisions")] = 20,
+    orchestrator: Orchestrator = None,
+    state_dir: StateDir = Path(".resplit"),
+) -> None:
+    """The decision log of a deployment: triggers, outcome, chosen plan, predicted vs measured latency."""
+    request = orchestrator_pb2.ListEventsRequest(deployment=deployment, limit=limit)
+    reply = _call("ListEvents", request, orchestrator, state_dir, 30)
+    console.print(events_view(deployment, list(reply.events)))
+
+
+def show(
+    deployment: Annotated[str, typer.Argument(help="deployment name")],
+    orchestrator: Orchestrator = None,
+    state_dir: StateDir = Path(".resplit"),
+) -> None:
+    """The plan in force: segments, nodes, epoch and why it exists."""
+    plan = _call(
+        "GetPlan", orchestrator_pb2.GetPlanRequest(deployment=deployment), orchestrator, state_dir, 30
+    )
+    console.print(plan_table(plan))
+
+
+def apply(
+    deployment: Annotated[str, typer.Argument(help="deployment name")],
+    split: Annotated[str, typer.Option(help="START:END@NODE,... in unit order, as for deploy")],
+    reason: Annotated[str, typer.Option(help="why (goes into the decision log)")] = "manual",
+    orchestrator: Orchestrator = None,
+    state_dir: StateDir = Path(".resplit"),
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the rollout")] = 600.0,
+) -> None:
+    """Force a split and placement: validated like any plan, rolled out under the next epoch."""
+    request = orchestrator_pb2.ApplyPlanRequest(
+        deployment=deployment, segments=parse_split(split), reason=reason
+    )
+    plan = _call("ApplyPlan", request, orchestrator, state_dir, timeout)
+    console.print(plan_table(plan))

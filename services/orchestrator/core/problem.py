@@ -1,0 +1,117 @@
+"""The splitter's Problem for one deployment, from E(t), its policy and its plan.
+
+* **nodes**: the registry's workers that are up. Memory, trust and the device
+  profile come from the node's NodeCapacity; a node that declares no profile
+  is a CPU (``"cpu"`` in the splitter's device table: the profile a worker
+  declares by default, so a plain CPU worker gets CPU FLOP/s and memory
+  bandwidth, never a GPU's). Utilization is max(CPU, GPU) from the node's
+  latest metrics (0 when it has not reported yet), clamped to [0, 0.99]: a
+  node measured at 100 % is very slow (queueing x100), not gone, so the plan
+  in force stays comparable instead of turning infeasible on one busy sample.
+* **links**: the newest estimate of each directed link between those nodes.
+  A pair not probed yet gets an *assumed* link at the smaller declared
+  ``network_mbps`` of the two nodes and ``assumed_rtt_ms``, so a fresh stack is
+  not "unreachable" before its first probe round.
+* **policy**: the deployment's, with trusted ids limited to nodes present
+  (the splitter rejects unknown ids) and ``private_depth`` within the model.
+* **workload**: one request of ``prompt_tokens`` + ``generate_tokens`` (no
+  generation for encoders), no request rate of our own: measured utilization
+  already contains it.
+* **current**: the plan in force (PLACEMENT_ONLY keeps its boundaries and the
+  migration term counts what moves away from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from resplit.v1 import common_pb2, splitter_pb2
+
+from .triggers import latest_links, node_utilization
+
+CPU_PROFILE = "cpu"
+MAX_UTILIZATION = 0.99
+DEFAULT_NETWORK_MBPS = 1000.0
+
+
+@dataclass(frozen=True)
+class WorkloadDefaults:
+    prompt_tokens: int = 128
+    generate_tokens: int = 32
+    assumed_rtt_ms: float = 1.0
+
+
+def node_profiles(env: common_pb2.Environment) -> list[splitter_pb2.NodeProfile]:
+    metrics = {m.node_id: m for m in env.metrics}
+    profiles = []
+    for node in sorted(env.nodes, key=lambda n: n.node_id):
+        if node.state != common_pb2.NODE_STATE_UP or node.role not in ("", "worker"):
+            continue
+        report = metrics.get(node.node_id)
+        utilization = node_utilization(report) if report is not None else 0.0
+        profiles.append(
+            splitter_pb2.NodeProfile(
+                node_id=node.node_id,
+                memory_bytes=node.capacity.memory_bytes,
+                utilization=min(max(utilization, 0.0), MAX_UTILIZATION),
+                trusted=node.trusted,
+                device_profile=node.capacity.device_profile or CPU_PROFILE,
+            )
+        )
+    return profiles
+
+
+def links_between(
+    env: common_pb2.Environment, node_ids: list[str], assumed_rtt_ms: float
+) -> list[common_pb2.Link]:
+    """Measured links among ``node_ids``; assumed ones where none is measured yet."""
+    measured = latest_links(env)
+    declared = {n.node_id: n.capacity.network_mbps or DEFAULT_NETWORK_MBPS for n in env.nodes}
+    links = []
+    for src in node_ids:
+        for dst in node_ids:
+            if src == dst:
+                continue
+            link = measured.get((src, dst))
+            if link is not None and link.bandwidth_mbps > 0:
+                links.append(
+                    common_pb2.Link(src=src, dst=dst, bandwidth_mbps=link.bandwidth_mbps, rtt_ms=link.rtt_ms)
+                )
+            else:
+                bandwidth = min(declared[src], declared[dst])
+                links.append(
+                    common_pb2.Link(src=src, dst=dst, bandwidth_mbps=bandwidth, rtt_ms=assumed_rtt_ms)
+                )
+    return links
+
+
+def problem_policy(policy: common_pb2.Policy, node_ids: list[str], num_blocks: int) -> common_pb2.Policy:
+    out = common_pb2.Policy()
+    out.CopyFrom(policy)
+    del out.trusted_node_ids[:]
+    out.trusted_node_ids.extend(n for n in policy.trusted_node_ids if n in node_ids)
+    out.private_depth = min(policy.private_depth, max(num_blocks, 0))
+    return out
+
+
+def build_problem(
+    env: common_pb2.Environment,
+    deployment: common_pb2.Deployment,
+    plan: common_pb2.Plan,
+    model: splitter_pb2.ModelProfile,
+    defaults: WorkloadDefaults = WorkloadDefaults(),
+) -> splitter_pb2.Problem:
+    """The Problem the splitter solves (or evaluates) for ``deployment`` now."""
+    nodes = node_profiles(env)
+    node_ids = [n.node_id for n in nodes]
+    return splitter_pb2.Problem(
+        model=model,
+        nodes=nodes,
+        links=links_between(env, node_ids, defaults.assumed_rtt_ms),
+        policy=problem_policy(deployment.policy, node_ids, len(model.units) - 2),
+        workload=splitter_pb2.Workload(
+            prompt_tokens=defaults.prompt_tokens,
+            generate_tokens=defaults.generate_tokens if deployment.generative else 0,
+        ),
+        current=plan,
+    )

@@ -1,0 +1,334 @@
+"""The control loop: Alg. 1 of the paper, one deployment at a time.
+
+Every Delta t (the deployment's ``policy.interval_s``, at least
+``control_interval_floor_s``) one *cycle* runs for a deployment:
+
+    E(t)      <- collect_environment()            the monitor's GetEnvironment
+    triggers  <- should_reconfigure(E(t), Theta)  core/triggers.py
+    if triggers:
+        Phi(d_t) <- evaluate_current()            splitter, SOLVE_MODE_EVALUATE
+        d-hat    <- decide(...)                   core/decide.py: migration first,
+                                                  split revision if it cannot meet Theta
+        if d-hat != d_t and hysteresis and T_cool allow:
+            broadcast(d-hat)                      the broadcaster's two-phase Rollout
+            t_last <- t                           Redis, so it survives a restart
+        log_decision(...)                         the deployment's decision stream
+
+A cycle in which nothing fires writes no event; every cycle that fires writes
+exactly one, also when the monitor, splitter or broadcaster fails (the event is
+then KEEP with the failure as its reason) and the loop goes on. On the first
+cycle at least ``measure_after_s`` after a change, the mean end-to-end latency
+of the requests since the change becomes the event's measured latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from resplit.rpc.channels import aio_channel
+from resplit.state import StateStore
+from resplit.v1 import (
+    common_pb2,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    splitter_pb2,
+    splitter_pb2_grpc,
+)
+
+from .config import OrchestratorSettings
+from .core.decide import OUTCOME_TO_PROTO, Candidate, Decision, Measured, Outcome, decide
+from .core.policy import effective_thresholds, interval_of
+from .core.problem import WorkloadDefaults, build_problem
+from .core.triggers import describe, latest_links, node_utilization, should_reconfigure
+from .rollouts import Broadcaster, RolloutFailed
+
+log = logging.getLogger(__name__)
+
+RECONFIGURATIONS = Counter(
+    "resplit_reconfigurations_total",
+    "Control-loop decisions by outcome (keep, migrate, resplit)",
+    ["outcome"],
+)
+CYCLE_SECONDS = Histogram("resplit_control_cycle_seconds", "Duration of one control cycle of one deployment")
+TRIGGERS = Counter("resplit_triggers_total", "Triggers of Alg. 1 that fired", ["trigger"])
+
+MODES = {"placement-only": splitter_pb2.SOLVE_MODE_PLACEMENT_ONLY, "resplit": splitter_pb2.SOLVE_MODE_RESPLIT}
+
+
+class CycleError(Exception):
+    """A peer failed during a cycle: the cycle ends as KEEP with this reason."""
+
+
+@dataclass
+class Control:
+    """What the loop and ApplyPlan share: the broadcaster client and one lock per
+    deployment, so an operator's plan and the loop's never interleave here."""
+
+    broadcaster: Broadcaster
+    settings: OrchestratorSettings
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, deployment: str) -> asyncio.Lock:
+        return self.locks.setdefault(deployment, asyncio.Lock())
+
+
+class ControlLoop:
+    def __init__(self, store: StateStore, control: Control) -> None:
+        self.store = store
+        self.control = control
+        self.settings = control.settings
+        self.defaults = WorkloadDefaults(
+            self.settings.control_prompt_tokens,
+            self.settings.control_generate_tokens,
+            self.settings.assumed_rtt_ms,
+        )
+        self._monitor = aio_channel(self.settings.monitor_address)
+        self._splitter = aio_channel(self.settings.splitter_address)
+        self._profiles: dict[tuple[str, str], splitter_pb2.ModelProfile] = {}
+        self._due: dict[str, float] = {}
+        self._task: asyncio.Task | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="control-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._monitor.close()
+        await self._splitter.close()
+
+    async def run(self) -> None:
+        """for each monitoring cycle t <- 0, Delta t, 2 Delta t, ...: one cycle per due deployment."""
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away, or a bug: log it, the loop goes on
+                log.exception("control loop tick failed")
+            await asyncio.sleep(self._sleep_s())
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        deployments = await self.store.list_deployments()
+        self._due = {d.name: self._due.get(d.name, now) for d in deployments}
+        for deployment in deployments:
+            if self._due[deployment.name] > now:
+                continue
+            interval = max(interval_of(deployment.policy), self.settings.control_interval_floor_s)
+            self._due[deployment.name] = now + interval
+            started = time.perf_counter()
+            try:
+                await self.cycle(deployment)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("control cycle of %s failed", deployment.name)
+            CYCLE_SECONDS.observe(time.perf_counter() - started)
+
+    def _sleep_s(self) -> float:
+        floor = self.settings.control_interval_floor_s
+        if not self._due:
+            return max(floor, 1.0)
+        return min(max(min(self._due.values()) - time.monotonic(), floor), 1.0)
+
+    # -- one cycle of Alg. 1 --------------------------------------------------
+    async def cycle(self, deployment: common_pb2.Deployment) -> common_pb2.DecisionEvent | None:
+        """Collect E(t), check the triggers, decide, broadcast, log; the event if one fired."""
+        name = deployment.name
+        try:
+            env = await self.collect_environment()
+        except CycleError as exc:
+            log.warning("control cycle of %s: %s", name, exc)
+            return None
+        plan = await self.store.get_plan(name)
+        if plan is None:
+            return None
+        await self.follow_up_change(name)
+        thresholds = effective_thresholds(deployment.policy)
+        triggers = should_reconfigure(env, name, plan, thresholds)
+        if not triggers:
+            return None
+        for trigger in triggers:
+            TRIGGERS.labels(trigger.name).inc()
+        async with self.control.lock(name):
+            plan = await self.store.get_plan(name) or plan
+            try:
+                decision = await self.decide_reconfiguration(env, deployment, plan, triggers, thresholds)
+            except CycleError as exc:
+                decision = Decision(Outcome.KEEP, None, [], str(exc))
+            committed = None
+            if decision.outcome is not Outcome.KEEP:
+                committed, decision = await self.broadcast(deployment, plan, decision, triggers)
+            event = await self.log_decision(name, triggers, plan, decision, committed)
+        return event
+
+    async def collect_environment(self) -> common_pb2.Environment:
+        """E(t) from the monitoring & capacity-profiling module."""
+        stub = monitor_pb2_grpc.MonitorServiceStub(self._monitor)
+        try:
+            return await stub.GetEnvironment(
+                monitor_pb2.GetEnvironmentRequest(), timeout=self.settings.control_rpc_timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise CycleError(
+                f"monitor at {self.settings.monitor_address} failed: {exc.code().name}: {exc.details()}"
+            ) from None
+
+    async def decide_reconfiguration(
+        self,
+        env: common_pb2.Environment,
+        deployment: common_pb2.Deployment,
+        plan: common_pb2.Plan,
+        triggers: list[common_pb2.Trigger],
+        thresholds: common_pb2.Thresholds,
+    ) -> Decision:
+        """Evaluate d_t, then migration first and split revision if needed (core/decide.py)."""
+        model = await self.model_profile(deployment)
+        problem = build_problem(env, deployment, plan, model, self.defaults)
+        current_phi = await self.evaluate_current(problem)
+        last = await self.store.last_change(deployment.name)
+        return await decide(
+            triggers,
+            plan,
+            current_phi,
+            migration=lambda: self.solve(problem, "placement-only"),
+            resplit=lambda: self.solve(problem, "resplit"),
+            thresholds=thresholds,
+            hysteresis=deployment.policy.hysteresis,
+            measured=measured_of(env),
+            last_change=last[0] if last else None,
+            now=time.time(),
+        )
+
+    async def broadcast(
+        self,
+        deployment: common_pb2.Deployment,
+        current: common_pb2.Plan,
+        decision: Decision,
+        triggers: list[common_pb2.Trigger],
+    ) -> tuple[common_pb2.Plan | None, Decision]:
+        """Reconfiguration broadcast via RB; a failed rollout turns the decision into KEEP."""
+        assert decision.chosen is not None
+        plan = common_pb2.Plan()
+        plan.CopyFrom(decision.chosen)
+        plan.deployment = deployment.name
+        plan.epoch = await self.store.next_epoch(deployment.name, floor=current.epoch)
+        plan.created_at = time.time()
+        plan.reason = f"{decision.outcome.value}: " + ", ".join(describe(t) for t in triggers)
+        try:
+            reply = await self.control.broadcaster.rollout(
+                plan, deployment, self.settings.prepare_deadline_s, self.settings.drain_deadline_s
+            )
+        except RolloutFailed as exc:
+            log.warning("rollout of %s epoch %d failed: %s", deployment.name, plan.epoch, exc)
+            reason = f"{decision.reason}; {decision.outcome.value} to epoch {plan.epoch} failed: {exc}"
+            return None, Decision(Outcome.KEEP, None, decision.candidates, reason)
+        committed = reply.committed if reply.HasField("committed") else plan
+        log.info(
+            "%s: %s to epoch %d (%s)", deployment.name, decision.outcome.value, plan.epoch, decision.reason
+        )
+        return committed, decision
+
+    async def log_decision(
+        self,
+        name: str,
+        triggers: list[common_pb2.Trigger],
+        previous: common_pb2.Plan,
+        decision: Decision,
+        committed: common_pb2.Plan | None,
+    ) -> common_pb2.DecisionEvent:
+        """Append the cycle to the decision log; a committed change also sets t_last."""
+        event = common_pb2.DecisionEvent(
+            deployment=name,
+            timestamp=time.time(),
+            triggers=triggers,
+            outcome=OUTCOME_TO_PROTO[decision.outcome],
+            previous=previous,
+            candidates=[c.plan for c in decision.candidates if c.plan is not None],
+            reason=decision.reason,
+        )
+        chosen = committed if committed is not None else decision.chosen
+        if chosen is not None:
+            event.chosen.CopyFrom(chosen)
+        event_id = await self.store.append_event(event)
+        if committed is not None:
+            await self.store.record_change(name, event.timestamp, event_id)
+        RECONFIGURATIONS.labels(decision.outcome.value).inc()
+        return event
+
+    async def follow_up_change(self, name: str) -> None:
+        """Measured latency after the last change: the mean of the requests since, once settled."""
+        last = await self.store.last_change(name)
+        if last is None or last[2] or time.time() - last[0] < self.settings.measure_after_s:
+            return
+        samples = await self.store.latency_samples(name, since=last[0])
+        if samples:
+            await self.store.put_measured_latency(name, last[1], sum(samples) / len(samples))
+
+    # -- the splitter (SR) ----------------------------------------------------
+    async def model_profile(self, deployment: common_pb2.Deployment) -> splitter_pb2.ModelProfile:
+        key = (deployment.model_dir, deployment.dtype)
+        if key not in self._profiles:
+            stub = splitter_pb2_grpc.SplitterServiceStub(self._splitter)
+            request = splitter_pb2.ProfileModelRequest(model_dir=deployment.model_dir, dtype=deployment.dtype)
+            try:
+                self._profiles[key] = await stub.ProfileModel(
+                    request, timeout=self.settings.control_rpc_timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise CycleError(self._splitter_failed("ProfileModel", exc)) from None
+        return self._profiles[key]
+
+    async def evaluate_current(self, problem: splitter_pb2.Problem) -> float:
+        """Phi of d_t under E(t); inf when d_t cannot run as it stands (a node gone, full, ...)."""
+        stub = splitter_pb2_grpc.SplitterServiceStub(self._splitter)
+        request = splitter_pb2.SolveRequest(problem=problem, mode=splitter_pb2.SOLVE_MODE_EVALUATE)
+        try:
+            reply = await stub.Solve(request, timeout=self.settings.control_rpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return math.inf
+            raise CycleError(self._splitter_failed("EVALUATE", exc)) from None
+        return reply.cost.phi
+
+    async def solve(self, problem: splitter_pb2.Problem, mode: str) -> Candidate:
+        """One candidate mapping d' (PLACEMENT_ONLY or RESPLIT), or why there is none."""
+        stub = splitter_pb2_grpc.SplitterServiceStub(self._splitter)
+        request = splitter_pb2.SolveRequest(problem=problem, mode=MODES[mode])
+        try:
+            reply = await stub.Solve(request, timeout=self.settings.control_rpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return Candidate(mode, None, exc.details() or "infeasible")
+            raise CycleError(self._splitter_failed(mode, exc)) from None
+        plan = reply.plan
+        plan.deployment = problem.current.deployment
+        plan.reason = f"{mode}: {plan.reason}"
+        return Candidate(mode, plan)
+
+    def _splitter_failed(self, what: str, exc: grpc.aio.AioRpcError) -> str:
+        return (
+            f"splitter at {self.settings.splitter_address} failed ({what}): "
+            f"{exc.code().name}: {exc.details()}"
+        )
+
+
+def measured_of(env: common_pb2.Environment) -> Measured:
+    """Per-node utilization and per-link bandwidth from E(t), for decide's constraint check."""
+    return Measured(
+        utilization={m.node_id: node_utilization(m) for m in env.metrics},
+        bandwidth_mbps={key: link.bandwidth_mbps for key, link in latest_links(env).items()},
+    )

@@ -1,0 +1,209 @@
+"""Live session migration across reconfigurations, with real workers and real models.
+
+Sessions keep generating while the broadcaster rolls out new plans (moved
+segments, moved boundaries, a different number of segments): each session
+crosses to the new epoch at a token boundary with its KV cache pulled by the
+new hops, and every token equals the whole model's. When the old hop is gone
+the session is rebuilt by replaying its token history instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+
+import pytest
+import torch
+from support import LocalStack, make_plan
+from transformers import AutoModelForCausalLM
+
+from resplit.models.tiny import build_tiny
+from resplit.sdk import AsyncClient, Client
+from resplit.sdk.exchange import GenerateExchange, Sampling
+
+pytestmark = pytest.mark.integration
+
+NEW_TOKENS = 48
+SESSIONS = 16
+# 10 units (embedding, 8 blocks, head); worker-0 and worker-1 are trusted.
+START = [(0, 3, 0), (3, 7, 2), (7, 10, 0)]
+RECONFIGURATIONS = [
+    [(0, 3, 0), (3, 7, 3), (7, 10, 0)],  # migrate the middle segment
+    [(0, 5, 0), (5, 8, 2), (8, 10, 1)],  # re-split: new boundaries, head moves
+    [(0, 5, 1), (5, 8, 3), (8, 10, 1)],  # migrate the first hop too
+    [(0, 2, 0), (2, 9, 2), (9, 10, 0)],  # re-split again
+    [(0, 4, 1), (4, 6, 3), (6, 8, 2), (8, 10, 0)],  # four segments
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("migration-models")
+    return {
+        "llama": build_tiny("llama", root / "llama", num_hidden_layers=8),
+        "sliding": build_tiny("qwen2-sliding", root / "sliding", num_hidden_layers=8),
+    }
+
+
+def _reference(model_dir, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    out = []
+    for prompt in prompts:
+        ids = whole.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=3,
+        )
+        out.append(ids[0, len(prompt) :].tolist())
+    return out
+
+
+def _prompts(count: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(11)
+    return [torch.randint(4, 300, (int(3 + i % 9),), generator=generator).tolist() for i in range(count)]
+
+
+def _migrated_on_workers(stack: LocalStack) -> float:
+    total = 0.0
+    for proc in stack.worker_procs:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("resplit_sessions_migrated_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_16_sessions_through_5_reconfigurations_lose_nothing_and_change_no_token(stack, models):
+    stack.deploy("moving", models["llama"], START)
+    prompts = _prompts(SESSIONS)
+    expected = _reference(models["llama"], prompts, NEW_TOKENS)
+    produced = [0]
+    epochs = []
+
+    async def main():
+        async with AsyncClient(stack.orchestrator.address) as client:
+            route = await client.route("moving")
+            exchanges = [GenerateExchange(route, p, Sampling(max_new_tokens=NEW_TOKENS)) for p in prompts]
+
+            progress = asyncio.Condition()
+
+            async def session(exchange):
+                tokens = []
+                async for token in client._run(exchange):
+                    tokens.append(token.token_id)
+                    async with progress:
+                        produced[0] += 1
+                        progress.notify_all()
+                return tokens
+
+            async def reconfigure():
+                for i, segments in enumerate(RECONFIGURATIONS):
+                    async with progress:  # roll out every 1/8 of all tokens
+                        await progress.wait_for(
+                            lambda i=i: produced[0] >= (i + 1) * SESSIONS * NEW_TOKENS // 8
+                        )
+                    answer = await asyncio.to_thread(stack.rollout, make_plan("moving", segments))
+                    epochs.append(answer.committed.epoch)
+
+            results = await asyncio.gather(*(session(e) for e in exchanges), reconfigure())
+            return results[:SESSIONS], exchanges
+
+    results, exchanges = asyncio.run(main())
+    assert epochs == sorted(epochs) and len(set(epochs)) == len(RECONFIGURATIONS)
+    for prompt, got, want in zip(prompts, results, expected, strict=True):
+        assert got == want, f"prompt {prompt}"
+    assert all(e.replays == 0 for e in exchanges), "every crossing moved the cache, none replayed"
+    crossings = sum(e.migrations for e in exchanges)
+    assert crossings >= SESSIONS, (
+        f"only {crossings} crossings: the sessions finished before the reconfigurations"
+    )
+    assert _migrated_on_workers(stack) >= crossings  # every crossing moved at least one segment's cache
+
+
+def _drive_with_rollouts(stack, name, exchange, plans, every: int) -> list[int]:
+    tokens = []
+    with Client(stack.orchestrator.address) as client:
+        for i, token in enumerate(client._run(exchange)):
+            tokens.append(token.token_id)
+            if plans and i % every == every - 1:
+                stack.rollout(make_plan(name, plans.pop(0)))
+    return tokens
+
+
+def test_sliding_window_layers_migrate_with_more_context_than_their_window(stack, models):
+    """qwen2-sliding keeps 8 positions per sliding layer; the session holds far more."""
+    stack.deploy("sliding", models["sliding"], START)
+    prompt = _prompts(1)[0] * 3
+    with Client(stack.orchestrator.address) as client:
+        exchange = GenerateExchange(client.route("sliding"), prompt, Sampling(max_new_tokens=40))
+    plans = [RECONFIGURATIONS[1], RECONFIGURATIONS[3]]
+    tokens = _drive_with_rollouts(stack, "sliding", exchange, plans, every=12)
+    assert tokens == _reference(models["sliding"], [prompt], 40)[0]
+    assert exchange.migrations == 2 and exchange.replays == 0
+
+
+def test_seeded_sampling_draws_the_same_tokens_across_a_migration(stack, models):
+    stack.deploy("seeded", models["llama"], START)
+    prompt = [7, 8, 9, 10]
+    sampling = dict(max_new_tokens=30, temperature=1.3, top_k=40, top_p=0.95, seed=1234)
+    with Client(stack.orchestrator.address) as client:
+        still = [
+            t.token_id for t in client.generate_ids(prompt, client.route("seeded"), Sampling(**sampling))
+        ]
+        exchange = GenerateExchange(client.route("seeded"), prompt, Sampling(**sampling))
+    plans = [RECONFIGURATIONS[0], RECONFIGURATIONS[1]]
+    moved = _drive_with_rollouts(stack, "seeded", exchange, plans, every=10)
+    assert moved == still
+    assert exchange.migrations == 2
+
+
+def test_a_rollout_racing_a_new_session_never_fails_it(stack, models):
+    """Sessions opened from a route fetched just before a commit still succeed."""
+    stack.deploy("racing", models["llama"], START)
+    prompt = [5, 6, 7]
+    expected = _reference(models["llama"], [prompt], 6)[0]
+    errors: list[BaseException] = []
+    outputs: list[list[int]] = []
+
+    def generate():
+        try:
+            with Client(stack.orchestrator.address) as client:
+                for _ in range(6):
+                    outputs.append(
+                        [t.token_id for t in client.generate_ids(prompt, client.route("racing"), Sampling(6))]
+                    )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    for segments in ([(0, 5, 0), (5, 8, 2), (8, 10, 0)], START):
+        stack.rollout(make_plan("racing", segments))
+    thread.join(120)
+    assert not errors, errors
+    assert outputs and all(out == expected for out in outputs)
+
+
+def test_replay_rebuilds_a_session_whose_old_hop_died(stack, models):
+    """It kills worker-3 (and starts it again after). The new plan no longer uses worker-3;
+    the session learns of it at a token boundary, but by then its old middle hop is
+    gone, so the cache cannot be pulled and the client replays the history."""
+    stack.deploy("orphan", models["llama"], [(0, 3, 0), (3, 7, 3), (7, 10, 0)])
+    prompt = _prompts(2)[1]
+    expected = _reference(models["llama"], [prompt], 30)[0]
+    with Client(stack.orchestrator.address) as client:
+        exchange = GenerateExchange(client.route("orphan"), prompt, Sampling(max_new_tokens=30))
+        tokens, stream = [], client._run(exchange)
+        for token in stream:
+            tokens.append(token.token_id)
+            if len(tokens) == 10:
+                stack.rollout(make_plan("orphan", [(0, 3, 0), (3, 7, 2), (7, 10, 0)]))
+            if len(tokens) == 11:  # this token came from the old route and names the new epoch
+                assert exchange.moved()
+                stack.worker_procs[3].kill()
+    stack.worker_procs[3].start().wait_health("SERVING", timeout=60)  # the stack is shared
+    assert tokens == expected
+    assert exchange.replays == 1 and exchange.migrations == 1  # the move was tried, then replayed
