@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # range would pull a multi-GB CUDA build (see README, "Installing").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup redis proto proto-check lint test demo bench clean
+.PHONY: setup redis proto proto-check lint test demo bench bench-paper certs clean
 
 setup: $(STAMP) redis
 
@@ -51,8 +51,19 @@ test: setup lint proto-check
 demo: setup
 	$(BIN)/resplit demo
 
+# A development CA, one certificate per compose service (+ client) and a bearer
+# token under certs/ (gitignored) for docker-compose.yml. Keys are made readable
+# (0644) because the containers run as another user: development only.
+certs: $(STAMP)
+	$(BIN)/resplit certs certs --readable-keys
+
 bench: setup
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/paper.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# The paper's Table II and Fig. 3 on the emulated testbed (root; about 15 min on 2 cores):
+# results/paper/table2.md and results/paper/latency_vs_bandwidth.png.
+bench-paper: setup
+	$(BIN)/python bench/paper.py
 
 clean:
 	-@test -x $(BIN)/resplit && $(BIN)/resplit down >/dev/null 2>&1 || true

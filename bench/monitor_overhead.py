@@ -125,7 +125,7 @@ def measured_probe_mbps(port: int, seconds: float, probe_bytes: int, interval_s:
                 [sys.executable, "-m", "services.worker", "--port", str(grpc_port), "--http-port",
                  str(free_port()), "--redis-url", url, "--node-id", f"probe-{i}", "--torch-threads", "1",
                  "--agent-interval-s", "0.5", "--probe-interval-s", str(interval_s),
-                 "--probe-bytes", str(probe_bytes)],
+                 "--probe-bytes", str(probe_bytes), "--insecure"],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )))  # fmt: skip
         deadline = time.monotonic() + 60

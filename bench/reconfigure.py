@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 4096])
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     with console.status("building the model"):
         model_dir = build_tiny("llama", work / "model", **MODEL)

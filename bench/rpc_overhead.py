@@ -10,6 +10,7 @@ ratio. Usage: python bench/rpc_overhead.py [--calls 2000]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+# Plaintext on loopback, explicitly: this measures resplit's gRPC runtime against a bare server.
+os.environ.setdefault("RESPLIT_INSECURE", "1")
 from support import RedisServer, ServiceProcess, wait_for
 
 from resplit.launcher.processes import free_port

@@ -8,6 +8,7 @@ line a person can act on, not a traceback: :func:`load_settings` does that.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import Annotated, TypeVar
@@ -43,6 +44,14 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         256 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC send/receive message limit"
     )
+    # Transport security (see README, "Security"). The token itself is never a flag
+    # (flags show in `ps`): it comes from --token-file or the RESPLIT_TOKEN variable.
+    tls_cert: str = Field("", description="PEM certificate of this service (server and client side)")
+    tls_key: str = Field("", description="PEM private key of --tls-cert")
+    tls_ca: str = Field("", description="PEM CA bundle that signs every peer's certificate")
+    tls_client_auth: bool = Field(True, description="require client certificates (mutual TLS)")
+    token_file: str = Field("", description="file holding the bearer token (or env RESPLIT_TOKEN)")
+    insecure: bool = Field(False, description="allow running without TLS (plaintext gRPC); logs a warning")
 
     @property
     def address(self) -> str:
@@ -53,13 +62,35 @@ class ServiceSettings(BaseSettings):
 
 S = TypeVar("S", bound=ServiceSettings)
 
+_SECRET_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``redis://:***@host:6379/0``)."""
+    return _SECRET_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def transport_problem(settings: ServiceSettings) -> str | None:
+    """Why these settings cannot start a service safely, or None."""
+    tls = bool(settings.tls_cert or settings.tls_key or settings.tls_ca)
+    if not tls and not settings.insecure:
+        return (
+            "no TLS configured: give --tls-cert, --tls-key and --tls-ca (env RESPLIT_TLS_CERT, "
+            "RESPLIT_TLS_KEY, RESPLIT_TLS_CA), or --insecure (env RESPLIT_INSECURE=1) to run plaintext"
+        )
+    if tls and not (settings.tls_cert and settings.tls_key):
+        return "TLS needs both --tls-cert and --tls-key (env RESPLIT_TLS_CERT, RESPLIT_TLS_KEY)"
+    if tls and settings.tls_client_auth and not settings.tls_ca:
+        return "mutual TLS needs --tls-ca (env RESPLIT_TLS_CA), or --no-tls-client-auth"
+    return None
+
 
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         name = ".".join(str(p) for p in item["loc"]) or "settings"
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) else f" (got {redact_url(str(value))!r})"
         flag = name.replace("_", "-")
         parts.append(f"--{flag} (env RESPLIT_{name.upper()}): {item['msg']}{shown}")
     return "; ".join(parts)
@@ -76,9 +107,30 @@ def parse_settings(cls: type[S], argv: Sequence[str] | None = None) -> S:
 
 
 def load_settings(cls: type[S], prog: str, argv: Sequence[str] | None = None) -> S:
-    """Like :func:`parse_settings`, but a bad value ends the process with one line."""
+    """Like :func:`parse_settings`, but a bad value ends the process with one line.
+
+    Also refuses to start without TLS unless ``--insecure`` is given, and makes
+    the service's TLS material and token the credentials of every channel this
+    process opens (:mod:`resplit.rpc.security`).
+    """
+    from .rpc import security  # grpc only for services, not for the pure settings models
+
     try:
-        return parse_settings(cls, argv)
-    except ValueError as exc:
+        settings = parse_settings(cls, argv)
+        problem = transport_problem(settings)
+        if problem:
+            raise ValueError(problem)
+        token = security.read_token(settings.token_file)
+        if token and not settings.tls_cert:
+            raise ValueError("a bearer token is only accepted over TLS: configure --tls-cert and --tls-key")
+        if settings.tls_cert:
+            creds = security.Security.from_files(
+                settings.tls_ca or None, settings.tls_cert, settings.tls_key, token=token
+            )
+        else:
+            creds = security.Security.insecure()
+    except ValueError as exc:  # SecurityError is a ValueError
         print(f"{prog}: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_CONFIG) from None
+    security.configure(creds)
+    return settings

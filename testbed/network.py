@@ -86,6 +86,7 @@ class Network:
     addresses: dict[str, str] = field(default_factory=dict)  # node -> address
     shapes: dict[str, Shape] = field(default_factory=dict)
     veths: list[str] = field(default_factory=list)  # root-namespace ends, for cleanup after a half-made node
+    host_ends: dict[str, str] = field(default_factory=dict)  # node -> its veth's root-namespace end
     bridge: str = ""
 
     @property
@@ -111,6 +112,7 @@ class Network:
         self.namespaces[name] = netns
         sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", inner)
         self.veths.append(host_end)
+        self.host_ends[name] = host_end
         sh("ip", "link", "set", inner, "netns", netns)
         sh("ip", "link", "set", host_end, "master", self.bridge)
         sh("ip", "link", "set", host_end, "up")
@@ -146,6 +148,13 @@ class Network:
                     ) from None
                 raise
         self.shapes[name] = shape
+
+    def cut(self, name: str) -> None:
+        """Take node ``name``'s link down: nothing gets in or out until ``restore``."""
+        sh("ip", "link", "set", self.host_ends[name], "down")
+
+    def restore(self, name: str) -> None:
+        sh("ip", "link", "set", self.host_ends[name], "up")
 
     def exec_prefix(self, name: str) -> list[str]:
         """argv prefix that runs a command in node ``name``'s namespace (nsenter keeps

@@ -57,6 +57,16 @@ class Node:
             raise EmulationUnavailable(f"cannot shape {self.name}: {self.testbed.reason}")
         self.testbed.network.shape(self.name, Shape(rate_mbit, delay_ms, jitter_ms, loss_pct))
 
+    def cut(self) -> None:
+        """Disconnect this node from every other (its veth goes down); ``restore`` undoes it."""
+        if not self.testbed.emulated:
+            raise EmulationUnavailable(f"cannot cut {self.name}'s link: {self.testbed.reason}")
+        self.testbed.network.cut(self.name)
+
+    def restore(self) -> None:
+        if self.testbed.emulated:
+            self.testbed.network.restore(self.name)
+
 
 @dataclass
 class Testbed:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+# Services refuse to start without TLS unless told --insecure. Tests run them
+# plaintext on loopback, explicitly, and every process they spawn inherits this;
+# tests/integration/test_security.py covers the TLS path.
+os.environ["RESPLIT_INSECURE"] = "1"
 
 import pytest
 from support import LocalStack, RedisServer, ServiceProcess

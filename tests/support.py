@@ -7,6 +7,7 @@ that stop or restart Redis must own the one they stop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import redis
 
 from resplit.launcher.processes import free_port
 from resplit.rpc.probe import grpc_health, http_health
+from resplit.rpc.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,10 +46,13 @@ class RedisServer:
     proc: subprocess.Popen | None = None
     #: Addresses to listen on besides loopback (a testbed's bridge, for its nodes).
     also_bind: list[str] = field(default_factory=list)
+    #: ``requirepass``: clients must AUTH (the URL carries it).
+    password: str = ""
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -57,11 +62,12 @@ class RedisServer:
             ["--protected-mode", "no"] if self.also_bind else []
         )
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), *bind, "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), *bind, "--save", "", "--appendonly", "no"]
+            + (["--requirepass", self.password] if self.password else []),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password or None, socket_connect_timeout=0.2)
 
         def ready() -> bool:
             try:
@@ -90,6 +96,10 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    #: Client credentials for health checks (None: the test process's, plaintext).
+    security: Security | None = None
+    #: Extra environment of the process (e.g. RESPLIT_TOKEN).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -112,14 +122,14 @@ class ServiceProcess:
         ]
 
     def start(self) -> ServiceProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             self.argv(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         return self
 
     def health(self) -> str:
-        return grpc_health(self.address, timeout_s=1.0)
+        return grpc_health(self.address, timeout_s=1.0, security=self.security)
 
     def healthz(self) -> int:
         return http_health("127.0.0.1", self.http_port, timeout_s=1.0)[0]
@@ -163,11 +173,29 @@ class LocalStack:
     adaptive: bool = False
     orchestrator_args: list[str] = field(default_factory=list)
     redis: RedisServer = field(default_factory=RedisServer)
+    #: A folder made by resplit.launcher.certs.make_dev_pki: every service runs with
+    #: mutual TLS and the folder's token, and the stack's clients use ``client.pem``.
+    tls_dir: Path | None = None
     orchestrator: ServiceProcess | None = None
     broadcaster: ServiceProcess | None = None
     monitor: ServiceProcess | None = None
     splitter: ServiceProcess | None = None
     worker_procs: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def security(self) -> Security | None:
+        """Client credentials for this stack (None when it runs plaintext)."""
+        return None if self.tls_dir is None else Security.from_pki_dir(self.tls_dir)
+
+    def _service(self, kind: str, name: str, extra: list[str]) -> ServiceProcess:
+        if self.tls_dir is not None:
+            tls = self.tls_dir
+            extra = [
+                *("--tls-cert", str(tls / f"{name}.pem"), "--tls-key", str(tls / f"{name}-key.pem")),
+                *("--tls-ca", str(tls / "ca.pem"), "--token-file", str(tls / "token")),
+                *extra,
+            ]
+        return ServiceProcess(kind, self.redis.url, extra, security=self.security).start()
 
     def control(self) -> list[ServiceProcess]:
         procs = (self.monitor, self.splitter, self.broadcaster, self.orchestrator)
@@ -178,17 +206,17 @@ class LocalStack:
         peers = []
         kinds = ("monitor", "splitter", "broadcaster") if self.adaptive else ("broadcaster",)
         for kind in kinds:
-            proc = ServiceProcess(kind, self.redis.url).start()
+            proc = self._service(kind, kind, [])
             setattr(self, kind, proc)
             peers += [f"--{kind}-address", proc.address]
         flags = [] if self.adaptive else ["--no-adaptive"]
-        self.orchestrator = ServiceProcess(
-            "orchestrator", self.redis.url, [*peers, *flags, *self.orchestrator_args]
-        ).start()
+        self.orchestrator = self._service(
+            "orchestrator", "orchestrator", [*peers, *flags, *self.orchestrator_args]
+        )
         for i in range(self.workers):
             extra = ["--node-id", f"worker-{i}", *self.worker_args, *self.per_worker.get(i, [])]
             extra += ["--trusted"] if i < 2 else []
-            self.worker_procs.append(ServiceProcess("worker", self.redis.url, extra).start())
+            self.worker_procs.append(self._service("worker", f"worker-{i}", extra))
         for proc in (*self.control(), *self.worker_procs):
             proc.wait_health("SERVING", timeout=60)
         return self
@@ -214,7 +242,7 @@ class LocalStack:
         )
         from resplit.rpc.channels import sync_channel
 
-        with sync_channel(self.orchestrator.address) as channel:
+        with sync_channel(self.orchestrator.address, security=self.security) as channel:
             return orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=120).plan
 
     def rollout(self, plan, timeout: float = 60, **request):
@@ -222,7 +250,7 @@ class LocalStack:
         from resplit.rpc.channels import sync_channel
         from resplit.v1 import broadcaster_pb2, broadcaster_pb2_grpc
 
-        with sync_channel(self.broadcaster.address) as channel:
+        with sync_channel(self.broadcaster.address, security=self.security) as channel:
             return broadcaster_pb2_grpc.BroadcasterServiceStub(channel).Rollout(
                 broadcaster_pb2.RolloutRequest(plan=plan, **request), timeout=timeout
             )
@@ -251,3 +279,49 @@ def spread(num_units: int, pieces: int) -> list[tuple[int, int, int]]:
     three segments put S1 and S3 on the same worker, as in the paper."""
     cuts = [round(i * num_units / pieces) for i in range(pieces + 1)]
     return [(a, b, w) for a, b, w in zip(cuts[:-1], cuts[1:], OWNERS[pieces], strict=True)]
+
+
+@contextlib.contextmanager
+def emulated_stack(names=("n0", "n1", "n2", "n3"), trusted=2, cycle: float = 0.5, orchestrator_args=()):
+    """Emulated nodes (root only) with one worker each, Redis and the four control
+    services (the Alg. 1 loop on) in the root namespace. Yields (testbed, orchestrator)."""
+    from resplit.rpc.probe import grpc_health
+    from testbed.nodes import Testbed
+
+    port, http = 50070, 9170
+    with Testbed(fallback=False) as testbed:  # raises EmulationUnavailable (with why) unless root
+        redis_server = RedisServer(also_bind=[testbed.host_address]).start()
+        control: list[ServiceProcess] = []
+        try:
+            url = redis_server.url
+            for name, extra in (
+                ("monitor", ["--cycle-s", str(cycle)]),
+                ("splitter", []),
+                ("broadcaster", []),
+            ):
+                control.append(ServiceProcess(name, url, extra).start())
+            peers = [f"--{p.name}-address={p.address}" for p in control]
+            floor = ["--control-interval-floor-s", "0.2", "--drain-deadline-s", "2", *orchestrator_args]
+            control.append(ServiceProcess("orchestrator", url, [*peers, *floor]).start())
+            node_redis = f"redis://{testbed.host_address}:{redis_server.port}/0"
+            for i, name in enumerate(names):
+                node = testbed.add_node(name, cores=1.0, memory_bytes=2 << 30)
+                node.python(
+                    "-m", "services.worker", "--host", node.address, "--port", str(port),
+                    "--http-port", str(http), "--redis-url", node_redis, "--node-id", name,
+                    "--cpu-source", "cgroup", "--torch-threads", "1", "--agent-interval-s", str(cycle),
+                    "--probe-interval-s", str(cycle), "--heartbeat-ttl-s", "3", "--heartbeat-interval-s", "1",
+                    *(["--trusted"] if i < trusted else []),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            for proc in control:
+                proc.wait_health("SERVING", timeout=60)
+            for node in testbed.nodes.values():
+                target = f"{node.address}:{port}"
+                wait_for(lambda t=target: grpc_health(t, timeout_s=1) == "SERVING", 60, 0.2, target)
+            yield testbed, control[-1]
+        finally:
+            for proc in control:
+                proc.kill()
+            redis_server.stop()

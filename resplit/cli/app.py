@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from ..config import redact_url
 from ..launcher import stack as stack_mod
 from ..rpc.probe import grpc_health
 from . import serve, views
@@ -31,9 +33,12 @@ def up(
     trusted: Annotated[int, typer.Option(min=0, help="how many of the workers are trusted")] = 1,
     redis_url: Annotated[str | None, typer.Option(help="use this Redis instead of starting one")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for every health check")] = 30.0,
+    insecure: Annotated[
+        bool, typer.Option(help="run plaintext gRPC (default: mutual TLS + token, dev CA in STATE_DIR/tls)")
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
-    """Start Redis, the five services and N workers as separate processes."""
+    """Start Redis, the five services and N workers as separate processes (mutual TLS by default)."""
     with views.progress(console) as bar:
         task = bar.add_task("waiting for health checks", total=None)
         try:
@@ -44,6 +49,7 @@ def up(
                 redis_url=redis_url,
                 timeout_s=timeout,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                secure=not insecure,
             )
         except stack_mod.StackError as exc:
             err.print(f"[red]resplit up failed:[/red] {exc}")
@@ -66,7 +72,11 @@ def status(
     rows = views.status_rows(stack)
     if as_json:
         console.print_json(
-            data={"redis_url": stack.redis_url, "processes": rows, "nodes": views.node_rows(stack)}
+            data={
+                "redis_url": redact_url(stack.redis_url),
+                "processes": rows,
+                "nodes": views.node_rows(stack),
+            }
         )
     else:
         console.print(views.status_table(stack, rows))
@@ -96,12 +106,45 @@ def health(
     address: Annotated[str, typer.Argument(help="host:port of a resplit gRPC service")],
     service: Annotated[str, typer.Option(help="service name to check; empty = overall")] = "",
     timeout: Annotated[float, typer.Option(min=0.1)] = 2.0,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
-    """Exit 0 if the service answers grpc.health.v1 SERVING (for container healthchecks)."""
+    """Exit 0 if the service answers grpc.health.v1 SERVING (for container healthchecks).
+
+    TLS credentials: the local stack's if one runs from STATE_DIR, else RESPLIT_TLS_*."""
+    with contextlib.suppress(stack_mod.StackError):
+        stack_mod.load(state_dir)
     state = grpc_health(address, service, timeout)
     console.print(f"{address}: {state}")
     if state != "SERVING":
         raise typer.Exit(1)
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Argument(help="folder to write into (created)")] = Path("certs"),
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="a service to issue a certificate for (repeatable)")
+    ] = None,
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="extra host name or IP every certificate is valid for")
+    ] = None,
+    readable_keys: Annotated[
+        bool, typer.Option(help="keys and token mode 0644, for containers running as another user")
+    ] = False,
+) -> None:
+    """Make a development CA, a certificate per service (+ client) and a token (for compose)."""
+    from ..launcher.certs import DEFAULT_HOSTS, make_dev_pki
+
+    names = name or [*COMPOSE_SERVICES]
+    make_dev_pki(out, names, [*DEFAULT_HOSTS, *(host or [])], readable_keys=readable_keys)
+    console.print(f"wrote a development CA, certificates for {', '.join(names)} and client, a token: {out}")
+
+
+#: The resplit services of docker-compose.yml (their certificates name them: SANs).
+COMPOSE_SERVICES = (
+    *("monitor", "splitter", "broadcaster", "orchestrator"),
+    *("edge-1", "edge-2", "edge-3", "cloud-1"),
+)
 
 
 @app.command()
@@ -122,8 +165,10 @@ app.command()(top)
 
 from .control import apply, events, show  # noqa: E402
 from .plan import plan_app  # noqa: E402
+from .testbed import testbed_app  # noqa: E402
 
 app.command()(events)
 plan_app.command()(show)
 plan_app.command()(apply)
 app.add_typer(plan_app, name="plan")
+app.add_typer(testbed_app, name="testbed")

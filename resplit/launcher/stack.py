@@ -2,6 +2,12 @@
 
 ``up`` writes ``<state_dir>/stack.json`` describing every process it started;
 ``status`` and ``down`` read it back. ``down`` stops exactly those PIDs.
+
+By default the stack runs with mutual TLS and a bearer token: ``up`` makes a
+development CA, a certificate per service, a client certificate and a token
+under ``<state_dir>/tls`` (:mod:`.certs`). ``up`` and ``load`` make the
+client credentials the default of every channel this process opens, so the
+CLI and scripts that use the stack need nothing more.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ from pathlib import Path
 import redis
 from pydantic import BaseModel
 
+from ..config import redact_url
+from ..rpc import security as security_mod
 from ..rpc.probe import grpc_health, http_health
+from .certs import CLIENT, make_dev_pki
 from .processes import ProcessRecord, free_port, is_alive, log_tail, spawn, stop
 
 CONTROL_SERVICES = ("monitor", "splitter", "broadcaster", "orchestrator")
@@ -29,11 +38,29 @@ class StackError(RuntimeError):
     """The stack could not be started or found; the message says why."""
 
 
+class StackTLS(BaseModel):
+    """The client side of the stack's TLS material (paths, never contents)."""
+
+    ca: str
+    cert: str
+    key: str
+    token_file: str
+
+    def security(self) -> security_mod.Security:
+        return security_mod.Security.from_files(self.ca, self.cert, self.key, token_file=self.token_file)
+
+
 class Stack(BaseModel):
     """What ``up`` started, as saved in the stack file."""
 
     redis_url: str
     processes: list[ProcessRecord]
+    #: None: the stack runs plaintext (``up --insecure``).
+    tls: StackTLS | None = None
+
+    def use(self) -> None:
+        """Make this stack's client credentials the default for this process's channels."""
+        security_mod.configure(self.tls.security() if self.tls else security_mod.Security.insecure())
 
     def services(self) -> list[ProcessRecord]:
         return [p for p in self.processes if p.kind != "redis"]
@@ -55,7 +82,12 @@ def load(state_dir: Path) -> Stack:
         raise StackError(
             f"no stack is running from {state_dir} (no {path.name}); start one with `resplit up`"
         )
-    return Stack.model_validate_json(path.read_text())
+    stack = Stack.model_validate_json(path.read_text())
+    try:
+        stack.use()
+    except security_mod.SecurityError as exc:
+        raise StackError(f"the stack's TLS material is unusable: {exc}") from None
+    return stack
 
 
 def _save(state_dir: Path, stack: Stack) -> None:
@@ -88,6 +120,22 @@ def _start_redis(state_dir: Path) -> tuple[ProcessRecord, str]:
     raise StackError(f"redis-server did not come up on port {port}:\n{log_tail(record)}")
 
 
+def _tls_args(tls_dir: Path | None, name: str) -> list[str]:
+    """Flags that give service ``name`` its certificate, the CA and the token (all paths)."""
+    if tls_dir is None:
+        return ["--insecure"]
+    return [
+        "--tls-cert",
+        str(tls_dir / f"{name}.pem"),
+        "--tls-key",
+        str(tls_dir / f"{name}-key.pem"),
+        "--tls-ca",
+        str(tls_dir / "ca.pem"),
+        "--token-file",
+        str(tls_dir / "token"),
+    ]
+
+
 def _service_argv(module: str, port: int, http_port: int, redis_url: str, extra: list[str]) -> list[str]:
     return [
         sys.executable,
@@ -97,17 +145,34 @@ def _service_argv(module: str, port: int, http_port: int, redis_url: str, extra:
         str(port),
         "--http-port",
         str(http_port),
-        "--redis-url",
-        redis_url,
+        *(["--redis-url", redis_url] if redis_url else []),
         "--health-interval-s",
         "0.25",
         *extra,
     ]
 
 
-def _spawn_service(name: str, kind: str, redis_url: str, state_dir: Path, extra: list[str]) -> ProcessRecord:
+def _stack_tls(tls_dir: Path | None) -> StackTLS | None:
+    if tls_dir is None:
+        return None
+    return StackTLS(
+        ca=str(tls_dir / "ca.pem"),
+        cert=str(tls_dir / f"{CLIENT}.pem"),
+        key=str(tls_dir / f"{CLIENT}-key.pem"),
+        token_file=str(tls_dir / "token"),
+    )
+
+
+def _spawn_service(
+    name: str, kind: str, redis_url: str, state_dir: Path, extra: list[str], tls_dir: Path | None = None
+) -> ProcessRecord:
     port, http_port = free_port(), free_port()
-    record = spawn(name, kind, _service_argv(kind, port, http_port, redis_url, extra), state_dir / "logs")
+    # A URL with a password goes through the environment: flags show in `ps` and the stack file.
+    secret = redact_url(redis_url) != redis_url
+    env = {"RESPLIT_REDIS_URL": redis_url} if secret else None
+    shown_url = "" if secret else redis_url
+    argv = _service_argv(kind, port, http_port, shown_url, [*_tls_args(tls_dir, name), *extra])
+    record = spawn(name, kind, argv, state_dir / "logs", env=env)
     record.address = f"127.0.0.1:{port}"
     record.http_port = http_port
     return record
@@ -160,8 +225,13 @@ def up(
     timeout_s: float = 30.0,
     on_progress: Callable[[int, int], None] | None = None,
     extra_args: dict[str, list[str]] | None = None,
+    secure: bool = True,
 ) -> Stack:
     """Start Redis (unless ``redis_url``), the control services and ``workers`` workers.
+
+    ``secure`` (the default): mutual TLS and a bearer token on every gRPC hop, with
+    a development CA made under ``<state_dir>/tls``; False runs plaintext
+    (``--insecure``).
 
     The first ``trusted`` workers are trusted. ``extra_args`` adds flags per
     service kind (e.g. ``{"worker": ["--max-tokens", "8192"]}``). On any
@@ -176,6 +246,10 @@ def up(
         if any(is_alive(p) for p in existing.processes):
             raise StackError(f"a stack is already running from {state_dir}; run `resplit down` first")
     records: list[ProcessRecord] = []
+    tls_dir: Path | None = None
+    if secure:
+        names = [*CONTROL_SERVICES, *(f"worker-{i}" for i in range(workers))]
+        tls_dir = make_dev_pki(state_dir / "tls", names)
     try:
         if redis_url is None:
             redis_record, redis_url = _start_redis(state_dir)
@@ -183,7 +257,7 @@ def up(
         peers: list[str] = []
         for kind in CONTROL_SERVICES:  # the orchestrator comes last and is told where the others are
             extra = (peers if kind == "orchestrator" else []) + extra_args.get(kind, [])
-            record = _spawn_service(kind, kind, redis_url, state_dir, extra)
+            record = _spawn_service(kind, kind, redis_url, state_dir, extra, tls_dir)
             records.append(record)
             peers += [f"--{kind}-address", record.address]
         for i in range(workers):
@@ -191,9 +265,10 @@ def up(
             extra += extra_args.get("worker", [])
             if i < trusted:
                 extra.append("--trusted")
-            records.append(_spawn_service(f"worker-{i}", "worker", redis_url, state_dir, extra))
-        stack = Stack(redis_url=redis_url, processes=records)
+            records.append(_spawn_service(f"worker-{i}", "worker", redis_url, state_dir, extra, tls_dir))
+        stack = Stack(redis_url=redis_url, processes=records, tls=_stack_tls(tls_dir))
         _save(state_dir, stack)
+        stack.use()
         wait_healthy(stack, timeout_s, on_progress)
     except BaseException:
         stop(list(reversed(records)))

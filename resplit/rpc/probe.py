@@ -14,11 +14,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .channels import sync_channel
+from .security import Security
 
 
-def grpc_health(address: str, service: str = "", timeout_s: float = 2.0) -> str:
-    """``SERVING``, ``NOT_SERVING``, ... or ``UNREACHABLE (<why>)``."""
-    with sync_channel(address) as channel:
+def grpc_health(
+    address: str, service: str = "", timeout_s: float = 2.0, *, security: Security | None = None
+) -> str:
+    """``SERVING``, ``NOT_SERVING``, ... or ``UNREACHABLE (<why>)``.
+
+    Over the process's TLS credentials (or ``security``); health needs no token."""
+    with sync_channel(address, security=security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

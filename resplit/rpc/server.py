@@ -28,6 +28,7 @@ from .channels import channel_options
 from .health import Readiness
 from .http import build_app, start_side_port
 from .interceptors import MetricsInterceptor
+from .security import SecurityError, TokenInterceptor, current
 
 log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 1
@@ -73,9 +74,11 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
     SERVICE_INFO.info({"service": core.name})
     readiness = Readiness(core.service_names)
     await readiness.set(False, "starting")
-    server = grpc.aio.server(
-        interceptors=[MetricsInterceptor()], options=channel_options(settings.max_message_bytes)
-    )
+    security = current()  # configured from ``settings`` by load_settings
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
+    if security.token:
+        interceptors.append(TokenInterceptor(security.token))
+    server = grpc.aio.server(interceptors=interceptors, options=channel_options(settings.max_message_bytes))
     core.register(server)
     health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)
     reflection.enable_server_reflection(
@@ -88,7 +91,12 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
     )
     bind = f"{settings.host}:{settings.port}"
     try:
-        server.add_insecure_port(bind)
+        if security.tls:
+            server.add_secure_port(bind, security.server_credentials(settings.tls_client_auth))
+        else:
+            server.add_insecure_port(bind)
+    except SecurityError as exc:
+        raise StartupError(str(exc)) from None
     except RuntimeError as exc:
         raise StartupError(f"cannot listen for gRPC on {bind} (port in use or host invalid): {exc}") from None
     try:
@@ -104,7 +112,19 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     await server.start()
-    log.info("%s listening on %s (gRPC), %s:%d (HTTP)", core.name, bind, settings.host, settings.http_port)
+    mode = (
+        ("mutual TLS" if settings.tls_client_auth else "TLS") + (" + bearer token" if security.token else "")
+        if security.tls
+        else "plaintext"
+    )
+    http = f"{settings.host}:{settings.http_port}"
+    log.info("%s listening on %s (gRPC, %s), %s (HTTP, plain)", core.name, bind, mode, http)
+    if not security.tls:
+        log.warning(
+            "%s runs WITHOUT transport security (--insecure): gRPC traffic is plaintext and "
+            "unauthenticated; configure --tls-cert/--tls-key/--tls-ca for production",
+            core.name,
+        )
     watcher: asyncio.Task[None] | None = None
     try:
         await core.start()

@@ -12,6 +12,7 @@ import grpc
 import torch
 
 from ..rpc.channels import aio_channel
+from ..rpc.security import Security
 from ..v1 import (
     common_pb2,
     monitor_pb2_grpc,
@@ -21,7 +22,14 @@ from ..v1 import (
 )
 from .client import DEFAULT_ORCHESTRATOR
 from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExchange, Sampling
-from .requests import backoff_s, latency_sample, pick_deployment, prompt_and_sampling, recoverable
+from .requests import (
+    HopTimeout,
+    backoff_s,
+    latency_sample,
+    pick_deployment,
+    prompt_and_sampling,
+    recoverable,
+)
 from .tokens import TextStream, tokenizer_for
 
 
@@ -33,16 +41,22 @@ class AsyncClient:
         orchestrator: str = DEFAULT_ORCHESTRATOR,
         *,
         timeout_s: float = 300.0,
+        security: Security | None = None,
         monitor: str = "",
         recoveries: int = 8,
         move_cache: bool = True,
+        step_timeout_s: float = 60.0,
     ) -> None:
         """``monitor``, ``recoveries``: as for :class:`resplit.Client`."""
         self.orchestrator = orchestrator
+        #: TLS material and token of this client; None: the process default
+        #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
+        self.security = security
         self.timeout_s = timeout_s
         self.monitor = monitor
         self.recoveries = recoveries
         self.move_cache = move_cache
+        self.step_timeout_s = step_timeout_s
         self._route_checked = 0.0
         self._reports: set[asyncio.Task] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -63,7 +77,7 @@ class AsyncClient:
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = aio_channel(address)
+            self._channels[address] = aio_channel(address, security=self.security)
         return self._channels[address]
 
     def _orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
@@ -136,6 +150,34 @@ class AsyncClient:
             previous, route = outcome
             messages = exchange.migrate(route) if self.move_cache else exchange.replay(route)
 
+    @staticmethod
+    async def _write(call, message) -> None:
+        """Write one request; a stream that already ended fails with the status it ended
+        with (grpc.aio reports a write to a dead stream as a bare INTERNAL)."""
+        try:
+            await call.write(message)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            try:
+                code = await asyncio.wait_for(call.code(), 5.0)
+                details = await call.details()
+            except TimeoutError:
+                code, details = grpc.StatusCode.UNAVAILABLE, str(exc)
+            if code in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
+                code = grpc.StatusCode.UNAVAILABLE  # the hop went away mid-stream
+            empty = grpc.aio.Metadata()
+            raise grpc.aio.AioRpcError(code, empty, empty, details=f"stream ended: {details}") from None
+
+    async def _read(self, call):
+        """The next reply; a step unanswered for step_timeout_s is a lost hop."""
+        if self.step_timeout_s <= 0:
+            return await call.read()
+        try:
+            return await asyncio.wait_for(call.read(), self.step_timeout_s)
+        except TimeoutError:
+            raise HopTimeout(
+                f"no reply within {self.step_timeout_s:g} s (step_timeout_s): a hop is not answering"
+            ) from None
+
     async def _stream(
         self, exchange, messages: list, previous, outcome: list
     ) -> AsyncIterator[GeneratedToken]:
@@ -145,10 +187,10 @@ class AsyncClient:
         moving = False
         try:
             for message in messages:
-                await call.write(message)
+                await self._write(call, message)
             sent_at = time.perf_counter()
             while True:
-                reply = await call.read()
+                reply = await self._read(call)
                 if reply is grpc.aio.EOF:
                     code = await call.code()
                     if code != grpc.StatusCode.OK:
@@ -165,7 +207,7 @@ class AsyncClient:
                     yield token
                 if done:
                     for message in following:
-                        await call.write(message)
+                        await self._write(call, message)
                     await call.done_writing()
                     return
                 if token is not None and exchange.moved():
@@ -175,7 +217,7 @@ class AsyncClient:
                         outcome.extend((call, route))
                         return
                 for message in following:
-                    await call.write(message)
+                    await self._write(call, message)
         finally:
             if not moving:
                 call.cancel()

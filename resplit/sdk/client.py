@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -22,6 +23,7 @@ import grpc
 import torch
 
 from ..rpc.channels import sync_channel
+from ..rpc.security import Security
 from ..v1 import (
     common_pb2,
     monitor_pb2_grpc,
@@ -30,7 +32,14 @@ from ..v1 import (
     worker_pb2_grpc,
 )
 from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExchange, Sampling
-from .requests import backoff_s, latency_sample, pick_deployment, prompt_and_sampling, recoverable
+from .requests import (
+    HopTimeout,
+    backoff_s,
+    latency_sample,
+    pick_deployment,
+    prompt_and_sampling,
+    recoverable,
+)
 from .tokens import TextStream, tokenizer_for
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
@@ -44,20 +53,27 @@ class Client:
         orchestrator: str = DEFAULT_ORCHESTRATOR,
         *,
         timeout_s: float = 300.0,
+        security: Security | None = None,
         monitor: str = "",
         recoveries: int = 8,
         move_cache: bool = True,
+        step_timeout_s: float = 60.0,
     ) -> None:
         """``monitor``: host:port of the monitor; when set, each finished request's
         end-to-end latency is reported to it (fire and forget, never an error here).
         ``recoveries``: how many failures one session survives by replaying.
         ``move_cache``: on a route change, move the session's KV cache to the new hops
-        (default); False rebuilds it there by replaying the token history instead."""
+        (default); False rebuilds it there by replaying the token history instead.
+        ``step_timeout_s``: a step unanswered this long counts as a lost hop (0: wait forever)."""
         self.orchestrator = orchestrator
+        #: TLS material and token of this client; None: the process default
+        #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
+        self.security = security
         self.timeout_s = timeout_s
         self.monitor = monitor
         self.recoveries = recoveries
         self.move_cache = move_cache
+        self.step_timeout_s = step_timeout_s
         self._route_checked = 0.0
         self._reports: list[grpc.Future] = []
         self._channels: dict[str, grpc.Channel] = {}
@@ -79,7 +95,7 @@ class Client:
 
     def _channel(self, address: str) -> grpc.Channel:
         if address not in self._channels:
-            self._channels[address] = sync_channel(address)
+            self._channels[address] = sync_channel(address, security=self.security)
         return self._channels[address]
 
     # -- control plane -------------------------------------------------------
@@ -150,7 +166,8 @@ class Client:
     def _stream(self, exchange, messages: list, previous: _Call | None):
         """One Forward stream: yields tokens; returns None when the session is done, or
         (this stream, newer route) to move at this token boundary."""
-        call = _Call(self._channel(exchange.route.hops[0].address), messages, self.timeout_s)
+        address = exchange.route.hops[0].address
+        call = _Call(self._channel(address), messages, self.timeout_s, self.step_timeout_s)
         sent_at = time.perf_counter()
         moving = False
         try:
@@ -243,10 +260,23 @@ class Client:
 
 
 class _Call:
-    """One Forward stream fed from a queue, so replies and requests interleave."""
+    """One Forward stream fed from a queue, so replies and requests interleave.
 
-    def __init__(self, channel: grpc.Channel, messages: list, timeout_s: float) -> None:
+    A step that gets no reply within ``step_timeout_s`` (a hop alive but silent:
+    stopped, swapping, partitioned) cancels the stream, which then fails with
+    :class:`HopTimeout`, so the session recovers like after any other hop loss.
+    Time the caller spends between tokens does not count: only a step that was
+    sent and is not answered yet.
+    """
+
+    def __init__(
+        self, channel: grpc.Channel, messages: list, timeout_s: float, step_timeout_s: float
+    ) -> None:
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.step_timeout_s = step_timeout_s
+        self._pending: float | None = None
+        self._closed = threading.Event()
+        self.timed_out = False
         self.send(messages)
 
         def requests():
@@ -254,14 +284,37 @@ class _Call:
                 yield message
 
         self._call = worker_pb2_grpc.WorkerServiceStub(channel).Forward(requests(), timeout=timeout_s)
+        if step_timeout_s > 0:
+            threading.Thread(target=self._watch, name="resplit-step-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(min(0.1, self.step_timeout_s / 4)):
+            pending = self._pending
+            if pending is not None and time.monotonic() - pending > self.step_timeout_s:
+                self.timed_out = True
+                self._call.cancel()
+                return
 
     def __iter__(self):
-        return iter(self._call)
+        try:
+            for reply in self._call:
+                if reply.HasField("token") or reply.HasField("result"):
+                    self._pending = None
+                yield reply
+        except grpc.RpcError:
+            if self.timed_out:
+                raise HopTimeout(
+                    f"no reply within {self.step_timeout_s:g} s (step_timeout_s): a hop is not answering"
+                ) from None
+            raise
 
     def send(self, messages: list) -> None:
+        if any(m.HasField("tokens") for m in messages):
+            self._pending = time.monotonic()
         for message in messages:
             self._outbox.put(message)
 
     def close(self) -> None:
+        self._closed.set()
         self._outbox.put(None)
         self._call.cancel()

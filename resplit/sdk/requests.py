@@ -76,3 +76,20 @@ def recoverable(exc: grpc.RpcError) -> bool:
 def backoff_s(attempt: int) -> float:
     """Wait before recovery attempt ``attempt`` (1-based): 0.1 s doubling to 2 s."""
     return min(2.0, 0.1 * 2 ** (attempt - 1))
+
+
+class HopTimeout(grpc.RpcError):
+    """A step got no reply within the client's step timeout (UNAVAILABLE, recoverable)."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
+
+    def __str__(self) -> str:
+        return f"UNAVAILABLE: {self._details}"

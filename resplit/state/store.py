@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..config import redact_url
 from ..v1 import broadcaster_pb2, common_pb2
 from . import keys
 
@@ -81,7 +82,7 @@ class StateStore:
         try:
             await self.redis.ping()
         except RedisError as exc:
-            return False, f"redis unreachable at {self.url}: {exc}"
+            return False, f"redis unreachable at {redact_url(self.url)}: {exc}"
         return True, "redis reachable"
 
     # -- node registry -----------------------------------------------------

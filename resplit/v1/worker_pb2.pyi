@@ -129,20 +129,22 @@ class ForwardResponse(_message.Message):
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., token: _Optional[_Union[TokenOutput, _Mapping]] = ..., result: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class LoadSegmentRequest(_message.Message):
-    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression")
+    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression", "private_depth")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     epoch: int
     units: _common_pb2.UnitRange
     model_dir: str
     dtype: str
     compression: _tensor_pb2.Compression
-    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ...) -> None: ...
+    private_depth: int
+    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ..., private_depth: _Optional[int] = ...) -> None: ...
 
 class LoadSegmentResponse(_message.Message):
     __slots__ = ("param_bytes", "load_ms", "device")

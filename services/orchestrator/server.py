@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import grpc
+from redis.exceptions import RedisError
 
 from resplit.core.units import PlanError, route_of
 from resplit.state import StateStore
@@ -18,6 +19,7 @@ from .core.decide import OUTCOME_TO_PROTO, Outcome, change_of
 from .core.placement import PrivacyError, check_placement
 from .deployer import Deployer, DeployError
 from .loop import Control, ControlLoop
+from .memory import LastKnown
 from .rollouts import Broadcaster, RolloutFailed
 
 
@@ -28,13 +30,26 @@ async def _require_name(name: str, context: grpc.aio.ServicerContext) -> str:
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, store: StateStore, deployer: Deployer, control: Control) -> None:
+    def __init__(self, store: StateStore, deployer: Deployer, control: Control, memory: LastKnown) -> None:
         self.store = store
         self.deployer = deployer
         self.control = control
+        self.memory = memory
 
     async def _plan(self, name: str, context: grpc.aio.ServicerContext) -> common_pb2.Plan:
-        plan = await self.store.get_plan(await _require_name(name, context))
+        """The plan in Redis, or the last one seen while Redis is away."""
+        name = await _require_name(name, context)
+        try:
+            plan = await self.store.get_plan(name)
+        except RedisError:
+            plan = self.memory.plans.get(name)
+            if plan is None:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the state store is unreachable and no plan of {name!r} is known",
+                )
+        if plan is None:  # Redis restarted empty: the last known plan until it is restored
+            plan = self.memory.plans.get(name)
         if plan is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"deployment {name!r} has no plan (is it deployed?)"
@@ -48,11 +63,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             plan = await self.deployer.deploy(request.deployment, list(request.segments))
         except DeployError as exc:
             await context.abort(exc.code, str(exc))
+        self.memory.remember(None, plan)
         return orchestrator_pb2.DeployResponse(plan=plan)
 
     async def Undeploy(self, request: orchestrator_pb2.UndeployRequest, context):
+        name = await _require_name(request.deployment, context)
+        self.memory.forget(name)
         try:
-            await self.deployer.undeploy(await _require_name(request.deployment, context))
+            await self.deployer.undeploy(name)
         except DeployError as exc:
             await context.abort(exc.code, str(exc))
         return orchestrator_pb2.UndeployResponse()
@@ -99,6 +117,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             event.chosen.CopyFrom(committed)
             event_id = await self.store.append_event(event)
             await self.store.record_change(name, event.timestamp, event_id)
+        self.memory.remember(None, committed)
         return committed
 
     async def _check_operator_plan(
@@ -132,7 +151,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetRoute(self, request: orchestrator_pb2.GetRouteRequest, context) -> common_pb2.Route:
         plan = await self._plan(request.deployment, context)
         try:
-            return route_of(plan, await self.store.list_nodes())
+            nodes = await self.store.list_nodes()
+        except RedisError:
+            nodes = self.memory.nodes
+        try:
+            return route_of(plan, nodes)
         except PlanError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no route for {request.deployment!r}: {exc}")
 
@@ -170,14 +193,16 @@ class OrchestratorCore:
         self.store = StateStore(settings.redis_url)
         self.control = Control(Broadcaster(settings.broadcaster_address), settings)
         self.loop: ControlLoop | None = None
+        self.memory = LastKnown(self.store)
 
     def register(self, server: grpc.aio.Server) -> None:
         # One broadcaster channel for deploys and the loop; stop() closes it.
         deployer = Deployer(self.store, self.settings.prepare_deadline_s, self.control.broadcaster)
-        servicer = OrchestratorServicer(self.store, deployer, self.control)
+        servicer = OrchestratorServicer(self.store, deployer, self.control, self.memory)
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
+        self.memory.start()
         if self.settings.adaptive:
             self.loop = ControlLoop(self.store, self.control)
             self.loop.start()
@@ -186,6 +211,7 @@ class OrchestratorCore:
         return await self.store.ping()
 
     async def stop(self) -> None:
+        await self.memory.stop()
         if self.loop is not None:
             await self.loop.stop()
             self.loop = None

@@ -73,6 +73,11 @@ class SplitterServicer(splitter_pb2_grpc.SplitterServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except profiles.ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad model config: {exc}")
+        except (OSError, UnicodeDecodeError) as exc:  # a name too long, unreadable, not text
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"cannot read a model config at {request.model_dir[:256]!r}: {exc}"[:1024],
+            )
         return convert.model_to_proto(model)
 
 

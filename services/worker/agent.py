@@ -6,6 +6,8 @@ sending side so a shaped egress is what gets measured. It runs as its own
 asyncio task with timeouts on every call; a slow or missing Redis or peer
 delays the next report, never a Forward step.
 
+Links are also measured passively: the bandwidth of the real activation
+transfers to the next hops (core/passive.py) feeds the same estimates.
 Probing is rate-limited twice: a link is probed at most once per
 ``probe_interval_s`` with ``probe_bytes``, and one cycle sends at most
 ``probe_budget_bytes`` in all (peers wait their turn, oldest first).
@@ -21,12 +23,13 @@ from collections.abc import Callable
 import grpc
 
 from resplit.core.smoothing import LinkEstimator
-from resplit.rpc.channels import channel_options
+from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 from .config import WorkerSettings
 from .core.metrics import ComputeTimes, CpuSampler, Gpu, collect
+from .core.passive import PassiveLinks
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
@@ -44,12 +47,18 @@ class Agent:
         store: StateStore,
         compute: ComputeTimes,
         queue_depth: Callable[[], int],
+        utilization: Callable[[], float] | None = None,
+        passive: PassiveLinks | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
         self.store = store
         self.compute = compute
         self.queue_depth = queue_depth
+        #: An emulated device's utilization, reported as the node's (its CPU is idle).
+        self.utilization = utilization
+        #: Real activation transfers to the next hops, drained into the link estimates each cycle.
+        self.passive = passive or PassiveLinks()
         self.cpu = CpuSampler(settings.cpu_source)
         self.gpu = Gpu.open()
         self.bandwidth: dict[str, LinkEstimator] = {}
@@ -71,10 +80,28 @@ class Agent:
 
     async def cycle(self) -> None:
         report = collect(self.node_id, self.cpu, self.gpu, self.compute, self.queue_depth)
+        if self.utilization is not None:
+            report.cpu_utilization = self.utilization()
         retention = self.settings.metrics_retention_s
         await asyncio.wait_for(self.store.put_metrics(report, retention), CALL_TIMEOUT_S)
+        await self.passive_links()
         if self.settings.probe_interval_s > 0:
             await self.probe_peers()
+
+    async def passive_links(self) -> None:
+        """Fold the bandwidth of real activation transfers into the link estimates."""
+        rates = self.passive.drain()
+        for peer, mbps in rates.items():
+            bw = self.bandwidth.setdefault(peer, LinkEstimator()).update(mbps)
+            rtt = self.links[peer].rtt_ms if peer in self.links else 0.0
+            self.links[peer] = common_pb2.Link(
+                src=self.node_id, dst=peer, bandwidth_mbps=bw, rtt_ms=rtt, timestamp=time.time()
+            )
+        if rates:
+            put = self.store.put_links(
+                self.node_id, list(self.links.values()), self.settings.metrics_retention_s
+            )
+            await asyncio.wait_for(put, CALL_TIMEOUT_S)
 
     async def probe_peers(self) -> None:
         nodes = await asyncio.wait_for(self.store.list_nodes(include_down=False), CALL_TIMEOUT_S)
@@ -118,9 +145,7 @@ class Agent:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=channel_options(self.settings.max_message_bytes)
-            )
+            channel = self._channels[address] = aio_channel(address, self.settings.max_message_bytes)
         return worker_pb2_grpc.WorkerServiceStub(channel)
 
     async def probe(self, peer: common_pb2.Node) -> common_pb2.Link:

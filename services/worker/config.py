@@ -7,6 +7,7 @@ import socket
 from pydantic import Field, model_validator
 
 from resplit.config import Port, ServiceSettings
+from resplit.core.devices import known, lookup
 
 
 class WorkerSettings(ServiceSettings):
@@ -16,6 +17,14 @@ class WorkerSettings(ServiceSettings):
     trusted: bool = Field(False, description="may host privacy-critical units (embedding, head)")
     memory_bytes: int = Field(0, ge=0, description="memory offered to segments; 0 = detect")
     device_profile: str = Field("cpu", description="device profile name, e.g. cpu, A100-40GB")
+    emulate: str = Field(
+        "",
+        description="emulate this device (e.g. A100-40GB): segments read only config.json and each step "
+        "waits the time the device profile predicts instead of computing",
+    )
+    emulate_load_file: str = Field(
+        "", description="with --emulate: a file holding the device's background load 0..1 (re-read live)"
+    )
     network_mbps: float = Field(1000.0, gt=0, description="declared network capacity")
     heartbeat_ttl_s: float = Field(10.0, gt=0, le=3600, description="registry entry expires after this")
     heartbeat_interval_s: float = Field(3.0, gt=0, le=600, description="how often the entry is refreshed")
@@ -42,6 +51,12 @@ class WorkerSettings(ServiceSettings):
         1 << 20, ge=4096, le=256 << 20, description="most probe bytes one agent cycle sends (all peers)"
     )
     metrics_retention_s: float = Field(3600.0, gt=0, description="how long metric and link series are kept")
+
+    @model_validator(mode="after")
+    def _known_emulated_device(self) -> WorkerSettings:
+        if self.emulate and lookup(self.emulate) is None:
+            raise ValueError(f"emulate: unknown device {self.emulate!r} (known: {', '.join(known())})")
+        return self
 
     @model_validator(mode="after")
     def _interval_below_ttl(self) -> WorkerSettings:

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
-from resplit.core.tensors import Assembler, encode
+from resplit.core.tensors import Assembler, TensorError, encode
 from resplit.models.sampling import Sampler
 from resplit.v1 import worker_pb2
 
 from .core import errors
 from .core.hosting import Hosted, Hosting
 from .core.inputs import activation, token_input
+from .core.passive import PassiveLinks
+from .core.privacy import check_trusted
 from .core.sessions import Session, SessionTable
 from .hops import Channels, Downstream, HopError
 from .migration import Migrator
@@ -45,7 +49,26 @@ STATUS = {
     errors.Duplicate: grpc.StatusCode.ALREADY_EXISTS,
     errors.LoadFailed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.MigrationFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.NotTrusted: grpc.StatusCode.PERMISSION_DENIED,
 }
+
+
+_ADDRESS = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})")
+
+
+def _valid_address(address: str) -> bool:
+    """host:port or [v6]:port, the form routes carry; anything else would fail in the
+    channel with an unhelpful UNKNOWN."""
+    match = _ADDRESS.fullmatch(address)
+    return match is not None and 0 < int(match.group(1)) < 65536
+
+
+def _add(assembler: Assembler, chunk) -> bool:
+    """One more chunk of an activation; a malformed one is the caller's error."""
+    try:
+        return assembler.add(chunk)
+    except TensorError as exc:
+        raise errors.BadInput(str(exc)) from None
 
 
 def status_of(exc: errors.WorkerError) -> grpc.StatusCode:
@@ -63,16 +86,23 @@ class ForwardHandler:
         hosting: Hosting,
         sessions: SessionTable,
         channels: Channels,
-        compute: Callable[[Callable[[], Any]], Any],
+        compute: Callable[[Callable[[], Any], str], Any],
         chunk_bytes: int,
         migrator: Migrator,
+        *,
+        trusted: bool = False,
+        passive: PassiveLinks | None = None,
     ) -> None:
+        #: Started with --trusted: may run privacy-critical units.
+        self.trusted = trusted
         self.hosting = hosting
         self.sessions = sessions
         self.channels = channels
         self.compute = compute
         self.chunk_bytes = chunk_bytes
         self.migrator = migrator
+        #: Bytes and seconds of the activations sent on, for the agent's link estimates.
+        self.passive = passive or PassiveLinks()
 
     async def _next(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest]
@@ -128,8 +158,20 @@ class ForwardHandler:
             raise errors.BadInput(
                 f"a session migrates to a newer epoch: from {request.migrate_epoch} to {request.epoch}"
             )
+        # Whatever path loaded the segment, an untrusted worker never runs critical units:
+        # the embedding (unit 0) is refused before any lookup, the rest once the segment
+        # (its private depth, its head) is known.
+        self._check_trusted(request, request.deployment, request.units.start, request.units.end, 0, False)
         hosted = self.hosting.for_session(
             request.deployment, request.epoch, request.units.start, request.units.end
+        )
+        self._check_trusted(
+            request,
+            hosted.deployment,
+            hosted.start,
+            hosted.end,
+            hosted.private_depth,
+            hosted.segment.has_head,
         )
         sampler = None
         if hosted.segment.has_head and hosted.generative:
@@ -176,16 +218,25 @@ class ForwardHandler:
             raise
         return session, downstream
 
+    def _check_trusted(self, request: worker_pb2.OpenSession, *units) -> None:
+        try:
+            check_trusted(self.trusted, *units)
+        except errors.NotTrusted as exc:
+            log.warning("session %r refused: %s", request.session_id[:64], exc)
+            raise
+
     async def _open_downstream(self, request: worker_pb2.OpenSession, hosted: Hosted) -> Downstream:
         if not request.downstream:
             raise errors.BadInput(
                 f"units [{hosted.start}, {hosted.end}) need a next hop, but the route ends here"
             )
         hop = request.downstream[0]
+        if not _valid_address(hop.address):
+            raise errors.BadInput(f"next hop address {hop.address[:128]!r} is not host:port")
         if hop.units.start != hosted.end:
             raise errors.BadInput(f"next hop starts at unit {hop.units.start}, this hop ends at {hosted.end}")
         downstream = Downstream(
-            self.channels.stub(hop.address), hop.address, (hop.units.start, hop.units.end)
+            self.channels.stub(hop.address), hop.address, (hop.units.start, hop.units.end), hop.node_id
         )
         opened = worker_pb2.OpenSession()
         opened.CopyFrom(request)
@@ -218,7 +269,7 @@ class ForwardHandler:
         elif request.HasField("activation"):
             assembler = Assembler()
             chunk = request.activation
-            while not assembler.add(chunk):
+            while not _add(assembler, chunk):
                 more = await self._next(requests)
                 if more is None or not more.HasField("activation"):
                     raise errors.BadInput("tensor truncated: the stream moved on before its last chunk")
@@ -229,7 +280,8 @@ class ForwardHandler:
             raise errors.BadInput("expected tokens or an activation")
         self.sessions.begin_step(session, step, tokens if hosted.generative else 0)
         output = await self.compute(
-            lambda: hosted.segment.step(session.state, input_ids=ids, hidden=hidden, attention_mask=mask)
+            lambda: hosted.segment.step(session.state, input_ids=ids, hidden=hidden, attention_mask=mask),
+            f"{hosted.start}-{hosted.end}",
         )
         if downstream is not None:
             mask_list = [] if mask is None else mask.flatten().tolist()
@@ -243,8 +295,11 @@ class ForwardHandler:
                 attention_mask=mask_list,
                 chunk_bytes=self.chunk_bytes,
             )
+            started = time.perf_counter()
             for chunk in chunks:
                 await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
+            sent = sum(len(c.data) for c in chunks)
+            self.passive.record(downstream.node_id, sent, time.perf_counter() - started)
             async for reply in self._relay(downstream, hosted):
                 yield reply
         elif hosted.generative:

@@ -46,9 +46,12 @@ class Channels:
 class Downstream:
     """This session's stream to the next hop."""
 
-    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub, address: str, units: tuple[int, int]) -> None:
+    def __init__(
+        self, stub: worker_pb2_grpc.WorkerServiceStub, address: str, units: tuple[int, int], node_id: str = ""
+    ) -> None:
         self.address = address
         self.units = units
+        self.node_id = node_id
         self.call = stub.Forward()
 
     async def write(self, message: worker_pb2.ForwardRequest) -> None:

@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import torch
 
+from resplit.core.devices import lookup
+from resplit.core.emulation import EmulatedDevice
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -33,6 +35,8 @@ from .core.hosting import Hosted, Hosting
 from .core.identity import describe_node
 from .core.loading import load_hosted, resolve_device
 from .core.metrics import ComputeTimes
+from .core.passive import PassiveLinks
+from .core.privacy import check_trusted, ends_with_head
 from .core.sessions import Limits, SessionTable
 from .forward import Channels, ForwardHandler, status_of
 from .migration import Migrator
@@ -56,6 +60,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         existing = worker.hosting.get(
             request.deployment, request.epoch, request.units.start, request.units.end
         )
+        try:  # before anything is loaded or re-filed
+            await self._check_trusted(request, existing)
+        except errors.NotTrusted as exc:
+            log.warning("LoadSegment refused: %s", exc)
+            await context.abort(status_of(exc), str(exc))
+        if existing is not None:  # never lower what an earlier load said
+            existing.private_depth = max(existing.private_depth, request.private_depth)
         if existing is None:
             existing = worker.reuse(request)
         if existing is None:
@@ -70,9 +81,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         request.dtype,
                         request.compression,
                         worker.device,
+                        worker.emulated,
                     )
                 )
             except errors.WorkerError as exc:
+                log.warning("LoadSegment refused: %s", exc)
+                await context.abort(status_of(exc), str(exc))
+            existing.private_depth = request.private_depth
+            try:  # the model itself says where its head is; config.json may have been unclear
+                check_trusted(
+                    worker.settings.trusted,
+                    request.deployment,
+                    existing.start,
+                    existing.end,
+                    existing.private_depth,
+                    existing.segment.has_head,
+                )
+            except errors.NotTrusted as exc:
                 log.warning("LoadSegment refused: %s", exc)
                 await context.abort(status_of(exc), str(exc))
             worker.hosting.add(existing)
@@ -90,6 +115,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             load_ms=(time.perf_counter() - start) * 1e3,
             device=str(existing.device),
         )
+
+    async def _check_trusted(self, request: worker_pb2.LoadSegmentRequest, existing: Hosted | None) -> None:
+        """Raise NotTrusted if this (untrusted) worker is asked for privacy-critical units."""
+        worker = self.worker
+        if worker.settings.trusted:
+            return
+        units, depth = request.units, request.private_depth
+        if existing is not None:
+            has_head, depth = existing.segment.has_head, max(depth, existing.private_depth)
+        else:  # config.json only, on the loader thread; the weights are not touched
+            has_head = await worker.on_loader(lambda: ends_with_head(request.model_dir, units.end))
+        check_trusted(False, request.deployment, units.start, units.end, depth, has_head)
 
     async def CommitEpoch(
         self, request: worker_pb2.CommitEpochRequest, context
@@ -155,12 +192,15 @@ class WorkerCore:
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
+        emulated = lookup(settings.emulate) if settings.emulate else None
+        #: --emulate: segments wait what this device would take instead of computing.
+        self.emulated = EmulatedDevice(emulated, settings.emulate_load_file) if emulated else None
         self.node = describe_node(
             settings.resolved_node_id,
             settings.address,
             settings.trusted,
-            settings.memory_bytes,
-            settings.device_profile,
+            settings.memory_bytes or (emulated.memory_bytes if emulated else 0),
+            emulated.name if emulated else settings.device_profile,
             settings.network_mbps,
         )
         self.store = StateStore(settings.redis_url)
@@ -173,6 +213,8 @@ class WorkerCore:
         self._task: asyncio.Task[None] | None = None
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        elif settings.emulate:  # nothing heavy to compute; a thread pool only adds wake-up latency
+            torch.set_num_threads(1)
         self.device = resolve_device(settings.device)
         self.hosting = Hosting()
         self.sessions = SessionTable(
@@ -191,17 +233,23 @@ class WorkerCore:
             settings.chunk_bytes,
             settings.migration_timeout_s,
         )
+        self.passive = PassiveLinks()
         self.forward = ForwardHandler(
-            self.hosting, self.sessions, self.channels, self.on_compute, settings.chunk_bytes, self.migrator
+            self.hosting,
+            self.sessions,
+            self.channels,
+            self.on_compute,
+            settings.chunk_bytes,
+            self.migrator,
+            trusted=settings.trusted,
+            passive=self.passive,
         )
 
-    async def on_compute(self, fn):
+    async def on_compute(self, fn, segment: str = "all"):
         """Run torch work on the compute thread (one segment step at a time), timed on
-        that thread (queueing excluded) for the node agent: per segment when one is
-        hosted, else as "all" (the step does not say which segment it runs)."""
+        that thread (queueing excluded) for the node agent, per segment ("start-end")."""
         times = self.compute_times
-        hosted = list(self.hosting)
-        key = f"{hosted[0].start}-{hosted[0].end}" if len(hosted) == 1 else "all"
+        key = segment
 
         def timed():
             start = time.perf_counter()
@@ -224,7 +272,13 @@ class WorkerCore:
         )
         if same is None or request.epoch < 1:
             return None
-        hosted = dataclasses.replace(same, epoch=request.epoch, compression=request.compression, sessions=0)
+        hosted = dataclasses.replace(
+            same,
+            epoch=request.epoch,
+            compression=request.compression,
+            sessions=0,
+            private_depth=request.private_depth,
+        )
         self.hosting.add(hosted)
         log.info(
             "%s epoch %d units [%d, %d): weights shared with epoch %d",
@@ -257,6 +311,8 @@ class WorkerCore:
                 self.store,
                 self.compute_times,
                 lambda: self._compute._work_queue.qsize(),
+                self.emulated.utilization if self.emulated else None,
+                passive=self.passive,
             )
             self._agent_task = asyncio.create_task(self._agent.run())
 

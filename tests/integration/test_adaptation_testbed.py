@@ -13,23 +13,20 @@ module fails and says why (CI runs as root).
 from __future__ import annotations
 
 import itertools
-import subprocess
 import threading
 import time
 
 import pytest
 import torch
-from support import RedisServer, ServiceProcess, wait_for
+from support import ServiceProcess, emulated_stack, wait_for
 from transformers import AutoModelForCausalLM
 
 from resplit.models.tiny import build_tiny
 from resplit.rpc.channels import sync_channel
-from resplit.rpc.probe import grpc_health
 from resplit.sdk import Client
 from resplit.sdk.exchange import GenerateExchange, Sampling
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from services.orchestrator.core.policy import default_policy
-from testbed.nodes import Testbed
 
 pytestmark = pytest.mark.integration
 CYCLE = 0.5
@@ -42,42 +39,8 @@ HOG = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     model_dir = build_tiny("llama", tmp_path_factory.mktemp("adapt") / "llama", num_hidden_layers=8)
-    with Testbed(fallback=False) as testbed:  # raises EmulationUnavailable (with why) unless root
-        redis_server = RedisServer(also_bind=[testbed.host_address]).start()
-        control: list[ServiceProcess] = []
-        try:
-            url = redis_server.url
-            for name, extra in (
-                ("monitor", ["--cycle-s", str(CYCLE)]),
-                ("splitter", []),
-                ("broadcaster", []),
-            ):
-                control.append(ServiceProcess(name, url, extra).start())
-            peers = [f"--{p.name}-address={p.address}" for p in control]
-            floor = ["--control-interval-floor-s", "0.2", "--drain-deadline-s", "2"]
-            control.append(ServiceProcess("orchestrator", url, [*peers, *floor]).start())
-            node_redis = f"redis://{testbed.host_address}:{redis_server.port}/0"
-            for i, name in enumerate(NODES):
-                node = testbed.add_node(name, cores=1.0, memory_bytes=2 << 30)
-                node.python(
-                    "-m", "services.worker", "--host", node.address, "--port", str(WORKER_PORT),
-                    "--http-port", str(WORKER_HTTP), "--redis-url", node_redis, "--node-id", name,
-                    "--cpu-source", "cgroup", "--torch-threads", "1", "--agent-interval-s", str(CYCLE),
-                    "--probe-interval-s", str(CYCLE), "--heartbeat-ttl-s", "5", "--heartbeat-interval-s", "1",
-                    *(["--trusted"] if i < 2 else []),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-            for proc in control:
-                proc.wait_health("SERVING", timeout=60)
-            for node in testbed.nodes.values():
-                target = f"{node.address}:{WORKER_PORT}"
-                wait_for(lambda t=target: grpc_health(t, timeout_s=1) == "SERVING", 60, 0.2, target)
-            yield testbed, control[-1], model_dir
-        finally:
-            for proc in control:
-                proc.kill()
-            redis_server.stop()
+    with emulated_stack(NODES, cycle=CYCLE) as (testbed, orchestrator):
+        yield testbed, orchestrator, model_dir
 
 
 def _call(orchestrator: ServiceProcess, method: str, request):

@@ -185,9 +185,10 @@ def test_resplit_top_says_why_when_there_is_no_monitor(tmp_path):
     assert "no --monitor given" in result.stdout + result.stderr
 
 
-def test_sdk_latency_and_per_segment_compute_time_reach_e_t(tiny_models):
+def test_sdk_latency_compute_time_and_passive_bandwidth_reach_e_t(tiny_models):
     """A real generation over two workers: the SDK reports its latency, each worker's
-    agent reports the compute time of the segment it hosts."""
+    agent reports the compute time of the segment it hosts and the bandwidth of the
+    activations it really sent."""
     from support import LocalStack, spread
 
     from resplit.models import Checkpoint, num_units
@@ -238,6 +239,19 @@ def test_sdk_latency_and_per_segment_compute_time_reach_e_t(tiny_models):
             return all(key in seen.get(node, {}) for node, key in expected.items())
 
         wait_for(timed, 10, 0.1, what=f"compute times of {expected} in E(t)")
+
+        # Passive bandwidth: probes are off here, yet a prefill whose activation is
+        # large enough (300 tokens x 64 floats = 75 kB) gives the first hop's link a rate.
+        assert not [x for x in _env(monitor.address).links if x.bandwidth_mbps > 0]
+        with Client(local.orchestrator.address) as client:
+            prompt = [5 + i % 300 for i in range(300)]
+            assert len(list(client.generate_ids(prompt, client.route("mon-llama"), Sampling(2)))) == 2
+
+        def passive() -> list[common_pb2.Link]:
+            return [x for x in _env(monitor.address).links if x.bandwidth_mbps > 0]
+
+        links = wait_for(passive, 10, 0.1, what="a passively measured link")
+        assert [(x.src, x.dst) for x in links] == [("worker-0", "worker-1")]
     finally:
         if monitor is not None:
             monitor.kill()

@@ -298,6 +298,7 @@ class Rollouts:
                 model_dir=spec.model_dir,
                 dtype=spec.dtype,
                 compression=compression,
+                private_depth=policy.private_depth,
             )
             for hop in route.hops
         ]

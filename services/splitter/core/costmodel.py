@@ -36,19 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
+from resplit.core.devices import roofline as _roofline
 
 from .problem import GIB, Node, Plan, Problem, Unit, Workload
 
 #: Bytes of the result sent back per hop (a token id); negligible next to RTT.
 RESULT_BYTES = 4
-
-
-def _roofline(flops, bytes_read, flops_per_s, bandwidth_bps):
-    """max(compute time, weight/KV read time); an unknown bandwidth (0) means compute-bound."""
-    bandwidth = np.asarray(bandwidth_bps, dtype=float)
-    memory = np.asarray(bytes_read, dtype=float) / np.where(bandwidth > 0, bandwidth, np.inf)
-    return np.maximum(np.asarray(flops, dtype=float) / flops_per_s, memory)
 
 
 def prefill_service_s(flops, attn, param_bytes, kv, work: Workload, flops_per_s, bandwidth_bps):

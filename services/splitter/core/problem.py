@@ -13,6 +13,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from resplit.core.profiles import Model, Unit
+
 GIB = 1024**3
 
 
@@ -38,33 +40,6 @@ class Objective(enum.Enum):
     LATENCY = "latency"
     #: Minimise the slowest pipeline stage first, then Phi among the plans that reach it.
     THROUGHPUT = "throughput"
-
-
-@dataclass(frozen=True)
-class Unit:
-    index: int
-    kind: str
-    param_bytes: int
-    kv_bytes_per_token: int
-    flops_per_token: float
-    activation_bytes_per_token: int
-    attention_flops_per_position: float = 0.0
-
-
-@dataclass(frozen=True)
-class Model:
-    name: str
-    family: str
-    dtype: str
-    units: tuple[Unit, ...]
-
-    @property
-    def num_units(self) -> int:
-        return len(self.units)
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.units) - 2
 
 
 @dataclass(frozen=True)

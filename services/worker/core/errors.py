@@ -42,3 +42,7 @@ class LoadFailed(WorkerError):
 class MigrationFailed(WorkerError):
     """A session's cache could not be moved here (FAILED_PRECONDITION): the client
     falls back to replaying the session's token history on the new route."""
+
+
+class NotTrusted(WorkerError):
+    """Privacy-critical units asked of a worker started without --trusted (PERMISSION_DENIED)."""

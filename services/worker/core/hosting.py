@@ -40,6 +40,8 @@ class Hosted:
     generative: bool
     hidden_size: int
     sessions: int = 0
+    #: The deployment's private depth as LoadSegment said (units 0..private_depth are critical).
+    private_depth: int = 0
 
     @property
     def key(self) -> Key:

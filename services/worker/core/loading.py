@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from resplit.core.emulation import EmulatedDevice
 from resplit.core.tensors import COMPRESSIONS
 from resplit.models import (
     Checkpoint,
@@ -16,6 +17,7 @@ from resplit.models import (
     num_units,
 )
 from resplit.models.checkpoint import DTYPES
+from resplit.models.emulated import EmulatedSegment
 
 from .errors import BadInput, LoadFailed, NotHosted
 from .hosting import Hosted
@@ -38,8 +40,10 @@ def load_hosted(
     dtype_name: str,
     compression: int,
     device: torch.device,
+    emulated: EmulatedDevice | None = None,
 ) -> Hosted:
-    """Build the segment, or raise a WorkerError saying why not."""
+    """Build the segment, or raise a WorkerError saying why not. With ``emulated``
+    only the model's config.json is read: the segment waits instead of computing."""
     if not deployment:
         raise BadInput("a deployment name is required")
     if epoch < 1:
@@ -48,8 +52,14 @@ def load_hosted(
         raise BadInput(f"unknown compression {compression}")
     if dtype_name and dtype_name not in DTYPES:
         raise BadInput(f"dtype must be one of {', '.join(DTYPES)} or empty, got {dtype_name!r}")
-    if not Path(model_dir).is_dir():
-        raise NotHosted(f"model directory {model_dir!r} does not exist on this worker")
+    try:
+        is_dir = Path(model_dir).is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        is_dir = False
+    if not is_dir:
+        raise NotHosted(f"model directory {model_dir[:256]!r} does not exist on this worker")
+    if emulated is not None:
+        return _emulated(deployment, epoch, start, end, model_dir, dtype_name, compression, emulated)
     try:
         checkpoint = Checkpoint(model_dir)
         family = family_of(checkpoint.config.model_type)
@@ -75,4 +85,34 @@ def load_hosted(
         device=device,
         generative=family.generative,
         hidden_size=int(checkpoint.config.hidden_size),
+    )
+
+
+def _emulated(
+    deployment: str,
+    epoch: int,
+    start: int,
+    end: int,
+    model_dir: str,
+    dtype_name: str,
+    compression: int,
+    emulated: EmulatedDevice,
+) -> Hosted:
+    try:
+        segment = EmulatedSegment(model_dir, start, end, emulated, DTYPES.get(dtype_name))
+        family = family_of(segment.config.model_type)
+    except (OSError, ValueError) as exc:
+        raise LoadFailed(f"cannot emulate units [{start}, {end}) of {model_dir}: {exc}") from None
+    return Hosted(
+        deployment=deployment,
+        epoch=epoch,
+        start=start,
+        end=end,
+        segment=segment,
+        model_dir=model_dir,
+        compression=compression,
+        dtype=segment.dtype,
+        device=torch.device("cpu"),
+        generative=family.generative,
+        hidden_size=segment.hidden_size,
     )

@@ -1,0 +1,249 @@
+"""Testbed scenarios: emulated nodes, shaped links, background load and a workload, as YAML.
+
+A testbed scenario is what ``resplit testbed run`` plays: it builds one
+emulated node per ``nodes`` entry (a cgroup and a network namespace, a worker
+emulating a device or running the real model), shapes ``links`` and changes
+them on their timelines, raises background ``load`` on nodes, and drives the
+``workload`` for ``duration_s`` seconds with the control loop adaptive or
+static (``control``). Validated with pydantic: a bad file fails with the
+field and the reason (``paper.yaml: links.0.changes.1.at_s: ...``), before
+anything is built.
+
+Links: the testbed is a star (every node's namespace hangs off the host
+bridge), so a link is its first node's access link, shaped both ways (the
+node's egress and the host side of its veth): ``between: [cloud, mec1]`` at
+50 Mb/s makes every path into and out of ``cloud`` a 50 Mb/s backhaul, and
+leaves the MEC nodes' paths to each other unshaped. One link per node.
+Delay (``rtt_ms``, ``jitter_ms``) and ``loss_pct`` need netem, which not
+every kernel has; where it is missing the runner says so and shapes the rate
+alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .core.devices import known, lookup
+from .scenario import ScenarioError, _describe
+
+NodeId = str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    #: A Hugging Face model directory (only config.json is read by emulated workers),
+    #: relative to the scenario file.
+    dir: str
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+
+
+class TestbedNode(_Strict):
+    id: NodeId = Field(pattern=r"^[A-Za-z0-9_-]{1,12}$", description="short: it names a network namespace")
+    #: Device profile (resplit.core.devices): the emulated device, and what the splitter assumes.
+    device: str
+    #: Emulated (the worker waits what the device would take) or real (it computes on the host CPU).
+    emulate: bool = True
+    memory_gib: float | None = Field(
+        None, gt=0, description="memory offered to segments (default: the device's)"
+    )
+    trusted: bool = False
+    #: Host CPU cores the node's cgroup may use.
+    cores: float = Field(0.5, gt=0, le=64)
+
+    @model_validator(mode="after")
+    def _known_device(self) -> TestbedNode:
+        if lookup(self.device) is None:
+            raise ValueError(
+                f"device {self.device!r} is not in the device table (known: {', '.join(known())})"
+            )
+        return self
+
+
+class LinkChange(_Strict):
+    at_s: float = Field(ge=0)
+    bandwidth_mbps: float | None = Field(None, gt=0)
+    rtt_ms: float | None = Field(None, ge=0)
+    jitter_ms: float | None = Field(None, ge=0)
+    loss_pct: float | None = Field(None, ge=0, le=100)
+
+
+class TestbedLink(_Strict):
+    #: The first node's access link (both ways); the second names the far end, for reading.
+    between: tuple[NodeId, NodeId]
+    bandwidth_mbps: float = Field(gt=0)
+    rtt_ms: float = Field(0.0, ge=0)
+    jitter_ms: float = Field(0.0, ge=0)
+    loss_pct: float = Field(0.0, ge=0, le=100)
+    #: Changes over time, in order of ``at_s``.
+    changes: list[LinkChange] = []
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TestbedLink:
+        times = [c.at_s for c in self.changes]
+        if times != sorted(times):
+            raise ValueError(f"changes must be in time order, got at_s {times}")
+        return self
+
+
+class LoadEvent(_Strict):
+    node: NodeId
+    start_s: float = Field(ge=0)
+    end_s: float = Field(gt=0)
+    #: Share of the node's device taken by another tenant while the event lasts.
+    utilization: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _span(self) -> LoadEvent:
+        if self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        return self
+
+
+class TestbedWorkload(_Strict):
+    arrival: Literal["poisson", "constant", "closed"] = "poisson"
+    #: Requests per second over all clients (poisson / constant); closed = back to back.
+    rate_per_s: float = Field(1.0, gt=0)
+    clients: int = Field(1, ge=1, le=64)
+    prompt_tokens: int = Field(128, ge=1, le=8192)
+    generate_tokens: int = Field(32, ge=1, le=4096)
+
+
+class Thresholds(_Strict):
+    """Θ: the triggers of Alg. 1."""
+
+    l_max_ms: float | None = Field(None, gt=0)
+    u_max: float | None = Field(None, gt=0, le=1)
+    b_min_mbps: float | None = Field(None, gt=0)
+    t_cool_s: float | None = Field(None, ge=0)
+
+
+class TestbedPolicy(_Strict):
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(0.0, ge=0)
+    gamma: float = Field(0.0, ge=0)
+    private_depth: int = Field(0, ge=0)
+    thresholds: Thresholds = Thresholds()
+    #: Control-loop period Δt, seconds.
+    interval_s: float = Field(1.0, gt=0)
+    #: The latency a request must meet to count as attained (per token, ms).
+    sla_ms: float = Field(150.0, gt=0)
+
+
+class Placement(_Strict):
+    units: tuple[int, int]
+    node: NodeId
+
+
+class Control(_Strict):
+    #: Run Alg. 1 (adaptive) or keep the initial plan (static, orchestrator --no-adaptive).
+    adaptive: bool = True
+    #: The plan deployed at t = 0 (default: the splitter's choice at the start).
+    initial: list[Placement] = []
+
+
+class TestbedScenario(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    duration_s: float = Field(gt=0, le=3600)
+    model: ModelRef
+    nodes: list[TestbedNode] = Field(min_length=1, max_length=16)
+    links: list[TestbedLink] = []
+    load: list[LoadEvent] = []
+    workload: TestbedWorkload = TestbedWorkload()
+    policy: TestbedPolicy = TestbedPolicy()
+    control: Control = Control()
+
+    @model_validator(mode="after")
+    def _references(self) -> TestbedScenario:
+        ids = [n.id for n in self.nodes]
+        doubled = sorted({i for i in ids if ids.count(i) > 1})
+        if doubled:
+            raise ValueError(f"node ids appear twice: {', '.join(doubled)}")
+        known_ids = set(ids)
+        shaped: set[NodeId] = set()
+        for k, link in enumerate(self.links):
+            for end in link.between:
+                if end not in known_ids:
+                    raise ValueError(f"links[{k}] names unknown node {end!r}")
+            if link.between[0] == link.between[1]:
+                raise ValueError(f"links[{k}] joins {link.between[0]!r} to itself")
+            if link.between[0] in shaped:
+                raise ValueError(
+                    f"links[{k}]: {link.between[0]!r} already has a shaped link (the testbed shapes a "
+                    "node's egress, one link per node)"
+                )
+            shaped.add(link.between[0])
+            for c in link.changes:
+                if c.at_s > self.duration_s:
+                    raise ValueError(f"links[{k}] changes at {c.at_s} s, after duration_s {self.duration_s}")
+        for k, event in enumerate(self.load):
+            if event.node not in known_ids:
+                raise ValueError(f"load[{k}] names unknown node {event.node!r}")
+            if event.start_s > self.duration_s:
+                raise ValueError(f"load[{k}] starts at {event.start_s} s, after duration_s {self.duration_s}")
+        expected = 0
+        for k, seg in enumerate(self.control.initial):
+            if seg.node not in known_ids:
+                raise ValueError(f"control.initial[{k}] names unknown node {seg.node!r}")
+            if seg.units[0] != expected or seg.units[1] <= seg.units[0]:
+                raise ValueError(
+                    f"control.initial[{k}]: units {list(seg.units)} do not follow unit {expected}"
+                )
+            expected = seg.units[1]
+        return self
+
+    def model_dir(self, base: Path) -> Path:
+        path = Path(self.model.dir)
+        return path if path.is_absolute() else base / path
+
+
+def _override(data: dict, key: str, value, path: Path) -> None:
+    """Set ``key`` (dotted: mappings by name, lists by index) in ``data``."""
+    *parents, last = key.split(".")
+    target = data
+    try:
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
+        if isinstance(target, list):
+            target[int(last)] = value
+        elif isinstance(target, dict):
+            target[last] = value
+        else:
+            raise TypeError(f"{type(target).__name__} has no keys")
+    except (IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise ScenarioError(f"{path}: --set {key}: no such place in the scenario ({exc})") from None
+
+
+def load(path: Path, overrides: dict | None = None) -> TestbedScenario:
+    """Read and validate a testbed scenario; raises ScenarioError with file, field and reason.
+
+    ``overrides`` (the CLI's --set) replace keys; a dotted key reaches into
+    mappings (``control.adaptive``)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(
+            f"{path}: a testbed scenario is a mapping (name, nodes, ...), got {type(data).__name__}"
+        )
+    for key, value in (overrides or {}).items():
+        _override(data, key, value, path)
+    try:
+        scenario = TestbedScenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"{path}: {_describe(exc)}") from None
+    model_dir = scenario.model_dir(Path(path).parent)
+    if not (model_dir / "config.json").is_file():
+        raise ScenarioError(f"{path}: model.dir: no config.json in {model_dir}")
+    return scenario

@@ -1,0 +1,90 @@
+"""What the orchestrator last saw in Redis, to serve and restore from.
+
+Why: Redis may restart empty. The data plane never notices (workers serve
+the plan they hold), but clients ask the orchestrator for routes and the
+control loop needs the plan. So the orchestrator keeps the deployments, plans
+and nodes it last read, answers route lookups from them while Redis is away,
+and writes the deployments and plans back when Redis returns without them —
+the epoch counter raised to the plan's epoch with it, so no epoch ever goes
+backwards. Workers re-register themselves; the monitor's time series
+refill on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from redis.exceptions import RedisError
+
+from resplit.state import StateStore
+from resplit.state.store import StaleEpochError
+from resplit.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+
+class LastKnown:
+    def __init__(self, store: StateStore, interval_s: float = 1.0) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.deployments: dict[str, common_pb2.Deployment] = {}
+        self.plans: dict[str, common_pb2.Plan] = {}
+        self.nodes: list[common_pb2.Node] = []
+        self._task: asyncio.Task | None = None
+
+    def remember(self, deployment: common_pb2.Deployment | None, plan: common_pb2.Plan | None) -> None:
+        if deployment is not None:
+            self.deployments[deployment.name] = deployment
+        if plan is not None and plan.epoch >= self.plans.get(plan.deployment, common_pb2.Plan()).epoch:
+            self.plans[plan.deployment] = plan
+
+    def forget(self, name: str) -> None:
+        """An undeployed deployment must not come back."""
+        self.deployments.pop(name, None)
+        self.plans.pop(name, None)
+
+    async def sync(self) -> list[str]:
+        """Refresh from Redis, restoring what Redis lost; the names restored."""
+        listed = {d.name: d for d in await self.store.list_deployments()}
+        restored = []
+        for name, deployment in listed.items():
+            self.deployments[name] = deployment
+        for name, deployment in list(self.deployments.items()):
+            if name not in listed:
+                await self.store.put_deployment(deployment)
+                restored.append(name)
+            plan = await self.store.get_plan(name)
+            known = self.plans.get(name)
+            if plan is None and known is not None:
+                # put_plan raises the epoch counter to the plan's epoch too
+                with contextlib.suppress(StaleEpochError):  # someone committed a newer one meanwhile
+                    await self.store.put_plan(known)
+                restored.append(name)
+            elif plan is not None:
+                self.remember(None, plan)
+        nodes = await self.store.list_nodes()
+        if nodes:
+            self.nodes = nodes
+        if restored:
+            log.warning("Redis had lost %s; restored their deployment and plan", sorted(set(restored)))
+        return restored
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except (RedisError, OSError) as exc:
+                log.debug("state store unreachable, serving what was last known: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="last-known")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,634 @@
+"""Hostile input against every RPC of every running service.
+
+Hypothesis drives 1,000 random messages per RPC (``FUZZ_EXAMPLES`` to change)
+at real processes: the shared stack's workers, orchestrator and broadcaster,
+plus a monitor and a splitter of this module's own on the stack's Redis.
+Messages are random in every field (tests/fuzzmsg.py): extremes, NaN and Inf,
+odd strings, unknown enums, long repeated fields; Forward streams open real
+and broken sessions and send truncated, oversize-shaped, NaN/Inf activations,
+wrong epochs and sessions, replayed steps.
+
+Each answer must be a proper status: OK where the input happens to be valid,
+else INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ... - never UNKNOWN or
+INTERNAL (an unhandled exception). Afterwards every process is alive, the
+workers host exactly what they hosted before with no session left, their
+memory has not run away, and a good session still generates exactly the
+tokens it generated before the fuzzing.
+
+Mutating control RPCs (Deploy, Undeploy, ApplyPlan, Rollout, CommitEpoch,
+ReleaseSegment, LoadSegment) only ever name deployments this module owns
+("fuzz-" prefix, never the live one); nothing else sharing the stack is touched.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+
+import grpc
+import pytest
+import torch
+from fuzzmsg import OWNED, Fuzz, _repeated
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from logtap import tap
+from support import ServiceProcess, spread
+
+from resplit.core.tensors import encode
+from resplit.models import Checkpoint, num_units
+from resplit.rpc.channels import sync_channel
+from resplit.sdk import Client, Sampling
+from resplit.v1 import (
+    broadcaster_pb2,
+    broadcaster_pb2_grpc,
+    common_pb2,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    splitter_pb2,
+    splitter_pb2_grpc,
+    tensor_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+
+pytestmark = pytest.mark.integration
+LIVE = "fuzz-live"
+PROMPT = [11, 12, 13, 14, 15]
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+SEEDS = st.integers(0, 2**64 - 1)
+#: An unhandled exception in a servicer; never a proper answer to bad input.
+BROKEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+CODES: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+TIMES: dict[str, float] = collections.defaultdict(float)
+
+
+def _answer(rpc: str, call, request=None):
+    """Run ``call``; its status code (OK when it returned). Fails on UNKNOWN / INTERNAL."""
+    started = time.perf_counter()
+    try:
+        result = call()
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        code, result = exc.code(), exc
+        assert code not in BROKEN, f"{rpc}: {code.name} {exc.details()!r}\nrequest: {request!r}"[:4000]
+    finally:
+        TIMES[rpc] += time.perf_counter() - started
+    CODES[rpc][code.name] += 1
+    return result
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _generate(orchestrator: str) -> list[int]:
+    with Client(orchestrator) as client:
+        route = client.route(LIVE)
+        return [t.token_id for t in client.generate_ids(PROMPT, route, Sampling(max_new_tokens=6))]
+
+
+class Env:
+    """Channels (one per service), the live deployment and the baseline."""
+
+    def __init__(self, stack, tiny_models, monitor, splitter) -> None:
+        self.stack = stack
+        self.model = str(tiny_models["llama"])
+        self.units = num_units(Checkpoint(self.model).config)
+        self.monitor_proc, self.splitter_proc = monitor, splitter
+        self.channels = {
+            "orchestrator": sync_channel(stack.orchestrator.address),
+            "broadcaster": sync_channel(stack.broadcaster.address),
+            "monitor": sync_channel(monitor.address),
+            "splitter": sync_channel(splitter.address),
+        }
+        self.workers = [
+            worker_pb2_grpc.WorkerServiceStub(sync_channel(p.address)) for p in stack.worker_procs[:3]
+        ]
+        self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels["orchestrator"])
+        self.broadcaster = broadcaster_pb2_grpc.BroadcasterServiceStub(self.channels["broadcaster"])
+        self.monitor = monitor_pb2_grpc.MonitorServiceStub(self.channels["monitor"])
+        self.splitter = splitter_pb2_grpc.SplitterServiceStub(self.channels["splitter"])
+        self.profile = self.splitter.ProfileModel(
+            splitter_pb2.ProfileModelRequest(model_dir=self.model), timeout=30
+        )
+        self.route = self.orchestrator.GetRoute(orchestrator_pb2.GetRouteRequest(deployment=LIVE), timeout=10)
+        addresses = [p.address for p in stack.worker_procs[:3]]
+        self.by_address = dict(zip(addresses, self.workers, strict=True))
+
+    def status(self) -> list[tuple]:
+        out = []
+        for stub in self.workers:
+            status = stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=10)
+            out.append(
+                (
+                    status.sessions,
+                    sorted(
+                        (s.deployment, s.epoch, s.units.start, s.units.end, s.sessions)
+                        for s in status.segments
+                    ),
+                )
+            )
+        return out
+
+    def release_owned(self) -> None:
+        """Free what the fuzzer's own LoadSegment calls happened to load."""
+        for stub in self.workers:
+            for s in stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=10).segments:
+                if s.deployment.startswith("fuzz-") and s.deployment != LIVE:
+                    stub.ReleaseSegment(
+                        worker_pb2.ReleaseSegmentRequest(
+                            deployment=s.deployment, epoch=s.epoch, units=s.units
+                        ),
+                        timeout=10,
+                    )
+
+
+@pytest.fixture(scope="module")
+def env(stack, tiny_models):
+    monitor = ServiceProcess("monitor", stack.redis.url).start()
+    splitter = ServiceProcess("splitter", stack.redis.url).start()
+    try:
+        for proc in (monitor, splitter, *stack.control(), *stack.worker_procs):
+            tap(proc)  # drain their output: thousands of refusals are logged
+        monitor.wait_health("SERVING", timeout=60)
+        splitter.wait_health("SERVING", timeout=60)
+        units = num_units(Checkpoint(str(tiny_models["llama"])).config)
+        stack.deploy(LIVE, tiny_models["llama"], spread(units, 3))
+        env = Env(stack, tiny_models, monitor, splitter)
+        env.expected = _generate(stack.orchestrator.address)
+        env.baseline = env.status()
+        env.rss = {p.proc.pid: _rss_kib(p.proc.pid) for p in stack.worker_procs}
+        env.started = time.perf_counter()
+        yield env
+    finally:
+        monitor.kill()
+        splitter.kill()
+
+
+def _first(call):
+    """A watch's first message, or None when it has nothing to send yet (it waits, as it
+    should, until the client's deadline)."""
+    try:
+        return next(call, None)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return None
+        raise
+    finally:
+        call.cancel()
+
+
+def _fuzz_watch(rpc: str, method, request_type) -> None:
+    """Watches wait for a change: open them 100 at a time with a short deadline and read
+    each one's first answer, instead of waiting out one deadline per message."""
+    pending: list = []
+
+    def drain() -> None:
+        for call, request in pending:
+            _answer(rpc, lambda call=call: _first(call), request)
+        pending.clear()
+
+    @FUZZ
+    @given(SEEDS)
+    def fuzz(seed):
+        request = Fuzz(seed).message(request_type)
+        pending.append((method(request, timeout=0.5), request))
+        if len(pending) >= 100:
+            drain()
+
+    fuzz()
+    drain()
+
+
+# -- worker ------------------------------------------------------------------
+
+
+def _open(env: Env, fuzz: Fuzz, hop: int, session: str) -> worker_pb2.OpenSession:
+    """A valid open for ``hop`` of the live route, often with one field broken."""
+    route, rng = env.route, fuzz.rng
+    request = worker_pb2.OpenSession(
+        session_id=session,
+        deployment=LIVE,
+        epoch=route.epoch,
+        task=worker_pb2.TASK_GENERATE,
+        units=route.hops[hop].units,
+        downstream=list(route.hops[hop + 1 :]),
+        sampling=worker_pb2.SamplingParams(max_new_tokens=rng.choice([0, 1, 4])),
+    )
+    broken = rng.randrange(12)
+    if broken == 0:
+        request.epoch = rng.choice([0, route.epoch + 1, route.epoch - 1, 2**64 - 1])
+    elif broken == 1:
+        request.units.start, request.units.end = rng.choice([(0, 0), (1, 0), (0, 2**32 - 1), (5, 3)])
+    elif broken == 2:
+        request.session_id = rng.choice(["", "s" * 10_000, "\x00"])
+    elif broken == 3:
+        request.sampling.CopyFrom(fuzz.message(worker_pb2.SamplingParams))
+    elif broken == 4:
+        del request.downstream[:]
+        request.downstream.extend(fuzz.message(common_pb2.Route).hops)
+    elif broken == 5:
+        request.migrate_from.extend(fuzz.message(common_pb2.Route).hops)
+        request.migrate_epoch = rng.choice([0, route.epoch - 1, 2**64 - 1])
+    elif broken == 6:
+        request.start_step, request.generated = rng.choice([(2**64 - 1, 2**32 - 1), (5, 3), (1, 0)])
+        request.context_tokens = rng.choice([0, 4, 2**64 - 1])
+    elif broken == 7:
+        request.task = rng.choice([worker_pb2.TASK_EMBED, worker_pb2.TASK_UNSPECIFIED, 77])
+    return request
+
+
+def _tensor(fuzz: Fuzz, env: Env, hop: int, session: str) -> list[worker_pb2.ForwardRequest]:
+    rng = fuzz.rng
+    hidden = 64 if rng.random() < 0.8 else rng.choice([1, 63, 65])
+    shape = rng.choice(
+        [(1, rng.randint(1, 4), hidden), (1, 0, hidden), (2, 1, hidden), (hidden,), (1, 1, 1, hidden)]
+    )
+    tensor = torch.randn(*shape) if rng.random() < 0.8 else torch.zeros(*shape, dtype=torch.float16)
+    if rng.random() < 0.3 and tensor.numel():
+        tensor.view(-1)[rng.randrange(tensor.numel())] = rng.choice(
+            [float("nan"), float("inf"), -float("inf")]
+        )
+    units = env.route.hops[hop].units
+    chunks = encode(
+        tensor,
+        session_id=session if rng.random() < 0.8 else rng.choice(["", "other"]),
+        step=rng.choice([0, 0, 1, 2**64 - 1]),
+        epoch=env.route.epoch if rng.random() < 0.8 else rng.choice([0, env.route.epoch + 1]),
+        units=(units.start, units.end) if rng.random() < 0.8 else (0, 2**32 - 1),
+        compression=rng.choice([0, 0, 1, 2, 3]),
+        chunk_bytes=rng.choice([1024, 1 << 20]),
+    )
+    broken = rng.randrange(10)
+    first = chunks[0]
+    if broken == 0:
+        chunks[-1].data = chunks[-1].data[: rng.randrange(max(len(chunks[-1].data), 1))]
+    elif broken == 1:
+        del first.header.shape[:]
+        first.header.shape.extend(
+            rng.choice([[2**63, 2**63], [2**64 - 1], [1, 2**40, 64], [0, 0, 0], [1] * 64])
+        )
+    elif broken == 2:
+        first.header.total_bytes = rng.choice([0, 2**64 - 1, first.header.total_bytes + 1, 1 << 40])
+    elif broken == 3:
+        first.header.dtype = rng.choice([*tensor_pb2.DType.values(), 99])
+    elif broken == 4:
+        chunks[-1].last = False  # the stream moves on before the last chunk
+    elif broken == 5:
+        first.index = rng.choice([1, 2**32 - 1])
+    elif broken == 6:
+        first.ClearField("header")
+    elif broken == 7:
+        first.header.scales = rng.randbytes(rng.choice([0, 3, 7]))
+        first.header.attention_mask.extend([rng.choice([0, 1, 2**32 - 1]) for _ in range(rng.randint(0, 9))])
+    elif broken == 8 and rng.random() < 0.05:
+        first.data = b"\x00" * (5 << 20)  # oversize: far beyond its header's byte count
+    return [worker_pb2.ForwardRequest(activation=c) for c in chunks]
+
+
+def _forward_messages(env: Env, seed: int) -> tuple[int, list[worker_pb2.ForwardRequest]]:
+    fuzz = Fuzz(seed)
+    rng = fuzz.rng
+    hop = rng.randrange(3)
+    session = f"fuzz-s-{seed}"
+    messages = []
+    r = rng.random()
+    if r < 0.65:
+        messages.append(worker_pb2.ForwardRequest(open=_open(env, fuzz, hop, session)))
+    elif r < 0.95:
+        messages.append(worker_pb2.ForwardRequest(open=fuzz.message(worker_pb2.OpenSession)))
+    step = 0
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):
+        kind = rng.random()
+        if kind < 0.45:
+            count = rng.choice([1, 1, 3, 5, 0, 5000])
+            ids = [
+                rng.choice([1, 7, 100, 255, 256, 2**32, 2**64 - 1])
+                if rng.random() < 0.1
+                else rng.randrange(200)
+                for _ in range(count)
+            ]
+            tokens = worker_pb2.TokenInput(
+                step=rng.choice([step, step, step - 1 if step else 0, step + 2, 2**64 - 1]), input_ids=ids
+            )
+            if rng.random() < 0.2:
+                tokens.rows = rng.choice([0, 2, 2**32 - 1])
+                tokens.attention_mask.extend(
+                    [rng.choice([0, 1, 7]) for _ in range(rng.randint(0, count + 1))]
+                )
+            messages.append(worker_pb2.ForwardRequest(tokens=tokens))
+            step += 1
+        elif kind < 0.85:
+            messages += _tensor(fuzz, env, hop, session)
+        elif kind < 0.95:
+            messages.append(fuzz.message(worker_pb2.ForwardRequest))
+        else:
+            messages.append(worker_pb2.ForwardRequest(close=worker_pb2.CloseSession(session_id=session)))
+    return hop, messages
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_forward(env, seed):
+    hop, messages = _forward_messages(env, seed)
+    stub = env.by_address[env.route.hops[hop].address]
+    _answer("worker.Forward", lambda: list(stub.Forward(iter(messages), timeout=20)), messages[:3])
+
+
+def _load_request(env: Env, fuzz: Fuzz) -> worker_pb2.LoadSegmentRequest:
+    request = fuzz.message(worker_pb2.LoadSegmentRequest)
+    request.deployment = fuzz.rng.choice(OWNED)  # never the live one
+    if fuzz.rng.random() < 0.03:  # a real model: a small segment, or (mostly) a refusal of its range
+        request.model_dir = env.model
+        request.epoch = fuzz.rng.choice([0, 1, 2])
+        request.units.start, request.units.end = fuzz.rng.choice(
+            [(1, 2), (0, 1), (env.units - 1, env.units), (2, 2**32 - 1), (3, 1), (0, env.units + 1)]
+        )
+    return request
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_load_segment(env, seed):
+    fuzz = Fuzz(seed, owned=True)
+    request = _load_request(env, fuzz)
+    stub = env.workers[fuzz.rng.randrange(3)]
+    _answer("worker.LoadSegment", lambda: stub.LoadSegment(request, timeout=30), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_commit_epoch(env, seed):
+    fuzz = Fuzz(seed, owned=True)
+    request = fuzz.message(worker_pb2.CommitEpochRequest)
+    stub = env.workers[fuzz.rng.randrange(3)]
+    _answer("worker.CommitEpoch", lambda: stub.CommitEpoch(request, timeout=10), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_release_segment(env, seed):
+    fuzz = Fuzz(seed, owned=True)
+    request = fuzz.message(worker_pb2.ReleaseSegmentRequest)
+    stub = env.workers[fuzz.rng.randrange(3)]
+    _answer("worker.ReleaseSegment", lambda: stub.ReleaseSegment(request, timeout=10), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_export_session(env, seed):
+    fuzz = Fuzz(seed)
+    request = fuzz.message(worker_pb2.ExportSessionRequest)
+    if fuzz.rng.random() < 0.3:
+        request.deployment, request.epoch = LIVE, env.route.epoch
+    stub = env.workers[fuzz.rng.randrange(3)]
+    _answer("worker.ExportSession", lambda: list(stub.ExportSession(request, timeout=10)), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_get_status(env, seed):
+    fuzz = Fuzz(seed)
+    request = fuzz.message(worker_pb2.GetStatusRequest)
+    stub = env.workers[fuzz.rng.randrange(3)]
+    _answer("worker.GetStatus", lambda: stub.GetStatus(request, timeout=10), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_ping(env, seed):
+    fuzz = Fuzz(seed)
+    request = fuzz.message(worker_pb2.PingRequest)
+    stub = env.workers[fuzz.rng.randrange(3)]
+    reply = _answer("worker.Ping", lambda: stub.Ping(request, timeout=10), request)
+    if isinstance(reply, worker_pb2.PingResponse):
+        assert reply.payload == request.payload
+
+
+@FUZZ
+@given(SEEDS)
+def test_worker_probe_bandwidth(env, seed):
+    fuzz = Fuzz(seed)
+    chunks = [fuzz.message(worker_pb2.ProbeChunk) for _ in range(fuzz.count())]
+    stub = env.workers[fuzz.rng.randrange(3)]
+    _answer("worker.ProbeBandwidth", lambda: stub.ProbeBandwidth(iter(chunks), timeout=10), chunks[:2])
+
+
+# -- monitor -----------------------------------------------------------------
+
+FUZZ_NODES = {"node_id": lambda f: f.rng.choice(["", "fuzz-node", "fuzz-node-" + "x" * 300, "fuzz-\x00"])}
+
+
+@FUZZ
+@given(SEEDS)
+def test_monitor_list_nodes(env, seed):
+    request = Fuzz(seed).message(monitor_pb2.ListNodesRequest)
+    _answer("monitor.ListNodes", lambda: env.monitor.ListNodes(request, timeout=10), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_monitor_get_environment(env, seed):
+    request = Fuzz(seed).message(monitor_pb2.GetEnvironmentRequest)
+    _answer("monitor.GetEnvironment", lambda: env.monitor.GetEnvironment(request, timeout=10), request)
+
+
+def test_monitor_watch_environment(env):
+    _fuzz_watch("monitor.WatchEnvironment", env.monitor.WatchEnvironment, monitor_pb2.WatchEnvironmentRequest)
+
+
+@FUZZ
+@given(SEEDS)
+def test_monitor_report_metrics(env, seed):
+    # Only made-up node ids: the stack's real nodes' metrics stay as they are.
+    request = Fuzz(seed, values=FUZZ_NODES).message(common_pb2.NodeMetrics)
+    _answer("monitor.ReportMetrics", lambda: env.monitor.ReportMetrics(request, timeout=10), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_monitor_report_latency(env, seed):
+    request = Fuzz(seed, owned=True).message(monitor_pb2.LatencySample)
+    _answer("monitor.ReportLatency", lambda: env.monitor.ReportLatency(request, timeout=10), request)
+
+
+# -- splitter ----------------------------------------------------------------
+
+
+def _valid_problem(env: Env, fuzz: Fuzz) -> splitter_pb2.Problem:
+    """A small solvable problem (the tiny model on 2-3 nodes), then one to three of its
+    fields made hostile: the solver itself gets to see them, not only the validation."""
+    rng = fuzz.rng
+    problem = splitter_pb2.Problem(model=env.profile)
+    count = rng.choice([2, 3])
+    for j in range(count):
+        problem.nodes.add(
+            node_id=f"n{j}", memory_bytes=1 << 30, flops_per_s=1e12, trusted=j == 0, utilization=0.1
+        )
+    for a in range(count):
+        for b in range(count):
+            if a != b:
+                problem.links.add(src=f"n{a}", dst=f"n{b}", bandwidth_mbps=100.0, rtt_ms=2.0)
+    problem.policy.alpha = 1.0
+    problem.workload.prompt_tokens, problem.workload.generate_tokens = 16, 4
+    targets = [problem.workload, problem.policy, problem.nodes[rng.randrange(count)], problem.links[0]]
+    targets += [problem.model.units[rng.randrange(len(problem.model.units))]]
+    for _ in range(rng.randint(1, 3)):
+        target = rng.choice(targets)
+        field = rng.choice(target.DESCRIPTOR.fields)
+        scalar = field.type != field.TYPE_MESSAGE and not _repeated(field)
+        if scalar and field.name not in ("node_id", "src", "dst"):
+            setattr(target, field.name, fuzz.value(field, 0))
+    if rng.random() < 0.2:
+        problem.current.CopyFrom(fuzz.message(common_pb2.Plan))
+    return problem
+
+
+@FUZZ
+@given(SEEDS)
+def test_splitter_solve(env, seed):
+    fuzz = Fuzz(seed)
+    request = fuzz.message(splitter_pb2.SolveRequest)
+    if fuzz.rng.random() < 0.4:
+        request.problem.CopyFrom(_valid_problem(env, fuzz))
+    _answer("splitter.Solve", lambda: env.splitter.Solve(request, timeout=30), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_splitter_profile_model(env, seed):
+    fuzz = Fuzz(seed)
+    request = fuzz.message(splitter_pb2.ProfileModelRequest)
+    if fuzz.rng.random() < 0.05:
+        request.model_dir = env.model
+    elif fuzz.rng.random() < 0.3:
+        request.config_json = fuzz.rng.choice(
+            [
+                "{",
+                "[]",
+                "null",
+                '{"model_type": "llama"}',
+                '{"model_type": "llama", "num_hidden_layers": -1, "hidden_size": 0}',
+                '{"model_type": "llama", "num_hidden_layers": 100000000, "hidden_size": 4096,'
+                ' "vocab_size": 1e30}',
+                '{"model_type": "gpt2", "n_layer": "x"}',
+                '{"model_type": "bert", "num_hidden_layers": 2, "hidden_size": NaN}',
+                "x" * 100_000,
+            ]
+        )
+    _answer("splitter.ProfileModel", lambda: env.splitter.ProfileModel(request, timeout=30), request)
+
+
+# -- orchestrator ------------------------------------------------------------
+
+
+@FUZZ
+@given(SEEDS)
+def test_orchestrator_deploy(env, seed):
+    request = Fuzz(seed, owned=True).message(orchestrator_pb2.DeployRequest)
+    _answer("orchestrator.Deploy", lambda: env.orchestrator.Deploy(request, timeout=30), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_orchestrator_undeploy(env, seed):
+    request = Fuzz(seed, owned=True).message(orchestrator_pb2.UndeployRequest)
+    _answer("orchestrator.Undeploy", lambda: env.orchestrator.Undeploy(request, timeout=30), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_orchestrator_list_deployments(env, seed):
+    request = Fuzz(seed).message(orchestrator_pb2.ListDeploymentsRequest)
+    _answer(
+        "orchestrator.ListDeployments", lambda: env.orchestrator.ListDeployments(request, timeout=10), request
+    )
+
+
+@FUZZ
+@given(SEEDS)
+def test_orchestrator_get_route(env, seed):
+    request = Fuzz(seed).message(orchestrator_pb2.GetRouteRequest)
+    _answer("orchestrator.GetRoute", lambda: env.orchestrator.GetRoute(request, timeout=10), request)
+
+
+def test_orchestrator_watch_route(env):
+    _fuzz_watch("orchestrator.WatchRoute", env.orchestrator.WatchRoute, orchestrator_pb2.WatchRouteRequest)
+
+
+@FUZZ
+@given(SEEDS)
+def test_orchestrator_get_plan(env, seed):
+    request = Fuzz(seed).message(orchestrator_pb2.GetPlanRequest)
+    _answer("orchestrator.GetPlan", lambda: env.orchestrator.GetPlan(request, timeout=10), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_orchestrator_apply_plan(env, seed):
+    request = Fuzz(seed, owned=True).message(orchestrator_pb2.ApplyPlanRequest)
+    _answer("orchestrator.ApplyPlan", lambda: env.orchestrator.ApplyPlan(request, timeout=30), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_orchestrator_list_events(env, seed):
+    request = Fuzz(seed).message(orchestrator_pb2.ListEventsRequest)
+    _answer("orchestrator.ListEvents", lambda: env.orchestrator.ListEvents(request, timeout=10), request)
+
+
+# -- broadcaster -------------------------------------------------------------
+
+
+@FUZZ
+@given(SEEDS)
+def test_broadcaster_rollout(env, seed):
+    request = Fuzz(seed, owned=True).message(broadcaster_pb2.RolloutRequest)
+    # Prepare and drain deadlines are what a rollout waits; keep them short.
+    request.prepare_deadline_s = (
+        min(request.prepare_deadline_s, 2.0) if request.prepare_deadline_s > 0 else 0.0
+    )
+    request.drain_deadline_s = min(request.drain_deadline_s, 0.5) if request.drain_deadline_s > 0 else 0.0
+    _answer("broadcaster.Rollout", lambda: env.broadcaster.Rollout(request, timeout=30), request)
+
+
+@FUZZ
+@given(SEEDS)
+def test_broadcaster_get_rollout(env, seed):
+    request = Fuzz(seed).message(broadcaster_pb2.GetRolloutRequest)
+    _answer("broadcaster.GetRollout", lambda: env.broadcaster.GetRollout(request, timeout=10), request)
+
+
+# -- afterwards --------------------------------------------------------------
+
+
+def test_everything_survived_and_still_serves_exactly(env):
+    elapsed = time.perf_counter() - env.started
+    summary = "\n".join(
+        f"{rpc:32s} {TIMES[rpc]:6.1f} s  {dict(codes)}" for rpc, codes in sorted(CODES.items())
+    )
+    print(f"\nfuzzing took {elapsed:.1f} s\n{summary}")
+    for proc in (env.monitor_proc, env.splitter_proc, *env.stack.control(), *env.stack.worker_procs):
+        assert proc.proc.poll() is None, f"{proc.name} died: {''.join(tap(proc).lines[-30:])}"
+        assert proc.health() == "SERVING", proc.name
+    env.release_owned()
+    # Sessions close when their stream ends; give the workers a moment to notice.
+    deadline = time.monotonic() + 10
+    while env.status() != env.baseline and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert env.status() == env.baseline
+    for pid, before in env.rss.items():
+        after = _rss_kib(pid)
+        assert after < before * 1.5 + 200_000, f"worker {pid}: RSS {before} KiB -> {after} KiB"
+    assert _generate(env.stack.orchestrator.address) == env.expected
