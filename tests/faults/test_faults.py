@@ -22,12 +22,19 @@ from traffic import NEW_TOKENS, SESSIONS, Traffic, check, deploy, nodes_of, plan
 from transformers import AutoModelForCausalLM
 
 from resplit.models.tiny import build_tiny
+from resplit.rpc.channels import sync_channel
+from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
 START = [(0, 3, "worker-0"), (3, 7, "worker-2"), (7, 10, "worker-0")]
 ON_3 = [(0, 3, "worker-0"), (3, 7, "worker-3"), (7, 10, "worker-0")]
 TTL = ["--heartbeat-ttl-s", "3", "--heartbeat-interval-s", "1"]
+# Declared memory, so that losing worker-2 leaves no placement of S1 | S2 | S3 that fits
+# (constraint (4)): tiny Llama, 8 blocks: embedding 81,920 B, block 147,968 B + 256 B/token
+# of KV (160 tokens in the loop's workload: 188,928 B), head 82,176 B. worker-0 holds S1 and
+# S3 (919,808 B) and is nearly full; worker-1 fits 3 blocks, worker-3 two; worker-2: the host's.
+MEMORY = {0: 1_000_000, 1: 600_000, 3: 400_000}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +44,7 @@ def bed(tmp_path_factory):
         workers=4,
         adaptive=True,
         worker_args=["--torch-threads", "1", *TTL],
+        per_worker={i: ["--memory-bytes", str(b)] for i, b in MEMORY.items()},
         orchestrator_args=["--control-interval-floor-s", "0.2", "--drain-deadline-s", "2"],
     )
     try:
@@ -63,10 +71,15 @@ def _restart(proc: ServiceProcess) -> None:
     proc.start().wait_health("SERVING", timeout=60)
 
 
-def test_sigkilled_middle_worker_sessions_replay_onto_a_new_plan(bed):
+def test_sigkilled_middle_worker_sessions_replay_onto_a_resplit_plan(bed):
+    """Worker-2 (S2) is killed. No placement of the same three segments fits the
+    others' memory, so the loop must move the boundaries (split revision): the new
+    plan is logged as a re-split fired by node_down, and the sessions replay onto it."""
     stack, model_dir, prompts, expected = bed
     orch = stack.orchestrator.address
     deploy(orch, "f-kill", model_dir, START)
+    time.sleep(1.5)  # quiet cycles: nothing fires while every node is up
+    assert plan_of(orch, "f-kill").epoch == 1 and not _events(orch, "f-kill")
     traffic = Traffic(orch, "f-kill", prompts).start()
     traffic.at_gate()
     stack.worker_procs[2].kill()
@@ -76,8 +89,21 @@ def test_sigkilled_middle_worker_sessions_replay_onto_a_new_plan(bed):
         check(traffic, expected, "SIGKILL of the worker holding S2")
         plan = plan_of(orch, "f-kill")
         assert plan.epoch > 1 and "worker-2" not in nodes_of(plan)
+        boundaries = [(s.units.start, s.units.end) for s in plan.segments]
+        assert boundaries != [(a, b) for a, b, _ in START]
+        change = next(e for e in _events(orch, "f-kill") if e.outcome != common_pb2.DECISION_OUTCOME_KEEP)
+        assert change.outcome == common_pb2.DECISION_OUTCOME_RESPLIT, change.reason
+        assert any(t.name == "node_down" and t.subject == "worker-2" for t in change.triggers)
     finally:
         stack.worker_procs[2].start().wait_health("SERVING", timeout=60)
+
+
+def _events(orch: str, name: str) -> list[common_pb2.DecisionEvent]:
+    with sync_channel(orch) as channel:
+        reply = orchestrator_pb2_grpc.OrchestratorServiceStub(channel).ListEvents(
+            orchestrator_pb2.ListEventsRequest(deployment=name), timeout=10
+        )
+    return list(reply.events)
 
 
 def test_sigstopped_straggler_is_replaced_and_welcomed_back_without_thrash(bed):

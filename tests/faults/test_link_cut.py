@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from support import emulated_stack, wait_for
+from support import wait_for
 from traffic import NEW_TOKENS, SESSIONS, Traffic, check, deploy, nodes_of, plan_of
 from transformers import AutoModelForCausalLM
 
@@ -20,7 +20,7 @@ from resplit.rpc.probe import grpc_health
 pytestmark = pytest.mark.integration
 
 
-def test_a_cut_link_costs_a_stall_not_a_token(tmp_path):
+def test_a_cut_link_costs_a_stall_not_a_token(emulated_bed, tmp_path):
     model_dir = build_tiny("llama", tmp_path / "llama", num_hidden_layers=8)
     whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = [[5 + i, 40 + 3 * i, 7, 90 + i] for i in range(SESSIONS)]
@@ -30,23 +30,21 @@ def test_a_cut_link_costs_a_stall_not_a_token(tmp_path):
         )[0, len(p) :].tolist()
         for p in prompts
     ]
-    with emulated_stack(("n0", "n1", "n2")) as (testbed, orchestrator):
-        orch = orchestrator.address
-        deploy(orch, "f-cut", model_dir, [(0, 3, "n0"), (3, 7, "n2"), (7, 10, "n0")])
-        traffic = Traffic(orch, "f-cut", prompts).start()
-        traffic.at_gate()
-        n2 = testbed.nodes["n2"]
-        n2.cut()
-        traffic.release()
-        try:
-            traffic.join()
-        finally:
-            n2.restore()
-        check(traffic, expected, "the link of the node holding S2 cut")
-        plan = plan_of(orch, "f-cut")
-        assert "n2" not in nodes_of(plan)
-        wait_for(
-            lambda: grpc_health(f"{n2.address}:50070", timeout_s=1) == "SERVING", 20, 0.2, what="n2 back"
-        )
-        time.sleep(3)
-        assert plan_of(orch, "f-cut").epoch == plan.epoch, "the plan moved again when n2 came back"
+    testbed, orchestrator = emulated_bed
+    orch = orchestrator.address
+    deploy(orch, "f-cut", model_dir, [(0, 3, "n0"), (3, 7, "n2"), (7, 10, "n0")])
+    traffic = Traffic(orch, "f-cut", prompts).start()
+    traffic.at_gate()
+    n2 = testbed.nodes["n2"]
+    n2.cut()
+    traffic.release()
+    try:
+        traffic.join()
+    finally:
+        n2.restore()
+    check(traffic, expected, "the link of the node holding S2 cut")
+    plan = plan_of(orch, "f-cut")
+    assert "n2" not in nodes_of(plan)
+    wait_for(lambda: grpc_health(f"{n2.address}:50070", timeout_s=1) == "SERVING", 20, 0.2, what="n2 back")
+    time.sleep(3)
+    assert plan_of(orch, "f-cut").epoch == plan.epoch, "the plan moved again when n2 came back"

@@ -17,14 +17,23 @@ from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def stack(module_redis):
+    """One orchestrator and two workers for the module; each test uses its own deployment name."""
+    orchestrator = ServiceProcess("orchestrator", module_redis.url).start()
+    workers = [ServiceProcess("worker", module_redis.url, ["--node-id", f"w{i}"]).start() for i in range(2)]
+    try:
+        for proc in (orchestrator, *workers):
+            proc.wait_health("SERVING")
+        yield orchestrator, workers
+    finally:
+        for proc in (orchestrator, *workers):
+            proc.kill()
+
+
 @pytest.fixture
-def stack(redis_server, services):
-    orchestrator = ServiceProcess("orchestrator", redis_server.url).start()
-    workers = [ServiceProcess("worker", redis_server.url, ["--node-id", f"w{i}"]).start() for i in range(2)]
-    services += [orchestrator, *workers]
-    for proc in (orchestrator, *workers):
-        proc.wait_health("SERVING")
-    return orchestrator, workers
+def redis_server(module_redis):
+    return module_redis
 
 
 def _commit(redis_url: str, plan: common_pb2.Plan, route: common_pb2.Route | None = None) -> None:
@@ -40,8 +49,8 @@ def _commit(redis_url: str, plan: common_pb2.Plan, route: common_pb2.Route | Non
     asyncio.run(go())
 
 
-def _plan(epoch: int, *node_ids: str) -> common_pb2.Plan:
-    plan = common_pb2.Plan(deployment="tiny", epoch=epoch)
+def _plan(epoch: int, *node_ids: str, name: str = "tiny") -> common_pb2.Plan:
+    plan = common_pb2.Plan(deployment=name, epoch=epoch)
     plan.segments.add(units=common_pb2.UnitRange(start=0, end=2), node_id=node_ids[0])
     plan.segments.add(units=common_pb2.UnitRange(start=2, end=4), node_id=node_ids[1])
     return plan
@@ -75,10 +84,10 @@ def test_plan_and_route_come_from_redis_and_the_registry(stack, redis_server):
 
 def test_route_to_an_unregistered_node_is_unavailable(stack, redis_server):
     orchestrator, _ = stack
-    _commit(redis_server.url, _plan(1, "w0", "ghost"))
+    _commit(redis_server.url, _plan(1, "w0", "ghost", name="ghostly"))
     with sync_channel(orchestrator.address) as channel, pytest.raises(grpc.RpcError) as info:
         orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetRoute(
-            orchestrator_pb2.GetRouteRequest(deployment="tiny"), timeout=5
+            orchestrator_pb2.GetRouteRequest(deployment="ghostly"), timeout=5
         )
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "'ghost'" in info.value.details() and "not registered" in info.value.details()
@@ -86,23 +95,23 @@ def test_route_to_an_unregistered_node_is_unavailable(stack, redis_server):
 
 def test_watch_route_sends_the_current_route_then_newer_epochs_only(stack, redis_server):
     orchestrator, workers = stack
-    _commit(redis_server.url, _plan(1, "w0", "w1"))
+    _commit(redis_server.url, _plan(1, "w0", "w1", name="watched"))
     received: list[common_pb2.Route] = []
     with sync_channel(orchestrator.address) as channel:
         stream = orchestrator_pb2_grpc.OrchestratorServiceStub(channel).WatchRoute(
-            orchestrator_pb2.WatchRouteRequest(deployment="tiny"), timeout=20
+            orchestrator_pb2.WatchRouteRequest(deployment="watched"), timeout=20
         )
         first = next(stream)
         received.append(first)
 
         def publish() -> None:
-            stale = common_pb2.Route(deployment="tiny", epoch=1)
-            newer = common_pb2.Route(deployment="tiny", epoch=2)
+            stale = common_pb2.Route(deployment="watched", epoch=1)
+            newer = common_pb2.Route(deployment="watched", epoch=2)
             newer.hops.add(
                 units=common_pb2.UnitRange(start=0, end=4), node_id="w1", address=workers[1].address
             )
-            _commit(redis_server.url, _plan(2, "w1", "w1"), stale)
-            _commit(redis_server.url, _plan(3, "w1", "w1"), newer)
+            _commit(redis_server.url, _plan(2, "w1", "w1", name="watched"), stale)
+            _commit(redis_server.url, _plan(3, "w1", "w1", name="watched"), newer)
 
         threading.Thread(target=publish).start()
         received.append(next(stream))
