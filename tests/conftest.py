@@ -65,14 +65,3 @@ def stack() -> Iterator[LocalStack]:
         yield local.start()
     finally:
         local.stop()
-
-
-@pytest.fixture(scope="session")
-def emulated_bed():
-    """Four emulated nodes n0..n3 (n0, n1 trusted; root only), a worker in each, Redis and
-    the control services with the loop on; shared by the modules that need real load and
-    real links. Yields (testbed, orchestrator process)."""
-    from support import emulated_stack
-
-    with emulated_stack(("n0", "n1", "n2", "n3"), cycle=0.5) as bed:
-        yield bed

@@ -31,12 +31,6 @@ TO_WIRE = {
     torch.int32: tensor_pb2.DTYPE_INT32,
 }
 FROM_WIRE = {v: k for k, v in TO_WIRE.items()}
-COMPRESSIONS = {
-    "none": tensor_pb2.COMPRESSION_NONE,
-    "fp16": tensor_pb2.COMPRESSION_FP16,
-    "bf16": tensor_pb2.COMPRESSION_BF16,
-    "int8": tensor_pb2.COMPRESSION_INT8_ABSMAX,
-}
 
 
 class TensorError(ValueError):

@@ -1,20 +1,28 @@
 """Model adapters: a Hugging Face architecture mapped to units and segments.
 
 Adding a family is one small file with a :class:`~resplit.models.base.Family`
-subclass, registered in ``FAMILIES`` below.
+subclass, registered in ``ADAPTERS`` below by the model types it serves.
+Adapters are imported when a model of theirs is first used: each pulls in its
+transformers model classes (BERT's alone cost two seconds), and a worker
+process should not pay for families it never hosts.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from .base import Family, Segment, SegmentInputError, SessionState, StepOutput, num_blocks, num_units
-from .bert import Bert
 from .checkpoint import Checkpoint, CheckpointError
-from .gpt2 import GPT2
-from .rotary import RotaryDecoder
 
-FAMILIES: list[Family] = [RotaryDecoder(), GPT2(), Bert()]
+#: model types -> (module, Family subclass); each class's ``model_types`` must match.
+ADAPTERS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("llama", "qwen2", "qwen3", "mistral"): ("rotary", "RotaryDecoder"),
+    ("gpt2",): ("gpt2", "GPT2"),
+    ("bert",): ("bert", "Bert"),
+}
+_loaded: dict[str, Family] = {}
 
 
 class UnsupportedModelError(ValueError):
@@ -22,10 +30,12 @@ class UnsupportedModelError(ValueError):
 
 
 def family_of(model_type: str) -> Family:
-    for family in FAMILIES:
-        if model_type in family.model_types:
-            return family
-    known = sorted(t for f in FAMILIES for t in f.model_types)
+    for types, (module, name) in ADAPTERS.items():
+        if model_type in types:
+            if module not in _loaded:
+                _loaded[module] = getattr(importlib.import_module(f".{module}", __name__), name)()
+            return _loaded[module]
+    known = sorted(t for types in ADAPTERS for t in types)
     raise UnsupportedModelError(f"model type {model_type!r} is not supported (supported: {', '.join(known)})")
 
 
@@ -53,7 +63,7 @@ def load_segment(
 
 
 __all__ = [
-    "FAMILIES",
+    "ADAPTERS",
     "Checkpoint",
     "CheckpointError",
     "Family",

@@ -16,7 +16,7 @@ import time
 
 import grpc
 
-from resplit.core.tensors import COMPRESSIONS
+from resplit.core.compression import COMPRESSIONS
 from resplit.core.units import PlanError
 from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore

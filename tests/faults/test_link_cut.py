@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
 import torch
-from support import wait_for
+from support import emulated_stack, wait_for
 from traffic import NEW_TOKENS, SESSIONS, Traffic, check, deploy, nodes_of, plan_of
 from transformers import AutoModelForCausalLM
 
@@ -20,7 +21,7 @@ from resplit.rpc.probe import grpc_health
 pytestmark = pytest.mark.integration
 
 
-def test_a_cut_link_costs_a_stall_not_a_token(emulated_bed, tmp_path):
+def test_a_cut_link_costs_a_stall_not_a_token(tmp_path):
     model_dir = build_tiny("llama", tmp_path / "llama", num_hidden_layers=8)
     whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = [[5 + i, 40 + 3 * i, 7, 90 + i] for i in range(SESSIONS)]
@@ -30,21 +31,33 @@ def test_a_cut_link_costs_a_stall_not_a_token(emulated_bed, tmp_path):
         )[0, len(p) :].tolist()
         for p in prompts
     ]
-    testbed, orchestrator = emulated_bed
-    orch = orchestrator.address
-    deploy(orch, "f-cut", model_dir, [(0, 3, "n0"), (3, 7, "n2"), (7, 10, "n0")])
-    traffic = Traffic(orch, "f-cut", prompts).start()
-    traffic.at_gate()
-    n2 = testbed.nodes["n2"]
-    n2.cut()
-    traffic.release()
+    with emulated_stack(("n0", "n1", "n2")) as (testbed, orchestrator):
+        orch = orchestrator.address
+        deploy(orch, "f-cut", model_dir, [(0, 3, "n0"), (3, 7, "n2"), (7, 10, "n0")])
+        traffic = Traffic(orch, "f-cut", prompts).start()
+        traffic.at_gate()
+        n2 = testbed.nodes["n2"]
+        n2.cut()
+        traffic.release()
+        try:
+            traffic.join()
+        finally:
+            n2.restore()
+        check(traffic, expected, "the link of the node holding S2 cut")
+        plan = plan_of(orch, "f-cut")
+        assert "n2" not in nodes_of(plan)
+        wait_for(
+            lambda: grpc_health(f"{n2.address}:50070", timeout_s=1) == "SERVING", 20, 0.2, what="n2 back"
+        )
+        wait_for(lambda: _deployable_on(orch, model_dir, "n2"), 20, 0.5, what="n2 registered and up again")
+        time.sleep(2)
+        assert plan_of(orch, "f-cut").epoch == plan.epoch, "the plan moved again when n2 came back"
+
+
+def _deployable_on(orch: str, model_dir, node: str) -> bool:
+    """The orchestrator accepts a plan with S2 on ``node``: it is registered and up."""
     try:
-        traffic.join()
-    finally:
-        n2.restore()
-    check(traffic, expected, "the link of the node holding S2 cut")
-    plan = plan_of(orch, "f-cut")
-    assert "n2" not in nodes_of(plan)
-    wait_for(lambda: grpc_health(f"{n2.address}:50070", timeout_s=1) == "SERVING", 20, 0.2, what="n2 back")
-    time.sleep(3)
-    assert plan_of(orch, "f-cut").epoch == plan.epoch, "the plan moved again when n2 came back"
+        deploy(orch, "f-cut-back", model_dir, [(0, 3, "n0"), (3, 7, node), (7, 10, "n0")])
+    except grpc.RpcError:
+        return False
+    return True

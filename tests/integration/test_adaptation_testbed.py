@@ -18,7 +18,7 @@ import time
 
 import pytest
 import torch
-from support import ServiceProcess, wait_for
+from support import ServiceProcess, emulated_stack, wait_for
 from transformers import AutoModelForCausalLM
 
 from resplit.models.tiny import build_tiny
@@ -37,10 +37,10 @@ HOG = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"
 
 
 @pytest.fixture(scope="module")
-def bed(emulated_bed, tmp_path_factory):
+def bed(tmp_path_factory):
     model_dir = build_tiny("llama", tmp_path_factory.mktemp("adapt") / "llama", num_hidden_layers=8)
-    testbed, orchestrator = emulated_bed
-    return testbed, orchestrator, model_dir
+    with emulated_stack(NODES, cycle=CYCLE) as (testbed, orchestrator):
+        yield testbed, orchestrator, model_dir
 
 
 def _call(orchestrator: ServiceProcess, method: str, request):

@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from resplit.core.compression import COMPRESSIONS
 from resplit.core.privacy import check_placement
-from resplit.core.tensors import COMPRESSIONS
 from resplit.core.units import PlanError, check_segments, route_of
 from resplit.v1 import broadcaster_pb2, common_pb2, worker_pb2
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from resplit.core.compression import COMPRESSIONS
 from resplit.core.emulation import EmulatedDevice
-from resplit.core.tensors import COMPRESSIONS
 from resplit.models import (
     Checkpoint,
     CheckpointError,
