@@ -320,8 +320,47 @@ def emulated_stack(names=("n0", "n1", "n2", "n3"), trusted=2, cycle: float = 0.5
             for node in testbed.nodes.values():
                 target = f"{node.address}:{port}"
                 wait_for(lambda t=target: grpc_health(t, timeout_s=1) == "SERVING", 60, 0.2, target)
+            _warm_up(control[-1].address, list(names), cycle)
             yield testbed, control[-1]
         finally:
             for proc in control:
                 proc.kill()
             redis_server.stop()
+
+
+def _warm_up(orchestrator: str, names: list[str], cycle: float) -> None:
+    """Load and run a tiny model on every node once, under a policy that never fires:
+    a worker imports its model code on first use, and that CPU burst inside a one-core
+    node must not be what the tests' control loop reacts to."""
+    import tempfile
+
+    from resplit.models.tiny import build_tiny
+    from resplit.rpc.channels import sync_channel
+    from resplit.sdk import Client, Sampling
+    from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+    model_dir = build_tiny("llama", Path(tempfile.mkdtemp(prefix="warm-")) / "llama", num_hidden_layers=8)
+    middle = names[2:]
+    cuts = [3 + round(i * 4 / len(middle)) for i in range(len(middle) + 1)]
+    segments = [
+        (0, 3, names[0]),
+        *((a, b, n) for a, b, n in zip(cuts, cuts[1:], middle, strict=False)),
+        (7, 10, names[1]),
+    ]
+    policy = common_pb2.Policy(
+        alpha=1.0,
+        thresholds=common_pb2.Thresholds(l_max_ms=1e12, u_max=1e9, b_min_mbps=0, t_cool_s=1e9),
+        interval_s=cycle,
+    )
+    spec = common_pb2.Deployment(name="warm-up", model_dir=str(model_dir), policy=policy)
+    request = orchestrator_pb2.DeployRequest(
+        deployment=spec,
+        segments=[
+            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n) for a, b, n in segments
+        ],
+    )
+    with sync_channel(orchestrator) as channel:
+        orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=120)
+    with Client(orchestrator) as client:
+        list(client.generate_ids([5, 6, 7], client.route("warm-up"), Sampling(2)))
+    time.sleep(4 * cycle)  # the burst leaves the utilization estimates

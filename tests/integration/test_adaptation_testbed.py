@@ -115,7 +115,7 @@ def test_cpu_hog_on_the_middle_node_migrates_it_while_a_session_generates(bed):
     reader.join(60)
     assert _middle(plan) != "n2"
     assert [(s.units.start, s.units.end) for s in plan.segments] == [(a, b) for a, b, _ in START]
-    change = _changes(orchestrator, "hogged")[0]
+    change = wait_for(lambda: _changes(orchestrator, "hogged"), 10, 0.1, what="the change's event")[0]
     assert change.outcome == common_pb2.DECISION_OUTCOME_MIGRATE
     assert any(t.name == "utilization" and t.subject == "n2" and t.value > 0.85 for t in change.triggers)
     assert not errors, errors
@@ -139,7 +139,7 @@ def test_a_link_throttled_below_b_min_moves_the_segment_off_it(bed):
     finally:
         n3.shape()
     assert _middle(plan) != "n3"
-    change = _changes(orchestrator, "throttled")[0]
+    change = wait_for(lambda: _changes(orchestrator, "throttled"), 10, 0.1, what="the change's event")[0]
     bandwidth = [t for t in change.triggers if t.name == "bandwidth"]
     assert bandwidth and all(t.value < 50 and "n3" in t.subject for t in bandwidth), change.triggers
     print(f"n3 throttled to 20 Mbit/s -> S2 moved to {_middle(plan)} {took:.1f} s later")
