@@ -80,33 +80,38 @@ def test_16_sessions_through_5_reconfigurations_lose_nothing_and_change_no_token
     stack.deploy("moving", models["llama"], START)
     prompts = _prompts(SESSIONS)
     expected = _reference(models["llama"], prompts, NEW_TOKENS)
-    produced = [0]
     epochs = []
+    every = 6  # a session pauses after every 6th token until the next plan is committed
 
     async def main():
         async with AsyncClient(stack.orchestrator.address) as client:
             route = await client.route("moving")
             exchanges = [GenerateExchange(route, p, Sampling(max_new_tokens=NEW_TOKENS)) for p in prompts]
-
             progress = asyncio.Condition()
+            reached = [0] * len(RECONFIGURATIONS)
+            committed = [asyncio.Event() for _ in RECONFIGURATIONS]
 
             async def session(exchange):
+                """Generates; at tokens 6, 12, ... 30 it waits for reconfiguration 1..5, so every
+                session is mid-generation at every switch, whatever the machine's speed."""
                 tokens = []
                 async for token in client._run(exchange):
                     tokens.append(token.token_id)
-                    async with progress:
-                        produced[0] += 1
-                        progress.notify_all()
+                    gate = len(tokens) // every - 1
+                    if len(tokens) % every == 0 and 0 <= gate < len(RECONFIGURATIONS):
+                        async with progress:
+                            reached[gate] += 1
+                            progress.notify_all()
+                        await committed[gate].wait()
                 return tokens
 
             async def reconfigure():
                 for i, segments in enumerate(RECONFIGURATIONS):
-                    async with progress:  # roll out every 1/8 of all tokens
-                        await progress.wait_for(
-                            lambda i=i: produced[0] >= (i + 1) * SESSIONS * NEW_TOKENS // 8
-                        )
+                    async with progress:
+                        await progress.wait_for(lambda i=i: reached[i] == SESSIONS)
                     answer = await asyncio.to_thread(stack.rollout, make_plan("moving", segments))
                     epochs.append(answer.committed.epoch)
+                    committed[i].set()
 
             results = await asyncio.gather(*(session(e) for e in exchanges), reconfigure())
             return results[:SESSIONS], exchanges
@@ -117,9 +122,7 @@ def test_16_sessions_through_5_reconfigurations_lose_nothing_and_change_no_token
         assert got == want, f"prompt {prompt}"
     assert all(e.replays == 0 for e in exchanges), "every crossing moved the cache, none replayed"
     crossings = sum(e.migrations for e in exchanges)
-    assert crossings >= SESSIONS, (
-        f"only {crossings} crossings: the sessions finished before the reconfigurations"
-    )
+    assert all(e.migrations == len(RECONFIGURATIONS) for e in exchanges), [e.migrations for e in exchanges]
     assert _migrated_on_workers(stack) >= crossings  # every crossing moved at least one segment's cache
 
 
