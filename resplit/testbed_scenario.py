@@ -25,16 +25,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from .core.devices import known, lookup
-from .scenario import ScenarioError, _describe
-
-NodeId = str
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from .scenario import NodeId, ScenarioError, _describe, _Strict
+from .scenario import SegmentSpec as Placement
 
 
 class ModelRef(_Strict):
@@ -134,11 +129,6 @@ class TestbedPolicy(_Strict):
     interval_s: float = Field(1.0, gt=0)
     #: The latency a request must meet to count as attained (per token, ms).
     sla_ms: float = Field(150.0, gt=0)
-
-
-class Placement(_Strict):
-    units: tuple[int, int]
-    node: NodeId
 
 
 class Control(_Strict):
