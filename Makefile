@@ -57,8 +57,10 @@ demo: setup
 certs: $(STAMP)
 	$(BIN)/resplit certs certs --readable-keys
 
+# Every benchmark under bench/ (but the paper sweep) and the testbed's quick scenario
+# (root), one at a time; their tables collected in results/BENCHMARKS.md (~15 min on 2 cores).
 bench: setup
-	@for script in $(filter-out bench/paper.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	$(BIN)/python tools/bench_report.py
 
 # The paper's Table II and Fig. 3 on the emulated testbed (root; about 15 min on 2 cores):
 # results/paper/table2.md and results/paper/latency_vs_bandwidth.png.

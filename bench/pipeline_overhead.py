@@ -1,17 +1,21 @@
 """Per-token cost of running a model split over three worker processes.
 
 Builds a random Llama sized so that whole-model decode takes 20-50 ms per
-token on this CPU (hidden 1024, 12 blocks, ~136 M parameters, fp32), then in
-the same run and alternating rounds:
+token on the 2-core development machine (hidden 1024, 12 blocks, ~133 M
+parameters, fp32), then, alternating in every round:
 
 * whole: transformers runs the whole model in this process (KV cache, greedy);
 * split: `resplit up` starts Redis, the services and three workers; the model
   is deployed as S1 | S2 | S3 on worker-0 | worker-1 | worker-2 and the SDK
-  streams greedy tokens over loopback gRPC.
+  streams greedy tokens over loopback gRPC, with the first hop running the
+  decode loop (the default) and, for comparison, with the client sending
+  every step (``server_loop=False``).
 
-Prints decode latency (median ms/token), the split/whole ratio (target <=
-1.10), the overhead per network hop, and prefill throughput for a 128-token
-prompt. Usage: python bench/pipeline_overhead.py [--tokens 40] [--rounds 3]
+The ratio is the median over rounds of (split median / whole median) within
+a round, so drift of a shared machine's speed between rounds cancels out; the
+range over rounds is printed next to it. Also printed: the overhead per token
+and per network hop, and prefill throughput for a 128-token prompt.
+Usage: python bench/pipeline_overhead.py [--tokens 20] [--rounds 12] [--secure]
 """
 
 from __future__ import annotations
@@ -59,10 +63,15 @@ def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[fl
     return got[0].latency_s, [t.latency_s for t in got[1:]], [t.token_id for t in got]
 
 
+def ratio_cell(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--secure", action="store_true", help="mutual TLS on every hop (default: plaintext)")
     args = parser.parse_args()
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
@@ -74,7 +83,8 @@ def main() -> None:
     prefill_prompt = [5 + (i * 13) % 300 for i in range(128)]
     with console.status("starting the stack"):
         # All three trusted, so the head may sit on worker-2: three distinct processes.
-        stack = stack_mod.up(work / "stack", workers=3, trusted=3)
+        # Plaintext by default: loopback, and the ratio is about the data path, not TLS.
+        stack = stack_mod.up(work / "stack", workers=3, trusted=3, secure=args.secure)
     try:
         segments = [(0, 5, "worker-0"), (5, 10, "worker-1"), (10, 14, "worker-2")]
         spec = common_pb2.Deployment(name="bench", model_dir=str(model_dir))
@@ -87,43 +97,72 @@ def main() -> None:
         )
         with sync_channel(stack.by_name("orchestrator").address) as channel:
             orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=600)
-        results = {"whole": {"decode": [], "prefill": []}, "split": {"decode": [], "prefill": []}}
-        with Client(stack.by_name("orchestrator").address) as client:
-            route = client.route("bench")
-            split_run(client, route, decode_prompt, 4)  # warm-up
-            whole_run(model, decode_prompt, 4)
+        modes = ("whole", "split", "stepped")
+        decode = {m: [] for m in modes}  # per round: that round's per-token latencies
+        prefill = {m: [] for m in modes}
+        address = stack.by_name("orchestrator").address
+        with Client(address) as looping, Client(address, server_loop=False) as stepped:
+            route = looping.route("bench")
+            runs = {
+                "whole": lambda prompt, n: whole_run(model, prompt, n),
+                "split": lambda prompt, n: split_run(looping, route, prompt, n),
+                "stepped": lambda prompt, n: split_run(stepped, route, prompt, n),
+            }
+            for run in runs.values():  # warm-up
+                run(decode_prompt, 4)
             for _ in range(args.rounds):
-                _, steps, whole_ids = whole_run(model, decode_prompt, args.tokens)
-                results["whole"]["decode"] += steps
-                _, steps, split_ids = split_run(client, route, decode_prompt, args.tokens)
-                results["split"]["decode"] += steps
-                if split_ids != whole_ids:
+                ids = {}
+                for mode, run in runs.items():
+                    _, steps, ids[mode] = run(decode_prompt, args.tokens)
+                    decode[mode].append(steps)
+                if not ids["whole"] == ids["split"] == ids["stepped"]:
                     raise SystemExit("split and whole model generated different tokens")
-                results["whole"]["prefill"].append(whole_run(model, prefill_prompt, 1)[0])
-                results["split"]["prefill"].append(split_run(client, route, prefill_prompt, 1)[0])
+                for mode, run in runs.items():
+                    prefill[mode].append(run(prefill_prompt, 1)[0])
             ping = _ping(route)
     finally:
         stack_mod.down(work / "stack")
-    whole = statistics.median(results["whole"]["decode"]) * 1e3
-    split = statistics.median(results["split"]["decode"]) * 1e3
-    hops = 3  # client -> worker-0 -> worker-1 -> worker-2 (replies come back the same way)
+    medians = {m: [statistics.median(r) * 1e3 for r in decode[m]] for m in modes}
+    ratios = {m: [s / w for s, w in zip(medians[m], medians["whole"], strict=True)] for m in modes}
+    whole = statistics.median(medians["whole"])
+    hops = 3  # client -> worker-0 -> worker-1 -> worker-2 (the token comes back the same way)
     table = Table(title=f"3-segment split vs whole model, {params / 1e6:.0f} M-parameter Llama (fp32, CPU)")
-    for column in ("metric", "whole (1 process)", "split (3 workers)", "split / whole"):
+    for column in ("metric", "whole (1 process)", "split (3 workers)", "split, client-stepped"):
         table.add_column(column)
-    table.add_row("decode, median ms/token", f"{whole:.2f}", f"{split:.2f}", f"{split / whole:.3f}")
-    pre_whole = len(prefill_prompt) / statistics.median(results["whole"]["prefill"])
-    pre_split = len(prefill_prompt) / statistics.median(results["split"]["prefill"])
+    table.add_row(
+        "decode, median ms/token",
+        f"{whole:.2f}",
+        f"{statistics.median(medians['split']):.2f}",
+        f"{statistics.median(medians['stepped']):.2f}",
+    )
+    table.add_row(
+        "split / whole, median of rounds (range)",
+        "1",
+        ratio_cell(ratios["split"]),
+        ratio_cell(ratios["stepped"]),
+    )
+    overhead = {
+        m: statistics.median(a - b for a, b in zip(medians[m], medians["whole"], strict=True)) for m in modes
+    }
+    table.add_row("overhead per token, ms", "", f"{overhead['split']:.2f}", f"{overhead['stepped']:.2f}")
+    table.add_row(
+        f"overhead per network hop ({hops} hops), ms",
+        "",
+        f"{overhead['split'] / hops:.2f}",
+        f"{overhead['stepped'] / hops:.2f}",
+    )
+    rates = {m: len(prefill_prompt) / statistics.median(prefill[m]) for m in modes}
     table.add_row(
         "prefill (128 tokens), tokens/s",
-        f"{pre_whole:.0f}",
-        f"{pre_split:.0f}",
-        f"{pre_split / pre_whole:.3f}",
+        f"{rates['whole']:.0f}",
+        f"{rates['split']:.0f} ({rates['split'] / rates['whole']:.2f}x)",
+        f"{rates['stepped']:.0f} ({rates['stepped'] / rates['whole']:.2f}x)",
     )
-    table.add_row("overhead per network hop, ms", "", f"{(split - whole) / hops:.2f}", "")
-    table.add_row("gRPC Ping round trip, median ms", "", f"{ping:.2f}", "")
+    table.add_row("gRPC Ping round trip to worker-1, median ms", "", f"{ping:.2f}", "")
     console.print(table)
     console.print(
-        f"{args.rounds} rounds x {args.tokens} tokens; same greedy tokens in both runs; target ratio <= 1.10"
+        f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}; "
+        "the same greedy tokens in every run; target ratio <= 1.10"
     )
 
 

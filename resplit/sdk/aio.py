@@ -46,8 +46,9 @@ class AsyncClient:
         recoveries: int = 8,
         move_cache: bool = True,
         step_timeout_s: float = 60.0,
+        server_loop: bool = True,
     ) -> None:
-        """``monitor``, ``recoveries``: as for :class:`resplit.Client`."""
+        """Every option as for :class:`resplit.Client`."""
         self.orchestrator = orchestrator
         #: TLS material and token of this client; None: the process default
         #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
@@ -57,6 +58,7 @@ class AsyncClient:
         self.recoveries = recoveries
         self.move_cache = move_cache
         self.step_timeout_s = step_timeout_s
+        self.server_loop = server_loop
         self._route_checked = 0.0
         self._reports: set[asyncio.Task] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -231,7 +233,9 @@ class AsyncClient:
         sampling: Sampling | None = None,
         return_logits: bool = False,
     ) -> AsyncIterator[GeneratedToken]:
-        exchange = GenerateExchange(route, list(prompt_ids), sampling or Sampling(), return_logits)
+        exchange = GenerateExchange(
+            route, list(prompt_ids), sampling or Sampling(), return_logits, server_loop=self.server_loop
+        )
         started, tokens = time.perf_counter(), 0
         async for token in self._run(exchange):
             tokens += 1

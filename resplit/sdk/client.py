@@ -58,13 +58,17 @@ class Client:
         recoveries: int = 8,
         move_cache: bool = True,
         step_timeout_s: float = 60.0,
+        server_loop: bool = True,
     ) -> None:
         """``monitor``: host:port of the monitor; when set, each finished request's
         end-to-end latency is reported to it (fire and forget, never an error here).
         ``recoveries``: how many failures one session survives by replaying.
         ``move_cache``: on a route change, move the session's KV cache to the new hops
         (default); False rebuilds it there by replaying the token history instead.
-        ``step_timeout_s``: a step unanswered this long counts as a lost hop (0: wait forever)."""
+        ``step_timeout_s``: a step unanswered this long counts as a lost hop (0: wait forever).
+        ``server_loop``: the first hop feeds each token back as the next step itself (one
+        round trip less per token); False sends every step from here, so a consumer that
+        stops reading also stops the session's compute."""
         self.orchestrator = orchestrator
         #: TLS material and token of this client; None: the process default
         #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
@@ -74,6 +78,7 @@ class Client:
         self.recoveries = recoveries
         self.move_cache = move_cache
         self.step_timeout_s = step_timeout_s
+        self.server_loop = server_loop
         self._route_checked = 0.0
         self._reports: list[grpc.Future] = []
         self._channels: dict[str, grpc.Channel] = {}
@@ -188,7 +193,7 @@ class Client:
                     if route is not None:
                         moving = True
                         return call, route
-                call.send(following)
+                call.send(following, awaiting=True)
             raise ExchangeError("the first hop ended the session before its last token")
         finally:
             if not moving:
@@ -204,7 +209,9 @@ class Client:
         return_logits: bool = False,
     ) -> Iterator[GeneratedToken]:
         """Generate from token ids along an explicit route."""
-        exchange = GenerateExchange(route, list(prompt_ids), sampling or Sampling(), return_logits)
+        exchange = GenerateExchange(
+            route, list(prompt_ids), sampling or Sampling(), return_logits, server_loop=self.server_loop
+        )
         started, tokens = time.perf_counter(), 0
         for token in self._run(exchange):
             tokens += 1
@@ -308,8 +315,11 @@ class _Call:
                 ) from None
             raise
 
-    def send(self, messages: list) -> None:
-        if any(m.HasField("tokens") for m in messages):
+    def send(self, messages: list, awaiting: bool = False) -> None:
+        """Queue ``messages``; the step clock starts when a step is sent or, with
+        ``awaiting``, when the caller is ready for the next reply (the server loop's
+        steps are sent by the first hop, not from here)."""
+        if awaiting or any(m.HasField("tokens") for m in messages):
             self._pending = time.monotonic()
         for message in messages:
             self._outbox.put(message)

@@ -96,11 +96,14 @@ class GenerateExchange:
     prompt_ids: Sequence[int]
     sampling: Sampling
     return_logits: bool = False
+    #: The first hop runs the decode loop (one round trip less per token); False:
+    #: the client sends every step, so a consumer that pauses pauses the session.
+    server_loop: bool = True
     session_id: str = field(default_factory=new_session_id)
     step: int = 0
     #: Tokens generated so far (the last one is not yet in any cache).
     generated: list[int] = field(default_factory=list)
-    #: The newest epoch a hop has reported for this deployment.
+    #: The newest epoch a hop reported with the last token.
     latest_epoch: int = 0
     #: How many times the session crossed to a new epoch, by cache move and by replay.
     migrations: int = 0
@@ -115,6 +118,7 @@ class GenerateExchange:
             worker_pb2.TASK_GENERATE,
             sampling=self.sampling.to_proto(),
             return_logits=self.return_logits,
+            server_loop=self.server_loop,
             **resume,
         )
 
@@ -125,7 +129,8 @@ class GenerateExchange:
         return [self._open(), worker_pb2.ForwardRequest(tokens=tokens)]
 
     def moved(self) -> bool:
-        """A hop knows a newer epoch than the one this session runs on."""
+        """The last token reports a newer epoch than the one this session runs on (the
+        first hop's server loop stops at exactly such a token, so the session can move)."""
         return self.latest_epoch > self.route.epoch
 
     def migrate(self, route: common_pb2.Route) -> list[worker_pb2.ForwardRequest]:
@@ -189,11 +194,13 @@ class GenerateExchange:
             epoch=self.route.epoch,
         )
         self._pending_logits = None
-        self.latest_epoch = max(self.latest_epoch, out.latest_epoch)
+        self.latest_epoch = out.latest_epoch
         self.generated.append(token.token_id)
         if out.finished:
             return token, [self.closing()], True
         self.step += 1
+        if self.server_loop and not self.moved():
+            return token, [], False  # the first hop runs this step itself
         nxt = worker_pb2.TokenInput(step=self.step, input_ids=[token.token_id], rows=1)
         return token, [worker_pb2.ForwardRequest(tokens=nxt)], False
 

@@ -35,7 +35,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "units", "return_logits", "start_step", "generated", "context_tokens", "migrate_from", "migrate_epoch")
+    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "units", "return_logits", "start_step", "generated", "context_tokens", "migrate_from", "migrate_epoch", "server_loop")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class OpenSession(_message.Message):
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_FROM_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SERVER_LOOP_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     deployment: str
     epoch: int
@@ -62,7 +63,8 @@ class OpenSession(_message.Message):
     context_tokens: int
     migrate_from: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hop]
     migrate_epoch: int
-    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., return_logits: _Optional[bool] = ..., start_step: _Optional[int] = ..., generated: _Optional[int] = ..., context_tokens: _Optional[int] = ..., migrate_from: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., migrate_epoch: _Optional[int] = ...) -> None: ...
+    server_loop: bool
+    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., return_logits: _Optional[bool] = ..., start_step: _Optional[int] = ..., generated: _Optional[int] = ..., context_tokens: _Optional[int] = ..., migrate_from: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., migrate_epoch: _Optional[int] = ..., server_loop: _Optional[bool] = ...) -> None: ...
 
 class TokenInput(_message.Message):
     __slots__ = ("step", "input_ids", "attention_mask", "rows")

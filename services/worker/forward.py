@@ -12,6 +12,10 @@ A session may open mid-generation on a new epoch (``start_step`` > 0): with
 migration.py), otherwise the next step replays the whole token history.
 Every token carries the newest epoch any hop on the way knows of, which is
 how a client learns, at a token boundary, that its route has changed.
+
+With ``server_loop`` the first hop feeds each token back as the next step
+itself (see :func:`fed_back`): the client only reads, which saves one
+client round trip per token.
 """
 
 from __future__ import annotations
@@ -71,6 +75,26 @@ def _add(assembler: Assembler, chunk) -> bool:
         raise errors.BadInput(str(exc)) from None
 
 
+def fed_back(
+    session: Session, request: worker_pb2.ForwardRequest, token: worker_pb2.TokenOutput | None
+) -> worker_pb2.ForwardRequest | None:
+    """The server loop's next step on the first hop: the token just passed up, as input.
+
+    None (wait for the client) after a step that did not come as tokens from the
+    client, when the session finished, or when the token reports a newer epoch:
+    the client moves the session at exactly that token, and the cache it pulls
+    must not have run ahead. The client decides from the same token, so both
+    ends agree on where the loop stopped.
+    """
+    if token is None or token.finished or not request.HasField("tokens"):
+        return None
+    if token.latest_epoch > session.hosted.epoch:
+        return None
+    return worker_pb2.ForwardRequest(
+        tokens=worker_pb2.TokenInput(step=token.step + 1, input_ids=[token.token_id], rows=1)
+    )
+
+
 def status_of(exc: errors.WorkerError) -> grpc.StatusCode:
     for cls, code in STATUS.items():
         if isinstance(exc, cls):
@@ -86,7 +110,7 @@ class ForwardHandler:
         hosting: Hosting,
         sessions: SessionTable,
         channels: Channels,
-        compute: Callable[[Callable[[], Any], str], Any],
+        compute: Callable[[Callable[[], Any], str, bool], Any],
         chunk_bytes: int,
         migrator: Migrator,
         *,
@@ -133,12 +157,19 @@ class ForwardHandler:
             yield worker_pb2.ForwardResponse(
                 opened=worker_pb2.SessionOpened(session_id=session.session_id, epoch=session.hosted.epoch)
             )
+            server_loop = first.open.server_loop and session.hosted.generative
+            request: worker_pb2.ForwardRequest | None = None
             while True:
-                request = await self._next(requests)
-                if request is None or request.HasField("close"):
-                    return
+                if request is None:
+                    request = await self._next(requests)
+                    if request is None or request.HasField("close"):
+                        return
+                token = None
                 async for reply in self._step(session, downstream, request, requests):
+                    if reply.HasField("token"):
+                        token = reply.token
                     yield reply
+                request = fed_back(session, request, token) if server_loop else None
         except errors.WorkerError as exc:
             await context.abort(status_of(exc), str(exc))
         except HopError as exc:
@@ -282,6 +313,9 @@ class ForwardHandler:
         output = await self.compute(
             lambda: hosted.segment.step(session.state, input_ids=ids, hidden=hidden, attention_mask=mask),
             f"{hosted.start}-{hosted.end}",
+            # A decode step of the only session here may run on the event loop: nothing
+            # else is waiting for it, and the thread handoff costs more than the step's I/O.
+            tokens == 1 and len(self.sessions) == 1,
         )
         if downstream is not None:
             mask_list = [] if mask is None else mask.flatten().tolist()

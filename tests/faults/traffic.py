@@ -52,7 +52,8 @@ class Traffic:
         async with AsyncClient(self.orchestrator, step_timeout_s=3.0, recoveries=20) as client:
             route = await client.route(self.deployment)
             self.exchanges = [
-                GenerateExchange(route, p, Sampling(max_new_tokens=self.new_tokens)) for p in self.prompts
+                GenerateExchange(route, p, Sampling(max_new_tokens=self.new_tokens), server_loop=False)
+                for p in self.prompts
             ]
             self.tokens = [[] for _ in self.prompts]
             await asyncio.gather(*(self._session(client, i) for i in range(len(self.prompts))))

@@ -86,7 +86,10 @@ def test_16_sessions_through_5_reconfigurations_lose_nothing_and_change_no_token
     async def main():
         async with AsyncClient(stack.orchestrator.address) as client:
             route = await client.route("moving")
-            exchanges = [GenerateExchange(route, p, Sampling(max_new_tokens=NEW_TOKENS)) for p in prompts]
+            exchanges = [
+                GenerateExchange(route, p, Sampling(max_new_tokens=NEW_TOKENS), server_loop=False)
+                for p in prompts
+            ]
             progress = asyncio.Condition()
             reached = [0] * len(RECONFIGURATIONS)
             committed = [asyncio.Event() for _ in RECONFIGURATIONS]
@@ -141,7 +144,9 @@ def test_sliding_window_layers_migrate_with_more_context_than_their_window(stack
     stack.deploy("sliding", models["sliding"], START)
     prompt = _prompts(1)[0] * 3
     with Client(stack.orchestrator.address) as client:
-        exchange = GenerateExchange(client.route("sliding"), prompt, Sampling(max_new_tokens=40))
+        exchange = GenerateExchange(
+            client.route("sliding"), prompt, Sampling(max_new_tokens=40), server_loop=False
+        )
     plans = [RECONFIGURATIONS[1], RECONFIGURATIONS[3]]
     tokens = _drive_with_rollouts(stack, "sliding", exchange, plans, every=12)
     assert tokens == _reference(models["sliding"], [prompt], 40)[0]
@@ -156,7 +161,7 @@ def test_seeded_sampling_draws_the_same_tokens_across_a_migration(stack, models)
         still = [
             t.token_id for t in client.generate_ids(prompt, client.route("seeded"), Sampling(**sampling))
         ]
-        exchange = GenerateExchange(client.route("seeded"), prompt, Sampling(**sampling))
+        exchange = GenerateExchange(client.route("seeded"), prompt, Sampling(**sampling), server_loop=False)
     plans = [RECONFIGURATIONS[0], RECONFIGURATIONS[1]]
     moved = _drive_with_rollouts(stack, "seeded", exchange, plans, every=10)
     assert moved == still
@@ -198,7 +203,9 @@ def test_replay_rebuilds_a_session_whose_old_hop_died(stack, models):
     prompt = _prompts(2)[1]
     expected = _reference(models["llama"], [prompt], 30)[0]
     with Client(stack.orchestrator.address) as client:
-        exchange = GenerateExchange(client.route("orphan"), prompt, Sampling(max_new_tokens=30))
+        exchange = GenerateExchange(
+            client.route("orphan"), prompt, Sampling(max_new_tokens=30), server_loop=False
+        )
         tokens, stream = [], client._run(exchange)
         for token in stream:
             tokens.append(token.token_id)
@@ -210,3 +217,33 @@ def test_replay_rebuilds_a_session_whose_old_hop_died(stack, models):
     stack.worker_procs[3].start().wait_health("SERVING", timeout=60)  # the stack is shared
     assert tokens == expected
     assert exchange.replays == 1 and exchange.migrations == 1  # the move was tried, then replayed
+
+
+def test_a_server_loop_session_stops_at_the_new_epoch_and_moves_its_cache(stack, models):
+    """The first hop runs the decode loop itself (the client only reads): when a plan
+    commits mid-session, the loop stops at the first token that names the new epoch,
+    the client moves the cache there, and the new first hop loops again."""
+    stack.deploy("looping", models["llama"], START)
+    prompt, new_tokens = [9, 10, 11, 12], 480  # long enough to outlast a rollout
+    expected = _reference(models["llama"], [prompt], new_tokens)[0]
+    started, committed = threading.Event(), threading.Event()
+
+    def roll_out():
+        started.wait(60)
+        stack.rollout(make_plan("looping", RECONFIGURATIONS[0]))
+        committed.set()
+
+    thread = threading.Thread(target=roll_out)
+    thread.start()
+    tokens, after_commit = [], 0
+    with Client(stack.orchestrator.address) as client:
+        exchange = GenerateExchange(client.route("looping"), prompt, Sampling(max_new_tokens=new_tokens))
+        assert exchange.server_loop  # the default
+        for token in client._run(exchange):
+            tokens.append(token.token_id)
+            started.set()
+            after_commit += committed.is_set()
+    thread.join(60)
+    assert after_commit > 0, "the session ended before the rollout committed: nothing was tested"
+    assert tokens == expected
+    assert exchange.migrations == 1 and exchange.replays == 0

@@ -163,7 +163,7 @@ def test_token_limit_answers_resource_exhausted_and_frees_the_session(limited):
 def test_idle_session_answers_deadline_exceeded_and_frees_the_session(limited):
     with Client(limited.orchestrator.address) as client:
         route = client.route("limited")
-        session = client._run(GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5)))
+        session = client._run(GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5), server_loop=False))
         next(session)
         time.sleep(1.6)
         with pytest.raises(grpc.RpcError) as info:
