@@ -118,7 +118,9 @@ def run_one(stack, model_dir: Path, context: int, mode: str, reference: list[int
     prompt = [4 + (i * 37) % 300 for i in range(context)]
     row: dict = {"context": context, "mode": mode}
     tokens = []
-    with Client(orchestrator, move_cache=mode == "kv") as client:
+    # Client-stepped: the session waits at token SWITCH_AT while the plan changes under it
+    # (with the server loop the first hop would run on to the end meanwhile).
+    with Client(orchestrator, move_cache=mode == "kv", server_loop=False) as client:
         route = client.route(name)
         for token in client.generate_ids(prompt, route, Sampling(max_new_tokens=NEW_TOKENS)):
             tokens.append(token)

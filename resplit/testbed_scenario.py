@@ -32,11 +32,29 @@ from .scenario import NodeId, ScenarioError, _describe, _Strict
 from .scenario import SegmentSpec as Placement
 
 
+class TinyModel(_Strict):
+    """A small random model built on this machine (resplit.models.tiny), for nodes that
+    really compute on the host CPU: nothing is downloaded, the same seed gives the same
+    weights. ``config`` overrides the family's tiny defaults (hidden_size, layers, ...)."""
+
+    family: Literal["llama", "qwen2", "qwen2-sliding", "mistral", "gpt2"]
+    seed: int = Field(0, ge=0)
+    config: dict[str, int | float | bool | str] = {}
+
+
 class ModelRef(_Strict):
     #: A Hugging Face model directory (only config.json is read by emulated workers),
-    #: relative to the scenario file.
-    dir: str
+    #: relative to the scenario file ...
+    dir: str | None = None
+    #: ... or a tiny model built into the run's results folder before the run.
+    tiny: TinyModel | None = None
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if (self.dir is None) == (self.tiny is None):
+            raise ValueError("give exactly one of dir (a model directory) and tiny (a model built here)")
+        return self
 
 
 class TestbedNode(_Strict):
@@ -191,7 +209,11 @@ class TestbedScenario(_Strict):
         return self
 
     def model_dir(self, base: Path) -> Path:
-        path = Path(self.model.dir)
+        """Where the model is: its directory, or for ``tiny`` where the run builds it
+        (``base`` is then the results folder)."""
+        if self.model.tiny is not None:
+            return base / "model"
+        path = Path(self.model.dir or "")
         return path if path.is_absolute() else base / path
 
 
@@ -234,6 +256,6 @@ def load(path: Path, overrides: dict | None = None) -> TestbedScenario:
     except ValidationError as exc:
         raise ScenarioError(f"{path}: {_describe(exc)}") from None
     model_dir = scenario.model_dir(Path(path).parent)
-    if not (model_dir / "config.json").is_file():
+    if scenario.model.tiny is None and not (model_dir / "config.json").is_file():
         raise ScenarioError(f"{path}: model.dir: no config.json in {model_dir}")
     return scenario

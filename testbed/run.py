@@ -150,7 +150,8 @@ class Runner:
         on_progress: Callable[[float, int, int], None] = lambda t, done, failed: None,
     ) -> None:
         self.scenario = scenario
-        self.model_dir = scenario.model_dir(base).resolve()
+        tiny = scenario.model.tiny is not None
+        self.model_dir = scenario.model_dir(out_dir if tiny else base).resolve()
         self.out_dir = out_dir
         self.on_progress = on_progress
         self.notes: list[str] = []
@@ -289,6 +290,11 @@ class Runner:
         if self.load_dir.exists():
             shutil.rmtree(self.load_dir)
         self.load_dir.mkdir()
+        tiny = s.model.tiny
+        if tiny is not None:  # real compute on the host CPU: a small model built here
+            from resplit.models.tiny import build_tiny
+
+            build_tiny(tiny.family, self.model_dir, seed=tiny.seed, **tiny.config)
         from transformers import AutoConfig
 
         vocab = int(AutoConfig.from_pretrained(self.model_dir, local_files_only=True).vocab_size)

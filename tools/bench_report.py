@@ -24,7 +24,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -47,7 +47,6 @@ class Outcome:
     stdout: str = ""
     stderr_tail: str = ""
     note: str = ""
-    extra: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -57,12 +56,13 @@ class Outcome:
 
 
 def first_line(script: Path) -> str:
-    """The first line of the script's docstring: what it measures."""
+    """The first paragraph of the script's docstring, on one line: what it measures."""
     text = script.read_text()
     start = text.find('"""')
     if start < 0:
         return ""
-    return text[start + 3 :].split("\n", 1)[0].strip()
+    paragraph = text[start + 3 :].split("\n\n", 1)[0].split('"""', 1)[0]
+    return " ".join(paragraph.split())
 
 
 def run(outcome: Outcome, console: Console) -> Outcome:
@@ -90,6 +90,8 @@ def benchmarks(only: list[str]) -> list[Outcome]:
 
 def testbed(out: Path) -> Outcome:
     folder = out / "testbed-smoke"
+    if folder.resolve().is_relative_to(ROOT):
+        folder = folder.resolve().relative_to(ROOT)
     outcome = Outcome(
         "testbed-smoke",
         [
@@ -165,7 +167,6 @@ def report(outcomes: list[Outcome], out: Path) -> str:
         if o.returncode != 0:
             lines += ["", f"**{o.status}**; the end of its error output:", ""]
             lines += ["```text", o.stderr_tail, "```"]
-        lines += o.extra
     plots = sorted(out.glob("*.png"))
     if plots:
         lines += ["", "## Plots", ""]
@@ -185,10 +186,7 @@ def main() -> None:
     if not args.skip_testbed:
         bed = testbed(args.out)
         if not bed.note:
-            run(bed, console)
-            summary = args.out / "testbed-smoke" / "summary.md"
-            if bed.returncode == 0 and summary.exists():
-                bed.extra = ["", "Its summary (results/testbed-smoke/summary.md):", "", summary.read_text()]
+            run(bed, console)  # it prints its own summary table (also in its results folder)
         outcomes.append(bed)
     path = args.out / "BENCHMARKS.md"
     path.write_text(report(outcomes, args.out))

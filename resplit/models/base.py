@@ -12,13 +12,15 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 
 from .checkpoint import Checkpoint
+
+if TYPE_CHECKING:  # transformers loads on first use: a worker that hosts nothing never pays for it
+    from transformers import PretrainedConfig
 
 
 class SegmentInputError(ValueError):

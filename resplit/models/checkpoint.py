@@ -12,10 +12,13 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, PretrainedConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -33,6 +36,8 @@ class Checkpoint:
         self.dir = Path(model_dir)
         if not (self.dir / "config.json").is_file():
             raise CheckpointError(f"no config.json in {self.dir} (is it a Hugging Face model directory?)")
+        from transformers import AutoConfig
+
         self.config: PretrainedConfig = AutoConfig.from_pretrained(self.dir, local_files_only=True)
         self._files = self._index()
 

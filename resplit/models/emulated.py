@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, PretrainedConfig
 
 from ..core.emulation import EmulatedDevice
 from ..core.profiles import load_config, profile
 from .base import Segment, SegmentInputError, SessionState, StepOutput, num_units
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: The chosen token's logit; every other logit is 0, so even temperature 1 picks it.
 PEAK = 30.0
@@ -74,6 +77,8 @@ class EmulatedSegment(Segment):
         device: EmulatedDevice,
         dtype: torch.dtype | None = None,
     ) -> None:
+        from transformers import AutoConfig
+
         config: PretrainedConfig = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         super().__init__(config, start, end)
         total = num_units(config)

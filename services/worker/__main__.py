@@ -10,14 +10,17 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from resplit.config import load_settings
-from resplit.rpc.server import run
 
 from .config import WorkerSettings
-from .server import WorkerCore
 
 
 def main() -> None:
+    # Settings first: a bad flag fails in a fraction of a second, before torch loads.
     settings = load_settings(WorkerSettings, "resplit-worker")
+    from resplit.rpc.server import run
+
+    from .server import WorkerCore
+
     run(WorkerCore(settings), settings)
 
 

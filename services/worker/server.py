@@ -24,6 +24,7 @@ import torch
 
 from resplit.core.devices import lookup
 from resplit.core.emulation import EmulatedDevice
+from resplit.models import preload
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -312,6 +313,7 @@ class WorkerCore:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.heartbeat.run())
+        self._loader.submit(preload)  # transformers, off the request path; loads queue behind it
         if self.settings.agent_interval_s > 0:
             self._agent = Agent(
                 self.settings,

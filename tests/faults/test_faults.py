@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import pytest
+import redis
 import torch
 from support import LocalStack, ServiceProcess, make_plan, wait_for
 from traffic import NEW_TOKENS, SESSIONS, Traffic, check, deploy, nodes_of, plan_of, routable
@@ -23,6 +24,7 @@ from transformers import AutoModelForCausalLM
 
 from resplit.models.tiny import build_tiny
 from resplit.rpc.channels import sync_channel
+from resplit.state import keys
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -148,6 +150,10 @@ def test_redis_restarted_empty_keeps_serving_and_state_is_rebuilt(bed):
         what="the plan restored",
     )
     assert plan_of(orch, "f-redis").epoch == before.epoch
+    # GetPlan may answer from the orchestrator's memory before its restore reaches Redis;
+    # the broadcaster reads Redis, so wait until the deployment is written back there.
+    with redis.Redis.from_url(stack.redis.url) as store:
+        wait_for(lambda: store.exists(keys.deployment("f-redis")), 20, 0.2, what="the deployment restored")
     wait_for(lambda: routable(orch, "f-redis"), 20, 0.2, what="every worker registered again")
     moved = stack.rollout(make_plan("f-redis", [(0, 3, 0), (3, 7, 3), (7, 10, 0)]))
     assert moved.committed.epoch > before.epoch  # no epoch goes backwards

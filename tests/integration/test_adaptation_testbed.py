@@ -88,7 +88,10 @@ def test_cpu_hog_on_the_middle_node_migrates_it_while_a_session_generates(bed):
     assert _plan(orchestrator, "hogged").epoch == 1, "nothing may fire before the hog"
 
     with Client(orchestrator.address) as client:
-        exchange = GenerateExchange(client.route("hogged"), prompt, Sampling(max_new_tokens=60))
+        # Client-stepped, so the slow reader below paces the session itself.
+        exchange = GenerateExchange(
+            client.route("hogged"), prompt, Sampling(max_new_tokens=60), server_loop=False
+        )
     tokens: list[int] = []
     errors: list[BaseException] = []
 

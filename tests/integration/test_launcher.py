@@ -1,10 +1,11 @@
-"""``resplit up / status / down`` as a user runs them: separate processes, all
-healthy within 30 s, and nothing left behind afterwards."""
+"""``resplit up / status / deploy / generate / embed / down`` as a user runs them:
+separate processes, all healthy within 30 s, and nothing left behind afterwards."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,14 +21,10 @@ pytestmark = pytest.mark.integration
 RESPLIT = str(Path(sys.executable).parent / "resplit")
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = env or {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [RESPLIT, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env or os.environ.copy(),
+        [RESPLIT, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -38,7 +35,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_up_status_down_leaves_no_process_behind(tmp_path):
+def test_up_status_deploy_generate_embed_down_leave_no_process_behind(tmp_path, tiny_models):
+    """A user's whole CLI session on one stack (one start-up, the slow part)."""
     state = str(tmp_path / "stack")
     started = time.monotonic()
     up = _cli("up", "--workers", "3", "--state-dir", state, "--timeout", "30")
@@ -65,6 +63,9 @@ def test_up_status_down_leaves_no_process_behind(tmp_path):
         assert [n["trusted"] for _, n in sorted(nodes.items())] == [True, False, False]
         # Redis is our own, not the machine's shared one.
         assert not report["redis_url"].endswith(":6379/0")
+        second = _cli("up", "--workers", "1", "--state-dir", state)
+        assert second.returncode == 1 and "already running" in second.stderr
+        _deploy_generate_embed(state, tiny_models)
     finally:
         down = _cli("down", "--state-dir", state)
     assert down.returncode == 0, down.stdout + down.stderr
@@ -76,16 +77,43 @@ def test_up_status_down_leaves_no_process_behind(tmp_path):
     assert again.returncode == 1 and "no stack is running" in again.stderr
 
 
-def test_up_refuses_a_second_stack_in_the_same_state_dir(tmp_path):
-    state = str(tmp_path / "stack")
-    first = _cli("up", "--workers", "1", "--state-dir", state)
-    assert first.returncode == 0, first.stdout + first.stderr
-    try:
-        second = _cli("up", "--workers", "1", "--state-dir", state)
-        assert second.returncode == 1
-        assert "already running" in second.stderr
-    finally:
-        assert _cli("down", "--state-dir", state).returncode == 0
+def _deploy_generate_embed(state: str, tiny_models) -> None:
+    """deploy / generate / embed from the CLI; refusals are one clear line, no traceback."""
+    deployed = _cli(
+        "deploy", str(tiny_models["llama"]), "--name", "cli-llama", "--state-dir", state,
+        "--split", "0:3@worker-0,3:6@worker-0",
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "epoch 1" in deployed.stdout and "[0, 3)" in deployed.stdout
+    generated = _cli(
+        "generate", "The edge", "--deployment", "cli-llama", "--max-new-tokens", "5", "--state-dir", state
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    assert re.search(
+        r"\d+ tokens · first token [0-9.]+ ms · decode median [0-9.]+ ms/token", generated.stdout
+    )
+    deployed = _cli(
+        "deploy",
+        str(tiny_models["bert"]),
+        "--name",
+        "cli-bert",
+        "--state-dir",
+        state,
+        "--split",
+        "0:6@worker-0",
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    embedded = _cli("embed", "hello edge", "hello cloud", "--deployment", "cli-bert", "--state-dir", state)
+    assert embedded.returncode == 0, embedded.stdout + embedded.stderr
+    assert embedded.stdout.count("1.0000") == 2  # both embeddings are normalized
+    refused = _cli(
+        "deploy", str(tiny_models["llama"]), "--name", "bad", "--state-dir", state, "--split", "0:6@worker-1"
+    )
+    assert refused.returncode == 1
+    assert "FAILED_PRECONDITION" in refused.stderr and "not trusted" in refused.stderr
+    missing = _cli("generate", "x", "--deployment", "nope", "--state-dir", state)
+    assert missing.returncode == 1
+    assert "deployment 'nope' is not deployed" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_up_without_redis_server_says_how_to_install_it(tmp_path):

@@ -11,7 +11,9 @@ from resplit.scenario import ScenarioError
 from resplit.testbed_scenario import load
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-SHIPPED = sorted([SCENARIOS / "testbed-smoke.yaml", *SCENARIOS.glob("paper-*.yaml")])
+SHIPPED = sorted(
+    [SCENARIOS / "testbed-smoke.yaml", SCENARIOS / "cpu-tiny-llama.yaml", *SCENARIOS.glob("paper-*.yaml")]
+)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -73,6 +75,19 @@ def _set(path: str, value):
         (_set("duration_s", -5), "duration_s: Input should be greater than 0"),
         (_set("seeds", 3), "seeds: Extra inputs are not permitted"),
         (_set("model.dir", "/nonexistent"), "model.dir: no config.json in /nonexistent"),
+        (
+            _set("model.tiny", {"family": "llama"}),
+            "model: Value error, give exactly one of dir (a model directory) and tiny",
+        ),
+        (_set("model.dir", None), "model: Value error, give exactly one of dir"),
+        (
+            _set("model", {"tiny": {"family": "bert"}}),
+            "model.tiny.family: Input should be 'llama', 'qwen2', 'qwen2-sliding', 'mistral' or 'gpt2'",
+        ),
+        (
+            _set("model", {"tiny": {"family": "llama", "seed": -1}}),
+            "model.tiny.seed: Input should be greater",
+        ),
     ],
 )
 def test_bad_files_are_refused_with_the_field_and_the_reason(tmp_path, change, expected):
@@ -81,6 +96,13 @@ def test_bad_files_are_refused_with_the_field_and_the_reason(tmp_path, change, e
         load(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert expected in str(caught.value), str(caught.value)
+
+
+def test_a_tiny_model_is_built_in_the_results_folder_not_read_from_the_scenario_folder(tmp_path):
+    scenario = load(SCENARIOS / "cpu-tiny-llama.yaml")
+    assert scenario.model.tiny is not None and scenario.model.tiny.family == "llama"
+    assert not any(node.emulate for node in scenario.nodes)  # every node really computes
+    assert scenario.model_dir(tmp_path) == tmp_path / "model"
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path):
