@@ -40,9 +40,9 @@ def family_of(model_type: str) -> Family:
 
 
 def preload() -> None:
-    """Import transformers' configuration and model code now. Nothing imports it at
-    start-up (a worker reports SERVING about 2 s of CPU sooner); a worker calls this in
-    the background right after it starts, so its first segment load does not pay it."""
+    """Import transformers' configuration and model code now. Importing this package
+    does not (the CLI, the SDK's control calls and a worker that fails on a bad flag
+    never need it); a worker calls this before it reports SERVING."""
     from transformers import (  # noqa: F401
         AutoConfig,
         AutoModelForCausalLM,

@@ -212,6 +212,9 @@ class WorkerCore:
             interval_s=settings.heartbeat_interval_s,
         )
         self._task: asyncio.Task[None] | None = None
+        # transformers before SERVING: a worker that is up is idle, and its first load or
+        # its CPU reports do not carry a one-off import of several seconds.
+        preload()
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         elif settings.emulate:  # nothing heavy to compute; a thread pool only adds wake-up latency
@@ -313,7 +316,6 @@ class WorkerCore:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.heartbeat.run())
-        self._loader.submit(preload)  # transformers, off the request path; loads queue behind it
         if self.settings.agent_interval_s > 0:
             self._agent = Agent(
                 self.settings,
