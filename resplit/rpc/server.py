@@ -139,7 +139,13 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await server.stop(settings.shutdown_grace_s)
-        await core.stop()
+        # Bounded: a background task stuck in a client library (Redis going away at the
+        # same moment) must not keep the process alive past the launcher's SIGKILL.
+        stopping = asyncio.ensure_future(core.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=settings.shutdown_grace_s + 1.0)
+        if not done:
+            log.warning("%s: stopping background work took over %.1f s; exiting anyway", core.name,
+                        settings.shutdown_grace_s + 1.0)  # fmt: skip
         await runner.cleanup()
     log.info("%s stopped", core.name)
 

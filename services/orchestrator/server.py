@@ -211,9 +211,9 @@ class OrchestratorCore:
         return await self.store.ping()
 
     async def stop(self) -> None:
-        await self.memory.stop()
-        if self.loop is not None:
+        if self.loop is not None:  # first: no control cycle runs against services going away
             await self.loop.stop()
             self.loop = None
+        await self.memory.stop()
         await self.control.broadcaster.close()
         await self.store.close()
