@@ -152,9 +152,12 @@ def test_redis_restarted_empty_keeps_serving_and_state_is_rebuilt(bed):
     assert plan_of(orch, "f-redis").epoch == before.epoch
     # GetPlan may answer from the orchestrator's memory before its restore reaches Redis;
     # the broadcaster reads Redis, so wait until the deployment is written back there.
+    # Every worker registers again (the rollout below moves S2 to worker-3, off the route).
+    alive = [keys.node_alive(f"worker-{i}") for i in range(len(stack.worker_procs))]
     with redis.Redis.from_url(stack.redis.url) as store:
         wait_for(lambda: store.exists(keys.deployment("f-redis")), 20, 0.2, what="the deployment restored")
-    wait_for(lambda: routable(orch, "f-redis"), 20, 0.2, what="every worker registered again")
+        wait_for(lambda: store.exists(*alive) == len(alive), 20, 0.2, what="every worker registered again")
+    wait_for(lambda: routable(orch, "f-redis"), 20, 0.2, what="the route served again")
     moved = stack.rollout(make_plan("f-redis", [(0, 3, 0), (3, 7, 3), (7, 10, 0)]))
     assert moved.committed.epoch > before.epoch  # no epoch goes backwards
     traffic = Traffic(orch, "f-redis", prompts[:2], gate_at=0).start().join()
