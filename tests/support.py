@@ -328,6 +328,21 @@ def emulated_stack(names=("n0", "n1", "n2", "n3"), trusted=2, cycle: float = 0.5
             redis_server.stop()
 
 
+def deploy_spec(orchestrator: str, spec, segments) -> None:
+    """Deploy ``spec`` (a Deployment) with ``segments`` as (start, end, node id) triples."""
+    from resplit.rpc.channels import sync_channel
+    from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+    request = orchestrator_pb2.DeployRequest(
+        deployment=spec,
+        segments=[
+            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n) for a, b, n in segments
+        ],
+    )
+    with sync_channel(orchestrator) as channel:
+        orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=120)
+
+
 def _warm_up(orchestrator: str, names: list[str], cycle: float) -> None:
     """Load and run a tiny model on every node once, under a policy that never fires:
     a worker imports its model code on first use, and that CPU burst inside a one-core
@@ -335,9 +350,8 @@ def _warm_up(orchestrator: str, names: list[str], cycle: float) -> None:
     import tempfile
 
     from resplit.models.tiny import build_tiny
-    from resplit.rpc.channels import sync_channel
     from resplit.sdk import Client, Sampling
-    from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+    from resplit.v1 import common_pb2
 
     model_dir = build_tiny("llama", Path(tempfile.mkdtemp(prefix="warm-")) / "llama", num_hidden_layers=8)
     middle = names[2:]
@@ -353,14 +367,7 @@ def _warm_up(orchestrator: str, names: list[str], cycle: float) -> None:
         interval_s=cycle,
     )
     spec = common_pb2.Deployment(name="warm-up", model_dir=str(model_dir), policy=policy)
-    request = orchestrator_pb2.DeployRequest(
-        deployment=spec,
-        segments=[
-            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n) for a, b, n in segments
-        ],
-    )
-    with sync_channel(orchestrator) as channel:
-        orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=120)
+    deploy_spec(orchestrator, spec, segments)
     with Client(orchestrator) as client:
         list(client.generate_ids([5, 6, 7], client.route("warm-up"), Sampling(2)))
     time.sleep(4 * cycle)  # the burst leaves the utilization estimates

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-from support import wait_for
+from support import deploy_spec, wait_for
 
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import AsyncClient
@@ -100,14 +100,7 @@ def deploy(orchestrator: str, name: str, model_dir, segments, t_cool_s: float = 
     policy.thresholds.t_cool_s = t_cool_s
     policy.thresholds.l_max_ms = 1e9  # faults, not latency, drive these plans
     spec = common_pb2.Deployment(name=name, model_dir=str(model_dir), policy=policy)
-    request = orchestrator_pb2.DeployRequest(
-        deployment=spec,
-        segments=[
-            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n) for a, b, n in segments
-        ],
-    )
-    with sync_channel(orchestrator) as channel:
-        orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=120)
+    deploy_spec(orchestrator, spec, segments)
 
 
 def plan_of(orchestrator: str, name: str) -> common_pb2.Plan:
