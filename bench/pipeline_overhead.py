@@ -9,9 +9,14 @@ parameters, fp32), then, alternating in every round:
   is deployed as S1 | S2 | S3 on worker-0 | worker-1 | worker-2 and the SDK
   streams greedy tokens over loopback gRPC, with the first hop running the
   decode loop (the default) and, for comparison, with the client sending
-  every step (``server_loop=False``).
+  every step (``server_loop=False``);
+* 1 worker: the same model deployed as one segment on worker-1 (the data plane
+  and a process boundary, no split);
+* plain: the same three segments in three plain processes chained by pipes
+  (``plain_pipeline.py``): what splitting into processes costs on this host
+  before any data plane. split / plain is the data plane's own share.
 
-The ratio is the median over rounds of (split median / whole median) within
+The ratio is the median over rounds of (mode median / whole median) within
 a round, so drift of a shared machine's speed between rounds cancels out; the
 range over rounds is printed next to it. Also printed: the overhead per token
 and per network hop, and prefill throughput for a 128-token prompt.
@@ -21,13 +26,16 @@ Usage: python bench/pipeline_overhead.py [--tokens 20] [--rounds 12] [--secure]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from plain_pipeline import PlainPipeline
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -67,13 +75,33 @@ def ratio_cell(ratios: list[float]) -> str:
     return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
 
 
+def deploy(address: str, name: str, model_dir: Path, segments: list[tuple[int, int, str]]) -> None:
+    request = orchestrator_pb2.DeployRequest(
+        deployment=common_pb2.Deployment(name=name, model_dir=str(model_dir)),
+        segments=[
+            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n) for a, b, n in segments
+        ],
+    )
+    with sync_channel(address) as channel:
+        orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=600)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--secure", action="store_true", help="mutual TLS on every hop (default: plaintext)")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the workers and the plain processes only, e.g. OMP_WAIT_POLICY=ACTIVE",
+    )
     args = parser.parse_args()
-    console = Console()
+    # This process's OpenMP read its settings when torch loaded: the whole model keeps torch's defaults.
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    console = Console(width=160)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     with console.status("building the model"):
         model_dir = build_tiny("llama", work / "model", **MODEL)
@@ -84,69 +112,82 @@ def main() -> None:
     with console.status("starting the stack"):
         # All three trusted, so the head may sit on worker-2: three distinct processes.
         # Plaintext by default: loopback, and the ratio is about the data path, not TLS.
+        os.environ.update(worker_env)
         stack = stack_mod.up(work / "stack", workers=3, trusted=3, secure=args.secure)
+    segments = [(0, 5, "worker-0"), (5, 10, "worker-1"), (10, 14, "worker-2")]
+    # The plain processes get the OpenMP settings a worker gives itself (services/worker/__main__.py).
+    plain_env = worker_env or {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
     try:
-        segments = [(0, 5, "worker-0"), (5, 10, "worker-1"), (10, 14, "worker-2")]
-        spec = common_pb2.Deployment(name="bench", model_dir=str(model_dir))
-        request = orchestrator_pb2.DeployRequest(
-            deployment=spec,
-            segments=[
-                common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n)
-                for a, b, n in segments
-            ],
-        )
-        with sync_channel(stack.by_name("orchestrator").address) as channel:
-            orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=600)
-        modes = ("whole", "split", "stepped")
+        address = stack.by_name("orchestrator").address
+        deploy(address, "bench", model_dir, segments)
+        deploy(address, "bench-one", model_dir, [(0, 14, "worker-1")])
+        modes = ("whole", "one", "plain", "split", "stepped")
         decode = {m: [] for m in modes}  # per round: that round's per-token latencies
         prefill = {m: [] for m in modes}
-        address = stack.by_name("orchestrator").address
-        with Client(address) as looping, Client(address, server_loop=False) as stepped:
-            route = looping.route("bench")
+        with (
+            Client(address) as looping,
+            Client(address, server_loop=False) as stepped,
+            PlainPipeline(model_dir, [(a, b) for a, b, _ in segments], plain_env) as plain,
+        ):
+            route, one = looping.route("bench"), looping.route("bench-one")
             runs = {
                 "whole": lambda prompt, n: whole_run(model, prompt, n),
+                "one": lambda prompt, n: split_run(looping, one, prompt, n),
+                "plain": plain.generate,
                 "split": lambda prompt, n: split_run(looping, route, prompt, n),
                 "stepped": lambda prompt, n: split_run(stepped, route, prompt, n),
             }
             for run in runs.values():  # warm-up
                 run(decode_prompt, 4)
-            for _ in range(args.rounds):
+            for _ in track(range(args.rounds), description="rounds", console=console, transient=True):
                 ids = {}
                 for mode, run in runs.items():
                     _, steps, ids[mode] = run(decode_prompt, args.tokens)
                     decode[mode].append(steps)
-                if not ids["whole"] == ids["split"] == ids["stepped"]:
-                    raise SystemExit("split and whole model generated different tokens")
+                if len({tuple(i) for i in ids.values()}) != 1:
+                    raise SystemExit(f"the modes generated different tokens: {ids}")
                 for mode, run in runs.items():
                     prefill[mode].append(run(prefill_prompt, 1)[0])
             ping = _ping(route)
     finally:
         stack_mod.down(work / "stack")
     medians = {m: [statistics.median(r) * 1e3 for r in decode[m]] for m in modes}
-    ratios = {m: [s / w for s, w in zip(medians[m], medians["whole"], strict=True)] for m in modes}
-    whole = statistics.median(medians["whole"])
+
+    def ratios(mode: str, base: str) -> list[float]:
+        return [s / w for s, w in zip(medians[mode], medians[base], strict=True)]
+
     hops = 3  # client -> worker-0 -> worker-1 -> worker-2 (the token comes back the same way)
+    columns = {
+        "whole": "whole (1 process)",
+        "one": "resplit, 1 worker",
+        "plain": "plain, 3 processes",
+        "split": "resplit, 3 workers",
+        "stepped": "resplit, 3 workers, client-stepped",
+    }
     table = Table(title=f"3-segment split vs whole model, {params / 1e6:.0f} M-parameter Llama (fp32, CPU)")
-    for column in ("metric", "whole (1 process)", "split (3 workers)", "split, client-stepped"):
-        table.add_column(column)
+    table.add_column("metric")
+    for title in columns.values():
+        table.add_column(title, justify="right")
+    table.add_row("decode, median ms/token", *(f"{statistics.median(medians[m]):.2f}" for m in modes))
     table.add_row(
-        "decode, median ms/token",
-        f"{whole:.2f}",
-        f"{statistics.median(medians['split']):.2f}",
-        f"{statistics.median(medians['stepped']):.2f}",
+        "/ whole, median of rounds (range)", "1", *(ratio_cell(ratios(m, "whole")) for m in modes[1:])
     )
     table.add_row(
-        "split / whole, median of rounds (range)",
+        "/ plain 3 processes (data plane's share)",
+        "",
+        "",
         "1",
-        ratio_cell(ratios["split"]),
-        ratio_cell(ratios["stepped"]),
+        ratio_cell(ratios("split", "plain")),
+        ratio_cell(ratios("stepped", "plain")),
     )
     overhead = {
         m: statistics.median(a - b for a, b in zip(medians[m], medians["whole"], strict=True)) for m in modes
     }
-    table.add_row("overhead per token, ms", "", f"{overhead['split']:.2f}", f"{overhead['stepped']:.2f}")
+    table.add_row("overhead per token vs whole, ms", "", *(f"{overhead[m]:.2f}" for m in modes[1:]))
     table.add_row(
         f"overhead per network hop ({hops} hops), ms",
+        "",
+        "",
         "",
         f"{overhead['split'] / hops:.2f}",
         f"{overhead['stepped'] / hops:.2f}",
@@ -155,14 +196,14 @@ def main() -> None:
     table.add_row(
         "prefill (128 tokens), tokens/s",
         f"{rates['whole']:.0f}",
-        f"{rates['split']:.0f} ({rates['split'] / rates['whole']:.2f}x)",
-        f"{rates['stepped']:.0f} ({rates['stepped'] / rates['whole']:.2f}x)",
+        *(f"{rates[m]:.0f} ({rates[m] / rates['whole']:.2f}x)" for m in modes[1:]),
     )
-    table.add_row("gRPC Ping round trip to worker-1, median ms", "", f"{ping:.2f}", "")
+    table.add_row("gRPC Ping round trip to worker-1, median ms", "", "", "", f"{ping:.2f}", "")
     console.print(table)
     console.print(
-        f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}; "
-        "the same greedy tokens in every run; target ratio <= 1.10"
+        f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}, "
+        f"worker environment {worker_env or 'as the workers set it'}; "
+        "the same greedy tokens in every mode and round; target ratio split / whole <= 1.10"
     )
 
 

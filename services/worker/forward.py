@@ -110,7 +110,7 @@ class ForwardHandler:
         hosting: Hosting,
         sessions: SessionTable,
         channels: Channels,
-        compute: Callable[[Callable[[], Any], str, bool], Any],
+        compute: Callable[[Callable[[], Any], str], Any],
         chunk_bytes: int,
         migrator: Migrator,
         *,
@@ -293,10 +293,11 @@ class ForwardHandler:
         requests: AsyncIterator[worker_pb2.ForwardRequest],
     ) -> AsyncIterator[worker_pb2.ForwardResponse]:
         hosted = session.hosted
+        assembler: Assembler | None = None
+        ids = mask = None
         if request.HasField("tokens"):
             ids, mask = token_input(hosted, request.tokens)
-            step, hidden = request.tokens.step, None
-            tokens = ids.shape[1]
+            step, tokens = request.tokens.step, ids.shape[1]
         elif request.HasField("activation"):
             assembler = Assembler()
             chunk = request.activation
@@ -305,49 +306,66 @@ class ForwardHandler:
                 if more is None or not more.HasField("activation"):
                     raise errors.BadInput("tensor truncated: the stream moved on before its last chunk")
                 chunk = more.activation
-            header, hidden, mask = activation(hosted, assembler, hosted.epoch)
-            step, ids, tokens = header.step, None, hidden.shape[1]
+            header = assembler.header
+            if header is None:  # _add refuses a first chunk without one; kept for type narrowing
+                raise errors.BadInput("no tensor header")
+            # A malformed shape counts 0 here and is refused with the full check in activation().
+            step, tokens = header.step, header.shape[1] if len(header.shape) == 3 else 0
         else:
             raise errors.BadInput("expected tokens or an activation")
         self.sessions.begin_step(session, step, tokens if hosted.generative else 0)
-        output = await self.compute(
-            lambda: hosted.segment.step(session.state, input_ids=ids, hidden=hidden, attention_mask=mask),
-            f"{hosted.start}-{hosted.end}",
-            # A decode step of the only session here may run on the event loop: nothing
-            # else is waiting for it, and the thread handoff costs more than the step's I/O.
-            tokens == 1 and len(self.sessions) == 1,
-        )
-        if downstream is not None:
-            mask_list = [] if mask is None else mask.flatten().tolist()
-            chunks = encode(
-                output.hidden,
-                session_id=session.session_id,
-                step=step,
-                epoch=hosted.epoch,
-                units=downstream.units,
-                compression=hosted.compression,
-                attention_mask=mask_list,
-                chunk_bytes=self.chunk_bytes,
+
+        def work() -> list[Any]:
+            """Everything this step does with tensors, on the compute thread: decoding the
+            activation, the segment, then encoding what goes on. With the event loop's
+            thread never entering torch, the process has one OpenMP team, whose threads
+            spin between a step's kernels instead of sleeping (libgomp throttles spinning
+            once a process has more OpenMP threads than cores)."""
+            nonlocal mask
+            hidden = input_ids = None
+            if assembler is None:
+                input_ids = ids
+            else:
+                _, hidden, mask = activation(hosted, assembler, hosted.epoch)
+            output = hosted.segment.step(
+                session.state, input_ids=input_ids, hidden=hidden, attention_mask=mask
             )
+            if downstream is not None:
+                return encode(
+                    output.hidden,
+                    session_id=session.session_id,
+                    step=step,
+                    epoch=hosted.epoch,
+                    units=downstream.units,
+                    compression=hosted.compression,
+                    attention_mask=[] if mask is None else mask.flatten().tolist(),
+                    chunk_bytes=self.chunk_bytes,
+                )
+            if hosted.generative:
+                return self._sample(session, step, output.logits[0])
+            return [
+                worker_pb2.ForwardResponse(result=chunk)
+                for chunk in encode(
+                    output.embeddings.float(),
+                    session_id=session.session_id,
+                    step=step,
+                    epoch=hosted.epoch,
+                    chunk_bytes=self.chunk_bytes,
+                )
+            ]
+
+        produced = await self.compute(work, f"{hosted.start}-{hosted.end}")
+        if downstream is not None:
             started = time.perf_counter()
-            for chunk in chunks:
+            for chunk in produced:
                 await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
-            sent = sum(len(c.data) for c in chunks)
+            sent = sum(len(c.data) for c in produced)
             self.passive.record(downstream.node_id, sent, time.perf_counter() - started)
             async for reply in self._relay(downstream, hosted):
                 yield reply
-        elif hosted.generative:
-            for reply in self._sample(session, step, output.logits[0]):
-                yield reply
         else:
-            for chunk in encode(
-                output.embeddings.float(),
-                session_id=session.session_id,
-                step=step,
-                epoch=hosted.epoch,
-                chunk_bytes=self.chunk_bytes,
-            ):
-                yield worker_pb2.ForwardResponse(result=chunk)
+            for reply in produced:
+                yield reply
         self.sessions.end_step(session)
 
     async def _relay(

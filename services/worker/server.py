@@ -249,14 +249,15 @@ class WorkerCore:
             passive=self.passive,
         )
 
-    async def on_compute(self, fn, segment: str = "all", inline: bool = False):
+    async def on_compute(self, fn, segment: str = "all"):
         """Run torch work on the compute thread (one segment step at a time), timed on
         that thread (queueing excluded) for the node agent, per segment ("start-end").
 
-        ``inline``: the caller's step is small and nothing else is open here, so it runs
-        on the event loop when the compute thread is idle: two thread wake-ups per hop
-        (0.3-0.5 ms each on a loaded 2-core host) are a tenth of a small model's step.
-        Anything that arrives meanwhile waits at most this one step."""
+        Every step runs there, a lone session's decode step included: a second thread
+        entering torch gives the process a second OpenMP team, and libgomp stops letting
+        threads spin between kernels once it manages more threads than there are cores.
+        Sleeping between kernels made whole-model decode in a worker 1.24x slower than in
+        a plain process; the thread handoff costs well under a millisecond."""
         times = self.compute_times
         key = segment
 
@@ -267,11 +268,8 @@ class WorkerCore:
             finally:
                 times.record(key, (time.perf_counter() - start) * 1000)
 
-        inline = inline and times.in_flight == 0
         times.in_flight += 1
         try:
-            if inline:
-                return timed()
             return await asyncio.get_running_loop().run_in_executor(self._compute, timed)
         finally:
             times.in_flight -= 1
