@@ -316,11 +316,10 @@ class ForwardHandler:
         self.sessions.begin_step(session, step, tokens if hosted.generative else 0)
 
         def work() -> list[Any]:
-            """Everything this step does with tensors, on the compute thread: decoding the
-            activation, the segment, then encoding what goes on. With the event loop's
-            thread never entering torch, the process has one OpenMP team, whose threads
-            spin between a step's kernels instead of sleeping (libgomp throttles spinning
-            once a process has more OpenMP threads than cores)."""
+            """Everything this step does with tensors, in one call on the compute thread:
+            decoding the activation, the segment, encoding what goes on or sampling. The
+            thread with the process's OpenMP team does it all (see core/threads.py), and
+            a step costs one thread handoff."""
             nonlocal mask
             hidden = input_ids = None
             if assembler is None:

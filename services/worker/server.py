@@ -39,6 +39,7 @@ from .core.metrics import ComputeTimes
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted, ends_with_head
 from .core.sessions import Limits, SessionTable
+from .core.threads import dedicate_threads
 from .forward import Channels, ForwardHandler, status_of
 from .migration import Migrator
 
@@ -215,10 +216,8 @@ class WorkerCore:
         # transformers before SERVING: a worker that is up is idle, and its first load or
         # its CPU reports do not carry a one-off import of several seconds.
         preload()
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        elif settings.emulate:  # nothing heavy to compute; a thread pool only adds wake-up latency
-            torch.set_num_threads(1)
+        # Emulated compute has nothing heavy to run; a thread pool only adds wake-up latency.
+        threads = settings.torch_threads or (1 if settings.emulate else torch.get_num_threads())
         self.device = resolve_device(settings.device)
         self.hosting = Hosting()
         self.sessions = SessionTable(
@@ -226,6 +225,8 @@ class WorkerCore:
         )
         self.channels = Channels(settings.max_message_bytes)
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
+        self.torch_threads = dedicate_threads(self._compute, threads)
+        log.info("compute thread: %d torch intra-op threads, 1 elsewhere", self.torch_threads)
         self.compute_times = ComputeTimes()
         self._agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None
@@ -253,11 +254,9 @@ class WorkerCore:
         """Run torch work on the compute thread (one segment step at a time), timed on
         that thread (queueing excluded) for the node agent, per segment ("start-end").
 
-        Every step runs there, a lone session's decode step included: a second thread
-        entering torch gives the process a second OpenMP team, and libgomp stops letting
-        threads spin between kernels once it manages more threads than there are cores.
-        Sleeping between kernels made whole-model decode in a worker 1.24x slower than in
-        a plain process; the thread handoff costs well under a millisecond."""
+        Every step runs there, a lone session's decode step included: this thread holds
+        the process's one OpenMP team (see core/threads.py), whose threads spin between
+        a step's kernels; the handoff costs well under a millisecond."""
         times = self.compute_times
         key = segment
 
