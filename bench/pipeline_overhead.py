@@ -13,7 +13,7 @@ parameters, fp32), then, alternating in every round:
 * 1 worker: the same model deployed as one segment on worker-1 (the data plane
   and a process boundary, no split);
 * plain: the same three segments in three plain processes chained by pipes
-  (``plain_pipeline.py``): what splitting into processes costs on this host
+  (``_plain_pipeline.py``): what splitting into processes costs on this host
   before any data plane. split / plain is the data plane's own share.
 
 The ratio is the median over rounds of (mode median / whole median) within
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from plain_pipeline import PlainPipeline
+from _plain_pipeline import PlainPipeline
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table

@@ -79,7 +79,10 @@ def run(outcome: Outcome, console: Console) -> Outcome:
 
 
 def benchmarks(only: list[str]) -> list[Outcome]:
-    scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if p.name not in EXCLUDED)
+    # A leading underscore marks a helper module that benchmarks import, not a benchmark.
+    scripts = sorted(
+        p for p in (ROOT / "bench").glob("*.py") if p.name not in EXCLUDED and not p.name.startswith("_")
+    )
     if only:
         unknown = set(only) - {p.stem for p in scripts}
         if unknown:
