@@ -1,10 +1,10 @@
 """Read a running service's output as it goes.
 
-``ServiceProcess`` pipes a service's stdout and stderr and reads them only once
-it has exited. A test that makes a long-running (shared) service log a lot - the
-fuzzers - would fill that pipe and block the service on its next log line, and a
-test that checks a log line needs it while the service runs. ``tap(proc)``
-starts (once per process) a thread that drains the pipe into memory.
+Every ``ServiceProcess`` pipes its stdout and stderr, and a pipe that nobody reads
+fills up (64 KiB) and then blocks the service on its next log line: its event loop
+stops, and a test sees a hang far from the cause. So ``ServiceProcess.start`` taps
+every process: a thread drains the pipe into memory. ``tap(proc)`` returns that tap,
+for a test that checks a log line while the service runs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ class Tap:
             self.lines.append(line)
             if len(self.lines) > 20_000:  # keep memory bounded: the newest lines matter
                 del self.lines[:10_000]
+
+    def text(self, timeout: float = 5.0) -> str:
+        """Everything kept, once the pipe has closed (the process exited), or after ``timeout``."""
+        self._thread.join(timeout)
+        return "".join(self.lines)
 
     def wait_for(self, *fragments: str, timeout: float = 10.0) -> str:
         """The first line (from now back to the start) holding every fragment."""

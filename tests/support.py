@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from logtap import tap
 
 from resplit.launcher.processes import free_port
 from resplit.rpc.probe import grpc_health, http_health
@@ -126,6 +127,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             self.argv(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        tap(self)  # drained all along: a full pipe would block the service on its next log line
         return self
 
     def health(self) -> str:
@@ -149,9 +151,10 @@ class ServiceProcess:
         return self.proc.wait(timeout)
 
     def output(self) -> str:
-        if self.proc is None or self.proc.stdout is None or self.proc.poll() is None:
+        """What the process printed, once it has exited ("" while it runs)."""
+        if self.proc is None or self.proc.poll() is None:
             return ""
-        return self.proc.stdout.read()
+        return tap(self).text()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -52,7 +52,9 @@ class Deployer:
 
     async def deploy(
         self, spec: common_pb2.Deployment, segments: list[common_pb2.Segment]
-    ) -> common_pb2.Plan:
+    ) -> tuple[common_pb2.Deployment, common_pb2.Plan]:
+        """(the deployment as stored, with its policy and model facts filled in; the
+        committed plan). The caller remembers both: Redis may lose them at any moment."""
         if not spec.name:
             raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
         compression = spec.compression or "none"
@@ -100,7 +102,7 @@ class Deployer:
             raise DeployError(exc.code, str(exc)) from None
         await self.store.put_deployment(record)
         log.info("deployed %s epoch %d in %.0f ms", spec.name, epoch, (time.perf_counter() - started) * 1e3)
-        return answer.committed
+        return record, answer.committed
 
     async def _release(self, plan: common_pb2.Plan, nodes: list[common_pb2.Node]) -> None:
         """Free an older plan's segments (best effort: a worker may be gone)."""

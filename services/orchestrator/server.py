@@ -60,10 +60,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.DeployRequest, context
     ) -> orchestrator_pb2.DeployResponse:
         try:
-            plan = await self.deployer.deploy(request.deployment, list(request.segments))
+            deployment, plan = await self.deployer.deploy(request.deployment, list(request.segments))
         except DeployError as exc:
             await context.abort(exc.code, str(exc))
-        self.memory.remember(None, plan)
+        # Both, at once: the background sync would only pick the deployment up from Redis a
+        # moment later, and a Redis that restarts empty meanwhile would lose it for good.
+        self.memory.remember(deployment, plan)
         return orchestrator_pb2.DeployResponse(plan=plan)
 
     async def Undeploy(self, request: orchestrator_pb2.UndeployRequest, context):
