@@ -9,8 +9,10 @@ timeout or check :meth:`ping` first.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
@@ -63,11 +65,13 @@ class StateStore:
 
     def __init__(self, url: str, *, socket_timeout_s: float = 2.0, retries: int = 3) -> None:
         self.url = url
+        self.retries = retries
+        self._backoff = ExponentialBackoff(cap=1.0, base=0.05)
         self.redis = aioredis.from_url(
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+            retry=Retry(self._backoff, retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             health_check_interval=5,
         )
@@ -76,6 +80,22 @@ class StateStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    async def _transact(self, build: Callable[[Any], None]) -> None:
+        """One MULTI/EXEC of idempotent writes (``build`` queues them on the pipeline),
+        retried on a dropped connection as single commands are: redis-py retries a
+        pipeline only on a timeout, and after Redis restarts every pooled connection it
+        closed fails the first pipeline that draws it ("Connection closed by server")."""
+        for attempt in range(self.retries + 1):
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    build(pipe)
+                    await pipe.execute()
+                return
+            except RedisConnectionError:
+                if attempt == self.retries:
+                    raise
+                await asyncio.sleep(self._backoff.compute(attempt + 1))
 
     async def ping(self) -> tuple[bool, str]:
         """(reachable, reason) without raising."""
@@ -90,11 +110,14 @@ class StateStore:
         """Write the node's record and start its heartbeat TTL."""
         node.last_heartbeat = time.time()
         node.state = common_pb2.NODE_STATE_UNSPECIFIED  # derived on read, never stored
-        async with self.redis.pipeline(transaction=True) as pipe:
+        raw, alive_ms = node.SerializeToString(), int(ttl_s * 1000)
+
+        def write(pipe) -> None:
             pipe.sadd(keys.nodes(), node.node_id)
-            pipe.set(keys.node(node.node_id), node.SerializeToString())
-            pipe.set(keys.node_alive(node.node_id), str(node.last_heartbeat), px=int(ttl_s * 1000))
-            await pipe.execute()
+            pipe.set(keys.node(node.node_id), raw)
+            pipe.set(keys.node_alive(node.node_id), str(node.last_heartbeat), px=alive_ms)
+
+        await self._transact(write)
 
     async def heartbeat(self, node_id: str, ttl_s: float) -> bool:
         """Refresh the TTL. False means the record is gone (e.g. Redis restarted
@@ -109,10 +132,11 @@ class StateStore:
         await self.redis.delete(keys.node_alive(node_id))
 
     async def deregister_node(self, node_id: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        def write(pipe) -> None:
             pipe.srem(keys.nodes(), node_id)
             pipe.delete(keys.node(node_id), keys.node_alive(node_id))
-            await pipe.execute()
+
+        await self._transact(write)
 
     async def list_nodes(self, include_down: bool = True) -> list[common_pb2.Node]:
         """Every registered node, UP while its heartbeat key lives, else DOWN."""
@@ -229,10 +253,13 @@ class StateStore:
 
     # -- deployments and plans --------------------------------------------
     async def put_deployment(self, deployment: common_pb2.Deployment) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        raw = deployment.SerializeToString()
+
+        def write(pipe) -> None:
             pipe.sadd(keys.deployments(), deployment.name)
-            pipe.set(keys.deployment(deployment.name), deployment.SerializeToString())
-            await pipe.execute()
+            pipe.set(keys.deployment(deployment.name), raw)
+
+        await self._transact(write)
 
     async def get_deployment(self, name: str) -> common_pb2.Deployment | None:
         raw = await self.redis.get(keys.deployment(name))
@@ -245,10 +272,12 @@ class StateStore:
 
     async def delete_deployment(self, name: str) -> None:
         """Forget a deployment and its plan; its epoch counters stay, so epochs never repeat."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+
+        def write(pipe) -> None:
             pipe.srem(keys.deployments(), name)
             pipe.delete(keys.deployment(name), keys.plan(name))
-            await pipe.execute()
+
+        await self._transact(write)
 
     async def next_epoch(self, deployment: str, floor: int = 0) -> int:
         """A fresh epoch for ``deployment``: above every epoch seen so far and ``floor``."""
@@ -327,10 +356,12 @@ class StateStore:
 
     async def put_measured_latency(self, deployment: str, event_id: str, latency_ms: float) -> None:
         """The latency measured after the change of ``event_id``; read_events merges it in."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+
+        def write(pipe) -> None:
             pipe.hset(keys.measured_latency(deployment), event_id, repr(latency_ms))
             pipe.hset(keys.last_change(deployment), "measured", "1")
-            await pipe.execute()
+
+        await self._transact(write)
 
     async def latency_samples(self, deployment: str, since: float = 0.0) -> list[float]:
         """End-to-end latency samples (ms) of ``deployment`` reported since unix time ``since``."""

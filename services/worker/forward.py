@@ -320,14 +320,11 @@ class ForwardHandler:
             decoding the activation, the segment, encoding what goes on or sampling. The
             thread with the process's OpenMP team does it all (see core/threads.py), and
             a step costs one thread handoff."""
-            nonlocal mask
-            hidden = input_ids = None
-            if assembler is None:
-                input_ids = ids
-            else:
-                _, hidden, mask = activation(hosted, assembler, hosted.epoch)
+            hidden, step_mask = None, mask
+            if assembler is not None:
+                _, hidden, step_mask = activation(hosted, assembler, hosted.epoch)
             output = hosted.segment.step(
-                session.state, input_ids=input_ids, hidden=hidden, attention_mask=mask
+                session.state, input_ids=ids, hidden=hidden, attention_mask=step_mask
             )
             if downstream is not None:
                 return encode(
@@ -337,7 +334,7 @@ class ForwardHandler:
                     epoch=hosted.epoch,
                     units=downstream.units,
                     compression=hosted.compression,
-                    attention_mask=[] if mask is None else mask.flatten().tolist(),
+                    attention_mask=[] if step_mask is None else step_mask.flatten().tolist(),
                     chunk_bytes=self.chunk_bytes,
                 )
             if hosted.generative:

@@ -225,8 +225,8 @@ class WorkerCore:
         )
         self.channels = Channels(settings.max_message_bytes)
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
-        self.torch_threads = dedicate_threads(self._compute, threads)
-        log.info("compute thread: %d torch intra-op threads, 1 elsewhere", self.torch_threads)
+        threads = dedicate_threads(self._compute, threads)
+        log.info("compute thread: %d torch intra-op threads, 1 elsewhere", threads)
         self.compute_times = ComputeTimes()
         self._agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None

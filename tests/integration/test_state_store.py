@@ -153,3 +153,15 @@ async def test_store_reconnects_after_redis_restarts(store, redis_server):
         await asyncio.sleep(0.1)
     assert await store.list_nodes() == []
     assert not await store.heartbeat("edge-1", ttl_s=30)  # tells the node to register again
+
+
+async def test_transactional_writes_survive_a_redis_restart_under_pooled_connections(store, redis_server):
+    """Several connections sit in the pool when Redis restarts; each write that draws one
+    of them must still land (redis-py retries single commands, not pipelines)."""
+    await asyncio.gather(*(store.put_deployment(common_pb2.Deployment(name=f"d{i}")) for i in range(6)))
+    redis_server.stop()
+    redis_server.start()  # same port, empty
+    await asyncio.gather(*(store.put_deployment(common_pb2.Deployment(name=f"e{i}")) for i in range(6)))
+    await store.register_node(_node("edge-2"), ttl_s=30)
+    assert sorted(d.name for d in await store.list_deployments()) == [f"e{i}" for i in range(6)]
+    assert [n.node_id for n in await store.list_nodes()] == ["edge-2"]
