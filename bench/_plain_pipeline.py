@@ -16,14 +16,14 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import torch
+
+from resplit.models import Checkpoint, load_segment
+
 STOP, NEW, DECODE = b"", b"N", b"D"
 
 
 def _stage(model_dir: str, start: int, end: int, inbox: Connection, outbox: Connection) -> None:
-    import torch
-
-    from resplit.models import Checkpoint, load_segment
-
     segment = load_segment(Checkpoint(Path(model_dir)), start, end, torch.device("cpu"))
     state = segment.new_state()
     while (message := inbox.recv_bytes()) != STOP:
@@ -69,8 +69,6 @@ class PlainPipeline:
 
     def generate(self, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
         """(prefill seconds, decode seconds per token, generated ids)."""
-        import torch
-
         ids, times, step = [], [], list(prompt)
         for _ in range(tokens):
             start = time.perf_counter()
