@@ -1,8 +1,9 @@
 """Per-token cost of running a model split over three worker processes.
 
-Builds a random Llama sized so that whole-model decode takes 20-50 ms per
-token on the 2-core development machine (hidden 1024, 12 blocks, ~133 M
-parameters, fp32), then, alternating in every round:
+Builds a random Llama (fp32, hidden 1024) with as many blocks as make
+whole-model decode take about 35 ms per token on this machine (``_sizing.py``
+measures two sizes and fits the line; ``--blocks`` fixes the count instead),
+then, alternating in every round:
 
 * whole: transformers runs the whole model in this process (KV cache, greedy);
 * split: `resplit up` starts Redis, the services and three workers; the model
@@ -20,7 +21,7 @@ The ratio is the median over rounds of (mode median / whole median) within
 a round, so drift of a shared machine's speed between rounds cancels out; the
 range over rounds is printed next to it. Also printed: the overhead per token
 and per network hop, and prefill throughput for a 128-token prompt.
-Usage: python bench/pipeline_overhead.py [--tokens 20] [--rounds 12] [--secure]
+Usage: python bench/pipeline_overhead.py [--tokens 20] [--rounds 24] [--target-ms 35 | --blocks N] [--secure]
 """
 
 from __future__ import annotations
@@ -34,18 +35,24 @@ from pathlib import Path
 
 import torch
 from _plain_pipeline import PlainPipeline
+from _sizing import build, size
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
 from resplit.launcher import stack as stack_mod
-from resplit.models.tiny import build_tiny
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
-MODEL = {"hidden_size": 1024, "num_hidden_layers": 12, "intermediate_size": 2816, "num_attention_heads": 16}
+WINDOW_MS = (20.0, 50.0)  # the whole-model decode time the target ratio is stated for
+
+
+def three_segments(blocks: int) -> list[tuple[int, int, str]]:
+    """S1 | S2 | S3 over worker-0..2: units 0..blocks+1, the blocks shared out as evenly as they go."""
+    first, second = 1 + blocks // 3, 1 + (2 * blocks) // 3
+    return [(0, first, "worker-0"), (first, second, "worker-1"), (second, blocks + 2, "worker-2")]
 
 
 def whole_run(model, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
@@ -89,7 +96,11 @@ def deploy(address: str, name: str, model_dir: Path, segments: list[tuple[int, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument(
+        "--target-ms", type=float, default=35.0, help="whole-model decode ms/token to size the model for"
+    )
+    parser.add_argument("--blocks", type=int, help="use this many blocks instead of sizing the model")
     parser.add_argument("--secure", action="store_true", help="mutual TLS on every hop (default: plaintext)")
     parser.add_argument(
         "--worker-env",
@@ -103,24 +114,24 @@ def main() -> None:
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
     console = Console(width=160)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
-    with console.status("building the model"):
-        model_dir = build_tiny("llama", work / "model", **MODEL)
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    params = sum(p.numel() for p in model.parameters())
     decode_prompt = [5 + (i * 7) % 300 for i in range(16)]
+    with console.status("sizing the model to this machine"):
+        blocks = args.blocks or size(work, args.target_ms, decode_prompt)
+        model_dir, model = build(work, blocks)
+    params = sum(p.numel() for p in model.parameters())
     prefill_prompt = [5 + (i * 13) % 300 for i in range(128)]
     with console.status("starting the stack"):
         # All three trusted, so the head may sit on worker-2: three distinct processes.
         # Plaintext by default: loopback, and the ratio is about the data path, not TLS.
         os.environ.update(worker_env)
         stack = stack_mod.up(work / "stack", workers=3, trusted=3, secure=args.secure)
-    segments = [(0, 5, "worker-0"), (5, 10, "worker-1"), (10, 14, "worker-2")]
+    segments = three_segments(blocks)
     # The plain processes get the OpenMP settings a worker gives itself (services/worker/__main__.py).
     plain_env = worker_env or {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
     try:
         address = stack.by_name("orchestrator").address
         deploy(address, "bench", model_dir, segments)
-        deploy(address, "bench-one", model_dir, [(0, 14, "worker-1")])
+        deploy(address, "bench-one", model_dir, [(0, blocks + 2, "worker-1")])
         modes = ("whole", "one", "plain", "split", "stepped")
         decode = {m: [] for m in modes}  # per round: that round's per-token latencies
         prefill = {m: [] for m in modes}
@@ -164,7 +175,11 @@ def main() -> None:
         "split": "resplit, 3 workers",
         "stepped": "resplit, 3 workers, client-stepped",
     }
-    table = Table(title=f"3-segment split vs whole model, {params / 1e6:.0f} M-parameter Llama (fp32, CPU)")
+    split_blocks = "+".join(str(b - a - (a == 0) - (b == blocks + 2)) for a, b, _ in segments)
+    table = Table(
+        title=f"3-segment split vs whole model, {params / 1e6:.0f} M-parameter Llama, {blocks} blocks "
+        f"split {split_blocks} (fp32, CPU)"
+    )
     table.add_column("metric")
     for title in columns.values():
         table.add_column(title, justify="right")
@@ -204,6 +219,14 @@ def main() -> None:
         f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}, "
         f"worker environment {worker_env or 'as the workers set it'}; "
         "the same greedy tokens in every mode and round; target ratio split / whole <= 1.10"
+    )
+    whole_ms = statistics.median(medians["whole"])
+    sized = f"--blocks {args.blocks}" if args.blocks else f"sized for {args.target_ms:.0f} ms/token"
+    inside = WINDOW_MS[0] <= whole_ms <= WINDOW_MS[1]
+    console.print(
+        f"model: {blocks} blocks ({sized}); whole-model decode {whole_ms:.1f} ms/token, "
+        + ("inside " if inside else "[bold red]outside[/] ")
+        + f"the {WINDOW_MS[0]:.0f}-{WINDOW_MS[1]:.0f} ms the target is stated for"
     )
 
 
