@@ -1,8 +1,11 @@
 """Server interceptor: per-RPC Prometheus metrics and no unlogged crashes.
 
 Counts every handled RPC by method and status code and times it. An exception
-that escapes a handler is logged with its traceback and answered INTERNAL with
-a message, instead of gRPC's bare "Unexpected <class ...>".
+that escapes a handler is answered with a message instead of gRPC's bare
+"Unexpected <class ...>": UNAVAILABLE when it says Redis could not be reached
+(a transient condition: the shared state is restarting or the network is down;
+the caller should retry, and the SDK's sessions count UNAVAILABLE as recoverable), and
+INTERNAL, logged with its traceback, for anything else (a bug).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +53,23 @@ class _Tally:
         RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.start)
 
 
-async def _internal(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+#: Escaped errors that mean "try again", not "bug".
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+
+
+def _code_for(exc: BaseException) -> grpc.StatusCode:
+    return grpc.StatusCode.UNAVAILABLE if isinstance(exc, _UNREACHABLE) else grpc.StatusCode.INTERNAL
+
+
+async def _unhandled(
+    context: grpc.aio.ServicerContext, method: str, exc: BaseException, code: grpc.StatusCode
+) -> None:
+    detail = f"{type(exc).__name__}: {exc}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        log.warning("%s: Redis unreachable: %s", method, detail)
+        await context.abort(code, f"{method}: the shared state (Redis) is unreachable, retry: {detail}")
     log.exception("unhandled error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
+    await context.abort(code, f"internal error in {method}: {detail}")
 
 
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -62,8 +81,9 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
             tally.done(_code_of(context))
             raise
         except Exception as exc:
-            tally.done(grpc.StatusCode.INTERNAL.name)
-            await _internal(context, method, exc)
+            code = _code_for(exc)
+            tally.done(code.name)
+            await _unhandled(context, method, exc, code)
         tally.done(_code_of(context))
         return result
 
@@ -83,8 +103,9 @@ def _wrap_streaming(method: str, behavior: Callable[..., Any]) -> Callable[..., 
             tally.done(_code_of(context))
             raise
         except Exception as exc:
-            tally.done(grpc.StatusCode.INTERNAL.name)
-            await _internal(context, method, exc)
+            code = _code_for(exc)
+            tally.done(code.name)
+            await _unhandled(context, method, exc, code)
         tally.done(_code_of(context))
 
     return handler
