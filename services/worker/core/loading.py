@@ -11,6 +11,7 @@ from resplit.core.emulation import EmulatedDevice
 from resplit.models import (
     Checkpoint,
     CheckpointError,
+    Segment,
     UnsupportedModelError,
     family_of,
     load_segment,
@@ -58,8 +59,30 @@ def load_hosted(
         is_dir = False
     if not is_dir:
         raise NotHosted(f"model directory {model_dir[:256]!r} does not exist on this worker")
-    if emulated is not None:
-        return _emulated(deployment, epoch, start, end, model_dir, dtype_name, compression, emulated)
+    if emulated is None:
+        segment, generative, hidden_size, dtype = _real(start, end, model_dir, dtype_name, device)
+    else:
+        segment, generative, hidden_size, dtype = _emulated(start, end, model_dir, dtype_name, emulated)
+        device = torch.device("cpu")
+    return Hosted(
+        deployment=deployment,
+        epoch=epoch,
+        start=start,
+        end=end,
+        segment=segment,
+        model_dir=model_dir,
+        compression=compression,
+        dtype=dtype,
+        device=device,
+        generative=generative,
+        hidden_size=hidden_size,
+    )
+
+
+def _real(
+    start: int, end: int, model_dir: str, dtype_name: str, device: torch.device
+) -> tuple[Segment, bool, int, torch.dtype]:
+    """(segment, generative, hidden size, dtype) with only the tensors of units [start, end)."""
     try:
         checkpoint = Checkpoint(model_dir)
         family = family_of(checkpoint.config.model_type)
@@ -73,46 +96,16 @@ def load_hosted(
         segment = load_segment(checkpoint, start, end, device, dtype)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise LoadFailed(f"cannot load units [{start}, {end}) from {model_dir}: {exc}") from None
-    return Hosted(
-        deployment=deployment,
-        epoch=epoch,
-        start=start,
-        end=end,
-        segment=segment,
-        model_dir=model_dir,
-        compression=compression,
-        dtype=dtype,
-        device=device,
-        generative=family.generative,
-        hidden_size=int(checkpoint.config.hidden_size),
-    )
+    return segment, family.generative, int(checkpoint.config.hidden_size), dtype
 
 
 def _emulated(
-    deployment: str,
-    epoch: int,
-    start: int,
-    end: int,
-    model_dir: str,
-    dtype_name: str,
-    compression: int,
-    emulated: EmulatedDevice,
-) -> Hosted:
+    start: int, end: int, model_dir: str, dtype_name: str, emulated: EmulatedDevice
+) -> tuple[Segment, bool, int, torch.dtype]:
+    """The same from config.json alone: a segment that waits as long as ``emulated`` would compute."""
     try:
         segment = EmulatedSegment(model_dir, start, end, emulated, DTYPES.get(dtype_name))
         family = family_of(segment.config.model_type)
     except (OSError, ValueError) as exc:
         raise LoadFailed(f"cannot emulate units [{start}, {end}) of {model_dir}: {exc}") from None
-    return Hosted(
-        deployment=deployment,
-        epoch=epoch,
-        start=start,
-        end=end,
-        segment=segment,
-        model_dir=model_dir,
-        compression=compression,
-        dtype=segment.dtype,
-        device=torch.device("cpu"),
-        generative=family.generative,
-        hidden_size=segment.hidden_size,
-    )
+    return segment, family.generative, segment.hidden_size, segment.dtype
