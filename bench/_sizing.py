@@ -1,4 +1,4 @@
-"""Sizing the benchmark's Llama to the host: whole-model decode near a target ms/token.
+"""The whole model in one process, and sizing the benchmark's Llama to the host.
 
 The ratio the pipeline benchmark reports depends on how long a token takes: a
 fixed per-hop cost weighs more on a small model. Its target is stated for a
@@ -25,21 +25,28 @@ HIDDEN = {"hidden_size": 1024, "intermediate_size": 2816, "num_attention_heads":
 PROBE_BLOCKS = (3, 12)
 
 
+def whole_run(model, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
+    """(prefill seconds, decode seconds per token, generated ids) with transformers in-process."""
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        start = time.perf_counter()
+        out = model(torch.tensor([prompt]), cache=cache, use_cache=True)
+        token = int(out.logits[0, -1].argmax())
+        prefill = time.perf_counter() - start
+        ids, steps = [token], []
+        for _ in range(tokens - 1):
+            start = time.perf_counter()
+            out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
+            token = int(out.logits[0, -1].argmax())
+            steps.append(time.perf_counter() - start)
+            ids.append(token)
+    return prefill, steps, ids
+
+
 def decode_ms(model, prompt: list[int], tokens: int = 12, repeats: int = 3) -> float:
     """Median ms per greedy decode step of ``model`` in this process, over ``repeats`` runs."""
-    medians = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            cache = DynamicCache(config=model.config)
-            out = model(torch.tensor([prompt]), cache=cache, use_cache=True)
-            token, steps = int(out.logits[0, -1].argmax()), []
-            for _ in range(tokens):
-                start = time.perf_counter()
-                out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
-                token = int(out.logits[0, -1].argmax())
-                steps.append(time.perf_counter() - start)
-            medians.append(statistics.median(steps) * 1e3)
-    return statistics.median(medians)
+    runs = [statistics.median(whole_run(model, prompt, tokens + 1)[1]) * 1e3 for _ in range(repeats)]
+    return statistics.median(runs)
 
 
 def build(work: Path, blocks: int):

@@ -33,13 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from _plain_pipeline import PlainPipeline
-from _sizing import build, size
+from _sizing import build, size, whole_run
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
-from transformers import DynamicCache
 
 from resplit.launcher import stack as stack_mod
 from resplit.rpc.channels import sync_channel
@@ -53,24 +51,6 @@ def three_segments(blocks: int) -> list[tuple[int, int, str]]:
     """S1 | S2 | S3 over worker-0..2: units 0..blocks+1, the blocks shared out as evenly as they go."""
     first, second = 1 + blocks // 3, 1 + (2 * blocks) // 3
     return [(0, first, "worker-0"), (first, second, "worker-1"), (second, blocks + 2, "worker-2")]
-
-
-def whole_run(model, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
-    """(prefill seconds, decode seconds per token, generated ids) with transformers in-process."""
-    with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        start = time.perf_counter()
-        out = model(torch.tensor([prompt]), cache=cache, use_cache=True)
-        token = int(out.logits[0, -1].argmax())
-        prefill = time.perf_counter() - start
-        ids, steps = [token], []
-        for _ in range(tokens - 1):
-            start = time.perf_counter()
-            out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
-            token = int(out.logits[0, -1].argmax())
-            steps.append(time.perf_counter() - start)
-            ids.append(token)
-    return prefill, steps, ids
 
 
 def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
@@ -100,7 +80,7 @@ def main() -> None:
     parser.add_argument(
         "--target-ms", type=float, default=35.0, help="whole-model decode ms/token to size the model for"
     )
-    parser.add_argument("--blocks", type=int, help="use this many blocks instead of sizing the model")
+    parser.add_argument("--blocks", type=int, help="use this many blocks (>= 3) instead of sizing")
     parser.add_argument("--secure", action="store_true", help="mutual TLS on every hop (default: plaintext)")
     parser.add_argument(
         "--worker-env",
@@ -110,13 +90,15 @@ def main() -> None:
         help="environment for the workers and the plain processes only, e.g. OMP_WAIT_POLICY=ACTIVE",
     )
     args = parser.parse_args()
+    if args.blocks is not None and args.blocks < 3:
+        parser.error(f"--blocks must be at least 3 (one per segment), got {args.blocks}")
     # This process's OpenMP read its settings when torch loaded: the whole model keeps torch's defaults.
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
     console = Console(width=160)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     decode_prompt = [5 + (i * 7) % 300 for i in range(16)]
     with console.status("sizing the model to this machine"):
-        blocks = args.blocks or size(work, args.target_ms, decode_prompt)
+        blocks = args.blocks if args.blocks is not None else size(work, args.target_ms, decode_prompt)
         model_dir, model = build(work, blocks)
     params = sum(p.numel() for p in model.parameters())
     prefill_prompt = [5 + (i * 13) % 300 for i in range(128)]

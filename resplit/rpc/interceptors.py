@@ -64,12 +64,15 @@ def _code_for(exc: BaseException) -> grpc.StatusCode:
 async def _unhandled(
     context: grpc.aio.ServicerContext, method: str, exc: BaseException, code: grpc.StatusCode
 ) -> None:
+    """Log ``exc`` and abort the RPC with ``code`` (context.abort raises AbortError)."""
     detail = f"{type(exc).__name__}: {exc}"
     if code == grpc.StatusCode.UNAVAILABLE:
         log.warning("%s: Redis unreachable: %s", method, detail)
-        await context.abort(code, f"{method}: the shared state (Redis) is unreachable, retry: {detail}")
-    log.exception("unhandled error in %s", method, exc_info=exc)
-    await context.abort(code, f"internal error in {method}: {detail}")
+        message = f"{method}: the shared state (Redis) is unreachable, retry: {detail}"
+    else:
+        log.exception("unhandled error in %s", method, exc_info=exc)
+        message = f"internal error in {method}: {detail}"
+    await context.abort(code, message)
 
 
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
