@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
-_taps: dict[int, Tap] = {}
+#: Keyed by the Popen object itself, weakly: an ``id()`` key is reused once a
+#: finished process's Popen is collected, and a later process would then be
+#: handed the old one's output.
+_taps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -50,7 +54,7 @@ class Tap:
 def tap(proc) -> Tap:
     """The tap of ``proc`` (a started ServiceProcess), started on first use."""
     with _lock:
-        key = id(proc.proc)
-        if key not in _taps:
-            _taps[key] = Tap(proc)
-        return _taps[key]
+        found = _taps.get(proc.proc)
+        if found is None:
+            found = _taps[proc.proc] = Tap(proc)
+        return found
