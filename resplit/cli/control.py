@@ -72,8 +72,14 @@ def _ms(value: float) -> str:
 
 def events_view(deployment: str, events: list[common_pb2.DecisionEvent]) -> Table:
     table = Table(title=f"decisions of {deployment!r} ({len(events)})")
-    for column in ("time", "outcome", "triggers", "chosen plan", "predicted", "measured", "reason"):
-        table.add_column(column, overflow="fold")
+    # Short cells never wrap: a long plan or reason folds within its own column
+    # rather than squeezing a trigger such as "latency 68.85 > 50" onto two lines.
+    for column in ("time", "outcome", "triggers"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("chosen plan", overflow="fold")
+    for column in ("predicted", "measured"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold", max_width=60)
     for event in events:
         chosen = event.chosen if event.HasField("chosen") else None
         table.add_row(
