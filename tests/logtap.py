@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
-
-#: Keyed by the Popen object itself, weakly: an ``id()`` key is reused once a
-#: finished process's Popen is collected, and a later process would then be
-#: handed the old one's output.
-_taps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
 
 
 class Tap:
-    def __init__(self, proc) -> None:
+    def __init__(self, stream) -> None:
         self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._drain, args=(proc.proc.stdout,), daemon=True)
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
         self._thread.start()
 
     def _drain(self, stream) -> None:
@@ -52,9 +45,5 @@ class Tap:
 
 
 def tap(proc) -> Tap:
-    """The tap of ``proc`` (a started ServiceProcess), started on first use."""
-    with _lock:
-        found = _taps.get(proc.proc)
-        if found is None:
-            found = _taps[proc.proc] = Tap(proc)
-        return found
+    """The tap of ``proc``, a started ServiceProcess (it owns one from its start)."""
+    return proc.log

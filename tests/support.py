@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from logtap import tap
+from logtap import Tap
 
 from resplit.launcher.processes import free_port
 from resplit.rpc.probe import grpc_health, http_health
@@ -101,6 +101,8 @@ class ServiceProcess:
     security: Security | None = None
     #: Extra environment of the process (e.g. RESPLIT_TOKEN).
     env: dict[str, str] = field(default_factory=dict)
+    #: Its output, read as it goes (tests/logtap.py); set by ``start``.
+    log: Tap | None = None
 
     @property
     def address(self) -> str:
@@ -127,7 +129,8 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             self.argv(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        tap(self)  # drained all along: a full pipe would block the service on its next log line
+        # Drained all along: a full pipe would block the service on its next log line.
+        self.log = Tap(self.proc.stdout)
         return self
 
     def health(self) -> str:
@@ -154,7 +157,7 @@ class ServiceProcess:
         """What the process printed, once it has exited ("" while it runs)."""
         if self.proc is None or self.proc.poll() is None:
             return ""
-        return tap(self).text()
+        return self.log.text()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
