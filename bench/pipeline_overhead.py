@@ -11,6 +11,9 @@ then, alternating in every round:
   streams greedy tokens over loopback gRPC, with the first hop running the
   decode loop (the default) and, for comparison, with the client sending
   every step (``server_loop=False``);
+* paper placement: the same three segments as the paper's {S1, S2, S3} and the
+  orchestrator's default deploy place them: S1 and S3 on one trusted worker
+  (worker-0), S2 on worker-1; three segments and three network hops, two processes;
 * 1 worker: the same model deployed as one segment on worker-1 (the data plane
   and a process boundary, no split);
 * plain: the same three segments in three plain processes chained by pipes
@@ -51,6 +54,12 @@ def three_segments(blocks: int) -> list[tuple[int, int, str]]:
     """S1 | S2 | S3 over worker-0..2: units 0..blocks+1, the blocks shared out as evenly as they go."""
     first, second = 1 + blocks // 3, 1 + (2 * blocks) // 3
     return [(0, first, "worker-0"), (first, second, "worker-1"), (second, blocks + 2, "worker-2")]
+
+
+def paper_placement(segments: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """The same segments with S3 on S1's worker, as the paper and the default deploy place them."""
+    first_node = segments[0][2]
+    return [(a, b, first_node if i == len(segments) - 1 else n) for i, (a, b, n) in enumerate(segments)]
 
 
 def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
@@ -94,7 +103,7 @@ def main() -> None:
         parser.error(f"--blocks must be at least 3 (one per segment), got {args.blocks}")
     # This process's OpenMP read its settings when torch loaded: the whole model keeps torch's defaults.
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
-    console = Console(width=160)
+    console = Console(width=200)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     decode_prompt = [5 + (i * 7) % 300 for i in range(16)]
     with console.status("sizing the model to this machine"):
@@ -114,7 +123,8 @@ def main() -> None:
         address = stack.by_name("orchestrator").address
         deploy(address, "bench", model_dir, segments)
         deploy(address, "bench-one", model_dir, [(0, blocks + 2, "worker-1")])
-        modes = ("whole", "one", "plain", "split", "stepped")
+        deploy(address, "bench-paper", model_dir, paper_placement(segments))
+        modes = ("whole", "one", "plain", "split", "paper", "stepped")
         decode = {m: [] for m in modes}  # per round: that round's per-token latencies
         prefill = {m: [] for m in modes}
         with (
@@ -122,12 +132,13 @@ def main() -> None:
             Client(address, server_loop=False) as stepped,
             PlainPipeline(model_dir, [(a, b) for a, b, _ in segments], plain_env) as plain,
         ):
-            route, one = looping.route("bench"), looping.route("bench-one")
+            route, one, paper = (looping.route(n) for n in ("bench", "bench-one", "bench-paper"))
             runs = {
                 "whole": lambda prompt, n: whole_run(model, prompt, n),
                 "one": lambda prompt, n: split_run(looping, one, prompt, n),
                 "plain": plain.generate,
                 "split": lambda prompt, n: split_run(looping, route, prompt, n),
+                "paper": lambda prompt, n: split_run(looping, paper, prompt, n),
                 "stepped": lambda prompt, n: split_run(stepped, route, prompt, n),
             }
             for run in runs.values():  # warm-up
@@ -149,12 +160,13 @@ def main() -> None:
     def ratios(mode: str, base: str) -> list[float]:
         return [s / w for s, w in zip(medians[mode], medians[base], strict=True)]
 
-    hops = 3  # client -> worker-0 -> worker-1 -> worker-2 (the token comes back the same way)
+    hops = 3  # client -> worker-0 -> worker-1 -> worker-2 or -0 (the token comes back the same way)
     columns = {
         "whole": "whole (1 process)",
         "one": "resplit, 1 worker",
         "plain": "plain, 3 processes",
         "split": "resplit, 3 workers",
+        "paper": "resplit, S1+S3 on worker-0",
         "stepped": "resplit, 3 workers, client-stepped",
     }
     split_blocks = "+".join(str(b - a - (a == 0) - (b == blocks + 2)) for a, b, _ in segments)
@@ -174,8 +186,7 @@ def main() -> None:
         "",
         "",
         "1",
-        ratio_cell(ratios("split", "plain")),
-        ratio_cell(ratios("stepped", "plain")),
+        *(ratio_cell(ratios(m, "plain")) for m in ("split", "paper", "stepped")),
     )
     overhead = {
         m: statistics.median(a - b for a, b in zip(medians[m], medians["whole"], strict=True)) for m in modes
@@ -186,8 +197,7 @@ def main() -> None:
         "",
         "",
         "",
-        f"{overhead['split'] / hops:.2f}",
-        f"{overhead['stepped'] / hops:.2f}",
+        *(f"{overhead[m] / hops:.2f}" for m in ("split", "paper", "stepped")),
     )
     rates = {m: len(prefill_prompt) / statistics.median(prefill[m]) for m in modes}
     table.add_row(
@@ -195,7 +205,7 @@ def main() -> None:
         f"{rates['whole']:.0f}",
         *(f"{rates[m]:.0f} ({rates[m] / rates['whole']:.2f}x)" for m in modes[1:]),
     )
-    table.add_row("gRPC Ping round trip to worker-1, median ms", "", "", "", f"{ping:.2f}", "")
+    table.add_row("gRPC Ping round trip to worker-1, median ms", "", "", "", f"{ping:.2f}", "", "")
     console.print(table)
     console.print(
         f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}, "
