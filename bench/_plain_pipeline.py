@@ -23,13 +23,18 @@ from resplit.models import Checkpoint, load_segment
 STOP, NEW, DECODE = b"", b"N", b"D"
 
 
-def _stage(model_dir: str, start: int, end: int, inbox: Connection, outbox: Connection) -> None:
+def _stage(
+    model_dir: str, start: int, end: int, inbox: Connection, outbox: Connection, decode_threads: int
+) -> None:
     segment = load_segment(Checkpoint(Path(model_dir)), start, end, torch.device("cpu"))
     state = segment.new_state()
+    threads = torch.get_num_threads()
     while (message := inbox.recv_bytes()) != STOP:
         flag, payload = message[:1], bytearray(message[1:])  # NEW: a prompt, else one decode step
         if flag == NEW:
             state = segment.new_state()
+        # As a worker does (--decode-threads): fewer threads for a decode step, all for a prefill.
+        torch.set_num_threads(threads if flag == NEW else min(decode_threads or threads, threads))
         if segment.has_embedding:
             out = segment.step(state, input_ids=torch.frombuffer(payload, dtype=torch.int64).unsqueeze(0))
         else:
@@ -43,9 +48,14 @@ def _stage(model_dir: str, start: int, end: int, inbox: Connection, outbox: Conn
 
 
 class PlainPipeline:
-    """Segments [(start, end), ...] in one process each, chained by pipes; greedy decode."""
+    """Segments [(start, end), ...] in one process each, chained by pipes; greedy decode.
 
-    def __init__(self, model_dir: Path, segments: list[tuple[int, int]], env: dict[str, str]) -> None:
+    ``decode_threads``: intra-op threads for decode steps, as the workers' ``--decode-threads``
+    (0: all of them)."""
+
+    def __init__(
+        self, model_dir: Path, segments: list[tuple[int, int]], env: dict[str, str], decode_threads: int = 0
+    ) -> None:
         context = mp.get_context("spawn")
         pipes = [context.Pipe(duplex=False) for _ in range(len(segments) + 1)]  # (recv, send)
         self._first, self._last = pipes[0][1], pipes[-1][0]
@@ -54,7 +64,9 @@ class PlainPipeline:
         try:
             self._processes = [
                 context.Process(
-                    target=_stage, args=(str(model_dir), a, b, pipes[i][0], pipes[i + 1][1]), daemon=True
+                    target=_stage,
+                    args=(str(model_dir), a, b, pipes[i][0], pipes[i + 1][1], decode_threads),
+                    daemon=True,
                 )
                 for i, (a, b) in enumerate(segments)
             ]

@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from _plain_pipeline import PlainPipeline
 from _sizing import build, size, whole_run
 from rich.console import Console
@@ -43,6 +44,7 @@ from rich.progress import track
 from rich.table import Table
 
 from resplit.launcher import stack as stack_mod
+from resplit.launcher.stack import host_cores, shared_host_worker_args
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -116,6 +118,9 @@ def main() -> None:
         # Plaintext by default: loopback, and the ratio is about the data path, not TLS.
         os.environ.update(worker_env)
         stack = stack_mod.up(work / "stack", workers=3, trusted=3, secure=args.secure)
+    # What `resplit up` gave each worker for decode steps; the plain processes do the same.
+    shared = shared_host_worker_args(3, host_cores(), [])
+    decode_threads = int(os.environ.get("RESPLIT_DECODE_THREADS", shared[1] if shared else 0))
     segments = three_segments(blocks)
     # The plain processes get the OpenMP settings a worker gives itself (services/worker/__main__.py).
     plain_env = worker_env or {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
@@ -130,7 +135,7 @@ def main() -> None:
         with (
             Client(address) as looping,
             Client(address, server_loop=False) as stepped,
-            PlainPipeline(model_dir, [(a, b) for a, b, _ in segments], plain_env) as plain,
+            PlainPipeline(model_dir, [(a, b) for a, b, _ in segments], plain_env, decode_threads) as plain,
         ):
             route, one, paper = (looping.route(n) for n in ("bench", "bench-one", "bench-paper"))
             runs = {
@@ -210,6 +215,8 @@ def main() -> None:
     console.print(
         f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}, "
         f"worker environment {worker_env or 'as the workers set it'}; "
+        f"workers and plain processes decode with {decode_threads or 'all'} intra-op thread(s) "
+        f"(prefill with all; the whole model with {torch.get_num_threads()}); "
         "the same greedy tokens in every mode and round; target ratio split / whole <= 1.10"
     )
     whole_ms = statistics.median(medians["whole"])

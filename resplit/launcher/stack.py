@@ -12,10 +12,11 @@ CLI and scripts that use the stack need nothing more.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import redis
@@ -36,6 +37,30 @@ REDIS_INSTALL_HINT = (
 
 class StackError(RuntimeError):
     """The stack could not be started or found; the message says why."""
+
+
+def host_cores() -> int:
+    """Cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def shared_host_worker_args(
+    workers: int, cores: int, given: list[str], environ: Mapping[str, str] = os.environ
+) -> list[str]:
+    """Flags for workers that share this host's ``cores``: each decodes with its share
+    of them (at least one) unless ``given`` (the caller's worker flags) or the
+    environment (``RESPLIT_DECODE_THREADS``) sets it.
+
+    A decode step is memory-bound and one segment computes at a time per session:
+    when every co-located worker decodes with all the cores, the threads of the
+    worker that just finished stand in the way of the next hop's (see
+    ``services/worker/core/threads.py``; measured in bench/pipeline_overhead.py).
+    Prefill keeps all the cores. One worker alone keeps its defaults.
+    """
+    chosen = "RESPLIT_DECODE_THREADS" in environ
+    if workers < 2 or chosen or any(flag.split("=", 1)[0] == "--decode-threads" for flag in given):
+        return []
+    return ["--decode-threads", str(max(1, cores // workers))]
 
 
 class StackTLS(BaseModel):
@@ -234,7 +259,9 @@ def up(
     (``--insecure``).
 
     The first ``trusted`` workers are trusted. ``extra_args`` adds flags per
-    service kind (e.g. ``{"worker": ["--max-tokens", "8192"]}``). On any
+    service kind (e.g. ``{"worker": ["--max-tokens", "8192"]}``). Two or more
+    workers share this host's cores: each decodes with its share of them
+    (:func:`shared_host_worker_args`). On any
     failure everything already started is stopped again before the error is
     raised.
     """
@@ -260,9 +287,11 @@ def up(
             record = _spawn_service(kind, kind, redis_url, state_dir, extra, tls_dir)
             records.append(record)
             peers += [f"--{kind}-address", record.address]
+        given = extra_args.get("worker", [])
+        shared = shared_host_worker_args(workers, host_cores(), given)
         for i in range(workers):
             extra = ["--node-id", f"worker-{i}", "--heartbeat-ttl-s", "6", "--heartbeat-interval-s", "2"]
-            extra += extra_args.get("worker", [])
+            extra += shared + given
             if i < trusted:
                 extra.append("--trusted")
             records.append(_spawn_service(f"worker-{i}", "worker", redis_url, state_dir, extra, tls_dir))

@@ -30,6 +30,12 @@ class WorkerSettings(ServiceSettings):
     heartbeat_interval_s: float = Field(3.0, gt=0, le=600, description="how often the entry is refreshed")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where segments run")
     torch_threads: int = Field(0, ge=0, le=256, description="intra-op threads for torch; 0 = torch's default")
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="intra-op threads for decode steps (one new token per sequence); 0 = as --torch-threads",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

@@ -39,6 +39,7 @@ from .core.inputs import activation, token_input
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted
 from .core.sessions import Session, SessionTable
+from .core.threads import StepThreads
 from .hops import Channels, Downstream, HopError
 from .migration import Migrator
 
@@ -116,6 +117,7 @@ class ForwardHandler:
         *,
         trusted: bool = False,
         passive: PassiveLinks | None = None,
+        step_threads: StepThreads | None = None,
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -127,6 +129,8 @@ class ForwardHandler:
         self.migrator = migrator
         #: Bytes and seconds of the activations sent on, for the agent's link estimates.
         self.passive = passive or PassiveLinks()
+        #: Intra-op threads per step (fewer for decode); None leaves the count alone.
+        self.step_threads = step_threads
 
     async def _next(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest]
@@ -320,6 +324,8 @@ class ForwardHandler:
             decoding the activation, the segment, encoding what goes on or sampling. The
             thread with the process's OpenMP team does it all (see core/threads.py), and
             a step costs one thread handoff."""
+            if self.step_threads is not None:
+                self.step_threads.use(tokens)
             hidden, step_mask = None, mask
             if assembler is not None:
                 _, hidden, step_mask = activation(hosted, assembler, hosted.epoch)

@@ -39,7 +39,7 @@ from .core.metrics import ComputeTimes
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted, ends_with_head
 from .core.sessions import Limits, SessionTable
-from .core.threads import dedicate_threads
+from .core.threads import StepThreads, dedicate_threads
 from .forward import Channels, ForwardHandler, status_of
 from .migration import Migrator
 
@@ -226,7 +226,12 @@ class WorkerCore:
         self.channels = Channels(settings.max_message_bytes)
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
         threads = dedicate_threads(self._compute, threads)
-        log.info("compute thread: %d torch intra-op threads, 1 elsewhere", threads)
+        step_threads = StepThreads(threads, settings.decode_threads or threads)
+        log.info(
+            "compute thread: %d torch intra-op threads (%d for decode steps), 1 elsewhere",
+            threads,
+            step_threads.decode,
+        )
         self.compute_times = ComputeTimes()
         self._agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None
@@ -248,6 +253,7 @@ class WorkerCore:
             self.migrator,
             trusted=settings.trusted,
             passive=self.passive,
+            step_threads=step_threads,
         )
 
     async def on_compute(self, fn, segment: str = "all"):

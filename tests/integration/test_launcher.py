@@ -16,6 +16,8 @@ import psutil
 import pytest
 from support import ROOT
 
+from resplit.launcher import stack as stack_mod
+
 pytestmark = pytest.mark.integration
 
 RESPLIT = str(Path(sys.executable).parent / "resplit")
@@ -57,6 +59,10 @@ def test_up_status_deploy_generate_embed_down_leave_no_process_behind(tmp_path, 
             assert row["healthy"], row
             if row["kind"] != "redis":
                 assert (row["grpc_health"], row["healthz"]) == ("SERVING", 200)
+        # Three workers share this host's cores: each decodes with its share of them.
+        share = max(1, stack_mod.host_cores() // 3)
+        for record in (r for r in stack_mod.load(Path(state)).processes if r.kind == "worker"):
+            assert record.argv[record.argv.index("--decode-threads") + 1] == str(share), record.argv
         nodes = {n["node_id"]: n for n in report["nodes"]}
         assert set(nodes) == {"worker-0", "worker-1", "worker-2"}
         assert all(n["state"] == "UP" for n in nodes.values())

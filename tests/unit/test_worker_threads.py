@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from services.worker.core.threads import dedicate_threads
+from services.worker.core.threads import StepThreads, dedicate_threads
 
 
 @pytest.fixture
@@ -38,3 +38,20 @@ def test_the_compute_thread_keeps_its_threads_and_the_rest_get_one(restore_threa
 def test_zero_threads_is_refused(restore_threads):
     with ThreadPoolExecutor(1) as compute, pytest.raises(ValueError, match="at least 1"):
         dedicate_threads(compute, 0)
+
+
+def test_decode_steps_use_the_decode_threads_and_prefill_all(restore_threads):
+    with ThreadPoolExecutor(1) as compute:
+        dedicate_threads(compute, 2)
+        steps = StepThreads(2, 1)
+        seen = [
+            compute.submit(lambda n=n: (steps.use(n), torch.get_num_threads())).result() for n in (5, 1, 1, 7)
+        ]
+        assert seen == [(2, 2), (1, 1), (1, 1), (2, 2)]
+        assert torch.get_num_threads() == 1  # other threads untouched
+
+
+def test_decode_threads_never_exceed_the_compute_threads_and_zero_is_refused():
+    assert StepThreads(2, 8).for_step(1) == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        StepThreads(2, 0)

@@ -30,3 +30,34 @@ def dedicate_threads(compute: Executor, threads: int) -> int:
     claimed = compute.submit(_claim, threads).result()
     torch.set_num_threads(1)
     return claimed
+
+
+class StepThreads:
+    """How many of the compute thread's intra-op threads a step uses: all of them for a
+    prefill, ``decode`` of them for a decode step (one new token per sequence).
+
+    A decode step is a chain of matrix-vector products bound by memory bandwidth, which
+    one or two cores may already saturate; a prefill is compute-bound and wants every
+    core. Where several workers share a host's cores (``resplit up``, a testbed), each
+    decoding with all of them makes the threads of the worker that just finished a step
+    stand in the way of the next hop's: fewer decode threads avoid that without slowing
+    prefill down. Only the compute thread calls :meth:`use`.
+    """
+
+    def __init__(self, threads: int, decode: int) -> None:
+        if threads < 1 or decode < 1:
+            raise ValueError(f"threads must be at least 1, got {threads} and {decode} for decode")
+        self.threads, self.decode = threads, min(decode, threads)
+        self._current = threads
+
+    def for_step(self, tokens: int) -> int:
+        """Threads for a step of ``tokens`` new tokens per sequence."""
+        return self.decode if tokens == 1 else self.threads
+
+    def use(self, tokens: int) -> int:
+        """Set this (the compute) thread's count for a step of ``tokens``; returns it."""
+        wanted = self.for_step(tokens)
+        if wanted != self._current:
+            torch.set_num_threads(wanted)
+            self._current = wanted
+        return wanted
