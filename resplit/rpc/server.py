@@ -16,7 +16,7 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -150,11 +150,22 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
     log.info("%s stopped", core.name)
 
 
-def run(core: ServiceCore, settings: ServiceSettings) -> None:
-    """Blocking entry point used by every ``python -m services.<name>``."""
-    setup_logging(core.name, settings.log_level)
+class CoreType(Protocol):
+    """A service's core class: its name, and a constructor taking its settings."""
+
+    name: str
+
+    def __call__(self, settings: Any) -> ServiceCore: ...
+
+
+def run(core_type: CoreType, settings: ServiceSettings) -> None:
+    """Blocking entry point used by every ``python -m services.<name>``.
+
+    The core is built here, after logging is set up, so that what its constructor
+    logs (a worker's thread counts, say) reaches the log instead of being dropped."""
+    setup_logging(core_type.name, settings.log_level)
     try:
-        asyncio.run(serve(core, settings))
+        asyncio.run(serve(core_type(settings), settings))
     except StartupError as exc:
-        print(f"resplit-{core.name}: {exc}", file=sys.stderr)
+        print(f"resplit-{core_type.name}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CANNOT_START) from None

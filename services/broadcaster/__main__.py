@@ -11,7 +11,7 @@ from .server import BroadcasterCore
 
 def main() -> None:
     settings = load_settings(BroadcasterSettings, "resplit-broadcaster")
-    run(BroadcasterCore(settings), settings)
+    run(BroadcasterCore, settings)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from .server import MonitorCore
 
 def main() -> None:
     settings = load_settings(MonitorSettings, "resplit-monitor")
-    run(MonitorCore(settings), settings)
+    run(MonitorCore, settings)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from .server import OrchestratorCore
 
 def main() -> None:
     settings = load_settings(OrchestratorSettings, "resplit-orchestrator")
-    run(OrchestratorCore(settings), settings)
+    run(OrchestratorCore, settings)
 
 
 if __name__ == "__main__":

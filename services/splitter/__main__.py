@@ -11,7 +11,7 @@ from .server import SplitterCore
 
 def main() -> None:
     settings = load_settings(SplitterSettings, "resplit-splitter")
-    run(SplitterCore(settings), settings)
+    run(SplitterCore, settings)
 
 
 if __name__ == "__main__":

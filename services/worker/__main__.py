@@ -28,7 +28,7 @@ def main() -> None:
 
     from .server import WorkerCore
 
-    run(WorkerCore(settings), settings)
+    run(WorkerCore, settings)
 
 
 if __name__ == "__main__":
