@@ -70,3 +70,11 @@ def blocks_for(target_ms: float, probe: Callable[[int], float], most: int = 48) 
 def size(work: Path, target_ms: float, prompt: list[int]) -> int:
     """Blocks for ``target_ms`` per token on this machine, from probe models built under ``work``."""
     return blocks_for(target_ms, lambda blocks: decode_ms(build(work, blocks)[1], prompt))
+
+
+def model_for(work: Path, blocks: int | None, target_ms: float, prompt: list[int]):
+    """(blocks, model directory, model loaded whole): ``blocks`` of them when given,
+    else as many as make whole-model decode take ``target_ms`` per token here."""
+    blocks = blocks if blocks is not None else size(work, target_ms, prompt)
+    model_dir, model = build(work, blocks)
+    return blocks, model_dir, model

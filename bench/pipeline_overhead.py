@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 from _plain_pipeline import PlainPipeline
-from _sizing import build, size, whole_run
+from _sizing import model_for, whole_run
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -113,8 +113,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     decode_prompt = [5 + (i * 7) % 300 for i in range(16)]
     with console.status("sizing the model to this machine"):
-        blocks = args.blocks if args.blocks is not None else size(work, args.target_ms, decode_prompt)
-        model_dir, model = build(work, blocks)
+        blocks, model_dir, model = model_for(work, args.blocks, args.target_ms, decode_prompt)
     params = sum(p.numel() for p in model.parameters())
     prefill_prompt = [5 + (i * 13) % 300 for i in range(128)]
     with console.status("starting the stack"):
