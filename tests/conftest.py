@@ -59,8 +59,12 @@ def tiny_models(tmp_path_factory) -> dict[str, object]:
 def stack() -> Iterator[LocalStack]:
     """Redis, the broadcaster, the orchestrator and four workers (worker-0 and worker-1
     trusted), shared by every module that asks for it: deployment names must be unique
-    across modules, and a test that kills a worker starts it again."""
-    local = LocalStack()
+    across modules, and a test that kills a worker starts it again.
+
+    worker-3 prefills with two intra-op threads and decodes with one, as `resplit up`
+    sets workers sharing two cores: every 4-segment split of test_split_correctness
+    runs a segment there and is compared with the whole model."""
+    local = LocalStack(per_worker={3: ["--torch-threads", "2", "--decode-threads", "1"]})
     try:
         yield local.start()
     finally:

@@ -34,7 +34,7 @@ class WorkerSettings(ServiceSettings):
         0,
         ge=0,
         le=256,
-        description="intra-op threads for decode steps (one new token per sequence); 0 = as --torch-threads",
+        description="intra-op threads for decode steps (at most 8 new tokens in all); 0 = as --torch-threads",
     )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")

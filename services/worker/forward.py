@@ -301,7 +301,7 @@ class ForwardHandler:
         ids = mask = None
         if request.HasField("tokens"):
             ids, mask = token_input(hosted, request.tokens)
-            step, tokens = request.tokens.step, ids.shape[1]
+            step, tokens, rows = request.tokens.step, ids.shape[1], ids.shape[0]
         elif request.HasField("activation"):
             assembler = Assembler()
             chunk = request.activation
@@ -315,6 +315,7 @@ class ForwardHandler:
                 raise errors.BadInput("no tensor header")
             # A malformed shape counts 0 here and is refused with the full check in activation().
             step, tokens = header.step, header.shape[1] if len(header.shape) == 3 else 0
+            rows = header.shape[0] if len(header.shape) == 3 else 0
         else:
             raise errors.BadInput("expected tokens or an activation")
         self.sessions.begin_step(session, step, tokens if hosted.generative else 0)
@@ -325,7 +326,7 @@ class ForwardHandler:
             thread with the process's OpenMP team does it all (see core/threads.py), and
             a step costs one thread handoff."""
             if self.step_threads is not None:
-                self.step_threads.use(tokens)
+                self.step_threads.use(rows * tokens)
             hidden, step_mask = None, mask
             if assembler is not None:
                 _, hidden, step_mask = activation(hosted, assembler, hosted.epoch)

@@ -44,14 +44,14 @@ def test_decode_steps_use_the_decode_threads_and_prefill_all(restore_threads):
     with ThreadPoolExecutor(1) as compute:
         dedicate_threads(compute, 2)
         steps = StepThreads(2, 1)
-        seen = [
-            compute.submit(lambda n=n: (steps.use(n), torch.get_num_threads())).result() for n in (5, 1, 1, 7)
-        ]
-        assert seen == [(2, 2), (1, 1), (1, 1), (2, 2)]
+        counts = (12, 1, 8, 9, 1)  # new tokens in all: prefill, decode, a batch of 8 decoding, 9, decode
+        seen = [compute.submit(lambda n=n: (steps.use(n), torch.get_num_threads())).result() for n in counts]
+        assert seen == [(2, 2), (1, 1), (1, 1), (2, 2), (1, 1)]
         assert torch.get_num_threads() == 1  # other threads untouched
 
 
 def test_decode_threads_never_exceed_the_compute_threads_and_zero_is_refused():
     assert StepThreads(2, 8).for_step(1) == 2
+    assert StepThreads(4, 1).for_step(0) == 4  # a malformed step's count: whatever it is refused for
     with pytest.raises(ValueError, match="at least 1"):
         StepThreads(2, 0)

@@ -32,11 +32,18 @@ def dedicate_threads(compute: Executor, threads: int) -> int:
     return claimed
 
 
-class StepThreads:
-    """How many of the compute thread's intra-op threads a step uses: all of them for a
-    prefill, ``decode`` of them for a decode step (one new token per sequence).
+#: Steps with at most this many new tokens in all (rows x tokens) are memory-bound on a
+#: CPU: each weight is read once and used this many times at most, well below the
+#: arithmetic intensity at which fp32 kernels become compute-bound.
+MEMORY_BOUND_TOKENS = 8
 
-    A decode step is a chain of matrix-vector products bound by memory bandwidth, which
+
+class StepThreads:
+    """How many of the compute thread's intra-op threads a step uses: ``decode`` of them
+    for a step of few new tokens (a decode step: one per sequence, in a small batch),
+    all of them otherwise (a prefill).
+
+    Such a step is a chain of matrix-vector products bound by memory bandwidth, which
     one or two cores may already saturate; a prefill is compute-bound and wants every
     core. Where several workers share a host's cores (``resplit up``, a testbed), each
     decoding with all of them makes the threads of the worker that just finished a step
@@ -51,8 +58,8 @@ class StepThreads:
         self._current = threads
 
     def for_step(self, tokens: int) -> int:
-        """Threads for a step of ``tokens`` new tokens per sequence."""
-        return self.decode if tokens == 1 else self.threads
+        """Threads for a step of ``tokens`` new tokens in all (rows x tokens per row)."""
+        return self.decode if 0 < tokens <= MEMORY_BOUND_TOKENS else self.threads
 
     def use(self, tokens: int) -> int:
         """Set this (the compute) thread's count for a step of ``tokens``; returns it."""
