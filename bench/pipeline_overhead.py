@@ -48,7 +48,7 @@ from rich.progress import track
 from rich.table import Table
 
 from resplit.launcher import stack as stack_mod
-from resplit.launcher.stack import host_cores, shared_host_worker_args
+from resplit.launcher.stack import host_cores, shared_decode_threads
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -122,8 +122,7 @@ def main() -> None:
         os.environ.update(worker_env)
         stack = stack_mod.up(work / "stack", workers=3, trusted=3, secure=args.secure)
     # What `resplit up` gave each worker for decode steps; the plain processes do the same.
-    shared = shared_host_worker_args(3, host_cores(), [])
-    decode_threads = int(os.environ.get("RESPLIT_DECODE_THREADS", shared[1] if shared else 0))
+    decode_threads = int(os.environ.get("RESPLIT_DECODE_THREADS", shared_decode_threads(3, host_cores())))
     segments = three_segments(blocks)
     # The plain processes get the OpenMP settings a worker gives itself (services/worker/__main__.py).
     plain_env = worker_env or {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}

@@ -60,7 +60,12 @@ def shared_host_worker_args(
     chosen = "RESPLIT_DECODE_THREADS" in environ
     if workers < 2 or chosen or any(flag.split("=", 1)[0] == "--decode-threads" for flag in given):
         return []
-    return ["--decode-threads", str(max(1, cores // workers))]
+    return ["--decode-threads", str(shared_decode_threads(workers, cores))]
+
+
+def shared_decode_threads(workers: int, cores: int) -> int:
+    """Each of ``workers`` workers' share of ``cores`` for decode steps: at least one."""
+    return max(1, cores // workers)
 
 
 class StackTLS(BaseModel):
