@@ -24,9 +24,15 @@ STOP, NEW, DECODE = b"", b"N", b"D"
 
 
 def _stage(
-    model_dir: str, start: int, end: int, inbox: Connection, outbox: Connection, decode_threads: int
+    model_dir: str,
+    start: int,
+    end: int,
+    inbox: Connection,
+    outbox: Connection,
+    decode_threads: int,
+    device: str,
 ) -> None:
-    segment = load_segment(Checkpoint(Path(model_dir)), start, end, torch.device("cpu"))
+    segment = load_segment(Checkpoint(Path(model_dir)), start, end, torch.device(device))
     state = segment.new_state()
     threads = torch.get_num_threads()
     while (message := inbox.recv_bytes()) != STOP:
@@ -36,12 +42,13 @@ def _stage(
         # As a worker does (--decode-threads): fewer threads for a decode step, all for a prefill.
         torch.set_num_threads(threads if flag == NEW else min(decode_threads or threads, threads))
         if segment.has_embedding:
-            out = segment.step(state, input_ids=torch.frombuffer(payload, dtype=torch.int64).unsqueeze(0))
+            ids = torch.frombuffer(payload, dtype=torch.int64).unsqueeze(0).to(device)
+            out = segment.step(state, input_ids=ids)
         else:
-            hidden = torch.frombuffer(payload, dtype=torch.float32)
+            hidden = torch.frombuffer(payload, dtype=torch.float32).to(device)
             out = segment.step(state, hidden=hidden.view(1, -1, segment.config.hidden_size))
         if out.hidden is not None:
-            outbox.send_bytes(flag + out.hidden.contiguous().numpy().tobytes())
+            outbox.send_bytes(flag + out.hidden.contiguous().cpu().numpy().tobytes())
         else:
             outbox.send_bytes(int(out.logits[0].argmax()).to_bytes(8, "little"))
     outbox.send_bytes(STOP)
@@ -51,10 +58,15 @@ class PlainPipeline:
     """Segments [(start, end), ...] in one process each, chained by pipes; greedy decode.
 
     ``decode_threads``: intra-op threads for decode steps, as the workers' ``--decode-threads``
-    (0: all of them)."""
+    (0: all of them). ``device``: where the segments run, as a worker's ``--device``."""
 
     def __init__(
-        self, model_dir: Path, segments: list[tuple[int, int]], env: dict[str, str], decode_threads: int = 0
+        self,
+        model_dir: Path,
+        segments: list[tuple[int, int]],
+        env: dict[str, str],
+        decode_threads: int = 0,
+        device: str = "cpu",
     ) -> None:
         context = mp.get_context("spawn")
         pipes = [context.Pipe(duplex=False) for _ in range(len(segments) + 1)]  # (recv, send)
@@ -65,7 +77,7 @@ class PlainPipeline:
             self._processes = [
                 context.Process(
                     target=_stage,
-                    args=(str(model_dir), a, b, pipes[i][0], pipes[i + 1][1], decode_threads),
+                    args=(str(model_dir), a, b, pipes[i][0], pipes[i + 1][1], decode_threads, device),
                     daemon=True,
                 )
                 for i, (a, b) in enumerate(segments)

@@ -30,14 +30,14 @@ def whole_run(model, prompt: list[int], tokens: int) -> tuple[float, list[float]
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         start = time.perf_counter()
-        out = model(torch.tensor([prompt]), cache=cache, use_cache=True)
+        out = model(torch.tensor([prompt], device=model.device), cache=cache, use_cache=True)
         token = int(out.logits[0, -1].argmax())
         prefill = time.perf_counter() - start
         ids, steps = [token], []
         for _ in range(tokens - 1):
             start = time.perf_counter()
-            out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
-            token = int(out.logits[0, -1].argmax())
+            out = model(torch.tensor([[token]], device=model.device), cache=cache, use_cache=True)
+            token = int(out.logits[0, -1].argmax())  # waits for the device: the step is complete
             steps.append(time.perf_counter() - start)
             ids.append(token)
     return prefill, steps, ids
@@ -49,10 +49,10 @@ def decode_ms(model, prompt: list[int], tokens: int = 12, repeats: int = 3) -> f
     return statistics.median(runs)
 
 
-def build(work: Path, blocks: int):
-    """(model directory, model loaded whole) for a random Llama with ``blocks`` blocks."""
+def build(work: Path, blocks: int, device: str = "cpu"):
+    """(model directory, model loaded whole on ``device``) for a random Llama with ``blocks`` blocks."""
     model_dir = build_tiny("llama", work / f"llama-{blocks}", num_hidden_layers=blocks, **HIDDEN)
-    return model_dir, AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    return model_dir, AutoModelForCausalLM.from_pretrained(model_dir).eval().to(device)
 
 
 def blocks_for(target_ms: float, probe: Callable[[int], float], most: int = 48) -> int:
@@ -67,14 +67,14 @@ def blocks_for(target_ms: float, probe: Callable[[int], float], most: int = 48) 
     return max(small, min(most, round((target_ms - fixed) / per_block)))
 
 
-def size(work: Path, target_ms: float, prompt: list[int]) -> int:
+def size(work: Path, target_ms: float, prompt: list[int], device: str = "cpu") -> int:
     """Blocks for ``target_ms`` per token on this machine, from probe models built under ``work``."""
-    return blocks_for(target_ms, lambda blocks: decode_ms(build(work, blocks)[1], prompt))
+    return blocks_for(target_ms, lambda blocks: decode_ms(build(work, blocks, device)[1], prompt))
 
 
-def model_for(work: Path, blocks: int | None, target_ms: float, prompt: list[int]):
-    """(blocks, model directory, model loaded whole): ``blocks`` of them when given,
+def model_for(work: Path, blocks: int | None, target_ms: float, prompt: list[int], device: str = "cpu"):
+    """(blocks, model directory, model loaded whole on ``device``): ``blocks`` of them when given,
     else as many as make whole-model decode take ``target_ms`` per token here."""
-    blocks = blocks if blocks is not None else size(work, target_ms, prompt)
-    model_dir, model = build(work, blocks)
+    blocks = blocks if blocks is not None else size(work, target_ms, prompt, device)
+    model_dir, model = build(work, blocks, device)
     return blocks, model_dir, model

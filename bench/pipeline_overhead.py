@@ -28,7 +28,12 @@ The ratio is the median over rounds of (mode median / whole median) within
 a round, so drift of a shared machine's speed between rounds cancels out; the
 range over rounds is printed next to it. Also printed: the overhead per token
 and per network hop, and prefill throughput for a 128-token prompt.
+With ``--device cuda`` every mode runs its segments (or the whole model) on the
+GPU: the same comparison where compute is fast and the data plane's fixed cost
+per hop weighs more. A GPU decodes this model far below 20 ms per token, so give
+``--blocks`` there; the sizing stops at 48 blocks.
 Usage: python bench/pipeline_overhead.py [--tokens 20] [--rounds 24] [--target-ms 35 | --blocks N] [--secure]
+       [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -98,6 +103,12 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, help="use this many blocks (>= 3) instead of sizing")
     parser.add_argument("--secure", action="store_true", help="mutual TLS on every hop (default: plaintext)")
     parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the whole model, the workers' segments and the plain processes run (default: cpu)",
+    )
+    parser.add_argument(
         "--worker-env",
         action="append",
         default=[],
@@ -107,13 +118,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.blocks is not None and args.blocks < 3:
         parser.error(f"--blocks must be at least 3 (one per segment), got {args.blocks}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device on this machine")
     # This process's OpenMP read its settings when torch loaded: the whole model keeps torch's defaults.
-    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    # The workers' --device, so that a CPU run on a GPU machine is a CPU run.
+    worker_env = {"RESPLIT_DEVICE": args.device, **dict(item.split("=", 1) for item in args.worker_env)}
     console = Console(width=200)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     decode_prompt = [5 + (i * 7) % 300 for i in range(16)]
     with console.status("sizing the model to this machine"):
-        blocks, model_dir, model = model_for(work, args.blocks, args.target_ms, decode_prompt)
+        blocks, model_dir, model = model_for(work, args.blocks, args.target_ms, decode_prompt, args.device)
     params = sum(p.numel() for p in model.parameters())
     prefill_prompt = [5 + (i * 13) % 300 for i in range(128)]
     with console.status("starting the stack"):
@@ -125,7 +139,8 @@ def main() -> None:
     decode_threads = int(os.environ.get("RESPLIT_DECODE_THREADS", shared_decode_threads(3, host_cores())))
     segments = three_segments(blocks)
     # The plain processes get the OpenMP settings a worker gives itself (services/worker/__main__.py).
-    plain_env = worker_env or {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
+    omp_default = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
+    plain_env = worker_env if omp_default.keys() & worker_env.keys() else {**omp_default, **worker_env}
     try:
         address = stack.by_name("orchestrator").address
         deploy(address, "bench", model_dir, segments)
@@ -137,7 +152,9 @@ def main() -> None:
         with (
             Client(address) as looping,
             Client(address, server_loop=False) as stepped,
-            PlainPipeline(model_dir, [(a, b) for a, b, _ in segments], plain_env, decode_threads) as plain,
+            PlainPipeline(
+                model_dir, [(a, b) for a, b, _ in segments], plain_env, decode_threads, args.device
+            ) as plain,
         ):
             route, one, paper = (looping.route(n) for n in ("bench", "bench-one", "bench-paper"))
             runs = {
@@ -179,7 +196,7 @@ def main() -> None:
     split_blocks = "+".join(str(b - a - (a == 0) - (b == blocks + 2)) for a, b, _ in segments)
     table = Table(
         title=f"3-segment split vs whole model, {params / 1e6:.0f} M-parameter Llama, {blocks} blocks "
-        f"split {split_blocks} (fp32, CPU)"
+        f"split {split_blocks} (fp32, {_device_name(args.device)})"
     )
     table.add_column("metric")
     for title in columns.values():
@@ -216,7 +233,7 @@ def main() -> None:
     console.print(table)
     console.print(
         f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}, "
-        f"worker environment {worker_env or 'as the workers set it'}; "
+        f"worker environment {worker_env} (OpenMP as the workers set it unless named); "
         f"workers and plain processes decode with {decode_threads or 'all'} intra-op thread(s) "
         f"(prefill with all; the whole model with {torch.get_num_threads()}); "
         "the same greedy tokens in every mode and round; target ratio split / whole <= 1.10"
@@ -229,6 +246,10 @@ def main() -> None:
         + ("inside " if inside else "[bold red]outside[/] ")
         + f"the {WINDOW_MS[0]:.0f}-{WINDOW_MS[1]:.0f} ms the target is stated for"
     )
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else "CPU"
 
 
 def _ping(route) -> float:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import torch
 from logtap import Tap
 
 from resplit.launcher.processes import free_port
@@ -25,6 +26,9 @@ from resplit.rpc.probe import grpc_health, http_health
 from resplit.rpc.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where the test stack's workers run segments (their --device is "auto"). A whole
+# model run as a reference runs there too: the same kernels, so 1e-5 holds.
+WORKER_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):

@@ -47,7 +47,7 @@ def compress(tensor: torch.Tensor, compression: int) -> tuple[torch.Tensor, byte
         flat = tensor.float().reshape(-1, tensor.shape[-1])
         scales = flat.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         quantized = torch.round(flat / scales[:, None]).clamp(-127, 127).to(torch.int8)
-        return quantized.reshape(tensor.shape), scales.numpy().astype("<f4").tobytes()
+        return quantized.reshape(tensor.shape), scales.cpu().numpy().astype("<f4").tobytes()
     return tensor, b""
 
 

@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from support import spread
+from support import WORKER_DEVICE, spread
 from transformers import AutoModelForCausalLM
 
 from resplit.models import Checkpoint, num_units
@@ -30,9 +30,9 @@ def references(tiny_models):
     """Greedy tokens and raw logits of each whole model, by transformers."""
     out = {}
     for family in DECODERS:
-        model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval()
+        model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval().to(WORKER_DEVICE)
         result = model.generate(
-            torch.tensor([PROMPT]),
+            torch.tensor([PROMPT], device=WORKER_DEVICE),
             max_new_tokens=NEW_TOKENS,
             do_sample=False,
             output_logits=True,
@@ -40,7 +40,7 @@ def references(tiny_models):
             eos_token_id=None,
             pad_token_id=model.config.pad_token_id,
         )
-        out[family] = (result.sequences[0, len(PROMPT) :].tolist(), torch.stack(result.logits)[:, 0])
+        out[family] = (result.sequences[0, len(PROMPT) :].tolist(), torch.stack(result.logits)[:, 0].cpu())
     return out
 
 

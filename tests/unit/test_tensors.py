@@ -8,6 +8,9 @@ import torch
 from resplit.core.tensors import Assembler, TensorError, decode, decompress, encode
 from resplit.v1 import tensor_pb2
 
+# Segments hand the codec tensors on their own device: every device this machine has.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
 def test_round_trip_in_many_chunks(dtype):
@@ -39,10 +42,11 @@ def test_empty_and_scalar_tensors():
         (tensor_pb2.COMPRESSION_INT8_ABSMAX, 1e-2),
     ],
 )
-def test_compression_is_close_and_smaller(compression, bound):
+@pytest.mark.parametrize("device", DEVICES)
+def test_compression_is_close_and_smaller(compression, bound, device):
     torch.manual_seed(0)
     tensor = torch.randn(1, 16, 64)
-    chunks = encode(tensor, compression=compression)
+    chunks = encode(tensor.to(device), compression=compression)
     header, wire = decode(chunks)
     back = decompress(wire, header, torch.float32)
     relative = ((back - tensor).abs().max() / tensor.abs().max()).item()
