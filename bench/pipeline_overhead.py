@@ -21,8 +21,9 @@ then, alternating in every round:
   before any data plane. split / plain is the data plane's own share.
 
 Workers and plain processes decode with the intra-op threads `resplit up` gives
-three co-located workers (``--decode-threads``: their share of this host's
-cores) and prefill with all of them; the whole model keeps torch's default.
+three co-located workers (``--decode-threads``: one each on a host of fewer than
+six cores, else all of them) and prefill with all; the whole model keeps torch's
+default.
 
 The ratio is the median over rounds of (mode median / whole median) within
 a round, so drift of a shared machine's speed between rounds cancels out; the

@@ -47,25 +47,36 @@ def host_cores() -> int:
 def shared_host_worker_args(
     workers: int, cores: int, given: list[str], environ: Mapping[str, str] = os.environ
 ) -> list[str]:
-    """Flags for workers that share this host's ``cores``: each decodes with its share
-    of them (at least one) unless ``given`` (the caller's worker flags) or the
-    environment (``RESPLIT_DECODE_THREADS``) sets it.
-
-    A decode step is memory-bound and one segment computes at a time per session:
-    when every co-located worker decodes with all the cores, the threads of the
-    worker that just finished stand in the way of the next hop's (see
-    ``services/worker/core/threads.py``; measured in bench/pipeline_overhead.py).
-    Prefill keeps all the cores. One worker alone keeps its defaults.
+    """Flags for workers that share this host's ``cores``: one decode thread each
+    where :func:`shared_decode_threads` says so, unless ``given`` (the caller's
+    worker flags) or the environment (``RESPLIT_DECODE_THREADS``) sets it.
+    Prefill keeps all the cores; one worker alone keeps its defaults.
     """
     chosen = "RESPLIT_DECODE_THREADS" in environ
-    if workers < 2 or chosen or any(flag.split("=", 1)[0] == "--decode-threads" for flag in given):
+    if chosen or any(flag.split("=", 1)[0] == "--decode-threads" for flag in given):
         return []
-    return ["--decode-threads", str(shared_decode_threads(workers, cores))]
+    threads = shared_decode_threads(workers, cores)
+    return ["--decode-threads", str(threads)] if threads else []
 
 
 def shared_decode_threads(workers: int, cores: int) -> int:
-    """Each of ``workers`` workers' share of ``cores`` for decode steps: at least one."""
-    return max(1, cores // workers)
+    """Intra-op threads for each co-located worker's decode steps; 0: all of them.
+
+    One thread each where the host has fewer than two cores per worker, else all.
+    Measured with bench/pipeline_overhead.py (12-34 blocks, fp32, one session):
+
+    * 2 cores, 3 workers: a decode step is memory-bound there, one thread decodes
+      as fast as two, and workers decoding with both cores got in each other's
+      way: 1.113x the whole model with one thread each against 1.159x with both
+      (interleaved in one run, bench/worker_settings.py);
+    * 16 cores, 3 workers: decode is far from memory-bound at a third of the
+      cores. Five threads each gave 1.67x (one worker alone: 1.47x), all sixteen
+      1.53x (one worker alone: 1.04x).
+
+    One session's segments compute one at a time, so on a host with cores to
+    spare every worker may use all of them.
+    """
+    return 1 if workers >= 2 and cores < 2 * workers else 0
 
 
 class StackTLS(BaseModel):
@@ -265,7 +276,7 @@ def up(
 
     The first ``trusted`` workers are trusted. ``extra_args`` adds flags per
     service kind (e.g. ``{"worker": ["--max-tokens", "8192"]}``). Two or more
-    workers share this host's cores: each decodes with its share of them
+    workers on a host with fewer than two cores each decode with one thread each
     (:func:`shared_host_worker_args`). On any
     failure everything already started is stopped again before the error is
     raised.
