@@ -4,7 +4,8 @@ A service supplies a :class:`ServiceCore`-shaped object: which servicers to
 add, what to start, how to tell whether it is ready, what to stop. This module
 does the transport chores every service shares, so each ``server.py`` stays
 thin: bind (one clear line if the port is taken), report NOT_SERVING until
-``check_ready`` first says yes, re-check readiness every interval, and on
+``check_ready`` first says yes, re-check readiness every interval (sooner while
+not ready: see :func:`recheck_delay`), and on
 SIGTERM/SIGINT go NOT_SERVING, finish in-flight RPCs within the grace period
 and exit 0.
 """
@@ -54,19 +55,41 @@ class StartupError(RuntimeError):
     """Start-up failed for a reason the operator can fix (message says which)."""
 
 
+#: The first re-check of a service that is not ready; later ones double up to the interval.
+FIRST_RECHECK_S = 0.05
+
+
+def recheck_delay(ready: bool, was_ready: bool | None, delay: float, interval: float) -> float:
+    """Seconds until readiness is checked again.
+
+    A ready service is re-checked every ``interval``. One that is not ready (starting,
+    or it just lost a dependency) is re-checked soon, then less and less often, up to
+    the interval: a worker that has just registered reports SERVING within tens of
+    milliseconds instead of up to a whole interval later, and a dependency that stays
+    away is still only asked once per interval.
+    """
+    if ready:
+        return interval
+    if was_ready is None or was_ready:  # starting, or just became not ready
+        return min(FIRST_RECHECK_S, interval)
+    return min(delay * 2, interval)
+
+
 async def _watch_readiness(core: ServiceCore, readiness: Readiness, interval: float) -> None:
     last: tuple[bool, str] | None = None
+    delay = interval
     while True:
         try:
             state = await core.check_ready()
         except Exception as exc:  # a readiness probe must never kill the service
             state = (False, f"readiness check failed: {exc}")
+        delay = recheck_delay(state[0], None if last is None else last[0], delay, interval)
         if state != last:
             await readiness.set(*state)
             SERVICE_UP.set(1 if state[0] else 0)
             log.info("%s is %s (%s)", core.name, "SERVING" if state[0] else "NOT_SERVING", state[1])
             last = state
-        await asyncio.sleep(interval)
+        await asyncio.sleep(delay)
 
 
 async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
