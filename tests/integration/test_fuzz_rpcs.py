@@ -1,8 +1,9 @@
 """Hostile input against every RPC of every running service.
 
-Hypothesis drives 1,000 random messages per RPC (``FUZZ_EXAMPLES`` to change)
-at real processes: the shared stack's workers, orchestrator and broadcaster,
-plus a monitor and a splitter of this module's own on the stack's Redis.
+Hypothesis drives 1,000 random messages per RPC (``FUZZ_EXAMPLES`` to change),
+up to 16 of them in flight at once, at real processes: the shared stack's
+workers, orchestrator and broadcaster, plus a monitor and a splitter of this
+module's own on the stack's Redis.
 Messages are random in every field (tests/fuzzmsg.py): extremes, NaN and Inf,
 odd strings, unknown enums, long repeated fields; Forward streams open real
 and broken sessions and send truncated, oversize-shaped, NaN/Inf activations,
@@ -25,6 +26,8 @@ from __future__ import annotations
 import collections
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -187,26 +190,57 @@ def _first(call):
         call.cancel()
 
 
-def _fuzz_watch(rpc: str, method, request_type) -> None:
-    """Watches wait for a change: open them 100 at a time with a short deadline and read
-    each one's first answer, instead of waiting out one deadline per message."""
-    pending: list = []
+#: Calls in flight at once: the fuzzing waits about one round trip per window, not per message.
+WINDOW = 16
+
+
+def _fuzz_calls(
+    rpc: str, start: Callable[[int], tuple[Callable[[], Any], Any]], window: int = WINDOW
+) -> None:
+    """Send one message per example without waiting: ``start(seed)`` sends it and returns
+    (wait for its answer, the request). Every ``window`` messages the answers are read
+    and checked (:func:`_answer`), so up to ``window`` calls are in flight at a time,
+    also for the RPCs that change state: concurrent hostile input is input too. A
+    failure's message names the request that got the bad answer; the example that
+    Hypothesis reports may be a later one of the same window."""
+    pending: list[tuple[Callable[[], Any], Any]] = []
 
     def drain() -> None:
-        for call, request in pending:
-            _answer(rpc, lambda call=call: _first(call), request)
+        for wait, request in pending:
+            _answer(rpc, wait, request)
         pending.clear()
 
     @FUZZ
     @given(SEEDS)
     def fuzz(seed):
-        request = Fuzz(seed).message(request_type)
-        pending.append((method(request, timeout=0.5), request))
-        if len(pending) >= 100:
+        pending.append(start(seed))
+        if len(pending) >= window:
             drain()
 
     fuzz()
     drain()
+
+
+def _fuzz_unary(rpc: str, request_for: Callable[[Fuzz], tuple[Any, Any]], **fuzz_args: Any) -> None:
+    """Fuzz a unary RPC: ``request_for(fuzz)`` gives (the stub's method, the request)."""
+
+    def start(seed: int):
+        method, request = request_for(Fuzz(seed, **fuzz_args))
+        return method.future(request, timeout=30).result, request
+
+    _fuzz_calls(rpc, start)
+
+
+def _fuzz_watch(rpc: str, method, request_type) -> None:
+    """Watches wait for a change: open them 100 at a time with a short deadline and read
+    each one's first answer, instead of waiting out one deadline per message."""
+
+    def start(seed: int):
+        request = Fuzz(seed).message(request_type)
+        call = method(request, timeout=0.5)
+        return (lambda: _first(call)), request
+
+    _fuzz_calls(rpc, start, window=100)
 
 
 # -- worker ------------------------------------------------------------------
@@ -336,12 +370,13 @@ def _forward_messages(env: Env, seed: int) -> tuple[int, list[worker_pb2.Forward
     return hop, messages
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_forward(env, seed):
-    hop, messages = _forward_messages(env, seed)
-    stub = env.by_address[env.route.hops[hop].address]
-    _answer("worker.Forward", lambda: list(stub.Forward(iter(messages), timeout=20)), messages[:3])
+def test_worker_forward(env):
+    def start(seed: int):
+        hop, messages = _forward_messages(env, seed)
+        call = env.by_address[env.route.hops[hop].address].Forward(iter(messages), timeout=20)
+        return (lambda: list(call)), messages[:3]
+
+    _fuzz_calls("worker.Forward", start)
 
 
 def _load_request(env: Env, fuzz: Fuzz) -> worker_pb2.LoadSegmentRequest:
@@ -356,71 +391,74 @@ def _load_request(env: Env, fuzz: Fuzz) -> worker_pb2.LoadSegmentRequest:
     return request
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_load_segment(env, seed):
-    fuzz = Fuzz(seed, owned=True)
-    request = _load_request(env, fuzz)
-    stub = env.workers[fuzz.rng.randrange(3)]
-    _answer("worker.LoadSegment", lambda: stub.LoadSegment(request, timeout=30), request)
+def test_worker_load_segment(env):
+    def request_for(fuzz: Fuzz):
+        request = _load_request(env, fuzz)
+        return env.workers[fuzz.rng.randrange(3)].LoadSegment, request
+
+    _fuzz_unary("worker.LoadSegment", request_for, owned=True)
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_commit_epoch(env, seed):
-    fuzz = Fuzz(seed, owned=True)
-    request = fuzz.message(worker_pb2.CommitEpochRequest)
-    stub = env.workers[fuzz.rng.randrange(3)]
-    _answer("worker.CommitEpoch", lambda: stub.CommitEpoch(request, timeout=10), request)
+def test_worker_commit_epoch(env):
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(worker_pb2.CommitEpochRequest)
+        return env.workers[fuzz.rng.randrange(3)].CommitEpoch, request
+
+    _fuzz_unary("worker.CommitEpoch", request_for, owned=True)
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_release_segment(env, seed):
-    fuzz = Fuzz(seed, owned=True)
-    request = fuzz.message(worker_pb2.ReleaseSegmentRequest)
-    stub = env.workers[fuzz.rng.randrange(3)]
-    _answer("worker.ReleaseSegment", lambda: stub.ReleaseSegment(request, timeout=10), request)
+def test_worker_release_segment(env):
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(worker_pb2.ReleaseSegmentRequest)
+        return env.workers[fuzz.rng.randrange(3)].ReleaseSegment, request
+
+    _fuzz_unary("worker.ReleaseSegment", request_for, owned=True)
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_export_session(env, seed):
-    fuzz = Fuzz(seed)
-    request = fuzz.message(worker_pb2.ExportSessionRequest)
-    if fuzz.rng.random() < 0.3:
-        request.deployment, request.epoch = LIVE, env.route.epoch
-    stub = env.workers[fuzz.rng.randrange(3)]
-    _answer("worker.ExportSession", lambda: list(stub.ExportSession(request, timeout=10)), request)
+def test_worker_export_session(env):
+    def start(seed: int):
+        fuzz = Fuzz(seed)
+        request = fuzz.message(worker_pb2.ExportSessionRequest)
+        if fuzz.rng.random() < 0.3:
+            request.deployment, request.epoch = LIVE, env.route.epoch
+        call = env.workers[fuzz.rng.randrange(3)].ExportSession(request, timeout=10)
+        return (lambda: list(call)), request
+
+    _fuzz_calls("worker.ExportSession", start)
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_get_status(env, seed):
-    fuzz = Fuzz(seed)
-    request = fuzz.message(worker_pb2.GetStatusRequest)
-    stub = env.workers[fuzz.rng.randrange(3)]
-    _answer("worker.GetStatus", lambda: stub.GetStatus(request, timeout=10), request)
+def test_worker_get_status(env):
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(worker_pb2.GetStatusRequest)
+        return env.workers[fuzz.rng.randrange(3)].GetStatus, request
+
+    _fuzz_unary("worker.GetStatus", request_for)
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_ping(env, seed):
-    fuzz = Fuzz(seed)
-    request = fuzz.message(worker_pb2.PingRequest)
-    stub = env.workers[fuzz.rng.randrange(3)]
-    reply = _answer("worker.Ping", lambda: stub.Ping(request, timeout=10), request)
-    if isinstance(reply, worker_pb2.PingResponse):
-        assert reply.payload == request.payload
+def test_worker_ping(env):
+    def start(seed: int):
+        fuzz = Fuzz(seed)
+        request = fuzz.message(worker_pb2.PingRequest)
+        future = env.workers[fuzz.rng.randrange(3)].Ping.future(request, timeout=10)
+
+        def echoed() -> worker_pb2.PingResponse:
+            reply = future.result()
+            assert reply.payload == request.payload
+            return reply
+
+        return echoed, request
+
+    _fuzz_calls("worker.Ping", start)
 
 
-@FUZZ
-@given(SEEDS)
-def test_worker_probe_bandwidth(env, seed):
-    fuzz = Fuzz(seed)
-    chunks = [fuzz.message(worker_pb2.ProbeChunk) for _ in range(fuzz.count())]
-    stub = env.workers[fuzz.rng.randrange(3)]
-    _answer("worker.ProbeBandwidth", lambda: stub.ProbeBandwidth(iter(chunks), timeout=10), chunks[:2])
+def test_worker_probe_bandwidth(env):
+    def start(seed: int):
+        fuzz = Fuzz(seed)
+        chunks = [fuzz.message(worker_pb2.ProbeChunk) for _ in range(fuzz.count())]
+        future = env.workers[fuzz.rng.randrange(3)].ProbeBandwidth.future(iter(chunks), timeout=10)
+        return future.result, chunks[:2]
+
+    _fuzz_calls("worker.ProbeBandwidth", start)
 
 
 # -- monitor -----------------------------------------------------------------
@@ -428,37 +466,38 @@ def test_worker_probe_bandwidth(env, seed):
 FUZZ_NODES = {"node_id": lambda f: f.rng.choice(["", "fuzz-node", "fuzz-node-" + "x" * 300, "fuzz-\x00"])}
 
 
-@FUZZ
-@given(SEEDS)
-def test_monitor_list_nodes(env, seed):
-    request = Fuzz(seed).message(monitor_pb2.ListNodesRequest)
-    _answer("monitor.ListNodes", lambda: env.monitor.ListNodes(request, timeout=10), request)
+def test_monitor_list_nodes(env):
+    _fuzz_unary(
+        "monitor.ListNodes", lambda f: (env.monitor.ListNodes, f.message(monitor_pb2.ListNodesRequest))
+    )
 
 
-@FUZZ
-@given(SEEDS)
-def test_monitor_get_environment(env, seed):
-    request = Fuzz(seed).message(monitor_pb2.GetEnvironmentRequest)
-    _answer("monitor.GetEnvironment", lambda: env.monitor.GetEnvironment(request, timeout=10), request)
+def test_monitor_get_environment(env):
+    _fuzz_unary(
+        "monitor.GetEnvironment",
+        lambda f: (env.monitor.GetEnvironment, f.message(monitor_pb2.GetEnvironmentRequest)),
+    )
 
 
 def test_monitor_watch_environment(env):
     _fuzz_watch("monitor.WatchEnvironment", env.monitor.WatchEnvironment, monitor_pb2.WatchEnvironmentRequest)
 
 
-@FUZZ
-@given(SEEDS)
-def test_monitor_report_metrics(env, seed):
+def test_monitor_report_metrics(env):
     # Only made-up node ids: the stack's real nodes' metrics stay as they are.
-    request = Fuzz(seed, values=FUZZ_NODES).message(common_pb2.NodeMetrics)
-    _answer("monitor.ReportMetrics", lambda: env.monitor.ReportMetrics(request, timeout=10), request)
+    _fuzz_unary(
+        "monitor.ReportMetrics",
+        lambda f: (env.monitor.ReportMetrics, f.message(common_pb2.NodeMetrics)),
+        values=FUZZ_NODES,
+    )
 
 
-@FUZZ
-@given(SEEDS)
-def test_monitor_report_latency(env, seed):
-    request = Fuzz(seed, owned=True).message(monitor_pb2.LatencySample)
-    _answer("monitor.ReportLatency", lambda: env.monitor.ReportLatency(request, timeout=10), request)
+def test_monitor_report_latency(env):
+    _fuzz_unary(
+        "monitor.ReportLatency",
+        lambda f: (env.monitor.ReportLatency, f.message(monitor_pb2.LatencySample)),
+        owned=True,
+    )
 
 
 # -- splitter ----------------------------------------------------------------
@@ -493,20 +532,23 @@ def _valid_problem(env: Env, fuzz: Fuzz) -> splitter_pb2.Problem:
     return problem
 
 
-@FUZZ
-@given(SEEDS)
-def test_splitter_solve(env, seed):
-    fuzz = Fuzz(seed)
-    request = fuzz.message(splitter_pb2.SolveRequest)
-    if fuzz.rng.random() < 0.4:
-        request.problem.CopyFrom(_valid_problem(env, fuzz))
-    _answer("splitter.Solve", lambda: env.splitter.Solve(request, timeout=30), request)
+def test_splitter_solve(env):
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(splitter_pb2.SolveRequest)
+        if fuzz.rng.random() < 0.4:
+            request.problem.CopyFrom(_valid_problem(env, fuzz))
+        return env.splitter.Solve, request
+
+    _fuzz_unary("splitter.Solve", request_for)
 
 
-@FUZZ
-@given(SEEDS)
-def test_splitter_profile_model(env, seed):
-    fuzz = Fuzz(seed)
+def test_splitter_profile_model(env):
+    _fuzz_unary(
+        "splitter.ProfileModel", lambda fuzz: (env.splitter.ProfileModel, _profile_request(env, fuzz))
+    )
+
+
+def _profile_request(env: Env, fuzz: Fuzz) -> splitter_pb2.ProfileModelRequest:
     request = fuzz.message(splitter_pb2.ProfileModelRequest)
     if fuzz.rng.random() < 0.05:
         request.model_dir = env.model
@@ -525,87 +567,70 @@ def test_splitter_profile_model(env, seed):
                 "x" * 100_000,
             ]
         )
-    _answer("splitter.ProfileModel", lambda: env.splitter.ProfileModel(request, timeout=30), request)
+    return request
 
 
 # -- orchestrator ------------------------------------------------------------
 
 
-@FUZZ
-@given(SEEDS)
-def test_orchestrator_deploy(env, seed):
-    request = Fuzz(seed, owned=True).message(orchestrator_pb2.DeployRequest)
-    _answer("orchestrator.Deploy", lambda: env.orchestrator.Deploy(request, timeout=30), request)
+def _orchestrator_unary(env: Env, rpc: str, request_type, **fuzz_args: Any) -> None:
+    method = getattr(env.orchestrator, rpc)
+    _fuzz_unary(f"orchestrator.{rpc}", lambda f: (method, f.message(request_type)), **fuzz_args)
 
 
-@FUZZ
-@given(SEEDS)
-def test_orchestrator_undeploy(env, seed):
-    request = Fuzz(seed, owned=True).message(orchestrator_pb2.UndeployRequest)
-    _answer("orchestrator.Undeploy", lambda: env.orchestrator.Undeploy(request, timeout=30), request)
+def test_orchestrator_deploy(env):
+    _orchestrator_unary(env, "Deploy", orchestrator_pb2.DeployRequest, owned=True)
 
 
-@FUZZ
-@given(SEEDS)
-def test_orchestrator_list_deployments(env, seed):
-    request = Fuzz(seed).message(orchestrator_pb2.ListDeploymentsRequest)
-    _answer(
-        "orchestrator.ListDeployments", lambda: env.orchestrator.ListDeployments(request, timeout=10), request
-    )
+def test_orchestrator_undeploy(env):
+    _orchestrator_unary(env, "Undeploy", orchestrator_pb2.UndeployRequest, owned=True)
 
 
-@FUZZ
-@given(SEEDS)
-def test_orchestrator_get_route(env, seed):
-    request = Fuzz(seed).message(orchestrator_pb2.GetRouteRequest)
-    _answer("orchestrator.GetRoute", lambda: env.orchestrator.GetRoute(request, timeout=10), request)
+def test_orchestrator_list_deployments(env):
+    _orchestrator_unary(env, "ListDeployments", orchestrator_pb2.ListDeploymentsRequest)
+
+
+def test_orchestrator_get_route(env):
+    _orchestrator_unary(env, "GetRoute", orchestrator_pb2.GetRouteRequest)
 
 
 def test_orchestrator_watch_route(env):
     _fuzz_watch("orchestrator.WatchRoute", env.orchestrator.WatchRoute, orchestrator_pb2.WatchRouteRequest)
 
 
-@FUZZ
-@given(SEEDS)
-def test_orchestrator_get_plan(env, seed):
-    request = Fuzz(seed).message(orchestrator_pb2.GetPlanRequest)
-    _answer("orchestrator.GetPlan", lambda: env.orchestrator.GetPlan(request, timeout=10), request)
+def test_orchestrator_get_plan(env):
+    _orchestrator_unary(env, "GetPlan", orchestrator_pb2.GetPlanRequest)
 
 
-@FUZZ
-@given(SEEDS)
-def test_orchestrator_apply_plan(env, seed):
-    request = Fuzz(seed, owned=True).message(orchestrator_pb2.ApplyPlanRequest)
-    _answer("orchestrator.ApplyPlan", lambda: env.orchestrator.ApplyPlan(request, timeout=30), request)
+def test_orchestrator_apply_plan(env):
+    _orchestrator_unary(env, "ApplyPlan", orchestrator_pb2.ApplyPlanRequest, owned=True)
 
 
-@FUZZ
-@given(SEEDS)
-def test_orchestrator_list_events(env, seed):
-    request = Fuzz(seed).message(orchestrator_pb2.ListEventsRequest)
-    _answer("orchestrator.ListEvents", lambda: env.orchestrator.ListEvents(request, timeout=10), request)
+def test_orchestrator_list_events(env):
+    _orchestrator_unary(env, "ListEvents", orchestrator_pb2.ListEventsRequest)
 
 
 # -- broadcaster -------------------------------------------------------------
 
 
-@FUZZ
-@given(SEEDS)
-def test_broadcaster_rollout(env, seed):
-    request = Fuzz(seed, owned=True).message(broadcaster_pb2.RolloutRequest)
-    # Prepare and drain deadlines are what a rollout waits; keep them short.
-    request.prepare_deadline_s = (
-        min(request.prepare_deadline_s, 2.0) if request.prepare_deadline_s > 0 else 0.0
+def test_broadcaster_rollout(env):
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(broadcaster_pb2.RolloutRequest)
+        # Prepare and drain deadlines are what a rollout waits; keep them short.
+        request.prepare_deadline_s = (
+            min(request.prepare_deadline_s, 2.0) if request.prepare_deadline_s > 0 else 0.0
+        )
+        request.drain_deadline_s = min(request.drain_deadline_s, 0.5) if request.drain_deadline_s > 0 else 0.0
+        return env.broadcaster.Rollout, request
+
+    _fuzz_unary("broadcaster.Rollout", request_for, owned=True)
+
+
+def test_broadcaster_get_rollout(env):
+    _fuzz_unary(
+        "broadcaster.GetRollout",
+        lambda f: (env.broadcaster.GetRollout, f.message(broadcaster_pb2.GetRolloutRequest)),
     )
-    request.drain_deadline_s = min(request.drain_deadline_s, 0.5) if request.drain_deadline_s > 0 else 0.0
-    _answer("broadcaster.Rollout", lambda: env.broadcaster.Rollout(request, timeout=30), request)
-
-
-@FUZZ
-@given(SEEDS)
-def test_broadcaster_get_rollout(env, seed):
-    request = Fuzz(seed).message(broadcaster_pb2.GetRolloutRequest)
-    _answer("broadcaster.GetRollout", lambda: env.broadcaster.GetRollout(request, timeout=10), request)
 
 
 # -- afterwards --------------------------------------------------------------
