@@ -42,7 +42,7 @@ def test_link_estimator_damps_noise_but_follows_a_confirmed_shift_in_two_samples
     assert 45.0 < est.value < 55.0
     assert est.update(20.0) == pytest.approx(est.value)  # one outlier: held
     assert 45.0 < est.value < 55.0
-    assert est.update(21.0) == 20.5  # second one agrees: a new level, the mean of the two
+    assert est.update(21.0) == 21.0  # second one agrees: a new level, where the second puts it
 
 
 def test_link_estimator_ignores_a_single_spike():
