@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from typing import Any, Protocol
 
 import grpc
@@ -161,7 +162,12 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        draining = time.monotonic()
         await server.stop(settings.shutdown_grace_s)
+        drained = time.monotonic() - draining
+        if drained > settings.shutdown_grace_s + 1.0:  # gRPC's own stop overran the grace it was given
+            log.warning("%s: the gRPC server took %.1f s to stop (grace %.1f s)", core.name, drained,
+                        settings.shutdown_grace_s)  # fmt: skip
         # Bounded: a background task stuck in a client library (Redis going away at the
         # same moment) must not keep the process alive past the launcher's SIGKILL.
         stopping = asyncio.ensure_future(core.stop())
