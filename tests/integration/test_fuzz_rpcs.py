@@ -391,6 +391,16 @@ def _load_request(env: Env, fuzz: Fuzz) -> worker_pb2.LoadSegmentRequest:
     return request
 
 
+def _worker_unary(env: Env, rpc: str, request_type, **fuzz_args: Any) -> None:
+    """A random ``request_type`` message to one of the three workers, chosen by the seed."""
+
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(request_type)
+        return getattr(env.workers[fuzz.rng.randrange(3)], rpc), request
+
+    _fuzz_unary(f"worker.{rpc}", request_for, **fuzz_args)
+
+
 def test_worker_load_segment(env):
     def request_for(fuzz: Fuzz):
         request = _load_request(env, fuzz)
@@ -400,19 +410,11 @@ def test_worker_load_segment(env):
 
 
 def test_worker_commit_epoch(env):
-    def request_for(fuzz: Fuzz):
-        request = fuzz.message(worker_pb2.CommitEpochRequest)
-        return env.workers[fuzz.rng.randrange(3)].CommitEpoch, request
-
-    _fuzz_unary("worker.CommitEpoch", request_for, owned=True)
+    _worker_unary(env, "CommitEpoch", worker_pb2.CommitEpochRequest, owned=True)
 
 
 def test_worker_release_segment(env):
-    def request_for(fuzz: Fuzz):
-        request = fuzz.message(worker_pb2.ReleaseSegmentRequest)
-        return env.workers[fuzz.rng.randrange(3)].ReleaseSegment, request
-
-    _fuzz_unary("worker.ReleaseSegment", request_for, owned=True)
+    _worker_unary(env, "ReleaseSegment", worker_pb2.ReleaseSegmentRequest, owned=True)
 
 
 def test_worker_export_session(env):
@@ -428,11 +430,7 @@ def test_worker_export_session(env):
 
 
 def test_worker_get_status(env):
-    def request_for(fuzz: Fuzz):
-        request = fuzz.message(worker_pb2.GetStatusRequest)
-        return env.workers[fuzz.rng.randrange(3)].GetStatus, request
-
-    _fuzz_unary("worker.GetStatus", request_for)
+    _worker_unary(env, "GetStatus", worker_pb2.GetStatusRequest)
 
 
 def test_worker_ping(env):
