@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
@@ -52,6 +52,10 @@ class ServiceSettings(BaseSettings):
     tls_client_auth: bool = Field(True, description="require client certificates (mutual TLS)")
     token_file: str = Field("", description="file holding the bearer token (or env RESPLIT_TOKEN)")
     insecure: bool = Field(False, description="allow running without TLS (plaintext gRPC); logs a warning")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="event loop under gRPC: uvloop (libuv, cheaper per message) or the standard asyncio one",
+    )
 
     @property
     def address(self) -> str:

@@ -36,6 +36,11 @@ class WorkerSettings(ServiceSettings):
         le=256,
         description="intra-op threads for decode steps (at most 8 new tokens in all); 0 = as --torch-threads",
     )
+    inline_decode: bool = Field(
+        True,
+        description="run a lone session's single-threaded decode steps on the event loop's thread "
+        "(no hand-off to the compute thread); never with --emulate",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

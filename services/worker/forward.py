@@ -24,7 +24,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -39,7 +39,6 @@ from .core.inputs import activation, token_input
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted
 from .core.sessions import Session, SessionTable
-from .core.threads import StepThreads
 from .hops import Channels, Downstream, HopError
 from .migration import Migrator
 
@@ -111,13 +110,12 @@ class ForwardHandler:
         hosting: Hosting,
         sessions: SessionTable,
         channels: Channels,
-        compute: Callable[[Callable[[], Any], str], Any],
+        compute: Callable[[Callable[[], Any], str, int], Awaitable[Any]],
         chunk_bytes: int,
         migrator: Migrator,
         *,
         trusted: bool = False,
         passive: PassiveLinks | None = None,
-        step_threads: StepThreads | None = None,
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -129,8 +127,6 @@ class ForwardHandler:
         self.migrator = migrator
         #: Bytes and seconds of the activations sent on, for the agent's link estimates.
         self.passive = passive or PassiveLinks()
-        #: Intra-op threads per step (fewer for decode); None leaves the count alone.
-        self.step_threads = step_threads
 
     async def _next(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest]
@@ -321,12 +317,10 @@ class ForwardHandler:
         self.sessions.begin_step(session, step, tokens if hosted.generative else 0)
 
         def work() -> list[Any]:
-            """Everything this step does with tensors, in one call on the compute thread:
-            decoding the activation, the segment, encoding what goes on or sampling. The
-            thread with the process's OpenMP team does it all (see core/threads.py), and
-            a step costs one thread handoff."""
-            if self.step_threads is not None:
-                self.step_threads.use(rows * tokens)
+            """Everything this step does with tensors, in one call: decoding the activation,
+            the segment, encoding what goes on or sampling. ``compute`` runs it on the
+            thread with the process's OpenMP team, or inline (see core/threads.py), and
+            a step costs one thread handoff at most."""
             hidden, step_mask = None, mask
             if assembler is not None:
                 _, hidden, step_mask = activation(hosted, assembler, hosted.epoch)
@@ -357,7 +351,7 @@ class ForwardHandler:
                 )
             ]
 
-        produced = await self.compute(work, f"{hosted.start}-{hosted.end}")
+        produced = await self.compute(work, f"{hosted.start}-{hosted.end}", rows * tokens)
         if downstream is not None:
             started = time.perf_counter()
             for chunk in produced:

@@ -39,7 +39,7 @@ from .core.metrics import ComputeTimes
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted, ends_with_head
 from .core.sessions import Limits, SessionTable
-from .core.threads import StepThreads, dedicate_threads
+from .core.threads import StepThreads, dedicate_threads, runs_inline
 from .forward import Channels, ForwardHandler, status_of
 from .migration import Migrator
 
@@ -226,11 +226,15 @@ class WorkerCore:
         self.channels = Channels(settings.max_message_bytes)
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
         threads = dedicate_threads(self._compute, threads)
-        step_threads = StepThreads(threads, settings.decode_threads or threads)
+        self.step_threads = StepThreads(threads, settings.decode_threads or threads)
+        # An emulated step sleeps for its compute time: never on the event loop.
+        self.inline_decode = settings.inline_decode and not settings.emulate
         log.info(
-            "compute thread: %d torch intra-op threads (%d for decode steps), 1 elsewhere",
+            "compute thread: %d torch intra-op threads (%d for decode steps), 1 elsewhere; "
+            "a lone session's single-threaded decode steps %s",
             threads,
-            step_threads.decode,
+            self.step_threads.decode,
+            "on the event loop" if self.inline_decode else "on the compute thread too",
         )
         self.compute_times = ComputeTimes()
         self._agent: Agent | None = None
@@ -253,28 +257,34 @@ class WorkerCore:
             self.migrator,
             trusted=settings.trusted,
             passive=self.passive,
-            step_threads=step_threads,
         )
 
-    async def on_compute(self, fn, segment: str = "all"):
-        """Run torch work on the compute thread (one segment step at a time), timed on
-        that thread (queueing excluded) for the node agent, per segment ("start-end").
+    async def on_compute(self, fn, segment: str = "all", tokens: int = 0):
+        """Run one step's torch work, timed where it runs (queueing excluded) for the node
+        agent, per segment ("start-end"); ``tokens``: the step's new tokens in all.
 
-        Every step runs there, a lone session's decode step included: this thread holds
-        the process's one OpenMP team (see core/threads.py), whose threads spin between
-        a step's kernels; the handoff costs well under a millisecond."""
-        times = self.compute_times
-        key = segment
+        Steps run one at a time on the compute thread, which holds the process's one
+        OpenMP team (see core/threads.py) and gives a step the intra-op threads its
+        size calls for; a lone session's single-threaded decode step runs right here
+        instead (:func:`runs_inline`), saving the two thread handoffs."""
+        times, steps = self.compute_times, self.step_threads
+        inline = self.inline_decode and runs_inline(
+            steps, tokens, sessions=self.sessions.clients(), in_flight=times.in_flight
+        )
 
         def timed():
+            if not inline:
+                steps.use(tokens)
             start = time.perf_counter()
             try:
                 return fn()
             finally:
-                times.record(key, (time.perf_counter() - start) * 1000)
+                times.record(segment, (time.perf_counter() - start) * 1000)
 
         times.in_flight += 1
         try:
+            if inline:
+                return timed()
             return await asyncio.get_running_loop().run_in_executor(self._compute, timed)
         finally:
             times.in_flight -= 1

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from services.worker.core.threads import StepThreads, dedicate_threads
+from services.worker.core.threads import StepThreads, dedicate_threads, runs_inline
 
 
 @pytest.fixture
@@ -55,3 +55,30 @@ def test_decode_threads_never_exceed_the_compute_threads_and_zero_is_refused():
     assert StepThreads(4, 1).for_step(0) == 4  # a malformed step's count: whatever it is refused for
     with pytest.raises(ValueError, match="at least 1"):
         StepThreads(2, 0)
+
+
+def test_only_single_threaded_decode_steps_count_as_single_threaded():
+    assert StepThreads(2, 1).single_threaded(1)
+    assert StepThreads(2, 1).single_threaded(8)  # a batch of 8 decoding: still memory-bound
+    assert not StepThreads(2, 1).single_threaded(9)  # a prefill uses every thread
+    assert not StepThreads(2, 1).single_threaded(0)
+    assert not StepThreads(2, 2).single_threaded(1)  # two threads: an OpenMP team, the compute thread's
+    assert not StepThreads(1, 1).single_threaded(128)  # one thread for everything, but a prefill is long
+
+
+def test_a_step_runs_inline_only_alone_and_single_threaded():
+    steps = StepThreads(2, 1)
+    assert runs_inline(steps, 1, sessions=1, in_flight=0)
+    assert not runs_inline(steps, 1, sessions=2, in_flight=0)  # other sessions' messages must not wait
+    assert not runs_inline(steps, 1, sessions=1, in_flight=1)  # steps stay one at a time
+    assert not runs_inline(steps, 16, sessions=1, in_flight=0)  # a prefill goes to the OpenMP team
+    assert not runs_inline(StepThreads(4, 4), 1, sessions=1, in_flight=0)
+
+
+def test_an_inline_step_uses_the_loop_threads_single_thread(restore_threads):
+    """What makes running inline safe: after dedicate_threads, the calling thread decodes with
+    one intra-op thread, as the compute thread does for a single-threaded decode step."""
+    with ThreadPoolExecutor(1) as compute:
+        dedicate_threads(compute, 2)
+        steps = StepThreads(2, 1)
+        assert compute.submit(lambda: steps.use(1)).result() == torch.get_num_threads() == 1

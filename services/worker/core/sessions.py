@@ -49,6 +49,11 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def clients(self) -> int:
+        """Distinct sessions: one whose segments S1 and S3 both run here, or one crossing
+        to a new epoch, is open twice but counts once."""
+        return len({session_id for session_id, _, _ in self._sessions})
+
     def open(self, session: Session) -> Session:
         if session.key in self._sessions:
             raise Duplicate(

@@ -61,6 +61,12 @@ class StepThreads:
         """Threads for a step of ``tokens`` new tokens in all (rows x tokens per row)."""
         return self.decode if 0 < tokens <= MEMORY_BOUND_TOKENS else self.threads
 
+    def single_threaded(self, tokens: int) -> bool:
+        """Whether a step of ``tokens`` is a decode step run on one intra-op thread: one
+        that starts no OpenMP team, so any thread with one intra-op thread (every thread
+        but the compute thread, see :func:`dedicate_threads`) runs it just as well."""
+        return 0 < tokens <= MEMORY_BOUND_TOKENS and self.decode == 1
+
     def use(self, tokens: int) -> int:
         """Set this (the compute) thread's count for a step of ``tokens``; returns it."""
         wanted = self.for_step(tokens)
@@ -68,3 +74,19 @@ class StepThreads:
             torch.set_num_threads(wanted)
             self._current = wanted
         return wanted
+
+
+def runs_inline(steps: StepThreads, tokens: int, *, sessions: int, in_flight: int) -> bool:
+    """Whether a step runs on the event loop's thread instead of the compute thread.
+
+    Handing a step to the compute thread and its result back costs two thread
+    wake-ups, paid on every hop of every token: on a host of few cores with
+    co-located workers, a noticeable share of a split's overhead (see
+    bench/pipeline_overhead.py). A step may skip them when it is single-threaded
+    (:meth:`StepThreads.single_threaded`: no second OpenMP team), when nothing runs
+    on the compute thread (steps stay one at a time), and when this worker serves
+    one session (``sessions``: distinct session ids). The loop is blocked for the
+    step, a decode step of one segment; with other sessions about, their messages
+    must not wait behind it, so their steps and this one go to the compute thread.
+    """
+    return sessions <= 1 and in_flight == 0 and steps.single_threaded(tokens)
