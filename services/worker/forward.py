@@ -41,6 +41,7 @@ from .core.privacy import check_trusted
 from .core.sessions import Session, SessionTable
 from .hops import Channels, Downstream, HopError
 from .migration import Migrator
+from .replies import Replies
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,10 @@ class ForwardHandler:
 
     async def run(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[worker_pb2.ForwardResponse]:
+    ) -> None:
         session: Session | None = None
         downstream: Downstream | None = None
+        replies = Replies(context)
         try:
             first = await self._next(requests)
             if first is None:
@@ -154,8 +156,10 @@ class ForwardHandler:
             if not first.HasField("open"):
                 raise errors.NotHosted("unknown session: a Forward stream must start with `open`")
             session, downstream = await self._open(first.open)
-            yield worker_pb2.ForwardResponse(
-                opened=worker_pb2.SessionOpened(session_id=session.session_id, epoch=session.hosted.epoch)
+            await replies.send(
+                worker_pb2.ForwardResponse(
+                    opened=worker_pb2.SessionOpened(session_id=session.session_id, epoch=session.hosted.epoch)
+                )
             )
             server_loop = first.open.server_loop and session.hosted.generative
             request: worker_pb2.ForwardRequest | None = None
@@ -163,20 +167,25 @@ class ForwardHandler:
                 if request is None:
                     request = await self._next(requests)
                     if request is None or request.HasField("close"):
+                        await replies.flush()
                         return
                 token = None
                 async for reply in self._step(session, downstream, request, requests):
                     if reply.HasField("token"):
                         token = reply.token
-                    yield reply
+                    await replies.send(reply)
                 request = fed_back(session, request, token) if server_loop else None
         except errors.WorkerError as exc:
+            await replies.settle()
             await context.abort(status_of(exc), str(exc))
         except HopError as exc:
+            await replies.settle()
             await context.abort(exc.code, exc.details)
         except TimeoutError as exc:
+            await replies.settle()
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         finally:
+            replies.discard()
             if session is not None:
                 self.sessions.close(session)
             if downstream is not None:

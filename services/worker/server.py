@@ -51,8 +51,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.worker = worker
 
     async def Forward(self, request_iterator: AsyncIterator[worker_pb2.ForwardRequest], context):
-        async for reply in self.worker.forward.run(request_iterator, context):
-            yield reply
+        await self.worker.forward.run(request_iterator, context)
 
     async def LoadSegment(
         self, request: worker_pb2.LoadSegmentRequest, context
