@@ -25,6 +25,7 @@ from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExch
 from .requests import (
     HopTimeout,
     backoff_s,
+    describe,
     latency_sample,
     pick_deployment,
     prompt_and_sampling,
@@ -125,6 +126,7 @@ class AsyncClient:
     async def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
         if attempt > self.recoveries or not recoverable(error):
             raise error
+        exchange.recovered_from.append(describe(error))
         await asyncio.sleep(backoff_s(attempt))
         try:
             route = await self.route(exchange.route.deployment)

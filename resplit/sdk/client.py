@@ -35,6 +35,7 @@ from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExch
 from .requests import (
     HopTimeout,
     backoff_s,
+    describe,
     latency_sample,
     pick_deployment,
     prompt_and_sampling,
@@ -143,6 +144,7 @@ class Client:
     def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
         if attempt > self.recoveries or not recoverable(error):
             raise error
+        exchange.recovered_from.append(describe(error))
         time.sleep(backoff_s(attempt))
         try:
             route = self.route(exchange.route.deployment)

@@ -108,6 +108,8 @@ class GenerateExchange:
     #: How many times the session crossed to a new epoch, by cache move and by replay.
     migrations: int = 0
     replays: int = 0
+    #: Why each recovery happened ("UNAVAILABLE: ..."), oldest first.
+    recovered_from: list[str] = field(default_factory=list)
     _logits: Assembler | None = None
     _pending_logits: torch.Tensor | None = None
 
@@ -212,6 +214,8 @@ class EmbedExchange:
     attention_mask: torch.Tensor
     session_id: str = field(default_factory=new_session_id)
     result: torch.Tensor | None = None
+    #: Why each recovery happened ("UNAVAILABLE: ..."), oldest first.
+    recovered_from: list[str] = field(default_factory=list)
     _assembler: Assembler = field(default_factory=Assembler)
 
     def opening(self) -> list[worker_pb2.ForwardRequest]:

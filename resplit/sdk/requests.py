@@ -73,6 +73,13 @@ def recoverable(exc: grpc.RpcError) -> bool:
     return code in RECOVERABLE
 
 
+def describe(exc: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed call, as a session records why it recovered."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return f"{code.name if code is not None else 'UNKNOWN'}: {details}"
+
+
 def backoff_s(attempt: int) -> float:
     """Wait before recovery attempt ``attempt`` (1-based): 0.1 s doubling to 2 s."""
     return min(2.0, 0.1 * 2 ** (attempt - 1))

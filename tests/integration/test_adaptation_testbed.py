@@ -122,7 +122,7 @@ def test_cpu_hog_on_the_middle_node_migrates_it_while_a_session_generates(bed):
     assert change.outcome == common_pb2.DECISION_OUTCOME_MIGRATE
     assert any(t.name == "utilization" and t.subject == "n2" and t.value > 0.85 for t in change.triggers)
     assert not errors, errors
-    assert tokens == expected and exchange.migrations >= 1 and exchange.replays == 0
+    assert tokens == expected and exchange.migrations >= 1 and exchange.replays == 0, exchange.recovered_from
     print(f"hog on n2 -> S2 moved to {_middle(plan)} {took:.1f} s later (monitor cycle {CYCLE} s, Δt 0.5 s)")
 
 
