@@ -10,8 +10,9 @@ worker-0 (the paper's). Drift of the machine's speed between rounds cancels out
 of the ratios.
 
 Variants: ``NAME:KEY=VALUE[,KEY=VALUE...]`` environments for the workers; the
-default set is the launcher's defaults, every core for decode, and OpenMP
-threads that never spin.
+default set is the launcher's defaults, every core for decode, OpenMP threads
+that never spin, asyncio's event loop instead of uvloop, and a lone session's
+decode steps handed to the compute thread instead of run on the event loop.
 Usage: python bench/worker_settings.py [--rounds 12] [--tokens 20] [--target-ms 35 | --blocks N] [VARIANT ...]
 """
 
@@ -42,6 +43,8 @@ def default_variants() -> dict[str, dict[str, str]]:
         "resplit up defaults": {},
         "every core for decode": {"RESPLIT_DECODE_THREADS": str(host_cores())},
         "no OpenMP spinning": {"GOMP_SPINCOUNT": "0"},
+        "asyncio's event loop": {"RESPLIT_EVENT_LOOP": "asyncio"},
+        "decode on the compute thread": {"RESPLIT_INLINE_DECODE": "false"},
     }
 
 

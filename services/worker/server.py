@@ -6,7 +6,9 @@ probes.
 Readiness: SERVING once the worker has registered; after that it stays
 SERVING through Redis outages, because the data plane never waits on the
 control plane. Torch work runs on one compute thread (segments) and one
-loader thread (prepare), so the event loop keeps serving every stream.
+loader thread (prepare), so the event loop keeps serving every stream; only a
+lone session's single-threaded decode step runs on the loop itself
+(core/threads.py, ``runs_inline``), as nothing else waits for it.
 """
 
 from __future__ import annotations
