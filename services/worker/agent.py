@@ -30,6 +30,7 @@ from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from .config import WorkerSettings
 from .core.metrics import ComputeTimes, CpuSampler, Gpu, collect
 from .core.passive import PassiveLinks
+from .core.probing import probe_mbps
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
@@ -123,7 +124,7 @@ class Agent:
             self.last_probe[peer.node_id] = now
             try:
                 fresh.append(await self.probe(peer))
-            except (grpc.RpcError, TimeoutError) as exc:
+            except (grpc.RpcError, TimeoutError, ValueError) as exc:
                 log.info("probe of %s failed: %s", peer.node_id, exc)
         await self._forget_gone({n.node_id: n.address for n in nodes})
         if fresh:
@@ -165,9 +166,9 @@ class Agent:
 
         t0 = time.perf_counter()
         result = await stub.ProbeBandwidth(chunks(), timeout=CALL_TIMEOUT_S * 4)
-        elapsed = max(time.perf_counter() - t0 - rtt_s, 1e-6)
+        elapsed = time.perf_counter() - t0
         self.probe_bytes_sent += int(result.bytes)
-        mbps = result.bytes * 8 / elapsed / 1e6
+        mbps = probe_mbps(int(result.bytes), elapsed, rtt_s)  # ValueError: the peer got nothing
         bw = self.bandwidth.setdefault(peer.node_id, LinkEstimator()).update(mbps)
         rtt = self.rtt.setdefault(peer.node_id, LinkEstimator()).update(rtt_s * 1000)
         return common_pb2.Link(
