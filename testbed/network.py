@@ -54,6 +54,10 @@ class Shape:
     loss_pct: float = 0.0
 
 
+#: The least a shaped link queues before tbf drops (see tc_commands).
+QUEUE_FLOOR_BYTES = 1 << 20
+
+
 def tc_commands(dev: str, shape: Shape) -> list[list[str]]:
     """The tc commands that give ``dev`` this shape (pure, so it is testable)."""
     base = ["tc", "qdisc", "replace", "dev", dev]
@@ -62,7 +66,13 @@ def tc_commands(dev: str, shape: Shape) -> list[list[str]]:
     rate_bits = shape.rate_mbit * 1e6
     # Burst: enough for the kernel timer (rate / 250 Hz), at least one MTU-sized frame.
     burst = max(int(rate_bits / 8 / 250), 3200)
-    tbf = ["tbf", "rate", f"{shape.rate_mbit}mbit", "burst", str(burst), "latency", "50ms"]
+    # Queue: 50 ms at the rate, but never less than QUEUE_FLOOR_BYTES. With 50 ms alone, a
+    # 20 Mbit/s link queued 125 kB, less than one 256 KiB link probe or a prefill's
+    # activation: tbf dropped up to 449 packets per probe, and TCP's recovery made the
+    # link read 14.5 instead of 20 Mbit/s. A link of that rate in the field sits behind
+    # a router buffer, and rate emulation should not add losses of its own.
+    limit = max(int(rate_bits / 8 * 0.05), QUEUE_FLOOR_BYTES)
+    tbf = ["tbf", "rate", f"{shape.rate_mbit}mbit", "burst", str(burst), "limit", str(limit)]
     if shape.delay_ms <= 0 and shape.loss_pct <= 0:
         return [[*base, "root", "handle", "1:", *tbf]]
     netem = ["netem", "delay", f"{shape.delay_ms}ms"]

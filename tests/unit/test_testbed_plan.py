@@ -6,7 +6,7 @@ import pytest
 
 from testbed import nodes as nodes_mod
 from testbed.cgroups import Cgroup
-from testbed.network import Shape, tc_commands
+from testbed.network import QUEUE_FLOOR_BYTES, Shape, tc_commands
 from testbed.system import EmulationUnavailable
 
 
@@ -16,6 +16,12 @@ def test_rate_only_is_one_tbf_replace():
     assert "tbf" in command and "50mbit" in command
     burst = int(command[command.index("burst") + 1])
     assert burst >= 50e6 / 8 / 250  # at least one kernel tick's worth of bytes
+
+
+def test_a_slow_link_queues_a_probe_instead_of_dropping_it():
+    for rate, least in ((20, QUEUE_FLOOR_BYTES), (1000, 1000e6 / 8 * 0.05)):
+        (command,) = tc_commands("eth0", Shape(rate_mbit=rate))
+        assert int(command[command.index("limit") + 1]) >= least >= 256 * 1024
 
 
 def test_delay_jitter_loss_and_rate_stack_netem_over_tbf():
