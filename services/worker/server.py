@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import torch
+from prometheus_client import Counter
 
 from resplit.core.devices import lookup
 from resplit.core.emulation import EmulatedDevice
@@ -46,6 +47,8 @@ from .forward import Channels, ForwardHandler, status_of
 from .migration import Migrator
 
 log = logging.getLogger(__name__)
+
+STEPS = Counter("resplit_worker_steps_total", "Segment steps run, by the thread that ran them", ["thread"])
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -282,6 +285,7 @@ class WorkerCore:
             finally:
                 times.record(segment, (time.perf_counter() - start) * 1000)
 
+        STEPS.labels("loop" if inline else "compute").inc()
         times.in_flight += 1
         try:
             if inline:

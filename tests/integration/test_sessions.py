@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -42,6 +44,52 @@ def _sessions_on(proc) -> int:
             .GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
             .sessions
         )
+
+
+def _steps(procs) -> dict[str, float]:
+    """resplit_worker_steps_total of every worker, summed, by the thread that ran the step."""
+    totals = {"loop": 0.0, "compute": 0.0}
+    for proc in procs:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                for thread in totals:
+                    if line.startswith(f'resplit_worker_steps_total{{thread="{thread}"}}'):
+                        totals[thread] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def test_a_lone_sessions_steps_run_on_the_event_loop_and_concurrent_ones_on_the_compute_thread(
+    stack, tiny_models
+):
+    """--inline-decode (on by default; these workers decode with one thread): a worker serving
+    one session runs its steps on the event loop; with eight sessions at once, every step that
+    finds another session open goes to the compute thread. Both give the whole model's tokens."""
+    model_dir = tiny_models["llama"]
+    stack.deploy("inline", model_dir, spread(num_units(Checkpoint(model_dir).config), 3))
+    prompt = [10, 20, 30, 40, 50]  # 5 tokens: a prefill this short is memory-bound too
+    expected = _reference(model_dir, prompt, 8)
+    together = threading.Barrier(8)
+
+    def run(sessions: int) -> list[int]:
+        with Client(stack.orchestrator.address) as client:
+            route = client.route("inline")
+            if sessions > 1:
+                together.wait(30)  # every session opens at once, so they overlap
+            return [t.token_id for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=8))]
+
+    _all_closed(stack.worker_procs)
+    before = _steps(stack.worker_procs)
+    assert run(1) == expected
+    lone = _steps(stack.worker_procs)
+    # 8 steps (the prompt, then 7 decode steps) on each of 3 hops, all on the loop.
+    assert (lone["loop"] - before["loop"], lone["compute"] - before["compute"]) == (24, 0)
+    _all_closed(stack.worker_procs)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(run, [8] * 8)) == [expected] * 8
+    crowded = _steps(stack.worker_procs)
+    assert crowded["loop"] + crowded["compute"] - lone["loop"] - lone["compute"] == 8 * 24
+    assert crowded["compute"] - lone["compute"] > 0, crowded
+    _all_closed(stack.worker_procs)
 
 
 def test_eight_concurrent_sessions_each_exactly_right(stack, tiny_models):
