@@ -96,6 +96,16 @@ def fed_back(
     )
 
 
+def _refusal(exc: errors.WorkerError | HopError | TimeoutError) -> tuple[grpc.StatusCode, str]:
+    """The status a Forward stream ends with: a downstream hop's unchanged, an idle
+    session's DEADLINE_EXCEEDED, else this worker's own refusal."""
+    if isinstance(exc, HopError):
+        return exc.code, exc.details
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    return status_of(exc), str(exc)
+
+
 def status_of(exc: errors.WorkerError) -> grpc.StatusCode:
     for cls, code in STATUS.items():
         if isinstance(exc, cls):
@@ -175,15 +185,9 @@ class ForwardHandler:
                         token = reply.token
                     await replies.send(reply)
                 request = fed_back(session, request, token) if server_loop else None
-        except errors.WorkerError as exc:
+        except (errors.WorkerError, HopError, TimeoutError) as exc:
             await replies.settle()
-            await context.abort(status_of(exc), str(exc))
-        except HopError as exc:
-            await replies.settle()
-            await context.abort(exc.code, exc.details)
-        except TimeoutError as exc:
-            await replies.settle()
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            await context.abort(*_refusal(exc))
         finally:
             replies.discard()
             if session is not None:

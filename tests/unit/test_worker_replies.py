@@ -28,11 +28,16 @@ def _token(step: int) -> worker_pb2.ForwardResponse:
     return worker_pb2.ForwardResponse(token=worker_pb2.TokenOutput(step=step))
 
 
+async def _one_write_in_flight() -> tuple[Context, Replies]:
+    context = Context()
+    replies = Replies(context)
+    await replies.send(_token(0))
+    return context, replies
+
+
 def test_a_write_starts_before_send_returns_and_the_next_waits_for_it():
     async def scenario() -> None:
-        context = Context()
-        replies = Replies(context)
-        await replies.send(_token(0))
+        context, replies = await _one_write_in_flight()
         assert context.started == [0]  # started, not finished: the caller runs on
         second = asyncio.ensure_future(replies.send(_token(1)))
         await asyncio.sleep(0.01)
@@ -48,9 +53,7 @@ def test_a_write_starts_before_send_returns_and_the_next_waits_for_it():
 
 def test_a_failed_write_is_raised_by_the_next_send_and_swallowed_by_settle():
     async def scenario() -> None:
-        context = Context()
-        replies = Replies(context)
-        await replies.send(_token(0))
+        context, replies = await _one_write_in_flight()
         context.finish[0].set_exception(ConnectionError("client went away"))
         with pytest.raises(ConnectionError, match="went away"):
             await replies.send(_token(1))
@@ -64,9 +67,7 @@ def test_a_failed_write_is_raised_by_the_next_send_and_swallowed_by_settle():
 
 def test_discard_cancels_a_write_in_flight():
     async def scenario() -> None:
-        context = Context()
-        replies = Replies(context)
-        await replies.send(_token(0))
+        context, replies = await _one_write_in_flight()
         replies.discard()
         await asyncio.sleep(0)
         assert context.finish[0].cancelled()
