@@ -8,6 +8,7 @@ timeout; hitting one closes only that session and frees its memory.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from resplit.models import SessionState
@@ -45,6 +46,8 @@ class SessionTable:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._sessions: dict[tuple[str, int, int], Session] = {}
+        #: Open segments per session id, kept as sessions open and close: read every step.
+        self._per_id: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -52,7 +55,7 @@ class SessionTable:
     def clients(self) -> int:
         """Distinct sessions: one whose segments S1 and S3 both run here, or one crossing
         to a new epoch, is open twice but counts once."""
-        return len({session_id for session_id, _, _ in self._sessions})
+        return len(self._per_id)
 
     def open(self, session: Session) -> Session:
         if session.key in self._sessions:
@@ -66,6 +69,7 @@ class SessionTable:
                 "retry later or use another route"
             )
         self._sessions[session.key] = session
+        self._per_id[session.session_id] += 1
         session.hosted.sessions += 1
         return session
 
@@ -79,6 +83,9 @@ class SessionTable:
     def close(self, session: Session) -> None:
         """Drop the session and its cache (idempotent)."""
         if self._sessions.pop(session.key, None) is not None:
+            self._per_id[session.session_id] -= 1
+            if not self._per_id[session.session_id]:
+                del self._per_id[session.session_id]
             session.hosted.sessions -= 1
             session.state.cache = None
 
