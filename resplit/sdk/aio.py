@@ -12,7 +12,6 @@ import grpc
 import torch
 
 from ..rpc.channels import aio_channel
-from ..rpc.security import Security
 from ..v1 import (
     common_pb2,
     monitor_pb2_grpc,
@@ -20,49 +19,19 @@ from ..v1 import (
     orchestrator_pb2_grpc,
     worker_pb2_grpc,
 )
-from .client import DEFAULT_ORCHESTRATOR
-from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExchange, Sampling
+from .base import ClientBase
+from .exchange import EmbedExchange, ExchangeError, GeneratedToken, Sampling
 from .requests import (
     HopTimeout,
-    backoff_s,
-    describe,
     latency_sample,
     pick_deployment,
     prompt_and_sampling,
-    recoverable,
 )
 from .tokens import TextStream, tokenizer_for
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """asyncio client of a resplit deployment."""
-
-    def __init__(
-        self,
-        orchestrator: str = DEFAULT_ORCHESTRATOR,
-        *,
-        timeout_s: float = 300.0,
-        security: Security | None = None,
-        monitor: str = "",
-        recoveries: int = 8,
-        move_cache: bool = True,
-        step_timeout_s: float = 60.0,
-        server_loop: bool = True,
-    ) -> None:
-        """Every option as for :class:`resplit.Client`."""
-        self.orchestrator = orchestrator
-        #: TLS material and token of this client; None: the process default
-        #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
-        self.security = security
-        self.timeout_s = timeout_s
-        self.monitor = monitor
-        self.recoveries = recoveries
-        self.move_cache = move_cache
-        self.step_timeout_s = step_timeout_s
-        self.server_loop = server_loop
-        self._route_checked = 0.0
-        self._reports: set[asyncio.Task] = set()
-        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -112,26 +81,20 @@ class AsyncClient:
         task.add_done_callback(self._reports.discard)
 
     async def _newer_route(self, route: common_pb2.Route) -> common_pb2.Route | None:
-        now = time.monotonic()
-        if now - self._route_checked < 1.0:
+        if not self._route_check_due():
             return None
         try:
             latest = await self.route(route.deployment)
         except grpc.RpcError:
-            self._route_checked = now
-            return None
-        self._route_checked = 0.0
-        return latest if latest.epoch > route.epoch else None
+            latest = None
+        return self._route_answer(route, latest)
 
     async def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
-        if attempt > self.recoveries or not recoverable(error):
-            raise error
-        exchange.recovered_from.append(describe(error))
-        await asyncio.sleep(backoff_s(attempt))
+        await asyncio.sleep(self._recovery_wait_s(exchange, attempt, error))
         try:
             route = await self.route(exchange.route.deployment)
         except grpc.RpcError:
-            route = exchange.route
+            route = exchange.route  # the control plane is away: the data plane may still serve
         return exchange.replay(route)
 
     async def _run(self, exchange) -> AsyncIterator[GeneratedToken]:
@@ -235,9 +198,7 @@ class AsyncClient:
         sampling: Sampling | None = None,
         return_logits: bool = False,
     ) -> AsyncIterator[GeneratedToken]:
-        exchange = GenerateExchange(
-            route, list(prompt_ids), sampling or Sampling(), return_logits, server_loop=self.server_loop
-        )
+        exchange = self._generate_exchange(prompt_ids, route, sampling, return_logits)
         started, tokens = time.perf_counter(), 0
         async for token in self._run(exchange):
             tokens += 1

@@ -23,7 +23,6 @@ import grpc
 import torch
 
 from ..rpc.channels import sync_channel
-from ..rpc.security import Security
 from ..v1 import (
     common_pb2,
     monitor_pb2_grpc,
@@ -31,58 +30,19 @@ from ..v1 import (
     orchestrator_pb2_grpc,
     worker_pb2_grpc,
 )
-from .exchange import EmbedExchange, ExchangeError, GeneratedToken, GenerateExchange, Sampling
+from .base import ClientBase
+from .exchange import EmbedExchange, ExchangeError, GeneratedToken, Sampling
 from .requests import (
     HopTimeout,
-    backoff_s,
-    describe,
     latency_sample,
     pick_deployment,
     prompt_and_sampling,
-    recoverable,
 )
 from .tokens import TextStream, tokenizer_for
 
-DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
 
-
-class Client:
+class Client(ClientBase):
     """Blocking client of a resplit deployment."""
-
-    def __init__(
-        self,
-        orchestrator: str = DEFAULT_ORCHESTRATOR,
-        *,
-        timeout_s: float = 300.0,
-        security: Security | None = None,
-        monitor: str = "",
-        recoveries: int = 8,
-        move_cache: bool = True,
-        step_timeout_s: float = 60.0,
-        server_loop: bool = True,
-    ) -> None:
-        """``monitor``: host:port of the monitor; when set, each finished request's
-        end-to-end latency is reported to it (fire and forget, never an error here).
-        ``recoveries``: how many failures one session survives by replaying.
-        ``move_cache``: on a route change, move the session's KV cache to the new hops
-        (default); False rebuilds it there by replaying the token history instead.
-        ``step_timeout_s``: a step unanswered this long counts as a lost hop (0: wait forever).
-        ``server_loop``: the first hop feeds each token back as the next step itself (one
-        round trip less per token); False sends every step from here, so a consumer that
-        stops reading also stops the session's compute."""
-        self.orchestrator = orchestrator
-        #: TLS material and token of this client; None: the process default
-        #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
-        self.security = security
-        self.timeout_s = timeout_s
-        self.monitor = monitor
-        self.recoveries = recoveries
-        self.move_cache = move_cache
-        self.step_timeout_s = step_timeout_s
-        self.server_loop = server_loop
-        self._route_checked = 0.0
-        self._reports: list[grpc.Future] = []
-        self._channels: dict[str, grpc.Channel] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -123,29 +83,21 @@ class Client:
             return
         sample = latency_sample(deployment, started, tokens)
         stub = monitor_pb2_grpc.MonitorServiceStub(self._channel(self.monitor))
-        self._reports = [r for r in self._reports if not r.done()]
-        self._reports.append(stub.ReportLatency.future(sample, timeout=2.0))  # not awaited here
+        self._reports = {r for r in self._reports if not r.done()}
+        self._reports.add(stub.ReportLatency.future(sample, timeout=2.0))  # not awaited here
 
     # -- data plane ----------------------------------------------------------
     def _newer_route(self, route: common_pb2.Route) -> common_pb2.Route | None:
-        """The deployment's route if its epoch is newer; None when not (yet) or unreachable
-        (the session then goes on where it is and asks again a second later)."""
-        now = time.monotonic()
-        if now - self._route_checked < 1.0:
+        if not self._route_check_due():
             return None
         try:
             latest = self.route(route.deployment)
         except grpc.RpcError:
-            self._route_checked = now
-            return None
-        self._route_checked = 0.0
-        return latest if latest.epoch > route.epoch else None
+            latest = None
+        return self._route_answer(route, latest)
 
     def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
-        if attempt > self.recoveries or not recoverable(error):
-            raise error
-        exchange.recovered_from.append(describe(error))
-        time.sleep(backoff_s(attempt))
+        time.sleep(self._recovery_wait_s(exchange, attempt, error))
         try:
             route = self.route(exchange.route.deployment)
         except grpc.RpcError:
@@ -211,9 +163,7 @@ class Client:
         return_logits: bool = False,
     ) -> Iterator[GeneratedToken]:
         """Generate from token ids along an explicit route."""
-        exchange = GenerateExchange(
-            route, list(prompt_ids), sampling or Sampling(), return_logits, server_loop=self.server_loop
-        )
+        exchange = self._generate_exchange(prompt_ids, route, sampling, return_logits)
         started, tokens = time.perf_counter(), 0
         for token in self._run(exchange):
             tokens += 1

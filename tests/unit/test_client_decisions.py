@@ -1,0 +1,92 @@
+"""The decisions both clients share (resplit/sdk/base.py): which failures a session
+survives, how long it backs off, and when it asks for a newer route."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from resplit import AsyncClient, Client
+from resplit.sdk.base import ROUTE_CHECK_INTERVAL_S
+from resplit.sdk.exchange import GenerateExchange, Sampling
+from resplit.sdk.requests import HopTimeout
+from resplit.v1 import common_pb2
+
+ROUTE = common_pb2.Route(
+    deployment="d", epoch=3, hops=[common_pb2.Hop(address="127.0.0.1:1", units=common_pb2.UnitRange(end=4))]
+)
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _exchange() -> GenerateExchange:
+    return GenerateExchange(ROUTE, [1, 2, 3], Sampling(max_new_tokens=4), False)
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_both_clients_take_the_same_options(cls):
+    client = cls("10.0.0.1:7", recoveries=2, move_cache=False, step_timeout_s=5.0, server_loop=False)
+    assert (client.orchestrator, client.recoveries, client.move_cache) == ("10.0.0.1:7", 2, False)
+    assert (client.step_timeout_s, client.server_loop) == (5.0, False)
+    exchange = client._generate_exchange([1, 2], ROUTE, None, False)
+    assert exchange.server_loop is False and exchange.sampling == Sampling()
+
+
+def test_a_recoverable_failure_backs_off_longer_each_time_and_is_recorded():
+    client, exchange = Client(recoveries=3), _exchange()
+    waits = [
+        client._recovery_wait_s(
+            exchange, attempt, _Refused(grpc.StatusCode.UNAVAILABLE, f"hop {attempt} gone")
+        )
+        for attempt in (1, 2, 3)
+    ]
+    assert waits == sorted(waits) and waits[0] < waits[-1]
+    assert exchange.recovered_from == [f"UNAVAILABLE: hop {a} gone" for a in (1, 2, 3)]
+
+
+def test_a_session_out_of_recoveries_raises_the_failure_itself():
+    client, exchange = Client(recoveries=1), _exchange()
+    error = HopTimeout("no reply")
+    client._recovery_wait_s(exchange, 1, error)
+    with pytest.raises(HopTimeout) as raised:
+        client._recovery_wait_s(exchange, 2, error)
+    assert raised.value is error and len(exchange.recovered_from) == 1
+
+
+@pytest.mark.parametrize(
+    "code",
+    [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED],
+)
+def test_the_callers_own_errors_are_not_replayed(code):
+    client, exchange = AsyncClient(), _exchange()
+    error = _Refused(code, "bad input")
+    with pytest.raises(grpc.RpcError) as raised:
+        client._recovery_wait_s(exchange, 1, error)
+    assert raised.value is error and exchange.recovered_from == []
+
+
+def test_a_newer_route_is_taken_and_an_older_or_same_one_is_not():
+    client = Client()
+    newer, same = common_pb2.Route(deployment="d", epoch=4), common_pb2.Route(deployment="d", epoch=3)
+    assert client._route_answer(ROUTE, same) is None
+    assert client._route_answer(ROUTE, newer) is newer
+    assert client._route_check_due()  # an answer, newer or not, lets the next ask go at once
+
+
+def test_an_unreachable_orchestrator_is_asked_again_only_after_a_while(monkeypatch):
+    client, now = Client(), [100.0]
+    monkeypatch.setattr("resplit.sdk.base.time.monotonic", lambda: now[0])
+    assert client._route_check_due()
+    assert client._route_answer(ROUTE, None) is None
+    assert not client._route_check_due()
+    now[0] += ROUTE_CHECK_INTERVAL_S
+    assert client._route_check_due()
