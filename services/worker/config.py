@@ -41,6 +41,11 @@ class WorkerSettings(ServiceSettings):
         description="run a lone session's single-threaded decode steps on the event loop's thread "
         "(no hand-off to the compute thread); never with --emulate",
     )
+    local_tokens: bool = Field(
+        True,
+        description="where a session's first and last segments both run here, the first takes each "
+        "token from the last as it is sampled instead of waiting for it to come back over the network",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

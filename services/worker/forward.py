@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 
 from resplit.core.tensors import Assembler, TensorError, encode
 from resplit.models.sampling import Sampler
@@ -39,11 +40,18 @@ from .core.inputs import activation, token_input
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted
 from .core.sessions import Session, SessionTable
+from .core.shortcut import LocalTokens
 from .hops import Channels, Downstream, HopError
 from .migration import Migrator
 from .replies import Replies
 
 log = logging.getLogger(__name__)
+TOKENS_PASSED = Counter(
+    "resplit_worker_tokens_passed_total",
+    "Tokens a hop passed up from later segments, by where it took them: sampled in this "
+    "worker (the route's head runs here) or relayed over the network",
+    ["source"],
+)
 
 STATUS = {
     errors.BadInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -127,6 +135,7 @@ class ForwardHandler:
         *,
         trusted: bool = False,
         passive: PassiveLinks | None = None,
+        node_id: str = "",
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -138,6 +147,11 @@ class ForwardHandler:
         self.migrator = migrator
         #: Bytes and seconds of the activations sent on, for the agent's link estimates.
         self.passive = passive or PassiveLinks()
+        #: This worker's node id: a route whose last hop is here has its head here
+        #: ("": never take tokens from here, --no-local-tokens).
+        self.node_id = node_id
+        #: Tokens sampled here for a session whose first segment also runs here.
+        self.local_tokens = LocalTokens()
 
     async def _next(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest]
@@ -296,6 +310,14 @@ class ForwardHandler:
         if not reply.HasField("opened"):
             await downstream.close()
             raise HopError(grpc.StatusCode.INTERNAL, f"next hop {hop.address} did not confirm the session")
+        # Tokens only, so a step's replies are its token alone: logits travel the network way.
+        head = request.downstream[-1]
+        downstream.local_head = (
+            hosted.generative
+            and not request.return_logits
+            and bool(self.node_id)
+            and head.node_id == self.node_id
+        )
         return downstream
 
     async def _step(
@@ -366,28 +388,49 @@ class ForwardHandler:
 
         produced = await self.compute(work, f"{hosted.start}-{hosted.end}", rows * tokens)
         if downstream is not None:
-            started = time.perf_counter()
-            for chunk in produced:
-                await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
-            sent = sum(len(c.data) for c in produced)
-            self.passive.record(downstream.node_id, sent, time.perf_counter() - started)
-            async for reply in self._relay(downstream, hosted):
-                yield reply
+            waiter = None
+            if downstream.local_head:  # before the write: the token may be sampled before it returns
+                waiter = self.local_tokens.expect(session.session_id, hosted.epoch, step)
+            try:
+                started = time.perf_counter()
+                for chunk in produced:
+                    await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
+                sent = sum(len(c.data) for c in produced)
+                self.passive.record(downstream.node_id, sent, time.perf_counter() - started)
+                async for reply in self._relay(downstream, hosted, waiter):
+                    yield reply
+            finally:
+                if waiter is not None:
+                    self.local_tokens.forget(session.session_id, hosted.epoch, step)
         else:
             for reply in produced:
+                if reply.HasField("token"):
+                    self.local_tokens.deliver(session.session_id, hosted.epoch, step, reply.token)
                 yield reply
         self.sessions.end_step(session)
 
     async def _relay(
-        self, downstream: Downstream, hosted: Hosted
+        self, downstream: Downstream, hosted: Hosted, waiter: asyncio.Future | None = None
     ) -> AsyncIterator[worker_pb2.ForwardResponse]:
-        """Pass the next hop's replies for one step back up, through the step's last one."""
+        """Pass the next hop's replies for one step back up, through the step's last one.
+
+        With ``waiter`` (the head runs here, see core/shortcut.py) the step's token is
+        whichever comes first, from here or over the network; the other copy is dropped."""
         while True:
-            reply = await downstream.read()
+            reply = await (downstream.read() if waiter is None else downstream.read_or(waiter))
+            if reply is None:  # sampled here first
+                reply = worker_pb2.ForwardResponse(token=waiter.result())
+                downstream.delivered_step = reply.token.step
+                TOKENS_PASSED.labels("here").inc()
+            elif reply.HasField("token") and reply.token.step <= downstream.delivered_step:
+                downstream.relayed_epoch = max(downstream.relayed_epoch, reply.token.latest_epoch)
+                continue  # the copy of a token taken from here
             if reply.HasField("token"):
-                latest = self.hosting.latest_epoch(hosted.deployment)
+                latest = max(self.hosting.latest_epoch(hosted.deployment), downstream.relayed_epoch)
                 if latest > reply.token.latest_epoch:
                     reply.token.latest_epoch = latest
+                if reply.token.step > downstream.delivered_step:
+                    TOKENS_PASSED.labels("network").inc()
                 yield reply
                 return
             yield reply

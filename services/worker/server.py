@@ -261,6 +261,7 @@ class WorkerCore:
             self.migrator,
             trusted=settings.trusted,
             passive=self.passive,
+            node_id=self.node.node_id if settings.local_tokens else "",
         )
 
     async def on_compute(self, fn, segment: str = "all", tokens: int = 0):

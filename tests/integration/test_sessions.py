@@ -46,16 +46,26 @@ def _sessions_on(proc) -> int:
         )
 
 
-def _steps(procs) -> dict[str, float]:
-    """resplit_worker_steps_total of every worker, summed, by the thread that ran the step."""
-    totals = {"loop": 0.0, "compute": 0.0}
+def _counted(procs, counter: str, label: str, values: tuple[str, ...]) -> dict[str, float]:
+    """A labelled counter of every worker, summed, by label value (0 where not yet counted)."""
+    totals = dict.fromkeys(values, 0.0)
     for proc in procs:
         with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
             for line in reply.read().decode().splitlines():
-                for thread in totals:
-                    if line.startswith(f'resplit_worker_steps_total{{thread="{thread}"}}'):
-                        totals[thread] += float(line.rsplit(" ", 1)[1])
+                for value in totals:
+                    if line.startswith(f'{counter}{{{label}="{value}"}}'):
+                        totals[value] += float(line.rsplit(" ", 1)[1])
     return totals
+
+
+def _steps(procs) -> dict[str, float]:
+    """resplit_worker_steps_total by the thread that ran the step."""
+    return _counted(procs, "resplit_worker_steps_total", "thread", ("loop", "compute"))
+
+
+def _tokens_passed(procs) -> dict[str, float]:
+    """resplit_worker_tokens_passed_total by where the hop took the token from."""
+    return _counted(procs, "resplit_worker_tokens_passed_total", "source", ("here", "network"))
 
 
 def test_a_lone_sessions_steps_run_on_the_event_loop_and_concurrent_ones_on_the_compute_thread(
@@ -90,6 +100,30 @@ def test_a_lone_sessions_steps_run_on_the_event_loop_and_concurrent_ones_on_the_
     assert crowded["loop"] + crowded["compute"] - lone["loop"] - lone["compute"] == 8 * 24
     assert crowded["compute"] - lone["compute"] > 0, crowded
     _all_closed(stack.worker_procs)
+
+
+def test_the_first_segment_takes_the_token_sampled_on_its_own_worker(stack, tiny_models):
+    """The paper's placement (S1 and S3 on worker-0, S2 on worker-2): worker-0's first hop
+    takes each token from its own head segment instead of waiting for the copy relayed back
+    through worker-2, and drops that copy; the client sees the whole model's tokens, each
+    once. With the head elsewhere (two segments on two workers) the token comes the network way."""
+    model_dir = tiny_models["llama"]
+    units = num_units(Checkpoint(model_dir).config)
+    stack.deploy("shortcut", model_dir, spread(units, 3))
+    stack.deploy("no-shortcut", model_dir, spread(units, 2))
+    prompt = [10, 20, 30, 40, 50]
+    expected = _reference(model_dir, prompt, 12)
+    with Client(stack.orchestrator.address) as client:
+        for deployment, here, network in (("shortcut", 12, 12), ("no-shortcut", 0, 12)):
+            _all_closed(stack.worker_procs)
+            before = _tokens_passed(stack.worker_procs)
+            route = client.route(deployment)
+            got = [t.token_id for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=12))]
+            assert got == expected, deployment
+            _all_closed(stack.worker_procs)
+            after = _tokens_passed(stack.worker_procs)
+            # The middle hop relays every token (network); worker-0 takes them from its head (here).
+            assert (after["here"] - before["here"], after["network"] - before["network"]) == (here, network)
 
 
 def test_eight_concurrent_sessions_each_exactly_right(stack, tiny_models):
