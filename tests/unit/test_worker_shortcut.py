@@ -4,6 +4,7 @@ the network copy left in flight is the next read's result (core/shortcut.py, hop
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -113,5 +114,55 @@ def test_closing_waits_a_bounded_time_for_the_copy_on_its_way(copy_arrives, monk
         took = asyncio.get_running_loop().time() - started
         assert call.cancelled
         assert took < 4.0 if copy_arrives else drain * 0.9 <= took < 4.0
+
+    asyncio.run(run())
+
+
+def _handler():
+
+    from services.worker.forward import ForwardHandler
+
+    hosting = SimpleNamespace(latest_epoch=lambda deployment: 1)
+    return ForwardHandler(hosting, None, None, None, 1 << 20, None, node_id="worker-0")
+
+
+def _relayed(handler, downstream, waiter):
+    async def collect():
+        hosted = SimpleNamespace(deployment="d", generative=True)
+        return [reply async for reply in handler._relay(downstream, hosted, waiter)]
+
+    return collect()
+
+
+def test_the_relayed_copy_is_dropped_and_its_news_of_a_newer_epoch_goes_on_with_the_next_token():
+    async def run():
+        handler, call = _handler(), _Call()
+        downstream = Downstream(_Stub(call), "127.0.0.1:1", (3, 5))
+        loop = asyncio.get_running_loop()
+        first = loop.create_future()
+        first.set_result(worker_pb2.TokenOutput(step=4, token_id=104, latest_epoch=1))
+        got = await _relayed(handler, downstream, first)
+        assert [(r.token.step, r.token.latest_epoch) for r in got] == [(4, 1)]
+        # The next step: the copy of step 4 comes (the middle hop knows of epoch 2), then step 5's token.
+        await call.replies.put(
+            worker_pb2.ForwardResponse(token=worker_pb2.TokenOutput(step=4, latest_epoch=2))
+        )
+        second = loop.create_future()
+        loop.call_later(0.05, second.set_result, worker_pb2.TokenOutput(step=5, token_id=105, latest_epoch=1))
+        got = await _relayed(handler, downstream, second)
+        assert [(r.token.step, r.token.token_id, r.token.latest_epoch) for r in got] == [(5, 105, 2)]
+
+    asyncio.run(run())
+
+
+def test_a_token_that_comes_over_the_network_first_is_taken_and_counted_as_such():
+    async def run():
+        handler, call = _handler(), _Call()
+        downstream = Downstream(_Stub(call), "127.0.0.1:1", (3, 5))
+        waiter = asyncio.get_running_loop().create_future()
+        await call.replies.put(worker_pb2.ForwardResponse(token=worker_pb2.TokenOutput(step=4, token_id=7)))
+        got = await _relayed(handler, downstream, waiter)
+        assert [(r.token.step, r.token.token_id) for r in got] == [(4, 7)] and not waiter.done()
+        assert downstream.delivered_step == -1  # nothing to drop later
 
     asyncio.run(run())
