@@ -49,17 +49,18 @@ def test_every_term_matches_the_hand_computation():
 
     block on B: prefill 10 tokens x 1 GFLOP / 2 TFLOP/s = 5 ms, decode 0.5 ms;
     head on A: prefill 20 ms, decode 2 ms, both doubled by M/M/1 at u = 0.5;
-    each hop: RTT 10 ms + (10 x 1000 + 4) B x 8 / 8 Mb/s = 20.004 ms prefill, 11.004 ms decode.
+    each hop, forward only (A is the one trusted node, so the head runs where unit 0 does
+    and the token stays there): RTT/2 5 ms + 10 x 1000 B x 8 / 8 Mb/s = 15 ms prefill, 6 ms decode.
     """
     cost = evaluate(_problem(), S1_S2_S3)
     assert cost.feasible, cost.violations
     b = cost.breakdown
-    assert b.prefill_ms == pytest.approx(5 + 2 * 20 + 2 * 20.004)
-    assert b.decode_ms_per_token == pytest.approx(0.5 + 2 * 2 + 2 * 11.004)
-    assert b.latency_ms == pytest.approx(85.008 + 2 * 26.508)  # 3 tokens: prefill + 2 decode steps
+    assert b.prefill_ms == pytest.approx(5 + 2 * 20 + 2 * 15)
+    assert b.decode_ms_per_token == pytest.approx(0.5 + 2 * 2 + 2 * 6)
+    assert b.latency_ms == pytest.approx(75 + 2 * 16.5)  # 3 tokens: prefill + 2 decode steps
     assert b.compute_ms == pytest.approx(6 + 24)
     assert b.queueing_ms == pytest.approx(24)
-    assert b.transfer_ms == pytest.approx(2 * 20.004 + 2 * 2 * 11.004)
+    assert b.transfer_ms == pytest.approx(2 * 15 + 2 * 2 * 6)
     assert b.compute_ms + b.queueing_ms + b.transfer_ms == pytest.approx(b.latency_ms)
     assert b.utilization == pytest.approx(0.5 + 1.0 * 0.024)  # A: background + 1 req/s x 24 ms
     assert b.privacy == 0.0
@@ -67,6 +68,29 @@ def test_every_term_matches_the_hand_computation():
     assert b.throughput_tps == pytest.approx(250.0)
     assert b.phi == pytest.approx(b.latency_ms + 100 * b.utilization)
     assert cost.memory_bytes == {"A": 2 * MIB, "B": 2 * MIB}
+
+
+def test_with_a_second_trusted_node_the_token_may_travel_back_and_the_model_counts_its_way():
+    """B trusted too: a plan could put the head on B, so the way back is counted on every hop
+    (RTT/2 + the 4-byte result), here even for a plan whose head runs on A."""
+    trusting_b = _problem(policy=Policy(alpha=1.0, beta=100.0, trusted_node_ids=frozenset({"B"})))
+    assert not trusting_b.token_stays_home() and _problem().token_stays_home()
+    b = evaluate(trusting_b, S1_S2_S3).breakdown
+    # each hop: RTT 10 ms + (10 x 1000 + 4) B x 8 / 8 Mb/s = 20.004 ms prefill, 11.004 ms decode
+    assert b.prefill_ms == pytest.approx(5 + 2 * 20 + 2 * 20.004)
+    assert b.decode_ms_per_token == pytest.approx(0.5 + 2 * 2 + 2 * 11.004)
+    assert b.transfer_ms == pytest.approx(2 * 20.004 + 2 * 2 * 11.004)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"workload": Workload(prompt_tokens=10, generate_tokens=0)},  # an embedding: the result comes back
+        {"policy": Policy(alpha=1.0, beta=100.0, soft_privacy=True, gamma=1.0)},  # the head may go anywhere
+    ],
+)
+def test_the_way_back_counts_unless_every_plan_keeps_the_token_home(changes):
+    assert not _problem(**changes).token_stays_home()
 
 
 def test_memory_over_capacity_breaks_constraint_4():

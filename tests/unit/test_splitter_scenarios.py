@@ -33,7 +33,16 @@ def _blocks_on(problem: Problem) -> tuple[str, dict[int, str]]:
     [
         (10, 0.1, 24, 400, "mec", "idle MEC next door, thin backhaul: offload to the MEC"),
         (1000, 0.1, 24, 400, "mec", "fat backhaul too, but the MEC is nearer (4 vs 15 ms per hop)"),
-        (1000, 0.5, 24, 400, "mec", "half-loaded MEC still beats the farther cloud"),
+        (1000, 0.2, 24, 400, "mec", "a lightly loaded MEC still beats the farther cloud"),
+        (
+            1000,
+            0.5,
+            24,
+            400,
+            "cloud",
+            "half-loaded MEC: its queueing costs more than the cloud's distance, crossed once per token "
+            "(the token stays on the edge)",
+        ),
         (1000, 0.7, 24, 400, "cloud", "MEC at 70 %: its queueing now costs more than the cloud's distance"),
         (1000, 0.95, 24, 400, "cloud", "MEC saturated, backhaul fat: the idle cloud GPU"),
         (10, 0.7, 24, 400, "mec", "MEC at 70 % but the 10 Mb/s backhaul makes the cloud worse"),

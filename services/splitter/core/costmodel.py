@@ -11,7 +11,12 @@ Per request (DESIGN.md, "Cost model"):
   system = service / (1 - u), so queueing = service * u / (1 - u).
 * **transfer** per hop: ``RTT/2 + bytes / bandwidth`` forward, and ``RTT/2``
   for the result that flows back along the same stream (DESIGN.md, data
-  plane), so one hop costs ``RTT + bytes / bandwidth``.
+  plane), so one hop costs ``RTT + bytes / bandwidth``; forward only where
+  every allowed plan runs the head on unit 0's node
+  (:meth:`Problem.token_stays_home`), since the first hop then takes the token
+  where it is sampled. Where that depends on the plan the way back is counted
+  (an overestimate for plans that keep the head with unit 0): the condition
+  couples the first and the last unit, which the chain DP cannot see.
 * ``L = prefill + (G - 1) * decode`` for ``G`` generated tokens (the prefill
   yields the first one).
 * ``U = max_n rho_n`` with ``rho_n = u_n + request_rate * busy_n`` (busy_n =
@@ -57,8 +62,12 @@ def decode_service_s(flops, attn, param_bytes, kv, work: Workload, flops_per_s, 
     return _roofline(flops + attn * context, param_bytes + kv * context, flops_per_s, bandwidth_bps)
 
 
-def hop_ms(rtt_ms, bandwidth_mbps, payload_bytes):
-    """One hop, forward and back: RTT/2 + payload / bandwidth, then RTT/2 + the result."""
+def hop_ms(rtt_ms, bandwidth_mbps, payload_bytes, back: bool = True):
+    """One hop: RTT/2 + payload / bandwidth forward, then, with ``back``, RTT/2 + the
+    result on its way back. Without: the token stays where it was sampled
+    (:meth:`Problem.token_stays_home`)."""
+    if not back:
+        return rtt_ms / 2.0 + payload_bytes * 8.0 / (bandwidth_mbps * 1e3)
     return rtt_ms + (payload_bytes + RESULT_BYTES) * 8.0 / (bandwidth_mbps * 1e3)
 
 
@@ -153,6 +162,7 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     wire: dict[tuple[str, str], float] = {}
     prefill = decode = 0.0
     steps = work.decode_steps
+    back = not problem.token_stays_home()
     for pos, seg in enumerate(plan.segments):
         node = nodes[seg.node_id]
         factor = slowdown(node.utilization)
@@ -179,8 +189,8 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
             prefill = decode = float("inf")
             continue
         act = units[seg.start - 1].activation_bytes_per_token
-        hop_pre = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, work.prompt_tokens * act))
-        hop_dec = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, act))
+        hop_pre = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, work.prompt_tokens * act, back))
+        hop_dec = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, act, back))
         prefill += hop_pre
         decode += hop_dec
         out.transfer_ms += hop_pre + steps * hop_dec

@@ -164,7 +164,10 @@ def _hops(problem: Problem, n: int, count: int) -> tuple[np.ndarray, np.ndarray]
     work, alpha = problem.workload, problem.policy.alpha
     bw = np.where(has, bandwidth, 1.0)[None, :, :]
     delay = np.where(has, rtt, 0.0)[None, :, :]
-    latency = cm.hop_ms(delay, bw, work.prompt_tokens * act) + work.decode_steps * cm.hop_ms(delay, bw, act)
+    back = not problem.token_stays_home()
+    latency = cm.hop_ms(delay, bw, work.prompt_tokens * act, back) + work.decode_steps * cm.hop_ms(
+        delay, bw, act, back
+    )
     hop_cost = np.where(has[None], alpha * latency, INF)
     hop_stage = np.where(has[None], cm.wire_ms(bw, act), INF)
     diagonal = np.arange(count)
