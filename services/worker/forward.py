@@ -52,6 +52,7 @@ TOKENS_PASSED = Counter(
     "worker (the route's head runs here) or relayed over the network",
     ["source"],
 )
+_FROM_HERE, _FROM_NETWORK = TOKENS_PASSED.labels("here"), TOKENS_PASSED.labels("network")
 
 STATUS = {
     errors.BadInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -418,10 +419,11 @@ class ForwardHandler:
         whichever comes first, from here or over the network; the other copy is dropped."""
         while True:
             reply = await (downstream.read() if waiter is None else downstream.read_or(waiter))
+            source = _FROM_NETWORK
             if reply is None:  # sampled here first
                 reply = worker_pb2.ForwardResponse(token=waiter.result())
                 downstream.delivered_step = reply.token.step
-                TOKENS_PASSED.labels("here").inc()
+                source = _FROM_HERE
             elif reply.HasField("token") and reply.token.step <= downstream.delivered_step:
                 downstream.relayed_epoch = max(downstream.relayed_epoch, reply.token.latest_epoch)
                 continue  # the copy of a token taken from here
@@ -429,8 +431,7 @@ class ForwardHandler:
                 latest = max(self.hosting.latest_epoch(hosted.deployment), downstream.relayed_epoch)
                 if latest > reply.token.latest_epoch:
                     reply.token.latest_epoch = latest
-                if reply.token.step > downstream.delivered_step:
-                    TOKENS_PASSED.labels("network").inc()
+                source.inc()
                 yield reply
                 return
             yield reply

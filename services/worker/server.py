@@ -49,6 +49,7 @@ from .migration import Migrator
 log = logging.getLogger(__name__)
 
 STEPS = Counter("resplit_worker_steps_total", "Segment steps run, by the thread that ran them", ["thread"])
+_ON_LOOP, _ON_COMPUTE = STEPS.labels("loop"), STEPS.labels("compute")
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -286,7 +287,7 @@ class WorkerCore:
             finally:
                 times.record(segment, (time.perf_counter() - start) * 1000)
 
-        STEPS.labels("loop" if inline else "compute").inc()
+        (_ON_LOOP if inline else _ON_COMPUTE).inc()
         times.in_flight += 1
         try:
             if inline:
