@@ -43,6 +43,27 @@ def whole_run(model, prompt: list[int], tokens: int) -> tuple[float, list[float]
     return prefill, steps, ids
 
 
+def segment_run(segment, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
+    """The same as :func:`whole_run` with resplit's segment code: one segment holding every unit.
+
+    Its decode steps take the lean step (``resplit/models/lean.py``) where the model allows, so
+    against it a split is compared with the same compute code, and only the split's cost remains."""
+    state = segment.new_state()
+    device = next(segment.parameters()).device
+    start = time.perf_counter()
+    out = segment.step(state, input_ids=torch.tensor([prompt], device=device))
+    token = int(out.logits[0].argmax())
+    prefill = time.perf_counter() - start
+    ids, steps = [token], []
+    for _ in range(tokens - 1):
+        start = time.perf_counter()
+        out = segment.step(state, input_ids=torch.tensor([[token]], device=device))
+        token = int(out.logits[0].argmax())
+        steps.append(time.perf_counter() - start)
+        ids.append(token)
+    return prefill, steps, ids
+
+
 def decode_ms(model, prompt: list[int], tokens: int = 12, repeats: int = 3) -> float:
     """Median ms per greedy decode step of ``model`` in this process, over ``repeats`` runs."""
     runs = [statistics.median(whole_run(model, prompt, tokens + 1)[1]) * 1e3 for _ in range(repeats)]

@@ -6,6 +6,11 @@ measures two sizes and fits the line; ``--blocks`` fixes the count instead),
 then, alternating in every round:
 
 * whole: transformers runs the whole model in this process (KV cache, greedy);
+* segment code whole: resplit's segment code runs the whole model (one segment of
+  every unit) in this process. Workers decode with a lean one-token step
+  (``resplit/models/lean.py``, bitwise the same result) that transformers' module
+  calls do not take, so split / this is the split's cost with the same compute
+  code on both sides, and whole / this what the lean step saves;
 * split: `resplit up` starts Redis, the services and three workers; the model
   is deployed as S1 | S2 | S3 on worker-0 | worker-1 | worker-2 and the SDK
   streams greedy tokens over loopback gRPC, with the first hop running the
@@ -48,13 +53,14 @@ from pathlib import Path
 
 import torch
 from _plain_pipeline import PlainPipeline
-from _sizing import model_for, whole_run
+from _sizing import model_for, segment_run, whole_run
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
 from resplit.launcher import stack as stack_mod
 from resplit.launcher.stack import host_cores, shared_decode_threads
+from resplit.models import Checkpoint, load_segment
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -124,7 +130,7 @@ def main() -> None:
     # This process's OpenMP read its settings when torch loaded: the whole model keeps torch's defaults.
     # The workers' --device, so that a CPU run on a GPU machine is a CPU run.
     worker_env = {"RESPLIT_DEVICE": args.device, **dict(item.split("=", 1) for item in args.worker_env)}
-    console = Console(width=200)
+    console = Console(width=220)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     decode_prompt = [5 + (i * 7) % 300 for i in range(16)]
     with console.status("sizing the model to this machine"):
@@ -147,7 +153,8 @@ def main() -> None:
         deploy(address, "bench", model_dir, segments)
         deploy(address, "bench-one", model_dir, [(0, blocks + 2, "worker-1")])
         deploy(address, "bench-paper", model_dir, paper_placement(segments))
-        modes = ("whole", "one", "plain", "split", "paper", "stepped")
+        engine = load_segment(Checkpoint(model_dir), 0, blocks + 2, torch.device(args.device))
+        modes = ("whole", "engine", "one", "plain", "split", "paper", "stepped")
         decode = {m: [] for m in modes}  # per round: that round's per-token latencies
         prefill = {m: [] for m in modes}
         with (
@@ -160,6 +167,7 @@ def main() -> None:
             route, one, paper = (looping.route(n) for n in ("bench", "bench-one", "bench-paper"))
             runs = {
                 "whole": lambda prompt, n: whole_run(model, prompt, n),
+                "engine": lambda prompt, n: segment_run(engine, prompt, n),
                 "one": lambda prompt, n: split_run(looping, one, prompt, n),
                 "plain": plain.generate,
                 "split": lambda prompt, n: split_run(looping, route, prompt, n),
@@ -188,6 +196,7 @@ def main() -> None:
     hops = 3  # client -> worker-0 -> worker-1 -> worker-2 or -0 (the token comes back the same way)
     columns = {
         "whole": "whole (1 process)",
+        "engine": "segment code whole",
         "one": "resplit, 1 worker",
         "plain": "plain, 3 processes",
         "split": "resplit, 3 workers",
@@ -207,7 +216,14 @@ def main() -> None:
         "/ whole, median of rounds (range)", "1", *(ratio_cell(ratios(m, "whole")) for m in modes[1:])
     )
     table.add_row(
-        "/ plain 3 processes (data plane's share)",
+        "/ segment code whole (same compute)",
+        "",
+        "1",
+        *(ratio_cell(ratios(m, "engine")) for m in modes[2:]),
+    )
+    table.add_row(
+        "/ plain (data plane's share)",
+        "",
         "",
         "",
         "1",
@@ -222,6 +238,7 @@ def main() -> None:
         "",
         "",
         "",
+        "",
         *(f"{overhead[m] / hops:.2f}" for m in ("split", "paper", "stepped")),
     )
     rates = {m: len(prefill_prompt) / statistics.median(prefill[m]) for m in modes}
@@ -230,14 +247,15 @@ def main() -> None:
         f"{rates['whole']:.0f}",
         *(f"{rates[m]:.0f} ({rates[m] / rates['whole']:.2f}x)" for m in modes[1:]),
     )
-    table.add_row("gRPC Ping round trip to worker-1, median ms", "", "", "", f"{ping:.2f}", "", "")
+    table.add_row("gRPC Ping round trip to worker-1, median ms", "", "", "", "", f"{ping:.2f}", "", "")
     console.print(table)
     console.print(
         f"{args.rounds} rounds x {args.tokens} tokens, {'mutual TLS' if args.secure else 'plaintext'}, "
         f"worker environment {worker_env} (OpenMP as the workers set it unless named); "
         f"workers and plain processes decode with {decode_threads or 'all'} intra-op thread(s) "
         f"(prefill with all; the whole model with {torch.get_num_threads()}); "
-        "the same greedy tokens in every mode and round; target ratio split / whole <= 1.10"
+        "the same greedy tokens in every mode and round; target ratio split / whole <= 1.10 "
+        "(whole: transformers in one process; the segment-code row compares the same compute code)"
     )
     whole_ms = statistics.median(medians["whole"])
     sized = f"--blocks {args.blocks}" if args.blocks else f"sized for {args.target_ms:.0f} ms/token"

@@ -56,6 +56,11 @@ class Segment(nn.Module, ABC):
         self.config = config
         self.start, self.end = start, end
         self.num_blocks_total = num_blocks(config)
+        #: Take the family's lean one-token step where it has one (``lean.py``); off, every
+        #: step goes through transformers' layers. Bitwise the same result either way.
+        self.lean_decode = True
+        #: Why this segment's decode steps cannot take a lean step (None: they can, or it has no blocks).
+        self.lean_unavailable: str | None = "no lean step for this family"
 
     @property
     def has_embedding(self) -> bool:

@@ -81,6 +81,7 @@ class EmulatedSegment(Segment):
 
         config: PretrainedConfig = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         super().__init__(config, start, end)
+        self.lean_unavailable = "emulated: a step waits instead of computing"
         total = num_units(config)
         if not 0 <= start < end <= total:
             raise SegmentInputError(f"units [{start}, {end}) are outside the model's [0, {total})")

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache, PretrainedConfig
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from . import lean
 from .base import (
     Family,
     Segment,
@@ -81,6 +82,8 @@ class RotaryDecoderSegment(Segment):
                 self.rotary = type(skeleton.model.rotary_emb)(config=self.local)
         self.eval()
         check_materialized(self, f"{config.model_type} units [{start}, {end})")
+        self.lean_unavailable = lean.why_not(self.layers, self.types, self.local._attn_implementation)
+        self._lean = lean.lean_blocks(self.layers, self.types, self.local._attn_implementation)
 
     def new_state(self) -> SessionState:
         return SessionState(cache=DynamicCache(config=self.local) if len(self.layers) else None)
@@ -90,7 +93,9 @@ class RotaryDecoderSegment(Segment):
         h = self.embed(input_ids) if self.embed is not None else hidden
         length = h.shape[1]
         position_ids = torch.arange(state.seq_len, state.seq_len + length, device=h.device).unsqueeze(0)
-        if self.rotary is not None:
+        if self.rotary is not None and length == 1 and self._lean is not None and self.lean_decode:
+            h = lean.decode(self._lean, h, self.rotary(h, position_ids), state.cache)
+        elif self.rotary is not None:
             kwargs = {
                 "config": self.local,
                 "inputs_embeds": h,

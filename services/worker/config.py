@@ -46,6 +46,11 @@ class WorkerSettings(ServiceSettings):
         description="where a session's first and last segments both run here, the first takes each "
         "token from the last as it is sampled instead of waiting for it to come back over the network",
     )
+    lean_decode: bool = Field(
+        True,
+        description="decode steps of Llama-style blocks skip transformers' per-module call overhead "
+        "(the same tensor operations, bitwise the same result); off: every step through transformers' layers",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

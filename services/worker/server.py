@@ -37,7 +37,7 @@ from .core import errors
 from .core.heartbeat import Heartbeat
 from .core.hosting import Hosted, Hosting
 from .core.identity import describe_node
-from .core.loading import load_hosted, resolve_device
+from .core.loading import decode_path, load_hosted, resolve_device
 from .core.metrics import ComputeTimes
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted, ends_with_head
@@ -89,6 +89,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         request.compression,
                         worker.device,
                         worker.emulated,
+                        worker.settings.lean_decode,
                     )
                 )
             except errors.WorkerError as exc:
@@ -109,12 +110,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 await context.abort(status_of(exc), str(exc))
             worker.hosting.add(existing)
             log.info(
-                "loaded %s epoch %d units [%d, %d): %.1f MB",
+                "loaded %s epoch %d units [%d, %d): %.1f MB; decode steps %s",
                 request.deployment,
                 request.epoch,
                 request.units.start,
                 request.units.end,
                 existing.param_bytes / 1e6,
+                decode_path(existing.segment),
             )
         worker.refresh_hosted()
         return worker_pb2.LoadSegmentResponse(

@@ -42,6 +42,7 @@ def load_hosted(
     compression: int,
     device: torch.device,
     emulated: EmulatedDevice | None = None,
+    lean_decode: bool = True,
 ) -> Hosted:
     """Build the segment, or raise a WorkerError saying why not. With ``emulated``
     only the model's config.json is read: the segment waits instead of computing."""
@@ -61,6 +62,7 @@ def load_hosted(
         raise NotHosted(f"model directory {model_dir[:256]!r} does not exist on this worker")
     if emulated is None:
         segment, generative, hidden_size, dtype = _real(start, end, model_dir, dtype_name, device)
+        segment.lean_decode = lean_decode
     else:
         segment, generative, hidden_size, dtype = _emulated(start, end, model_dir, dtype_name, emulated)
         device = torch.device("cpu")
@@ -77,6 +79,13 @@ def load_hosted(
         generative=generative,
         hidden_size=hidden_size,
     )
+
+
+def decode_path(segment: Segment) -> str:
+    """How the segment runs decode steps, for the load log line."""
+    if segment.lean_unavailable is not None:
+        return f"through the model's layers ({segment.lean_unavailable})"
+    return "lean" if segment.lean_decode else "through the model's layers (--no-lean-decode)"
 
 
 def _real(

@@ -1,0 +1,133 @@
+"""The lean one-token step (resplit/models/lean.py) against transformers' own layers.
+
+Real tiny models of each rotary family, saved as safetensors and loaded as
+segments; every decode step of a segment is run both ways from the same cache
+and must give bitwise the same hidden states or logits, and the same cache.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+from resplit.models import Checkpoint, lean, load_segment
+from resplit.models.tiny import build_tokenizer, tiny_config
+
+PROMPT = [5, 17, 33, 8, 91, 40, 12, 7, 66, 150, 23]
+STEPS = 12
+_decode = lean.decode
+
+
+def _qwen3(root) -> object:
+    """Qwen3 (per-head q/k norms) is served by the rotary adapter but is not a tiny family."""
+    config = Qwen3Config(**tiny_config("llama", len(build_tokenizer())).to_dict() | {"model_type": "qwen3"})
+    config.head_dim = 16
+    torch.manual_seed(0)
+    out = root / "qwen3"
+    AutoModelForCausalLM.from_config(config).eval().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models, tmp_path_factory) -> dict[str, object]:
+    return {**tiny_models, "qwen3": _qwen3(tmp_path_factory.mktemp("lean"))}
+
+
+def _segments(model_dir) -> list:
+    checkpoint = Checkpoint(model_dir)
+    blocks = checkpoint.config.num_hidden_layers
+    cuts = [(0, 2), (2, 4), (4, blocks + 2)]  # embedding + 1 block, 2 blocks, the rest + head
+    return [load_segment(checkpoint, a, b, torch.device("cpu"), torch.float32) for a, b in cuts]
+
+
+def _cache_tensors(state) -> list[torch.Tensor]:
+    return [t for layer in state.cache.layers for t in (layer.keys, layer.values)]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_lean_decode_steps_are_bitwise_those_of_transformers_layers(models, family, monkeypatch):
+    segments = _segments(models[family])
+    calls = []
+    monkeypatch.setattr(lean, "decode", lambda *args: calls.append(1) or _decode(*args))
+    assert all(s._lean is not None for s in segments[1:]), [s.lean_unavailable for s in segments]
+    lean_states = [s.new_state() for s in segments]
+    plain_states = [s.new_state() for s in segments]
+    inputs = {"input_ids": torch.tensor([PROMPT])}
+    for step in range(STEPS + 1):
+        lean_inputs, plain_inputs = dict(inputs), dict(inputs)
+        for segment, lean_state, plain_state in zip(segments, lean_states, plain_states, strict=True):
+            segment.lean_decode = True
+            lean_out = segment.step(lean_state, **lean_inputs)
+            segment.lean_decode = False
+            plain_out = segment.step(plain_state, **plain_inputs)
+            if lean_out.hidden is not None:
+                assert torch.equal(lean_out.hidden, plain_out.hidden), (family, step, segment.start)
+                lean_inputs, plain_inputs = {"hidden": lean_out.hidden}, {"hidden": plain_out.hidden}
+            else:
+                assert torch.equal(lean_out.logits, plain_out.logits), (family, step)
+                token = int(lean_out.logits[0].argmax())
+            if len(segment.block_range):
+                assert lean_state.seq_len == plain_state.seq_len == len(PROMPT) + step
+                for a, b in zip(_cache_tensors(lean_state), _cache_tensors(plain_state), strict=True):
+                    assert torch.equal(a, b)
+        inputs = {"input_ids": torch.tensor([[token]])}
+    assert len(calls) == STEPS * len(segments)  # every decode step of every segment took the lean step
+
+
+def test_lean_decode_matches_the_whole_model(models):
+    """Qwen3 has no split-correctness test of its own: the lean split against transformers whole."""
+    segments = _segments(models["qwen3"])
+    model = AutoModelForCausalLM.from_pretrained(models["qwen3"]).eval()
+    expected = model.generate(
+        torch.tensor([PROMPT]),
+        max_new_tokens=STEPS,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    states = [s.new_state() for s in segments]
+    inputs, tokens, logits = {"input_ids": torch.tensor([PROMPT])}, [], []
+    for _ in range(STEPS):
+        for segment, state in zip(segments, states, strict=True):
+            out = segment.step(state, **inputs)
+            inputs = {"hidden": out.hidden}
+        tokens.append(int(out.logits[0].argmax()))
+        logits.append(out.logits[0])
+        inputs = {"input_ids": torch.tensor([[tokens[-1]]])}
+    assert tokens == expected.sequences[0, len(PROMPT) :].tolist()
+    assert torch.allclose(torch.stack(logits), torch.cat(expected.logits), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("family", "reason"),
+    [("qwen2-sliding", "sliding-window layers"), ("mistral", "sliding-window layers")],
+)
+def test_layers_the_lean_step_does_not_reproduce_keep_transformers_path(models, family, reason):
+    segments = _segments(models[family])
+    assert any(s.lean_unavailable == reason for s in segments)
+    assert all(s._lean is None for s in segments if s.lean_unavailable)
+
+
+def test_eager_attention_keeps_transformers_path(models):
+    checkpoint = Checkpoint(models["llama"])
+    checkpoint.config._attn_implementation = "eager"
+    segment = load_segment(checkpoint, 1, 3, torch.device("cpu"))
+    assert segment._lean is None
+    assert "eager" in segment.lean_unavailable
+
+
+def test_the_worker_setting_reaches_the_segment_and_its_load_log(models):
+    from services.worker.core.loading import decode_path, load_hosted
+
+    on, off = (
+        load_hosted("lean", 1, 1, 3, str(models["llama"]), "", 0, torch.device("cpu"), lean_decode=flag)
+        for flag in (True, False)
+    )
+    assert (on.segment.lean_decode, off.segment.lean_decode) == (True, False)
+    assert decode_path(on.segment) == "lean"
+    assert decode_path(off.segment) == "through the model's layers (--no-lean-decode)"
+    sliding = load_hosted("lean", 1, 3, 5, str(models["qwen2-sliding"]), "", 0, torch.device("cpu"))
+    assert decode_path(sliding.segment) == "through the model's layers (sliding-window layers)"
+    bert = load_hosted("lean", 1, 1, 3, str(models["bert"]), "", 0, torch.device("cpu"))
+    assert decode_path(bert.segment) == "through the model's layers (no lean step for this family)"
