@@ -11,8 +11,9 @@ of the ratios.
 
 Variants: ``NAME:KEY=VALUE[,KEY=VALUE...]`` environments for the workers; the
 default set is the launcher's defaults, every core for decode, OpenMP threads
-that never spin, asyncio's event loop instead of uvloop, and a lone session's
-decode steps handed to the compute thread instead of run on the event loop.
+that never spin, asyncio's event loop instead of uvloop, a lone session's
+decode steps handed to the compute thread instead of run on the event loop, and
+decode steps through transformers' layers instead of the lean step.
 Usage: python bench/worker_settings.py [--rounds 12] [--tokens 20] [--target-ms 35 | --blocks N] [VARIANT ...]
 """
 
@@ -45,6 +46,7 @@ def default_variants() -> dict[str, dict[str, str]]:
         "no OpenMP spinning": {"GOMP_SPINCOUNT": "0"},
         "asyncio's event loop": {"RESPLIT_EVENT_LOOP": "asyncio"},
         "decode on the compute thread": {"RESPLIT_INLINE_DECODE": "false"},
+        "transformers' layers for decode": {"RESPLIT_LEAN_DECODE": "false"},
     }
 
 
