@@ -3,10 +3,11 @@
 Why: a decode step moves one token, so next to the weight reads most of a
 block's time is a fixed CPU cost per operation and per Python call (module
 hooks, keyword plumbing, attention dispatch, a mask builder per step). In a
-split, every hop idles while the others compute, and that cost roughly doubles
-when it runs cold in a process that just woke up (measured on the 2-core
-development VM: 1.7 ms of a 14-block step warm, 3.7 ms cold, at hidden size 64
-where the matmuls cost nothing). The step below issues the same tensor
+split, every hop idles while the others compute, and that cost more than
+doubles when it runs cold in a process that just woke up (``bench/cold_step.py``
+on the 2-core development VM, 14 blocks at hidden size 64, where the matmuls cost
+next to nothing: 1.75 ms per token back to back, 4.13 ms after idle gaps; this
+step: 1.04 and 2.83 ms). The step below issues the same tensor
 operations in the same order as transformers' decoder layer with SDPA attention
 does for one new token and no mask, so its results are bitwise equal; the
 tests check that for every family it accepts. Everything else (prefill,
@@ -52,9 +53,9 @@ class _Block:
     k: tuple[torch.Tensor, torch.Tensor | None]
     v: tuple[torch.Tensor, torch.Tensor | None]
     o: tuple[torch.Tensor, torch.Tensor | None]
-    gate: torch.Tensor
-    up: torch.Tensor
-    down: torch.Tensor
+    gate: tuple[torch.Tensor, torch.Tensor | None]  # Llama's mlp_bias gives the MLP biases
+    up: tuple[torch.Tensor, torch.Tensor | None]
+    down: tuple[torch.Tensor, torch.Tensor | None]
     act: Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -104,9 +105,9 @@ def _block(layer) -> _Block:
         k=_linear(attn.k_proj),
         v=_linear(attn.v_proj),
         o=_linear(attn.o_proj),
-        gate=mlp.gate_proj.weight,
-        up=mlp.up_proj.weight,
-        down=mlp.down_proj.weight,
+        gate=_linear(mlp.gate_proj),
+        up=_linear(mlp.up_proj),
+        down=_linear(mlp.down_proj),
         act=mlp.act_fn,
     )
 
@@ -141,7 +142,7 @@ def _block_step(block: _Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     attn = F.scaled_dot_product_attention(q, k, v, scale=block.scaling, enable_gqa=block.gqa)
     h = h + F.linear(attn.transpose(1, 2).reshape(rows, 1, -1), *block.o)
     x = _rms(h, block.mlp_norm)
-    return h + F.linear(block.act(F.linear(x, block.gate)) * F.linear(x, block.up), block.down)
+    return h + F.linear(block.act(F.linear(x, *block.gate)) * F.linear(x, *block.up), *block.down)
 
 
 def decode(blocks: list[_Block], h: torch.Tensor, position_embeddings, cache) -> torch.Tensor:

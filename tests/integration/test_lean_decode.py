@@ -19,19 +19,33 @@ STEPS = 12
 _decode = lean.decode
 
 
-def _qwen3(root) -> object:
-    """Qwen3 (per-head q/k norms) is served by the rotary adapter but is not a tiny family."""
-    config = Qwen3Config(**tiny_config("llama", len(build_tokenizer())).to_dict() | {"model_type": "qwen3"})
-    config.head_dim = 16
+def _save(config, out) -> object:
+    """A random model of ``config`` whose biases are random too (transformers starts them at 0,
+    where a step that forgot one would still agree)."""
     torch.manual_seed(0)
-    out = root / "qwen3"
-    AutoModelForCausalLM.from_config(config).eval().save_pretrained(out)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0, 0.5)
+    model.save_pretrained(out)
     return out
 
 
 @pytest.fixture(scope="module")
 def models(tiny_models, tmp_path_factory) -> dict[str, object]:
-    return {**tiny_models, "qwen3": _qwen3(tmp_path_factory.mktemp("lean"))}
+    root, vocab = tmp_path_factory.mktemp("lean"), len(build_tokenizer())
+    # Qwen3 (per-head q/k norms) is served by the rotary adapter but is not a tiny family.
+    qwen3 = Qwen3Config(**tiny_config("llama", vocab).to_dict() | {"model_type": "qwen3", "head_dim": 16})
+    return {
+        **tiny_models,
+        "qwen3": _save(qwen3, root / "qwen3"),
+        "qwen2": _save(tiny_config("qwen2", vocab), root / "qwen2"),  # q, k and v biases
+        "llama-biased": _save(
+            tiny_config("llama", vocab, attention_bias=True, mlp_bias=True), root / "llama-b"
+        ),
+        "mistral-no-window": _save(tiny_config("mistral", vocab, sliding_window=None), root / "mistral"),
+    }
 
 
 def _segments(model_dir) -> list:
@@ -45,12 +59,12 @@ def _cache_tensors(state) -> list[torch.Tensor]:
     return [t for layer in state.cache.layers for t in (layer.keys, layer.values)]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "llama-biased", "qwen2", "qwen3", "mistral-no-window"])
 def test_lean_decode_steps_are_bitwise_those_of_transformers_layers(models, family, monkeypatch):
     segments = _segments(models[family])
     calls = []
     monkeypatch.setattr(lean, "decode", lambda *args: calls.append(1) or _decode(*args))
-    assert all(s._lean is not None for s in segments[1:]), [s.lean_unavailable for s in segments]
+    assert [s.lean_unavailable for s in segments] == [None, None, None]
     lean_states = [s.new_state() for s in segments]
     plain_states = [s.new_state() for s in segments]
     inputs = {"input_ids": torch.tensor([PROMPT])}
@@ -103,17 +117,28 @@ def test_lean_decode_matches_the_whole_model(models):
     ("family", "reason"),
     [("qwen2-sliding", "sliding-window layers"), ("mistral", "sliding-window layers")],
 )
-def test_layers_the_lean_step_does_not_reproduce_keep_transformers_path(models, family, reason):
+def test_layers_the_lean_step_does_not_reproduce_keep_transformers_path(models, family, reason, monkeypatch):
     segments = _segments(models[family])
     assert any(s.lean_unavailable == reason for s in segments)
-    assert all(s._lean is None for s in segments if s.lean_unavailable)
+    calls = []
+    monkeypatch.setattr(lean, "decode", lambda *args: calls.append(1) or _decode(*args))
+    for segment in segments:  # a decode step of the sliding-window segments takes transformers' path
+        if segment.lean_unavailable:
+            state = segment.new_state()
+            if segment.has_embedding:
+                segment.step(state, input_ids=torch.tensor([PROMPT]))
+                segment.step(state, input_ids=torch.tensor([[9]]))
+            else:
+                hidden = torch.zeros(1, 4, segment.config.hidden_size)
+                segment.step(state, hidden=hidden)
+                segment.step(state, hidden=hidden[:, :1])
+    assert calls == []
 
 
 def test_eager_attention_keeps_transformers_path(models):
     checkpoint = Checkpoint(models["llama"])
     checkpoint.config._attn_implementation = "eager"
     segment = load_segment(checkpoint, 1, 3, torch.device("cpu"))
-    assert segment._lean is None
     assert "eager" in segment.lean_unavailable
 
 
