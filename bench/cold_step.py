@@ -1,13 +1,19 @@
-"""What a decode step costs back to back and after an idle gap: transformers' layers and the lean step.
+"""What a decode step costs back to back and after an idle gap, by how a worker runs it.
 
 In a split every hop idles while the others compute, so each of its decode
 steps starts cold. Here three segments of one Llama run in this process, one
 after another as a split's hops would, either back to back or each after
-sleeping ``--gap-ms`` (as a worker waits for its input); every decode step
-runs once through transformers' layers and once through the lean step
-(``resplit/models/lean.py``), in the same rounds. Two sizes: hidden 64, where
-the matmuls cost next to nothing and what is left is the per-operation CPU cost
-the lean step cuts, and hidden 1024 (the pipeline benchmark's width).
+sleeping ``--gap-ms`` (as a worker waits for its input), in the same rounds:
+
+* transformers' layers: every step through the model's own modules, weights
+  as safetensors hands them over (``--no-lean-decode --no-huge-pages``);
+* lean step: the one-token step of ``resplit/models/lean.py`` (bitwise the same);
+* lean step, huge pages: the same, with the weights in memory advised for 2 MiB
+  pages (``resplit/models/arena.py``), as a worker loads them by default.
+
+Two sizes: hidden 64, where the matmuls cost next to nothing and what is left
+is the per-operation CPU cost the lean step cuts, and hidden 1024 (the pipeline
+benchmark's width), where reading the weights is most of a step.
 Usage: python bench/cold_step.py [--blocks 14] [--rounds 6] [--tokens 16] [--gap-ms 20]
 """
 
@@ -24,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from resplit.models import Checkpoint, load_segment
+from resplit.models.arena import thp_mode
 from resplit.models.tiny import build_tiny
 
 WIDTHS = {
@@ -31,6 +38,23 @@ WIDTHS = {
     "hidden 1024": {"hidden_size": 1024, "intermediate_size": 2816, "num_attention_heads": 16},
 }
 PROMPT = [5 + (i * 7) % 300 for i in range(16)]
+#: column -> (lean step, weights in huge-page memory)
+SETUPS = {
+    "transformers' layers": (False, False),
+    "lean step": (True, False),
+    "lean step, huge pages": (True, True),
+}
+
+
+def anon_huge_pages() -> int:
+    """Bytes of this process's anonymous memory in huge pages (0 where that cannot be read)."""
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def decode_ms(segments, tokens: int, gap_s: float, lean: bool) -> tuple[float, list[int]]:
@@ -67,30 +91,41 @@ def main() -> None:
     third, two_thirds = 1 + args.blocks // 3, 1 + (2 * args.blocks) // 3
     cuts = [(0, third), (third, two_thirds), (two_thirds, args.blocks + 2)]
     table = Table(title=f"Decode ms/token, {args.blocks}-block Llama (fp32, CPU, 1 thread) in 3 segments")
-    for column in ("model", "gap", "transformers' layers", "lean step", "lean / transformers"):
-        table.add_column(column, justify="right" if column != "model" else "left")
+    table.add_column("model")
+    for column in ("gap", *SETUPS, "lean / transformers", "huge pages / transformers"):
+        table.add_column(column, justify="right")
+    huge_share = []  # the process's AnonHugePages after loading each model: the arenas
     for name, width in WIDTHS.items():
         model_dir = build_tiny("llama", work / name.replace(" ", "-"), num_hidden_layers=args.blocks, **width)
         checkpoint = Checkpoint(model_dir)
-        segments = [load_segment(checkpoint, a, b, torch.device("cpu")) for a, b in cuts]
-        runs = {(gap, lean): [] for gap in (0.0, args.gap_ms / 1e3) for lean in (False, True)}
-        decode_ms(segments, 4, 0.0, True)  # warm-up
+        loaded = {
+            huge: [load_segment(checkpoint, a, b, torch.device("cpu"), huge_pages=huge) for a, b in cuts]
+            for huge in (False, True)
+        }
+        huge_share.append(f"{name}: {anon_huge_pages() / 1e6:.0f} MB")
+        gaps = (0.0, args.gap_ms / 1e3)
+        runs = {(gap, setup): [] for gap in gaps for setup in SETUPS}
+        decode_ms(loaded[True], 4, 0.0, True)  # warm-up
         for _ in range(args.rounds):
             tokens = set()
-            for (gap, lean), times in runs.items():
-                ms, ids = decode_ms(segments, args.tokens, gap, lean)
+            for (gap, setup), times in runs.items():
+                lean, huge = SETUPS[setup]
+                ms, ids = decode_ms(loaded[huge], args.tokens, gap, lean)
                 times.append(ms)
                 tokens.add(tuple(ids))
             if len(tokens) != 1:
-                raise SystemExit(f"the two paths generated different tokens: {tokens}")
-        for gap in (0.0, args.gap_ms / 1e3):
-            plain, lean = (statistics.median(runs[gap, flag]) for flag in (False, True))
+                raise SystemExit(f"the setups generated different tokens: {tokens}")
+        for gap in gaps:
+            ms = [statistics.median(runs[gap, setup]) for setup in SETUPS]
             label = "back to back" if not gap else f"{args.gap_ms:.0f} ms idle before each hop"
-            table.add_row(name, label, f"{plain:.2f}", f"{lean:.2f}", f"{lean / plain:.3f}")
-    Console(width=160).print(table)
+            table.add_row(
+                name, label, *(f"{m:.2f}" for m in ms), f"{ms[1] / ms[0]:.3f}", f"{ms[2] / ms[0]:.3f}"
+            )
+    Console(width=180).print(table)
     print(
-        f"{args.rounds} rounds x {args.tokens} tokens; only the steps' own time is counted, "
-        "not the gaps; the same greedy tokens either way in every round"
+        f"{args.rounds} rounds x {args.tokens} tokens; only the steps' own time is counted, not the gaps; "
+        "the same greedy tokens in every setup and round; "
+        f"THP {thp_mode()}; this process's memory in huge pages after loading {'; '.join(huge_share)}"
     )
 
 

@@ -61,15 +61,19 @@ def load_segment(
     end: int,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
+    huge_pages: bool = True,
 ) -> Segment:
-    """Build units [start, end) of the model from only their tensors."""
+    """Build units [start, end) of the model from only their tensors.
+
+    ``huge_pages``: on the CPU, the weights go into memory the kernel may back with 2 MiB
+    pages (``arena.py``: decode is 10-12 % faster where it does)."""
     total = num_units(checkpoint.config)
     if not 0 <= start < end <= total:
         raise SegmentInputError(f"units [{start}, {end}) are outside the model's [0, {total})")
     family = family_of(checkpoint.config.model_type)
     device = device or default_device()
     names = family.tensor_names(checkpoint, start, end)
-    tensors = checkpoint.load(names, device, dtype or checkpoint.dtype)
+    tensors = checkpoint.load(names, device, dtype or checkpoint.dtype, huge_pages=huge_pages)
     return family.build(checkpoint.config, start, end, tensors, device)
 
 

@@ -59,7 +59,7 @@ class Segment(nn.Module, ABC):
         #: Take the family's lean one-token step where it has one (``lean.py``); off, every
         #: step goes through transformers' layers. Bitwise the same result either way.
         self.lean_decode = True
-        #: Why this segment's decode steps cannot take a lean step (None: they can, or it has no blocks).
+        #: Why this segment's decode steps cannot take a lean step (None: they can).
         self.lean_unavailable: str | None = "no lean step for this family"
 
     @property

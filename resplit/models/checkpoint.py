@@ -17,12 +17,20 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import safe_open
 
+from .arena import Arena, aligned
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: safetensors' dtype names -> bytes per element (for sizing an arena from the headers alone).
+ITEM_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
 class CheckpointError(ValueError):
@@ -63,20 +71,50 @@ class Checkpoint:
         return DTYPES.get(str(declared).removeprefix("torch."), torch.float32)
 
     def load(
-        self, names: Iterable[str], device: torch.device, dtype: torch.dtype | None = None
+        self,
+        names: Iterable[str],
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+        huge_pages: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Exactly the tensors ``names``, on ``device``, cast to ``dtype`` if given."""
+        """Exactly the tensors ``names``, on ``device``, cast to ``dtype`` if given.
+
+        ``huge_pages`` (CPU only): the tensors live in one :class:`~.arena.Arena`, memory
+        the kernel may back with 2 MiB pages; each is copied there as it is read."""
         by_file: dict[Path, list[str]] = defaultdict(list)
         for name in names:
             if name not in self._files:
                 raise CheckpointError(f"tensor {name!r} is not in the checkpoint at {self.dir}")
             by_file[self._files[name]].append(name)
+        arena = None
+        if huge_pages and device.type == "cpu":
+            size = self._bytes(by_file, dtype)
+            arena = Arena(size) if size else None
         out: dict[str, torch.Tensor] = {}
         for file, wanted in by_file.items():
             with safe_open(file, framework="pt", device=str(device)) as f:
                 for name in wanted:
                     tensor = f.get_tensor(name)
-                    out[name] = (
-                        tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-                    )
+                    if dtype is not None and tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    out[name] = arena.place(tensor) if arena is not None else tensor
         return out
+
+    @staticmethod
+    def _bytes(by_file: dict[Path, list[str]], dtype: torch.dtype | None) -> int:
+        """What the tensors take once read and cast, each :func:`~.arena.aligned`, from the
+        files' headers alone; 0 where a dtype is unknown here (then no arena is used)."""
+        total = 0
+        for file, wanted in by_file.items():
+            with safe_open(file, framework="pt") as f:
+                for name in wanted:
+                    piece = f.get_slice(name)
+                    kind = piece.get_dtype()
+                    if kind not in ITEM_BYTES:
+                        return 0
+                    item = dtype.itemsize if dtype is not None and kind in FLOATING else ITEM_BYTES[kind]
+                    numel = 1
+                    for extent in piece.get_shape():
+                        numel *= extent
+                    total += aligned(numel * item)
+        return total

@@ -82,7 +82,11 @@ class RotaryDecoderSegment(Segment):
                 self.rotary = type(skeleton.model.rotary_emb)(config=self.local)
         self.eval()
         check_materialized(self, f"{config.model_type} units [{start}, {end})")
-        self.lean_unavailable = lean.why_not(self.layers, self.types, self.local._attn_implementation)
+        self.lean_unavailable = (
+            lean.why_not(self.layers, self.types, self.local._attn_implementation)
+            if len(self.layers)
+            else "no blocks"
+        )
         self._lean = lean.lean_blocks(self.layers, self.types, self.local._attn_implementation)
 
     def new_state(self) -> SessionState:

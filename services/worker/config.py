@@ -51,6 +51,11 @@ class WorkerSettings(ServiceSettings):
         description="decode steps of Llama-style blocks skip transformers' per-module call overhead "
         "(the same tensor operations, bitwise the same result); off: every step through transformers' layers",
     )
+    huge_pages: bool = Field(
+        True,
+        description="on the CPU, load weights into memory the kernel may back with 2 MiB pages "
+        "(transparent huge pages, madvise); decode reads every weight once per token",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

@@ -37,7 +37,7 @@ from .core import errors
 from .core.heartbeat import Heartbeat
 from .core.hosting import Hosted, Hosting
 from .core.identity import describe_node
-from .core.loading import decode_path, load_hosted, resolve_device
+from .core.loading import decode_path, huge_page_share, load_hosted, resolve_device
 from .core.metrics import ComputeTimes
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted, ends_with_head
@@ -90,6 +90,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         worker.device,
                         worker.emulated,
                         worker.settings.lean_decode,
+                        worker.settings.huge_pages,
                     )
                 )
             except errors.WorkerError as exc:
@@ -110,12 +111,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 await context.abort(status_of(exc), str(exc))
             worker.hosting.add(existing)
             log.info(
-                "loaded %s epoch %d units [%d, %d): %.1f MB; decode steps %s",
+                "loaded %s epoch %d units [%d, %d): %.1f MB (%s); decode steps %s",
                 request.deployment,
                 request.epoch,
                 request.units.start,
                 request.units.end,
                 existing.param_bytes / 1e6,
+                huge_page_share(existing.segment),
                 decode_path(existing.segment),
             )
         worker.refresh_hosted()

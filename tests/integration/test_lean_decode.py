@@ -154,5 +154,7 @@ def test_the_worker_setting_reaches_the_segment_and_its_load_log(models):
     assert decode_path(off.segment) == "through the model's layers (--no-lean-decode)"
     sliding = load_hosted("lean", 1, 3, 5, str(models["qwen2-sliding"]), "", 0, torch.device("cpu"))
     assert decode_path(sliding.segment) == "through the model's layers (sliding-window layers)"
+    embedding = load_hosted("lean", 1, 0, 1, str(models["llama"]), "", 0, torch.device("cpu"))
+    assert decode_path(embedding.segment) == "through the model's layers (no blocks)"
     bert = load_hosted("lean", 1, 1, 3, str(models["bert"]), "", 0, torch.device("cpu"))
     assert decode_path(bert.segment) == "through the model's layers (no lean step for this family)"

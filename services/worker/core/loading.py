@@ -17,6 +17,7 @@ from resplit.models import (
     load_segment,
     num_units,
 )
+from resplit.models.arena import huge_bytes_at, thp_mode
 from resplit.models.checkpoint import DTYPES
 from resplit.models.emulated import EmulatedSegment
 
@@ -43,6 +44,7 @@ def load_hosted(
     device: torch.device,
     emulated: EmulatedDevice | None = None,
     lean_decode: bool = True,
+    huge_pages: bool = True,
 ) -> Hosted:
     """Build the segment, or raise a WorkerError saying why not. With ``emulated``
     only the model's config.json is read: the segment waits instead of computing."""
@@ -61,7 +63,7 @@ def load_hosted(
     if not is_dir:
         raise NotHosted(f"model directory {model_dir[:256]!r} does not exist on this worker")
     if emulated is None:
-        segment, generative, hidden_size, dtype = _real(start, end, model_dir, dtype_name, device)
+        segment, generative, hidden_size, dtype = _real(start, end, model_dir, dtype_name, device, huge_pages)
         segment.lean_decode = lean_decode
     else:
         segment, generative, hidden_size, dtype = _emulated(start, end, model_dir, dtype_name, emulated)
@@ -88,8 +90,20 @@ def decode_path(segment: Segment) -> str:
     return "lean" if segment.lean_decode else "through the model's layers (--no-lean-decode)"
 
 
+def huge_page_share(segment: Segment) -> str:
+    """How much of the segment's weights the kernel backs with huge pages, for the load log line."""
+    params = list(segment.parameters())
+    if not params or params[0].device.type != "cpu":
+        return "weights not in host memory" if params else "no weights"
+    total = sum(p.numel() * p.element_size() for p in params)
+    huge = huge_bytes_at(max(params, key=lambda p: p.numel()).data_ptr())
+    if huge is None:
+        return "huge pages unknown (no /proc/self/smaps)"
+    return f"{min(huge, total) / 1e6:.1f} of {total / 1e6:.1f} MB in huge pages (THP {thp_mode()})"
+
+
 def _real(
-    start: int, end: int, model_dir: str, dtype_name: str, device: torch.device
+    start: int, end: int, model_dir: str, dtype_name: str, device: torch.device, huge_pages: bool = True
 ) -> tuple[Segment, bool, int, torch.dtype]:
     """(segment, generative, hidden size, dtype) with only the tensors of units [start, end)."""
     try:
@@ -102,7 +116,7 @@ def _real(
         raise BadInput(f"units [{start}, {end}) are outside the model's [0, {total})")
     dtype = DTYPES[dtype_name] if dtype_name else checkpoint.dtype
     try:
-        segment = load_segment(checkpoint, start, end, device, dtype)
+        segment = load_segment(checkpoint, start, end, device, dtype, huge_pages=huge_pages)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise LoadFailed(f"cannot load units [{start}, {end}) from {model_dir}: {exc}") from None
     return segment, family.generative, int(checkpoint.config.hidden_size), dtype
