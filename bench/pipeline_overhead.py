@@ -9,8 +9,10 @@ then, alternating in every round:
 * segment code whole: resplit's segment code runs the whole model (one segment of
   every unit) in this process. Workers decode with a lean one-token step
   (``resplit/models/lean.py``, bitwise the same result) that transformers' module
-  calls do not take, so split / this is the split's cost with the same compute
-  code on both sides, and whole / this what the lean step saves;
+  calls do not take, from weights in memory advised for 2 MiB pages
+  (``resplit/models/arena.py``) where transformers leaves them in 4 KiB pages; this
+  does both, so split / this is the split's cost with the same compute on both
+  sides, and whole / this what the two save;
 * split: `resplit up` starts Redis, the services and three workers; the model
   is deployed as S1 | S2 | S3 on worker-0 | worker-1 | worker-2 and the SDK
   streams greedy tokens over loopback gRPC, with the first hop running the
@@ -33,7 +35,8 @@ default.
 The ratio is the median over rounds of (mode median / whole median) within
 a round, so drift of a shared machine's speed between rounds cancels out; the
 range over rounds is printed next to it. Also printed: the overhead per token
-and per network hop, and prefill throughput for a 128-token prompt.
+and per network hop against the segment code whole (the same compute), and
+prefill throughput for a 128-token prompt.
 With ``--device cuda`` every mode runs its segments (or the whole model) on the
 GPU: the same comparison where compute is fast and the data plane's fixed cost
 per hop weighs more. A GPU decodes this model far below 20 ms per token, so give
@@ -229,10 +232,13 @@ def main() -> None:
         "1",
         *(ratio_cell(ratios(m, "plain")) for m in ("split", "paper", "stepped")),
     )
+    # Against the same compute code: what the split itself adds per token and per hop.
     overhead = {
-        m: statistics.median(a - b for a, b in zip(medians[m], medians["whole"], strict=True)) for m in modes
+        m: statistics.median(a - b for a, b in zip(medians[m], medians["engine"], strict=True)) for m in modes
     }
-    table.add_row("overhead per token vs whole, ms", "", *(f"{overhead[m]:.2f}" for m in modes[1:]))
+    table.add_row(
+        "overhead per token vs segment code whole, ms", "", "", *(f"{overhead[m]:.2f}" for m in modes[2:])
+    )
     table.add_row(
         f"overhead per network hop ({hops} hops), ms",
         "",
