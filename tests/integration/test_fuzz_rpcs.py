@@ -157,6 +157,25 @@ class Env:
                     )
 
 
+def _settled(env: Env, timeout_s: float = 10.0) -> list[tuple]:
+    """The workers' status once the session of the generate just run has closed on every hop.
+
+    A hop closes its session a moment after the client has its last token (the first hop
+    may still wait for the relayed copy of a token it took locally), so a status read at
+    once can still count it."""
+
+    def live_sessions(status: list[tuple]) -> int:
+        return sum(s[-1] for _, segments in status for s in segments if s[0] == LIVE)
+
+    deadline = time.monotonic() + timeout_s
+    status = env.status()
+    while live_sessions(status) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = env.status()
+    assert not live_sessions(status), f"the live session never closed: {status}"
+    return status
+
+
 @pytest.fixture(scope="module")
 def env(stack, tiny_models):
     monitor = ServiceProcess("monitor", stack.redis.url).start()
@@ -168,7 +187,7 @@ def env(stack, tiny_models):
         stack.deploy(LIVE, tiny_models["llama"], spread(units, 3))
         env = Env(stack, tiny_models, monitor, splitter)
         env.expected = _generate(stack.orchestrator.address)
-        env.baseline = env.status()
+        env.baseline = _settled(env)
         env.rss = {p.proc.pid: _rss_kib(p.proc.pid) for p in stack.worker_procs}
         env.started = time.perf_counter()
         yield env
