@@ -74,10 +74,8 @@ def why_not(layers, types: list[str], attn_implementation: str | None) -> str | 
     return None
 
 
-def lean_blocks(layers, types: list[str], attn_implementation: str | None) -> list[_Block] | None:
-    """The layers' tensors for :func:`decode`, or None where :func:`why_not` gives a reason."""
-    if not len(layers) or why_not(layers, types, attn_implementation) is not None:
-        return None
+def lean_blocks(layers) -> list[_Block]:
+    """The layers' tensors for :func:`decode`; only for layers :func:`why_not` accepts."""
     return [_block(layer) for layer in layers]
 
 

@@ -87,7 +87,7 @@ class RotaryDecoderSegment(Segment):
             if len(self.layers)
             else "no blocks"
         )
-        self._lean = lean.lean_blocks(self.layers, self.types, self.local._attn_implementation)
+        self._lean = lean.lean_blocks(self.layers) if self.lean_unavailable is None else None
 
     def new_state(self) -> SessionState:
         return SessionState(cache=DynamicCache(config=self.local) if len(self.layers) else None)
