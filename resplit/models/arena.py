@@ -17,6 +17,7 @@ the BLAS kernels then take another path (about 1e-6 on the logits).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import re
 from pathlib import Path
@@ -53,18 +54,12 @@ class Arena:
     def __init__(self, nbytes: int) -> None:
         size = aligned(max(nbytes, 1)) + HUGE_PAGE  # room to start on a 2 MiB boundary
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        #: Whether the kernel accepted the advice (it may still give 4 KiB pages: see huge_bytes).
-        self.advised = False
         advice = getattr(mmap, "MADV_HUGEPAGE", None)
         if advice is not None:
-            try:
+            with contextlib.suppress(OSError):  # refused advice: ordinary pages, nothing else changes
                 self._map.madvise(advice)
-                self.advised = True
-            except OSError:
-                pass
         whole = torch.frombuffer(self._map, dtype=torch.uint8)
-        self._base = whole.data_ptr()
-        self._space = whole[(-self._base) % HUGE_PAGE :][: aligned(max(nbytes, 1))]
+        self._space = whole[(-whole.data_ptr()) % HUGE_PAGE :][: aligned(max(nbytes, 1))]
         self._used = 0
 
     def place(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -76,10 +71,6 @@ class Arena:
         out.copy_(tensor)
         self._used += aligned(nbytes)
         return out
-
-    def huge_bytes(self) -> int | None:
-        """Bytes of this mapping the kernel backs with huge pages now (see :func:`huge_bytes_at`)."""
-        return huge_bytes_at(self._base)
 
 
 def huge_bytes_at(address: int) -> int | None:
