@@ -23,15 +23,17 @@ RUN groupadd --system --gid 10001 resplit \
  && useradd --system --uid 10001 --gid resplit --create-home --home-dir /home/resplit resplit
 
 # Layer 1: torch (largest, changes least).
-RUN pip install "${TORCH_SPEC}"
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install -c /tmp/requirements.lock "${TORCH_SPEC}"
 
-# Layer 2: the project's runtime dependencies, read from pyproject.toml alone,
-# so editing code does not reinstall them. No dev extras.
+# Layer 2: the project's runtime dependencies, read from pyproject.toml alone and
+# held to the versions the suite passed with (requirements.lock), so editing code
+# does not reinstall them. No dev extras.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
+ && pip install -c requirements.lock -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
 # Layer 3: the code itself (packages resplit* and services*).

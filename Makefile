@@ -4,20 +4,51 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch first, pinned to the CPU build this machine keeps on disk; an open
-# range would pull a multi-GB CUDA build (see README, "Installing").
+# The exact versions the suite passed with (tools/lock.py; `make lock` writes it).
+LOCK := requirements.lock
+# torch pinned to the CPU build this machine keeps on disk, for `make lock` and
+# `make test-latest`; an open range would pull a multi-GB CUDA build (README, "Installing").
 TORCH_SPEC ?= torch==2.13.0
+# The throw-away environment of `make lock` and `make test-latest`.
+LATEST ?= .venv-latest
 
-.PHONY: setup redis proto proto-check lint test demo bench bench-paper certs clean
+.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs clean
 
 setup: $(STAMP) redis
 
-$(STAMP): pyproject.toml
+# Exactly the locked set, then the project itself: editable, built with the locked
+# setuptools (-qq: its notes on editable installs are not for users; errors still show).
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $@
+
+# A new environment with the newest versions pyproject.toml's ranges allow (torch kept
+# at TORCH_SPEC), for `make lock` and `make test-latest`.
+define fresh_venv
+rm -rf $(LATEST)
+$(PYTHON) -m venv $(LATEST)
+$(LATEST)/bin/python -m pip install --quiet --upgrade pip setuptools
+echo "$(TORCH_SPEC)" > $(LATEST)/torch-pin.txt
+$(LATEST)/bin/python -m pip install --quiet -c $(LATEST)/torch-pin.txt "$(TORCH_SPEC)" -e '.[dev]'
+endef
+
+# Regenerate the lock from pyproject.toml's ranges (then run `make test` before committing it).
+lock:
+	$(fresh_venv)
+	$(LATEST)/bin/python tools/lock.py freeze $(LATEST)
+
+# The suite against the newest allowed versions (not in CI): a breaking release is found
+# here, by us. It prints where they differ from the lock; record a pass in docs/DEPENDENCIES.md.
+test-latest: redis
+	$(fresh_venv)
+	$(LATEST)/bin/python tools/lock.py diff $(LATEST)
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/lint-imports
+	$(LATEST)/bin/python tools/check_protos.py
+	RESPLIT_UNLOCKED=1 $(LATEST)/bin/python -m pytest
 
 # redis-server is needed by `resplit up` and the tests (they start their own);
 # iproute2 (ip, tc) by the testbed's network namespaces and link shaping.
@@ -69,5 +100,5 @@ bench-paper: setup
 
 clean:
 	-@test -x $(BIN)/resplit && $(BIN)/resplit down >/dev/null 2>&1 || true
-	rm -rf $(VENV) .resplit .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(LATEST) .resplit .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

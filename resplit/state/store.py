@@ -3,27 +3,30 @@
 Services hold nothing they cannot rebuild from Redis and the workers, so this
 wrapper is the only place that talks to Redis. Values are serialized protobuf
 messages. Connection loss is retried with exponential backoff by redis-py's own
-``Retry``; callers that must not block on Redis (the data plane) call with a
-timeout or check :meth:`ping` first.
+asyncio ``Retry`` (never a refused password: retrying cannot fix it); callers that
+must not block on Redis (the data plane) call with a timeout or check :meth:`ping`
+first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from ..config import redact_url
 from ..v1 import broadcaster_pb2, common_pb2
 from . import keys
+
+T = TypeVar("T")
 
 # Store a plan only if its epoch is above the committed one: epochs only go up.
 _PUT_PLAN = """
@@ -49,6 +52,33 @@ return nxt
 """
 
 
+def _transient(error: Exception) -> bool:
+    """A refused password is a ``ConnectionError`` too, but no retry will fix it."""
+    return not isinstance(error, AuthenticationError)
+
+
+class ConnectionRetry(Retry):
+    """redis-py's asyncio ``Retry`` for dropped connections and timeouts, never for a
+    refused password.
+
+    redis-py retries the whole connect-and-authenticate handshake with it, so a wrong
+    password would otherwise be retried with backoff and reported late. The filter is
+    passed per call (``is_retryable``), which redis-py 8.1 and 8.2 both accept.
+    """
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return _transient(error) and (is_retryable is None or is_retryable(error))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 class StaleEpochError(ValueError):
     """A plan's epoch is not above the committed epoch of its deployment."""
 
@@ -71,7 +101,7 @@ class StateStore:
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
-            retry=Retry(self._backoff, retries),
+            retry=ConnectionRetry(self._backoff, retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             health_check_interval=5,
         )

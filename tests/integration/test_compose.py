@@ -287,6 +287,10 @@ def test_dockerfile_basics() -> None:
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     assert "://" not in text, "no URLs in the Dockerfile"
-    for path in ("pyproject.toml", "README.md", "resplit", "services", "protos", "tools"):
+    copied = ("pyproject.toml", "requirements.lock", "README.md", "resplit", "services", "protos", "tools")
+    for path in copied:
         assert re.search(rf"^COPY\b.*\b{re.escape(path)}\b", text, re.MULTILINE), f"{path} not copied"
     assert ".[dev]" not in text, "no dev extras in the image"
+    # Every pip install is held to the versions the suite passed with.
+    installs = re.findall(r"pip install (.*)", text)
+    assert installs and all("-c " in line or "--no-deps" in line for line in installs), installs

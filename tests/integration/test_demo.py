@@ -33,3 +33,9 @@ def test_demo_runs_a_real_split_model_end_to_end(tmp_path):
     assert re.search(r"decode median [0-9.]+ ms/token over 3 hops", out)
     assert "stack stopped (8 processes)" in out
     assert not (tmp_path / "demo" / "stack.json").exists()
+    # Nothing a user would have to wonder about: no Python warning (a library's deprecation
+    # included) in what the demo prints or in any service's log (redis.log is Redis's own).
+    logs = [log for log in (tmp_path / "demo" / "logs").glob("*.log") if log.name != "redis.log"]
+    assert len(logs) == 7, logs
+    for text in (out, result.stderr, *(log.read_text() for log in logs)):
+        assert "Warning:" not in text, text

@@ -76,6 +76,7 @@ def test_tls_refuses_clients_without_a_valid_certificate_or_token(pki, services,
         services.append(service.start())
         service.wait_health("NOT_SERVING")  # Redis refuses the password
         _check_refusals(service, pki, tmp_path)
+        service.log.wait_for("redis://:***@127.0.0.1")  # the masked URL, logged as Redis refuses
         assert service.terminate() == 0
     finally:
         redis.stop()
