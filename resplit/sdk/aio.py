@@ -19,10 +19,11 @@ from ..v1 import (
     orchestrator_pb2_grpc,
     worker_pb2_grpc,
 )
-from .base import ClientBase
+from .base import REPORT_TIMEOUT_S, ROUTE_POLL_S, ClientBase, down_in
 from .exchange import EmbedExchange, ExchangeError, GeneratedToken, Sampling
 from .requests import (
     HopTimeout,
+    hop_timeout_details,
     latency_sample,
     pick_deployment,
     prompt_and_sampling,
@@ -90,12 +91,31 @@ class AsyncClient(ClientBase):
         return self._route_answer(route, latest)
 
     async def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
-        await asyncio.sleep(self._recovery_wait_s(exchange, attempt, error))
+        """Back off, report a lost hop, and replay on a route the orchestrator gives
+        (waiting, while the session's deadline allows, for one without a node it found down)."""
+        wait, since = self._recovery_wait_s(exchange, attempt, error), time.monotonic()
+        down = await self._report_failure(exchange.route, error)
+        await asyncio.sleep(max(0.0, wait - (time.monotonic() - since)))
+        while True:
+            try:
+                latest = await self.route(exchange.route.deployment)
+            except grpc.RpcError:
+                latest = None
+            route = self._recovery_route(exchange, latest, down, error, since)
+            if route is not None:
+                return exchange.replay(route)
+            await asyncio.sleep(ROUTE_POLL_S)
+
+    async def _report_failure(self, route: common_pb2.Route, error: grpc.RpcError) -> set[str]:
+        """The nodes the orchestrator found down after hearing of ``error`` (best effort)."""
+        report = self._failure_report(route, error)
+        if report is None:
+            return set()
         try:
-            route = await self.route(exchange.route.deployment)
+            reply = await self._orchestrator().ReportFailure(report, timeout=REPORT_TIMEOUT_S)
         except grpc.RpcError:
-            route = exchange.route  # the control plane is away: the data plane may still serve
-        return exchange.replay(route)
+            return set()  # the orchestrator is away or busy: the heartbeat TTL still catches it
+        return down_in(reply)
 
     async def _run(self, exchange) -> AsyncIterator[GeneratedToken]:
         """Drive ``exchange`` to the end across route changes and failures."""
@@ -134,16 +154,16 @@ class AsyncClient(ClientBase):
             empty = grpc.aio.Metadata()
             raise grpc.aio.AioRpcError(code, empty, empty, details=f"stream ended: {details}") from None
 
-    async def _read(self, call):
-        """The next reply; a step unanswered for step_timeout_s is a lost hop."""
+    async def _read(self, call, answered: bool):
+        """The next reply; one that takes longer than the step timeout (the prefill
+        timeout before the stream's first answer) is a lost hop."""
         if self.step_timeout_s <= 0:
             return await call.read()
+        timeout_s = self.step_timeout_s if answered else self.prefill_timeout_s
         try:
-            return await asyncio.wait_for(call.read(), self.step_timeout_s)
+            return await asyncio.wait_for(call.read(), timeout_s)
         except TimeoutError:
-            raise HopTimeout(
-                f"no reply within {self.step_timeout_s:g} s (step_timeout_s): a hop is not answering"
-            ) from None
+            raise HopTimeout(hop_timeout_details(timeout_s, answered)) from None
 
     async def _stream(
         self, exchange, messages: list, previous, outcome: list
@@ -151,19 +171,20 @@ class AsyncClient(ClientBase):
         """One Forward stream; on a move, fills ``outcome`` with (this call, newer route)."""
         address = exchange.route.hops[0].address
         call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(timeout=self.timeout_s)
-        moving = False
+        moving, answered = False, False
         try:
             for message in messages:
                 await self._write(call, message)
             sent_at = time.perf_counter()
             while True:
-                reply = await self._read(call)
+                reply = await self._read(call, answered)
                 if reply is grpc.aio.EOF:
                     code = await call.code()
                     if code != grpc.StatusCode.OK:
                         empty = grpc.aio.Metadata()
                         raise grpc.aio.AioRpcError(code, empty, empty, details=await call.details())
                     raise ExchangeError("the first hop ended the session before its last token")
+                answered = answered or reply.HasField("token") or reply.HasField("result")
                 if previous is not None and reply.HasField("opened"):
                     previous.cancel()  # the new hops hold the cache now
                     previous = None

@@ -8,19 +8,43 @@ written once here; each client keeps only its I/O.
 
 from __future__ import annotations
 
+import os
+import random
+import socket
 import time
 from collections.abc import Sequence
 
 import grpc
 
 from ..rpc.security import Security
-from ..v1 import common_pb2
+from ..v1 import common_pb2, orchestrator_pb2
 from .exchange import GenerateExchange, Sampling
-from .requests import backoff_s, describe, recoverable
+from .requests import SessionFailed, backoff_s, describe, recoverable, suspects
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
 #: A session asks the orchestrator for its route at most this often while a move is announced.
 ROUTE_CHECK_INTERVAL_S = 1.0
+#: The first reply of a stream (a prefill, or a replay of a session's history) may take
+#: this long before it counts as a lost hop; later steps get ``step_timeout_s``.
+PREFILL_TIMEOUT_S = 120.0
+#: How long a session waits for the orchestrator's verdict on a reported hop loss (it checks
+#: each node with a 1 s Ping deadline by default) before it goes on recovering anyway.
+REPORT_TIMEOUT_S = 3.0
+#: How often a recovering session asks for a route while the one it has leads through a
+#: node found down (the orchestrator is re-planning).
+ROUTE_POLL_S = 0.1
+#: How long a session waits for a route without the nodes found down before it takes
+#: whatever route the orchestrator gives (such a node may have come back meanwhile).
+DOWN_ROUTE_WAIT_S = 15.0
+
+
+def down_in(reply: orchestrator_pb2.ReportFailureResponse) -> set[str]:
+    """The nodes the orchestrator found down, from its answer to a report."""
+    return {v.node_id for v in reply.verdicts if v.state == orchestrator_pb2.FailureVerdict.STATE_DOWN}
+
+
+def _uses(route: common_pb2.Route, nodes: set[str]) -> bool:
+    return any(hop.node_id in nodes for hop in route.hops)
 
 
 class ClientBase:
@@ -33,17 +57,22 @@ class ClientBase:
         timeout_s: float = 300.0,
         security: Security | None = None,
         monitor: str = "",
-        recoveries: int = 8,
+        recoveries: int | None = None,
         move_cache: bool = True,
-        step_timeout_s: float = 60.0,
+        step_timeout_s: float = 10.0,
         server_loop: bool = True,
     ) -> None:
         """``monitor``: host:port of the monitor; when set, each finished request's
         end-to-end latency is reported to it (fire and forget, never an error here).
-        ``recoveries``: how many failures one session survives by replaying.
+        ``timeout_s``: a session's deadline; it keeps recovering from lost hops (with
+        capped, jittered backoff) until then.
+        ``recoveries``: at most this many recoveries per session as well (None: only the
+        deadline bounds them).
         ``move_cache``: on a route change, move the session's KV cache to the new hops
         (default); False rebuilds it there by replaying the token history instead.
-        ``step_timeout_s``: a step unanswered this long counts as a lost hop (0: wait forever).
+        ``step_timeout_s``: a decode step unanswered this long counts as a lost hop (0: wait
+        forever); the first reply of a stream (a prefill, or a replay after a recovery)
+        may take ``prefill_timeout_s``.
         ``server_loop``: the first hop feeds each token back as the next step itself (one
         round trip less per token); False sends every step from here, so a consumer that
         stops reading also stops the session's compute."""
@@ -56,6 +85,9 @@ class ClientBase:
         self.recoveries = recoveries
         self.move_cache = move_cache
         self.step_timeout_s = step_timeout_s
+        self.prefill_timeout_s = max(PREFILL_TIMEOUT_S, step_timeout_s)
+        #: Who reports a lost hop to the orchestrator (its log names it; never trusted).
+        self.reporter = f"sdk {socket.gethostname()} pid {os.getpid()}"
         self.server_loop = server_loop
         self._route_checked = 0.0
         #: Latency reports still going out: grpc futures, or asyncio tasks.
@@ -80,13 +112,60 @@ class ClientBase:
         return latest if latest.epoch > route.epoch else None
 
     def _recovery_wait_s(self, exchange, attempt: int, error: grpc.RpcError) -> float:
-        """How long to back off before replaying after ``error``; re-raises it when the
-        session does not survive it (not recoverable, or out of recoveries). Records why,
-        in ``exchange.recovered_from``."""
-        if attempt > self.recoveries or not recoverable(error):
+        """How long to back off before replaying after ``error``. A failure that is not
+        recoverable is re-raised as it is; a recoverable one ends the session with
+        :class:`SessionFailed` once the session's deadline (``timeout_s`` from its start)
+        would pass during the wait, or past ``recoveries``. Records why, in
+        ``exchange.recovered_from``."""
+        if not recoverable(error):
             raise error
+        elapsed = time.monotonic() - exchange.started
+        wait = backoff_s(attempt, jitter=random.uniform(0.5, 1.0))
+        if self.recoveries is not None and attempt > self.recoveries:
+            why = f"recoveries={self.recoveries} used up"
+            raise SessionFailed(error, exchange.recovered_from, elapsed, why)
+        if elapsed + wait >= self.timeout_s:
+            why = f"its deadline (timeout_s={self.timeout_s:g}) passed"
+            raise SessionFailed(error, exchange.recovered_from, elapsed, why)
         exchange.recovered_from.append(describe(error))
-        return backoff_s(attempt)
+        return wait
+
+    def _recovery_route(
+        self,
+        exchange,
+        latest: common_pb2.Route | None,
+        down: set[str],
+        error: grpc.RpcError,
+        since: float,
+    ) -> common_pb2.Route | None:
+        """The route to replay on after a lost hop, or None to ask again in ROUTE_POLL_S.
+
+        ``latest`` is the orchestrator's answer (None: it did not answer), ``down`` the
+        nodes it found down when the loss was reported, ``since`` when this recovery began
+        (time.monotonic()). A route through such a node is
+        not taken while the orchestrator re-plans (for up to DOWN_ROUTE_WAIT_S); with no
+        node known down, an orchestrator that does not answer leaves the route the
+        session had (the data plane may still serve). Past the session's deadline:
+        :class:`SessionFailed`."""
+        elapsed = time.monotonic() - exchange.started
+        if elapsed >= self.timeout_s:
+            why = f"no route without {sorted(down)} before its deadline (timeout_s={self.timeout_s:g})"
+            raise SessionFailed(error, exchange.recovered_from, elapsed, why)
+        if down and time.monotonic() - since < DOWN_ROUTE_WAIT_S and (latest is None or _uses(latest, down)):
+            return None
+        return latest if latest is not None else exchange.route
+
+    def _failure_report(
+        self, route: common_pb2.Route, error: grpc.RpcError
+    ) -> orchestrator_pb2.ReportFailureRequest | None:
+        """What to tell the orchestrator after ``error``: the route's nodes when a hop was
+        lost, so it checks them and re-plans at once (None: nothing to report)."""
+        nodes = suspects(route, error)
+        if not nodes:
+            return None
+        return orchestrator_pb2.ReportFailureRequest(
+            node_ids=nodes, deployment=route.deployment, reporter=self.reporter, reason=describe(error)
+        )
 
     def _generate_exchange(
         self,

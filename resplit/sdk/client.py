@@ -30,10 +30,11 @@ from ..v1 import (
     orchestrator_pb2_grpc,
     worker_pb2_grpc,
 )
-from .base import ClientBase
+from .base import REPORT_TIMEOUT_S, ROUTE_POLL_S, ClientBase, down_in
 from .exchange import EmbedExchange, ExchangeError, GeneratedToken, Sampling
 from .requests import (
     HopTimeout,
+    hop_timeout_details,
     latency_sample,
     pick_deployment,
     prompt_and_sampling,
@@ -97,12 +98,31 @@ class Client(ClientBase):
         return self._route_answer(route, latest)
 
     def _recover(self, exchange, attempt: int, error: grpc.RpcError) -> list:
-        time.sleep(self._recovery_wait_s(exchange, attempt, error))
+        """Back off, report a lost hop, and replay on a route the orchestrator gives
+        (waiting, while the session's deadline allows, for one without a node it found down)."""
+        wait, since = self._recovery_wait_s(exchange, attempt, error), time.monotonic()
+        down = self._report_failure(exchange.route, error)
+        time.sleep(max(0.0, wait - (time.monotonic() - since)))
+        while True:
+            try:
+                latest = self.route(exchange.route.deployment)
+            except grpc.RpcError:
+                latest = None
+            route = self._recovery_route(exchange, latest, down, error, since)
+            if route is not None:
+                return exchange.replay(route)
+            time.sleep(ROUTE_POLL_S)
+
+    def _report_failure(self, route: common_pb2.Route, error: grpc.RpcError) -> set[str]:
+        """The nodes the orchestrator found down after hearing of ``error`` (best effort)."""
+        report = self._failure_report(route, error)
+        if report is None:
+            return set()
         try:
-            route = self.route(exchange.route.deployment)
+            reply = self._orchestrator().ReportFailure(report, timeout=REPORT_TIMEOUT_S)
         except grpc.RpcError:
-            route = exchange.route  # the control plane is away: the data plane may still serve
-        return exchange.replay(route)
+            return set()  # the orchestrator is away or busy: the heartbeat TTL still catches it
+        return down_in(reply)
 
     def _run(self, exchange) -> Iterator[GeneratedToken]:
         """Drive ``exchange`` to the end across route changes and failures."""
@@ -126,7 +146,9 @@ class Client(ClientBase):
         """One Forward stream: yields tokens; returns None when the session is done, or
         (this stream, newer route) to move at this token boundary."""
         address = exchange.route.hops[0].address
-        call = _Call(self._channel(address), messages, self.timeout_s, self.step_timeout_s)
+        call = _Call(
+            self._channel(address), messages, self.timeout_s, self.step_timeout_s, self.prefill_timeout_s
+        )
         sent_at = time.perf_counter()
         moving = False
         try:
@@ -221,18 +243,27 @@ class Client(ClientBase):
 class _Call:
     """One Forward stream fed from a queue, so replies and requests interleave.
 
-    A step that gets no reply within ``step_timeout_s`` (a hop alive but silent:
-    stopped, swapping, partitioned) cancels the stream, which then fails with
-    :class:`HopTimeout`, so the session recovers like after any other hop loss.
+    A step that gets no reply within ``step_timeout_s`` (``prefill_timeout_s`` before
+    the stream's first answer; a hop alive but silent: stopped, swapping, partitioned)
+    cancels the stream, which then fails with :class:`HopTimeout`, so the session
+    recovers like after any other hop loss.
     Time the caller spends between tokens does not count: only a step that was
     sent and is not answered yet.
     """
 
     def __init__(
-        self, channel: grpc.Channel, messages: list, timeout_s: float, step_timeout_s: float
+        self,
+        channel: grpc.Channel,
+        messages: list,
+        timeout_s: float,
+        step_timeout_s: float,
+        prefill_timeout_s: float,
     ) -> None:
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.step_timeout_s = step_timeout_s
+        self.prefill_timeout_s = prefill_timeout_s
+        #: Whether the stream has answered a step yet (its first answer may take longer).
+        self.answered = False
         self._pending: float | None = None
         self._closed = threading.Event()
         self.timed_out = False
@@ -249,7 +280,8 @@ class _Call:
     def _watch(self) -> None:
         while not self._closed.wait(min(0.1, self.step_timeout_s / 4)):
             pending = self._pending
-            if pending is not None and time.monotonic() - pending > self.step_timeout_s:
+            limit = self.step_timeout_s if self.answered else self.prefill_timeout_s
+            if pending is not None and time.monotonic() - pending > limit:
                 self.timed_out = True
                 self._call.cancel()
                 return
@@ -258,13 +290,12 @@ class _Call:
         try:
             for reply in self._call:
                 if reply.HasField("token") or reply.HasField("result"):
-                    self._pending = None
+                    self._pending, self.answered = None, True
                 yield reply
         except grpc.RpcError:
             if self.timed_out:
-                raise HopTimeout(
-                    f"no reply within {self.step_timeout_s:g} s (step_timeout_s): a hop is not answering"
-                ) from None
+                limit = self.step_timeout_s if self.answered else self.prefill_timeout_s
+                raise HopTimeout(hop_timeout_details(limit, self.answered)) from None
             raise
 
     def send(self, messages: list, awaiting: bool = False) -> None:

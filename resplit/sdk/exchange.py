@@ -14,6 +14,7 @@ the step count and the sampler's position, so the tokens do not change.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ class GenerateExchange:
     replays: int = 0
     #: Why each recovery happened ("UNAVAILABLE: ..."), oldest first.
     recovered_from: list[str] = field(default_factory=list)
+    #: When the session began (time.monotonic()): it recovers until timeout_s after this.
+    started: float = field(default_factory=time.monotonic)
     _logits: Assembler | None = None
     _pending_logits: torch.Tensor | None = None
 
@@ -216,6 +219,8 @@ class EmbedExchange:
     result: torch.Tensor | None = None
     #: Why each recovery happened ("UNAVAILABLE: ..."), oldest first.
     recovered_from: list[str] = field(default_factory=list)
+    #: When the session began (time.monotonic()): it recovers until timeout_s after this.
+    started: float = field(default_factory=time.monotonic)
     _assembler: Assembler = field(default_factory=Assembler)
 
     def opening(self) -> list[worker_pb2.ForwardRequest]:

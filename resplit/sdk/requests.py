@@ -80,9 +80,60 @@ def describe(exc: grpc.RpcError) -> str:
     return f"{code.name if code is not None else 'UNKNOWN'}: {details}"
 
 
-def backoff_s(attempt: int) -> float:
-    """Wait before recovery attempt ``attempt`` (1-based): 0.1 s doubling to 2 s."""
-    return min(2.0, 0.1 * 2 ** (attempt - 1))
+#: The longest wait between two recovery attempts: a re-plan after a reported failure
+#: takes well under a second, and a session should take the new route soon after.
+BACKOFF_CAP_S = 1.0
+
+
+def backoff_s(attempt: int, jitter: float = 1.0) -> float:
+    """Wait before recovery attempt ``attempt`` (1-based): 0.1 s doubling to
+    ``BACKOFF_CAP_S``, times ``jitter`` (0.5-1: sessions that failed together do not
+    retry in lockstep)."""
+    return min(BACKOFF_CAP_S, 0.1 * 2 ** (attempt - 1)) * jitter
+
+
+def suspects(route: common_pb2.Route, error: grpc.RpcError) -> list[str]:
+    """The nodes to report after ``error`` on ``route``: every node of the route when
+    a hop was lost (UNAVAILABLE: refused, gone, or silent past the step timeout), none
+    otherwise. The client cannot tell which hop behind the first one failed; the
+    orchestrator checks each node itself, so naming a healthy one costs one Ping."""
+    code = error.code() if hasattr(error, "code") else None
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return []
+    return list(dict.fromkeys(hop.node_id for hop in route.hops if hop.node_id))
+
+
+class SessionFailed(grpc.RpcError):
+    """A session gave up recovering: the last failure's status, with its cause, how
+    many recoveries were tried and for how long."""
+
+    def __init__(self, last: grpc.RpcError, recoveries: list[str], elapsed_s: float, why: str) -> None:
+        self.last = last
+        self.recoveries = list(recoveries)
+        code = last.code() if hasattr(last, "code") else None
+        self._code = code if code is not None else grpc.StatusCode.UNKNOWN
+        tried = "; ".join(dict.fromkeys(recoveries)) or "none"
+        details = last.details() if hasattr(last, "details") else str(last)
+        self._details = (
+            f"{details} (gave up: {why}, after {len(recoveries)} recoveries in "
+            f"{elapsed_s:.1f} s; causes seen: {tried})"
+        )
+        super().__init__(self._details)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def __str__(self) -> str:
+        return f"{self._code.name}: {self._details}"
+
+
+def hop_timeout_details(timeout_s: float, answered: bool) -> str:
+    """Why a stream counts as lost: which timeout ran out."""
+    which = "step_timeout_s" if answered else "prefill_timeout_s, before the stream's first answer"
+    return f"no reply within {timeout_s:g} s ({which}): a hop is not answering"
 
 
 class HopTimeout(grpc.RpcError):

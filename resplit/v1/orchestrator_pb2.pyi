@@ -1,5 +1,6 @@
 from . import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -84,3 +85,41 @@ class ListEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.DecisionEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.DecisionEvent, _Mapping]]] = ...) -> None: ...
+
+class ReportFailureRequest(_message.Message):
+    __slots__ = ("node_ids", "deployment", "reporter", "reason")
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    REPORTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    deployment: str
+    reporter: str
+    reason: str
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., deployment: _Optional[str] = ..., reporter: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FailureVerdict(_message.Message):
+    __slots__ = ("node_id", "state", "detail")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[FailureVerdict.State]
+        STATE_UP: _ClassVar[FailureVerdict.State]
+        STATE_DOWN: _ClassVar[FailureVerdict.State]
+        STATE_UNKNOWN_NODE: _ClassVar[FailureVerdict.State]
+    STATE_UNSPECIFIED: FailureVerdict.State
+    STATE_UP: FailureVerdict.State
+    STATE_DOWN: FailureVerdict.State
+    STATE_UNKNOWN_NODE: FailureVerdict.State
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    state: FailureVerdict.State
+    detail: str
+    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[FailureVerdict.State, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ReportFailureResponse(_message.Message):
+    __slots__ = ("verdicts",)
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    verdicts: _containers.RepeatedCompositeFieldContainer[FailureVerdict]
+    def __init__(self, verdicts: _Optional[_Iterable[_Union[FailureVerdict, _Mapping]]] = ...) -> None: ...

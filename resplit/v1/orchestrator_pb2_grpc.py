@@ -75,6 +75,11 @@ class OrchestratorServiceStub:
                 request_serializer=resplit_dot_v1_dot_orchestrator__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=resplit_dot_v1_dot_orchestrator__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.ReportFailure = channel.unary_unary(
+                '/resplit.v1.OrchestratorService/ReportFailure',
+                request_serializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureRequest.SerializeToString,
+                response_deserializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -132,6 +137,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportFailure(self, request, context):
+        """A session lost a hop: the nodes of its route. Each is checked (its own Ping,
+        with a short deadline); one that does not answer is marked down and its
+        deployments are re-planned at once. A node that answers is left alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +188,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=resplit_dot_v1_dot_orchestrator__pb2.ListEventsRequest.FromString,
                     response_serializer=resplit_dot_v1_dot_orchestrator__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'ReportFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportFailure,
+                    request_deserializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureRequest.FromString,
+                    response_serializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +411,33 @@ class OrchestratorService:
             '/resplit.v1.OrchestratorService/ListEvents',
             resplit_dot_v1_dot_orchestrator__pb2.ListEventsRequest.SerializeToString,
             resplit_dot_v1_dot_orchestrator__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resplit.v1.OrchestratorService/ReportFailure',
+            resplit_dot_v1_dot_orchestrator__pb2.ReportFailureRequest.SerializeToString,
+            resplit_dot_v1_dot_orchestrator__pb2.ReportFailureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,9 @@ class OrchestratorSettings(ServiceSettings):
     assumed_rtt_ms: float = Field(
         1.0, ge=0, description="RTT assumed for a link the workers have not probed yet"
     )
+    failure_check_timeout_s: float = Field(
+        1.0, gt=0, description="deadline of the Ping that checks a node a session reported lost"
+    )
     measure_after_s: float = Field(
         5.0, ge=0, description="wait after a change before its measured latency goes into the decision log"
     )

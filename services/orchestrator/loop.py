@@ -95,10 +95,17 @@ class ControlLoop:
         self._profiles: dict[tuple[str, str], splitter_pb2.ModelProfile] = {}
         self._due: dict[str, float] = {}
         self._task: asyncio.Task | None = None
+        self._woken = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="control-loop")
+
+    def wake(self) -> None:
+        """Run every deployment's next cycle now (a node was just found down): the
+        ``node_down`` trigger fires without waiting for Delta t."""
+        self._due = dict.fromkeys(self._due, 0.0)
+        self._woken.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -118,7 +125,9 @@ class ControlLoop:
                 raise
             except Exception:  # Redis away, or a bug: log it, the loop goes on
                 log.exception("control loop tick failed")
-            await asyncio.sleep(self._sleep_s())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self._sleep_s())
+            self._woken.clear()
 
     async def tick(self) -> None:
         now = time.monotonic()

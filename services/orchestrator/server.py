@@ -1,6 +1,7 @@
 """Orchestrator transport: Deploy/Undeploy, the read path (deployments, plans,
 routes, events), ApplyPlan (an operator's plan, validated like any other and
-rolled out by the broadcaster) and, with ``adaptive``, the Alg. 1 control loop
+rolled out by the broadcaster), ReportFailure (a session's lost hop, checked and
+acted on in failures.py) and, with ``adaptive``, the Alg. 1 control loop
 (loop.py). Ready while Redis answers."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .config import OrchestratorSettings
 from .core.decide import OUTCOME_TO_PROTO, Outcome, change_of
 from .core.placement import PrivacyError, check_placement
 from .deployer import Deployer, DeployError
+from .failures import MAX_REPORTED_NODES, FailureChecks
 from .loop import Control, ControlLoop
 from .memory import LastKnown
 from .rollouts import Broadcaster, RolloutFailed
@@ -29,12 +31,25 @@ async def _require_name(name: str, context: grpc.aio.ServicerContext) -> str:
     return name
 
 
+def _peer_host(peer: str) -> str:
+    """``ipv4:127.0.0.1:5123`` -> ``ipv4:127.0.0.1``: reports are counted per host."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, store: StateStore, deployer: Deployer, control: Control, memory: LastKnown) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        deployer: Deployer,
+        control: Control,
+        memory: LastKnown,
+        failures: FailureChecks,
+    ) -> None:
         self.store = store
         self.deployer = deployer
         self.control = control
         self.memory = memory
+        self.failures = failures
 
     async def _plan(self, name: str, context: grpc.aio.ServicerContext) -> common_pb2.Plan:
         """The plan in Redis, or the last one seen while Redis is away."""
@@ -180,6 +195,26 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         finally:
             await updates.aclose()
 
+    async def ReportFailure(
+        self, request: orchestrator_pb2.ReportFailureRequest, context
+    ) -> orchestrator_pb2.ReportFailureResponse:
+        if not request.node_ids or len(request.node_ids) > MAX_REPORTED_NODES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"name 1 to {MAX_REPORTED_NODES} nodes, got {len(request.node_ids)}",
+            )
+        host = _peer_host(context.peer())
+        if not self.failures.admit(host):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many failure reports from {host} this second; the nodes named are being checked",
+            )
+        try:
+            verdicts = await self.failures.report(request)
+        except RedisError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the state store is unreachable: {exc}")
+        return orchestrator_pb2.ReportFailureResponse(verdicts=verdicts)
+
     async def ListEvents(self, request: orchestrator_pb2.ListEventsRequest, context):
         name = await _require_name(request.deployment, context)
         events = await self.store.read_events(name, limit=request.limit or 100)
@@ -196,11 +231,16 @@ class OrchestratorCore:
         self.control = Control(Broadcaster(settings.broadcaster_address), settings)
         self.loop: ControlLoop | None = None
         self.memory = LastKnown(self.store)
+        self.failures = FailureChecks(self.store, settings.failure_check_timeout_s, self._wake)
+
+    def _wake(self) -> None:
+        if self.loop is not None:
+            self.loop.wake()
 
     def register(self, server: grpc.aio.Server) -> None:
         # One broadcaster channel for deploys and the loop; stop() closes it.
         deployer = Deployer(self.store, self.settings.prepare_deadline_s, self.control.broadcaster)
-        servicer = OrchestratorServicer(self.store, deployer, self.control, self.memory)
+        servicer = OrchestratorServicer(self.store, deployer, self.control, self.memory, self.failures)
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
@@ -217,5 +257,6 @@ class OrchestratorCore:
             await self.loop.stop()
             self.loop = None
         await self.memory.stop()
+        await self.failures.close()
         await self.control.broadcaster.close()
         await self.store.close()

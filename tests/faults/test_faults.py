@@ -4,8 +4,10 @@ tokens of a fault-free run, and the stall each fault costs is measured.
 Real processes (Redis of the project's own, the four control services with the
 Alg. 1 loop, four workers), a real tiny Llama. Workers heartbeat every second
 with a 3 s TTL; the loop runs every 0.5 s; the SDK treats a step unanswered
-for 3 s as a lost hop. The stall printed per fault is the longest gap between
-two tokens of any session, against the median gap.
+for 3 s as a lost hop and reports it (ReportFailure: a node whose check fails is
+re-planned around at once); test_defaults.py runs faults under a user's defaults.
+The stall printed per fault is the longest gap between two tokens of any session,
+against the median gap.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ import urllib.request
 
 import pytest
 import redis
-import torch
 from support import LocalStack, ServiceProcess, make_plan, wait_for
-from traffic import NEW_TOKENS, SESSIONS, Traffic, check, deploy, nodes_of, plan_of, routable
-from transformers import AutoModelForCausalLM
+from traffic import Traffic, check, deploy, nodes_of, plan_of, routable, sessions_and_expected
 
 from resplit.models.tiny import build_tiny
 from resplit.rpc.channels import sync_channel
@@ -51,18 +51,7 @@ def bed(tmp_path_factory):
     )
     try:
         local.start()
-        whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        prompts = [[5 + i, 40 + 3 * i, 7, 90 + i] for i in range(SESSIONS)]
-        expected = [
-            whole.generate(
-                torch.tensor([p]),
-                max_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=3,
-            )[0, len(p) :].tolist()
-            for p in prompts
-        ]
+        prompts, expected = sessions_and_expected(model_dir)
         yield local, model_dir, prompts, expected
     finally:
         local.stop()

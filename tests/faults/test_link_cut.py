@@ -1,6 +1,7 @@
 """A link cut while 8 sessions generate (emulated nodes, root): the node holding
-the middle segment loses its link (its veth goes down), the sessions stall,
-the loop re-plans without it once its heartbeat expires, the sessions replay
+the middle segment loses its link (its veth goes down), the sessions stall for
+the step timeout and report it, the orchestrator's check of it times out and the
+loop re-plans without it at once (or once its heartbeat expires), the sessions replay
 onto the new plan with the tokens of a fault-free run; restoring the link
 brings the node back without moving the plan again."""
 
@@ -10,10 +11,8 @@ import time
 
 import grpc
 import pytest
-import torch
 from support import emulated_stack, wait_for
-from traffic import NEW_TOKENS, SESSIONS, Traffic, check, deploy, nodes_of, plan_of
-from transformers import AutoModelForCausalLM
+from traffic import Traffic, check, deploy, nodes_of, plan_of, sessions_and_expected
 
 from resplit.models.tiny import build_tiny
 from resplit.rpc.probe import grpc_health
@@ -23,14 +22,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_cut_link_costs_a_stall_not_a_token(tmp_path):
     model_dir = build_tiny("llama", tmp_path / "llama", num_hidden_layers=8)
-    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prompts = [[5 + i, 40 + 3 * i, 7, 90 + i] for i in range(SESSIONS)]
-    expected = [
-        whole.generate(
-            torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=3
-        )[0, len(p) :].tolist()
-        for p in prompts
-    ]
+    prompts, expected = sessions_and_expected(model_dir)
     with emulated_stack(("n0", "n1", "n2")) as (testbed, orchestrator):
         orch = orchestrator.address
         deploy(orch, "f-cut", model_dir, [(0, 3, "n0"), (3, 7, "n2"), (7, 10, "n0")])

@@ -10,9 +10,12 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+import torch
 from support import deploy_spec, wait_for
+from transformers import AutoModelForCausalLM
 
 from resplit.rpc.channels import sync_channel
+from resplit.rpc.security import Security
 from resplit.sdk import AsyncClient
 from resplit.sdk.exchange import GenerateExchange, Sampling
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -40,6 +43,11 @@ class Traffic:
     errors: list[BaseException] = field(default_factory=list)
     produced: int = 0
     gate_at: int = 8
+    #: The sessions' client options: the fault suite's tightened ones unless given
+    #: (tests/faults/test_defaults.py passes none: a user's defaults).
+    client_options: dict = field(default_factory=lambda: {"step_timeout_s": 3.0, "recoveries": 20})
+    #: Client credentials (None: the process default, plaintext in the tests).
+    security: Security | None = None
     _gate: threading.Event = field(default_factory=threading.Event)
     _waiting: int = 0
 
@@ -49,7 +57,7 @@ class Traffic:
         return self
 
     async def _main(self) -> None:
-        async with AsyncClient(self.orchestrator, step_timeout_s=3.0, recoveries=20) as client:
+        async with AsyncClient(self.orchestrator, security=self.security, **self.client_options) as client:
             route = await client.route(self.deployment)
             self.exchanges = [
                 GenerateExchange(route, p, Sampling(max_new_tokens=self.new_tokens), server_loop=False)
@@ -123,6 +131,19 @@ def routable(orchestrator: str, name: str) -> bool:
 
 def nodes_of(plan: common_pb2.Plan) -> set[str]:
     return {s.node_id for s in plan.segments}
+
+
+def sessions_and_expected(model_dir) -> tuple[list[list[int]], list[list[int]]]:
+    """The sessions' prompts, and each one's greedy tokens from the whole model (transformers)."""
+    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompts = [[5 + i, 40 + 3 * i, 7, 90 + i] for i in range(SESSIONS)]
+    expected = [
+        whole.generate(
+            torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=3
+        )[0, len(p) :].tolist()
+        for p in prompts
+    ]
+    return prompts, expected
 
 
 def check(traffic: Traffic, expected: list[list[int]], fault: str) -> None:

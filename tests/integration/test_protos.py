@@ -40,6 +40,7 @@ EXPECTED_RPCS = {
             "GetPlan",
             "ApplyPlan",
             "ListEvents",
+            "ReportFailure",
         },
     ),
     broadcaster_pb2: ("BroadcasterService", {"Rollout", "GetRollout"}),

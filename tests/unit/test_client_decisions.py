@@ -3,13 +3,15 @@ survives, how long it backs off, and when it asks for a newer route."""
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import pytest
 
 from resplit import AsyncClient, Client
-from resplit.sdk.base import ROUTE_CHECK_INTERVAL_S
+from resplit.sdk.base import DOWN_ROUTE_WAIT_S, ROUTE_CHECK_INTERVAL_S
 from resplit.sdk.exchange import GenerateExchange, Sampling
-from resplit.sdk.requests import HopTimeout
+from resplit.sdk.requests import BACKOFF_CAP_S, HopTimeout, SessionFailed
 from resplit.v1 import common_pb2
 
 ROUTE = common_pb2.Route(
@@ -53,13 +55,66 @@ def test_a_recoverable_failure_backs_off_longer_each_time_and_is_recorded():
     assert exchange.recovered_from == [f"UNAVAILABLE: hop {a} gone" for a in (1, 2, 3)]
 
 
-def test_a_session_out_of_recoveries_raises_the_failure_itself():
+def test_a_session_out_of_recoveries_fails_naming_the_cause_and_the_recoveries():
     client, exchange = Client(recoveries=1), _exchange()
     error = HopTimeout("no reply")
     client._recovery_wait_s(exchange, 1, error)
-    with pytest.raises(HopTimeout) as raised:
+    with pytest.raises(SessionFailed) as raised:
         client._recovery_wait_s(exchange, 2, error)
-    assert raised.value is error and len(exchange.recovered_from) == 1
+    failed = raised.value
+    assert failed.last is error and failed.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.recoveries == ["UNAVAILABLE: no reply"] and len(exchange.recovered_from) == 1
+    assert "recoveries=1 used up, after 1 recoveries" in failed.details()
+    assert "causes seen: UNAVAILABLE: no reply" in failed.details()
+
+
+def test_by_default_a_session_recovers_until_its_deadline_not_a_count(monkeypatch):
+    client, exchange = Client(timeout_s=30.0), _exchange()
+    error = _Refused(grpc.StatusCode.UNAVAILABLE, "next hop refused")
+    now = [exchange.started]
+    monkeypatch.setattr("resplit.sdk.base.time.monotonic", lambda: now[0])
+    waits = [client._recovery_wait_s(exchange, attempt, error) for attempt in range(1, 101)]
+    assert len(exchange.recovered_from) == 100
+    assert max(waits) <= BACKOFF_CAP_S and min(waits[10:]) >= BACKOFF_CAP_S / 2  # capped, jittered
+    now[0] += 29.9  # the next wait would pass the deadline
+    with pytest.raises(SessionFailed) as raised:
+        client._recovery_wait_s(exchange, 101, error)
+    assert "its deadline (timeout_s=30) passed, after 100 recoveries in 29.9 s" in raised.value.details()
+
+
+def test_a_lost_hop_reports_every_node_of_the_route_once_and_other_failures_none():
+    route = common_pb2.Route(
+        deployment="d",
+        hops=[common_pb2.Hop(node_id=n) for n in ("worker-0", "worker-1", "worker-0")],
+    )
+    client = Client()
+    report = client._failure_report(route, HopTimeout("no reply"))
+    assert list(report.node_ids) == ["worker-0", "worker-1"] and report.deployment == "d"
+    assert report.reason == "UNAVAILABLE: no reply" and str(os.getpid()) in report.reporter
+    stale = _Refused(grpc.StatusCode.FAILED_PRECONDITION, "stale epoch")
+    assert client._failure_report(route, stale) is None
+
+
+def test_a_recovering_session_waits_for_a_route_without_the_nodes_found_down(monkeypatch):
+    client, exchange = Client(timeout_s=60.0), _exchange()
+    error = HopTimeout("no reply")
+    now = [exchange.started]
+    monkeypatch.setattr("resplit.sdk.base.time.monotonic", lambda: now[0])
+    through = common_pb2.Route(deployment="d", epoch=3, hops=[common_pb2.Hop(node_id="w1")])
+    around = common_pb2.Route(deployment="d", epoch=4, hops=[common_pb2.Hop(node_id="w2")])
+    since = now[0]
+    assert client._recovery_route(exchange, through, {"w1"}, error, since) is None  # re-planning
+    assert client._recovery_route(exchange, None, {"w1"}, error, since) is None
+    assert client._recovery_route(exchange, around, {"w1"}, error, since) is around
+    # Nothing found down: the orchestrator's route, or (it does not answer) the session's own.
+    assert client._recovery_route(exchange, through, set(), error, since) is through
+    assert client._recovery_route(exchange, None, set(), error, since) is exchange.route
+    now[0] += DOWN_ROUTE_WAIT_S  # waited long enough: the node may be back, take what is given
+    assert client._recovery_route(exchange, through, {"w1"}, error, since) is through
+    now[0] = exchange.started + 60.0
+    with pytest.raises(SessionFailed) as raised:
+        client._recovery_route(exchange, through, {"w1"}, error, since)
+    assert "no route without ['w1'] before its deadline" in raised.value.details()
 
 
 @pytest.mark.parametrize(
