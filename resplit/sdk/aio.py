@@ -99,8 +99,8 @@ class AsyncClient(ClientBase):
         while True:
             try:
                 latest = await self.route(exchange.route.deployment)
-            except grpc.RpcError:
-                latest = None
+            except grpc.RpcError as exc:
+                latest = exc
             route = self._recovery_route(exchange, latest, down, error, since)
             if route is not None:
                 return exchange.replay(route)

@@ -133,21 +133,27 @@ class ClientBase:
     def _recovery_route(
         self,
         exchange,
-        latest: common_pb2.Route | None,
+        latest: common_pb2.Route | grpc.RpcError,
         down: set[str],
         error: grpc.RpcError,
         since: float,
     ) -> common_pb2.Route | None:
         """The route to replay on after a lost hop, or None to ask again in ROUTE_POLL_S.
 
-        ``latest`` is the orchestrator's answer (None: it did not answer), ``down`` the
+        ``latest`` is the orchestrator's answer (a route, or how GetRoute failed), ``down`` the
         nodes it found down when the loss was reported, ``since`` when this recovery began
         (time.monotonic()). A route through such a node is
         not taken while the orchestrator re-plans (for up to DOWN_ROUTE_WAIT_S); with no
         node known down, an orchestrator that does not answer leaves the route the
-        session had (the data plane may still serve). Past the session's deadline:
-        :class:`SessionFailed`."""
+        session had (the data plane may still serve). Past the session's deadline, or
+        when the orchestrator no longer knows the deployment: :class:`SessionFailed`."""
         elapsed = time.monotonic() - exchange.started
+        if isinstance(latest, grpc.RpcError):
+            code = latest.code() if hasattr(latest, "code") else None
+            if code == grpc.StatusCode.NOT_FOUND:
+                why = "the orchestrator no longer knows the deployment"
+                raise SessionFailed(latest, exchange.recovered_from, elapsed, why)
+            latest = None
         if elapsed >= self.timeout_s:
             why = f"no route without {sorted(down)} before its deadline (timeout_s={self.timeout_s:g})"
             raise SessionFailed(error, exchange.recovered_from, elapsed, why)

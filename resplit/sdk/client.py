@@ -106,8 +106,8 @@ class Client(ClientBase):
         while True:
             try:
                 latest = self.route(exchange.route.deployment)
-            except grpc.RpcError:
-                latest = None
+            except grpc.RpcError as exc:
+                latest = exc
             route = self._recovery_route(exchange, latest, down, error, since)
             if route is not None:
                 return exchange.replay(route)

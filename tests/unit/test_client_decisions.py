@@ -104,11 +104,17 @@ def test_a_recovering_session_waits_for_a_route_without_the_nodes_found_down(mon
     around = common_pb2.Route(deployment="d", epoch=4, hops=[common_pb2.Hop(node_id="w2")])
     since = now[0]
     assert client._recovery_route(exchange, through, {"w1"}, error, since) is None  # re-planning
-    assert client._recovery_route(exchange, None, {"w1"}, error, since) is None
+    unreachable = _Refused(grpc.StatusCode.UNAVAILABLE, "orchestrator away")
+    assert client._recovery_route(exchange, unreachable, {"w1"}, error, since) is None
     assert client._recovery_route(exchange, around, {"w1"}, error, since) is around
     # Nothing found down: the orchestrator's route, or (it does not answer) the session's own.
     assert client._recovery_route(exchange, through, set(), error, since) is through
-    assert client._recovery_route(exchange, None, set(), error, since) is exchange.route
+    assert client._recovery_route(exchange, unreachable, set(), error, since) is exchange.route
+    gone = _Refused(grpc.StatusCode.NOT_FOUND, "deployment 'd' has no plan")
+    with pytest.raises(SessionFailed) as raised:
+        client._recovery_route(exchange, gone, set(), error, since)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "the orchestrator no longer knows the deployment" in raised.value.details()
     now[0] += DOWN_ROUTE_WAIT_S  # waited long enough: the node may be back, take what is given
     assert client._recovery_route(exchange, through, {"w1"}, error, since) is through
     now[0] = exchange.started + 60.0
