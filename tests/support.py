@@ -31,6 +31,30 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def control_cycles(orchestrator: ServiceProcess) -> float:
+    """How many control cycles the orchestrator's loop has run (its /metrics)."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{orchestrator.http_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    found = re.search(r"^resplit_control_cycle_seconds_count (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def quiet_window(orchestrator: ServiceProcess, seconds: float, min_cycles: int = 2) -> None:
+    """Let ``seconds`` pass, then fail unless the control loop ran ``min_cycles`` cycles
+    meanwhile: "nothing happened" proves nothing if the loop did not run."""
+    before = control_cycles(orchestrator)
+    time.sleep(seconds)
+    wait_for(
+        lambda: control_cycles(orchestrator) >= before + min_cycles,
+        30,
+        0.1,
+        what=f"{min_cycles} control cycles in the quiet window",
+    )
+
+
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; fail the test on timeout."""
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 import redis
-from support import LocalStack, ServiceProcess, make_plan, wait_for
+from support import LocalStack, ServiceProcess, make_plan, quiet_window, wait_for
 from traffic import Traffic, check, deploy, nodes_of, plan_of, routable, sessions_and_expected
 
 from resplit.models.tiny import build_tiny
@@ -69,7 +69,7 @@ def test_sigkilled_middle_worker_sessions_replay_onto_a_resplit_plan(bed):
     stack, model_dir, prompts, expected = bed
     orch = stack.orchestrator.address
     deploy(orch, "f-kill", model_dir, START)
-    time.sleep(1.5)  # quiet cycles: nothing fires while every node is up
+    quiet_window(stack.orchestrator, 1.5)  # loop cycles: nothing fires while every node is up
     assert plan_of(orch, "f-kill").epoch == 1 and not _events(orch, "f-kill")
     traffic = Traffic(orch, "f-kill", prompts).start()
     traffic.at_gate()
@@ -114,7 +114,7 @@ def test_sigstopped_straggler_is_replaced_and_welcomed_back_without_thrash(bed):
     plan = plan_of(orch, "f-stop")
     assert "worker-3" not in nodes_of(plan)
     wait_for(lambda: stack.worker_procs[3].health() == "SERVING", 20, 0.1, what="worker-3 back")
-    time.sleep(3)  # several loop cycles with the straggler back
+    quiet_window(stack.orchestrator, 3)  # several loop cycles with the straggler back
     assert plan_of(orch, "f-stop").epoch == plan.epoch, "the plan moved again when the straggler returned"
 
 

@@ -7,11 +7,9 @@ brings the node back without moving the plan again."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
-from support import emulated_stack, wait_for
+from support import emulated_stack, quiet_window, wait_for
 from traffic import Traffic, check, deploy, nodes_of, plan_of, sessions_and_expected
 
 from resplit.models.tiny import build_tiny
@@ -42,7 +40,7 @@ def test_a_cut_link_costs_a_stall_not_a_token(tmp_path):
             lambda: grpc_health(f"{n2.address}:50070", timeout_s=1) == "SERVING", 20, 0.2, what="n2 back"
         )
         wait_for(lambda: _deployable_on(orch, model_dir, "n2"), 20, 0.5, what="n2 registered and up again")
-        time.sleep(2)
+        quiet_window(orchestrator, 2)
         assert plan_of(orch, "f-cut").epoch == plan.epoch, "the plan moved again when n2 came back"
 
 

@@ -627,6 +627,19 @@ def test_orchestrator_list_events(env):
     _orchestrator_unary(env, "ListEvents", orchestrator_pb2.ListEventsRequest)
 
 
+def test_orchestrator_report_failure(env):
+    """Made-up nodes, and now and then the stack's real (healthy) workers: a false report
+    is checked and changes nothing (the final test sees the same workers serving)."""
+
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(orchestrator_pb2.ReportFailureRequest)
+        if fuzz.rng.random() < 0.1:
+            request.node_ids[:] = [f"worker-{fuzz.rng.randrange(3)}"]
+        return env.orchestrator.ReportFailure, request
+
+    _fuzz_unary("orchestrator.ReportFailure", request_for)
+
+
 # -- broadcaster -------------------------------------------------------------
 
 

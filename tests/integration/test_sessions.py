@@ -12,7 +12,7 @@ import grpc
 import pytest
 import torch
 from support import LocalStack, spread, wait_for
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
 from resplit.rpc.channels import sync_channel
@@ -23,12 +23,39 @@ from resplit.v1 import worker_pb2, worker_pb2_grpc
 pytestmark = pytest.mark.integration
 
 
-def _reference(model_dir, prompt: list[int], new_tokens: int) -> list[int]:
+def _greedy(model_dir, prompt: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens and each step's raw logits [new_tokens, vocab] of the whole model."""
     whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     out = whole.generate(
-        torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=3
+        torch.tensor([prompt]),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=3,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
-    return out[0, len(prompt) :].tolist()
+    return out.sequences[0, len(prompt) :].tolist(), torch.stack(out.logits)[:, 0]
+
+
+def _reference(model_dir, prompt: list[int], new_tokens: int) -> list[int]:
+    return _greedy(model_dir, prompt, new_tokens)[0]
+
+
+def _text_reference(model_dir, text: str, new_tokens: int) -> list[int]:
+    """``text`` through the model's tokenizer and the whole model (transformers), stopping
+    at EOS as the SDK does by default."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompt = tokenizer(text, return_tensors="pt")["input_ids"]
+    out = whole.generate(
+        prompt,
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    return out[0, prompt.shape[1] :].tolist()
 
 
 def _all_closed(procs) -> None:
@@ -168,11 +195,12 @@ def test_text_generation_with_the_models_tokenizer(stack, tiny_models):
     stack.deploy("text-llama", model_dir, spread(num_units(Checkpoint(model_dir).config), 3))
     with Client(stack.orchestrator.address) as client:
         tokens = list(client.generate("The edge node keeps", deployment="text-llama", max_new_tokens=12))
-        tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = [t.token_id for t in tokens]
     assert "".join(t.text for t in tokens) == tokenizer.decode(ids, skip_special_tokens=True)
     assert 1 <= len(tokens) <= 12
     assert all(t.latency_s > 0 for t in tokens)
+    assert ids == _text_reference(model_dir, "The edge node keeps", 12)
 
 
 def test_seeded_sampling_is_reproducible_and_differs_across_seeds(stack, tiny_models):
@@ -263,12 +291,16 @@ def test_idle_session_answers_deadline_exceeded_and_frees_the_session(limited):
 
 def test_chunked_activations_and_logits_are_exact(limited, tiny_models):
     prompt = list(range(5, 17))  # 12 tokens x 64 x 4 bytes = 3 KiB per activation: 3 chunks
-    expected = _reference(tiny_models["llama"], prompt, 8)
+    expected, expected_logits = _greedy(tiny_models["llama"], prompt, 8)
     with Client(limited.orchestrator.address) as client:
         route = client.route("limited")
         tokens = list(client.generate_ids(prompt, route, Sampling(max_new_tokens=8), return_logits=True))
     assert [t.token_id for t in tokens] == expected
     assert tokens[0].logits.shape == (320,)  # 1280 bytes of logits: 2 chunks
+    # The token is chosen on the head worker before its logits are chunked for the client:
+    # only the values show that the chunks were put back together in order.
+    got = torch.stack([t.logits for t in tokens])
+    assert (got - expected_logits).abs().max().item() <= 1e-5
 
 
 def test_async_client_generate_and_embed_by_deployment_name(stack, tiny_models):
@@ -289,6 +321,6 @@ def test_async_client_generate_and_embed_by_deployment_name(stack, tiny_models):
             t.token_id for t in client.generate("The edge", deployment="async-text", max_new_tokens=6)
         ]
         expected_vectors = client.embed(["hello edge", "hello cloud"], deployment="async-bert")
-    assert [t.token_id for t in tokens] == expected
+    assert [t.token_id for t in tokens] == expected == _text_reference(tiny_models["llama"], "The edge", 6)
     assert torch.equal(vectors, expected_vectors)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)

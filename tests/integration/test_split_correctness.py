@@ -16,7 +16,9 @@ from support import WORKER_DEVICE, spread
 from transformers import AutoModelForCausalLM
 
 from resplit.models import Checkpoint, num_units
+from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
+from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,25 @@ def references(tiny_models):
         )
         out[family] = (result.sequences[0, len(PROMPT) :].tolist(), torch.stack(result.logits)[:, 0].cpu())
     return out
+
+
+@pytest.mark.skipif(
+    WORKER_DEVICE.type != "cuda",
+    reason="no CUDA on this machine: the splits below ran on the CPU; the GPU data plane is untested",
+)
+def test_the_workers_load_segments_on_the_gpu_where_there_is_one(stack, tiny_models):
+    """Where CUDA exists the workers (--device auto) run segments on it, as the references do."""
+    units = common_pb2.UnitRange(start=1, end=2)
+    with sync_channel(stack.worker_procs[2].address) as channel:
+        worker = worker_pb2_grpc.WorkerServiceStub(channel)
+        request = worker_pb2.LoadSegmentRequest(
+            deployment="gpu-check", epoch=1, model_dir=str(tiny_models["llama"]), units=units
+        )
+        reply = worker.LoadSegment(request, timeout=120)
+        worker.ReleaseSegment(
+            worker_pb2.ReleaseSegmentRequest(deployment="gpu-check", epoch=1, units=units), timeout=30
+        )
+    assert reply.device.startswith("cuda"), reply.device
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 3, 4])

@@ -184,7 +184,8 @@ def _rtt(address: str, src: str, dst: str) -> float:
 
 def test_netem_delay_shows_in_the_measured_rtt_or_is_refused_with_the_reason(bed):
     """Delay needs the netem qdisc, which some kernels (our 2-core VMs) lack: then
-    shaping a delay must refuse and say why, and the node keeps working unshaped."""
+    shaping a delay must refuse and say why, and the node keeps working unshaped; the
+    test then reports itself skipped, since the delay itself went untested."""
     testbed, address, _ = bed
     n2 = testbed.nodes["n2"]
     try:
@@ -199,7 +200,8 @@ def test_netem_delay_shows_in_the_measured_rtt_or_is_refused_with_the_reason(bed
             probes = len([x for x in _env(address).links if x.src == "n2"])
             wait_for(lambda: _rtt(address, "n2", "n0") < 15, 5, 0.05, what="n2 unshaped after the refusal")
             assert probes == 2
-            return
+            # The refusal is tested; the delay is not: say so where every run shows it.
+            pytest.skip(f"link delay is NOT tested on this kernel (only its refusal): {exc}")
         rtt = wait_for(lambda: (r := _rtt(address, "n2", "n0")) >= 19 and r, 10, 0.05, "n2>n0 RTT >= 20 ms")
         assert rtt < 60, rtt
         assert _rtt(address, "n0", "n1") < 15  # other nodes' links keep their RTT
