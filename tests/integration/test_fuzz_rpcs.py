@@ -11,10 +11,12 @@ wrong epochs and sessions, replayed steps.
 
 Each answer must be a proper status: OK where the input happens to be valid,
 else INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ... - never UNKNOWN or
-INTERNAL (an unhandled exception). Afterwards every process is alive, the
-workers host exactly what they hosted before with no session left, their
-memory has not run away, and a good session still generates exactly the
-tokens it generated before the fuzzing.
+INTERNAL (an unhandled exception). Well-formed calls go out among the hostile
+ones (GOOD_EVERY) and must succeed, so a service that refused everything would
+fail. After each RPC's fuzzing every process is alive and serving and the live
+deployment still generates exactly its tokens; at the end the workers host
+exactly what they hosted before with no session left and their memory has not
+run away.
 
 Mutating control RPCs (Deploy, Undeploy, ApplyPlan, Rollout, CommitEpoch,
 ReleaseSegment, LoadSegment) only ever name deployments this module owns
@@ -24,6 +26,8 @@ ReleaseSegment, LoadSegment) only ever name deployments this module owns
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -36,12 +40,13 @@ from fuzzmsg import OWNED, Fuzz, _repeated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from logtap import tap
-from support import ServiceProcess, spread
+from support import ServiceProcess, make_plan, spread
 
 from resplit.core.tensors import encode
 from resplit.models import Checkpoint, num_units
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
+from resplit.sdk.exchange import GenerateExchange
 from resplit.v1 import (
     broadcaster_pb2,
     broadcaster_pb2_grpc,
@@ -59,6 +64,8 @@ from resplit.v1 import (
 
 pytestmark = pytest.mark.integration
 LIVE = "fuzz-live"
+#: Deployments of the well-formed calls (never a name the fuzzer picks: see fuzzmsg.OWNED).
+GOOD = "fuzz-good"
 PROMPT = [11, 12, 13, 14, 15]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(
@@ -211,46 +218,79 @@ def _first(call):
 
 #: Calls in flight at once: the fuzzing waits about one round trip per window, not per message.
 WINDOW = 16
+#: A well-formed call goes out with the first window and then every GOOD_EVERY windows, in
+#: flight among the hostile ones, and must succeed: a service that refused everything would
+#: pass the bad-input checks alone.
+GOOD_EVERY = 8
+
+Call = tuple[Callable[[], Any], Any]
+
+
+def _expect_ok(rpc: str, wait: Callable[[], Any], request) -> None:
+    """A well-formed call's answer: it must succeed (``wait`` also checks what came back)."""
+    try:
+        wait()
+    except grpc.RpcError as exc:
+        raise AssertionError(
+            f"{rpc}: a well-formed request failed: {exc.code().name} {exc.details()!r}\nrequest: {request!r}"
+        ) from None
+    CODES[rpc]["well-formed OK"] += 1
 
 
 def _fuzz_calls(
-    rpc: str, start: Callable[[int], tuple[Callable[[], Any], Any]], window: int = WINDOW
+    rpc: str, start: Callable[[int], Call], window: int = WINDOW, good: Callable[[], Call] | None = None
 ) -> None:
     """Send one message per example without waiting: ``start(seed)`` sends it and returns
     (wait for its answer, the request). Every ``window`` messages the answers are read
     and checked (:func:`_answer`), so up to ``window`` calls are in flight at a time,
     also for the RPCs that change state: concurrent hostile input is input too. A
     failure's message names the request that got the bad answer; the example that
-    Hypothesis reports may be a later one of the same window."""
-    pending: list[tuple[Callable[[], Any], Any]] = []
+    Hypothesis reports may be a later one of the same window. ``good()`` starts a
+    well-formed call (see GOOD_EVERY) whose answer must be a success."""
+    pending: list[Call] = []
+    windows, goods = [0], [0]
+    well_formed: list[Call] = []
 
     def drain() -> None:
         for wait, request in pending:
             _answer(rpc, wait, request)
         pending.clear()
+        for wait, request in well_formed:
+            _expect_ok(rpc, wait, request)
+            goods[0] += 1
+        well_formed.clear()
+        windows[0] += 1
 
     @FUZZ
     @given(SEEDS)
     def fuzz(seed):
+        if not pending and good is not None and windows[0] % GOOD_EVERY == 0:
+            well_formed.append(good())
         pending.append(start(seed))
         if len(pending) >= window:
             drain()
 
     fuzz()
     drain()
+    assert good is None or goods[0] >= 1, f"{rpc}: no well-formed call went out"
 
 
-def _fuzz_unary(rpc: str, request_for: Callable[[Fuzz], tuple[Any, Any]], **fuzz_args: Any) -> None:
+def _fuzz_unary(
+    rpc: str,
+    request_for: Callable[[Fuzz], tuple[Any, Any]],
+    good: Callable[[], Call] | None = None,
+    **fuzz_args: Any,
+) -> None:
     """Fuzz a unary RPC: ``request_for(fuzz)`` gives (the stub's method, the request)."""
 
     def start(seed: int):
         method, request = request_for(Fuzz(seed, **fuzz_args))
         return method.future(request, timeout=30).result, request
 
-    _fuzz_calls(rpc, start)
+    _fuzz_calls(rpc, start, good=good)
 
 
-def _fuzz_watch(rpc: str, method, request_type) -> None:
+def _fuzz_watch(rpc: str, method, request_type, good: Callable[[], Call] | None = None) -> None:
     """Watches wait for a change: open them 100 at a time with a short deadline and read
     each one's first answer, instead of waiting out one deadline per message."""
 
@@ -259,7 +299,154 @@ def _fuzz_watch(rpc: str, method, request_type) -> None:
         call = method(request, timeout=0.5)
         return (lambda: _first(call)), request
 
-    _fuzz_calls(rpc, start, window=100)
+    _fuzz_calls(rpc, start, window=100, good=good)
+
+
+def _check(condition: bool, what: str) -> None:
+    assert condition, f"unexpected answer to a well-formed request: {what}"
+
+
+def _has_nodes(environment: common_pb2.Environment) -> bool:
+    return "worker-0" in {n.node_id for n in environment.nodes}
+
+
+def _unary_ok(method, request, check: Callable[[Any], bool] = lambda reply: True) -> Call:
+    """A well-formed unary call, sent now; its wait also checks the reply."""
+    future = method.future(request, timeout=60)
+
+    def wait() -> None:
+        reply = future.result()
+        assert check(reply), f"unexpected answer to a well-formed request: {reply!r}"
+
+    return wait, request
+
+
+def _in_thread(work: Callable[[], Any], what: str) -> Call:
+    """A well-formed exchange of several calls, run beside the fuzzing."""
+    future = POOL.submit(work)
+    return future.result, what
+
+
+POOL = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="fuzz-good")
+GOOD_EPOCHS = itertools.count(1)
+
+
+# -- well-formed calls mixed in ------------------------------------------------
+
+
+def _good_generate(env: Env) -> Call:
+    def work() -> None:
+        assert _generate(env.stack.orchestrator.address) == env.expected
+
+    return _in_thread(work, "a greedy session on the live route")
+
+
+def _good_segment_cycle(env: Env) -> Call:
+    """LoadSegment, CommitEpoch and ReleaseSegment of a middle unit of a deployment of
+    this module's own (not one the fuzzer names) on an untrusted worker."""
+
+    def work() -> None:
+        worker, epoch = env.workers[2], next(GOOD_EPOCHS)
+        units = common_pb2.UnitRange(start=1, end=2)
+        load = worker_pb2.LoadSegmentRequest(deployment=GOOD, epoch=epoch, model_dir=env.model, units=units)
+        assert worker.LoadSegment(load, timeout=60).param_bytes > 0
+        worker.CommitEpoch(worker_pb2.CommitEpochRequest(deployment=GOOD, epoch=epoch), timeout=30)
+        release = worker_pb2.ReleaseSegmentRequest(deployment=GOOD, epoch=epoch, units=units)
+        assert worker.ReleaseSegment(release, timeout=30).freed_bytes > 0
+
+    return _in_thread(work, f"LoadSegment, CommitEpoch, ReleaseSegment of {GOOD}")
+
+
+def _good_export(env: Env) -> Call:
+    """A live session paused after its first token: its middle hop exports its cache."""
+
+    def work() -> None:
+        with Client(env.stack.orchestrator.address) as client:
+            exchange = GenerateExchange(env.route, PROMPT, Sampling(max_new_tokens=6), server_loop=False)
+            session = client._run(exchange)
+            first = next(session)
+            hop = env.route.hops[1]
+            request = worker_pb2.ExportSessionRequest(
+                deployment=LIVE, session_id=exchange.session_id, units=hop.units, epoch=env.route.epoch
+            )
+            chunks = list(env.by_address[hop.address].ExportSession(request, timeout=30))
+            assert chunks and all(c.session_id == exchange.session_id for c in chunks)
+            assert [first.token_id, *(t.token_id for t in session)] == env.expected
+
+    return _in_thread(work, "ExportSession of a live session's middle hop")
+
+
+def _good_deployment(env: Env, then: Callable[[str], None] = lambda name: None) -> Call:
+    """Deploy a deployment of this module's own over the three workers, ``then(name)``,
+    and undeploy it."""
+
+    def work() -> None:
+        name = f"{GOOD}-{next(GOOD_EPOCHS)}"
+        plan = env.stack.deploy(name, env.model, spread(env.units, 3))
+        assert plan.epoch == 1 and len(plan.segments) == 3
+        then(name)
+        env.orchestrator.Undeploy(orchestrator_pb2.UndeployRequest(deployment=name), timeout=60)
+
+    return _in_thread(work, "Deploy, then Undeploy, of a deployment of this module's own")
+
+
+def _apply_two_segments(env: Env, name: str) -> None:
+    request = orchestrator_pb2.ApplyPlanRequest(
+        deployment=name,
+        segments=[
+            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=f"worker-{w}")
+            for a, b, w in spread(env.units, 2)
+        ],
+        reason="fuzz: a well-formed plan",
+    )
+    assert env.orchestrator.ApplyPlan(request, timeout=60).epoch == 2
+
+
+def _roll_two_segments(env: Env, name: str) -> None:
+    reply = env.broadcaster.Rollout(
+        broadcaster_pb2.RolloutRequest(plan=make_plan(name, spread(env.units, 2))), timeout=60
+    )
+    assert reply.committed.epoch == 2, reply
+
+
+def _good_report(env: Env) -> Call:
+    """A report of a healthy worker, sent after the per-host report budget has refilled."""
+
+    def work() -> None:
+        time.sleep(1.1)
+        request = orchestrator_pb2.ReportFailureRequest(node_ids=["worker-1"], reporter="fuzz: well-formed")
+        (verdict,) = env.orchestrator.ReportFailure(request, timeout=30).verdicts
+        assert verdict.node_id == "worker-1" and verdict.state == orchestrator_pb2.FailureVerdict.STATE_UP
+
+    return _in_thread(work, "a report of a healthy worker")
+
+
+def _good_watch(method, request, check: Callable[[Any], bool]) -> Call:
+    call = method(request, timeout=30)
+
+    def wait() -> None:
+        try:
+            assert check(next(call)), "unexpected first message of a well-formed watch"
+        finally:
+            call.cancel()
+
+    return wait, request
+
+
+def _solvable(env: Env, count: int) -> splitter_pb2.Problem:
+    """The tiny model on ``count`` equal nodes, node n0 trusted, 100 Mbit/s links."""
+    problem = splitter_pb2.Problem(model=env.profile)
+    for j in range(count):
+        problem.nodes.add(
+            node_id=f"n{j}", memory_bytes=1 << 30, flops_per_s=1e12, trusted=j == 0, utilization=0.1
+        )
+    for a in range(count):
+        for b in range(count):
+            if a != b:
+                problem.links.add(src=f"n{a}", dst=f"n{b}", bandwidth_mbps=100.0, rtt_ms=2.0)
+    problem.policy.alpha = 1.0
+    problem.workload.prompt_tokens, problem.workload.generate_tokens = 16, 4
+    return problem
 
 
 # -- worker ------------------------------------------------------------------
@@ -395,7 +582,7 @@ def test_worker_forward(env):
         call = env.by_address[env.route.hops[hop].address].Forward(iter(messages), timeout=20)
         return (lambda: list(call)), messages[:3]
 
-    _fuzz_calls("worker.Forward", start)
+    _fuzz_calls("worker.Forward", start, good=lambda: _good_generate(env))
 
 
 def _load_request(env: Env, fuzz: Fuzz) -> worker_pb2.LoadSegmentRequest:
@@ -425,15 +612,23 @@ def test_worker_load_segment(env):
         request = _load_request(env, fuzz)
         return env.workers[fuzz.rng.randrange(3)].LoadSegment, request
 
-    _fuzz_unary("worker.LoadSegment", request_for, owned=True)
+    _fuzz_unary("worker.LoadSegment", request_for, good=lambda: _good_segment_cycle(env), owned=True)
 
 
 def test_worker_commit_epoch(env):
-    _worker_unary(env, "CommitEpoch", worker_pb2.CommitEpochRequest, owned=True)
+    _worker_unary(
+        env, "CommitEpoch", worker_pb2.CommitEpochRequest, good=lambda: _good_segment_cycle(env), owned=True
+    )
 
 
 def test_worker_release_segment(env):
-    _worker_unary(env, "ReleaseSegment", worker_pb2.ReleaseSegmentRequest, owned=True)
+    _worker_unary(
+        env,
+        "ReleaseSegment",
+        worker_pb2.ReleaseSegmentRequest,
+        good=lambda: _good_segment_cycle(env),
+        owned=True,
+    )
 
 
 def test_worker_export_session(env):
@@ -445,11 +640,13 @@ def test_worker_export_session(env):
         call = env.workers[fuzz.rng.randrange(3)].ExportSession(request, timeout=10)
         return (lambda: list(call)), request
 
-    _fuzz_calls("worker.ExportSession", start)
+    _fuzz_calls("worker.ExportSession", start, good=lambda: _good_export(env))
 
 
 def test_worker_get_status(env):
-    _worker_unary(env, "GetStatus", worker_pb2.GetStatusRequest)
+    live = lambda reply: any(s.deployment == LIVE for s in reply.segments)  # noqa: E731
+    good = lambda: _unary_ok(env.workers[0].GetStatus, worker_pb2.GetStatusRequest(), live)  # noqa: E731
+    _worker_unary(env, "GetStatus", worker_pb2.GetStatusRequest, good=good)
 
 
 def test_worker_ping(env):
@@ -465,7 +662,12 @@ def test_worker_ping(env):
 
         return echoed, request
 
-    _fuzz_calls("worker.Ping", start)
+    good = worker_pb2.PingRequest(payload=b"well-formed")
+    _fuzz_calls(
+        "worker.Ping",
+        start,
+        good=lambda: _unary_ok(env.workers[1].Ping, good, lambda r: r.payload == good.payload and r.node_id),
+    )
 
 
 def test_worker_probe_bandwidth(env):
@@ -475,7 +677,12 @@ def test_worker_probe_bandwidth(env):
         future = env.workers[fuzz.rng.randrange(3)].ProbeBandwidth.future(iter(chunks), timeout=10)
         return future.result, chunks[:2]
 
-    _fuzz_calls("worker.ProbeBandwidth", start)
+    def good() -> Call:
+        chunks = [worker_pb2.ProbeChunk(data=b"x" * 1024) for _ in range(4)]
+        future = env.workers[2].ProbeBandwidth.future(iter(chunks), timeout=30)
+        return (lambda: _check(future.result().bytes == 4096, "probe bytes")), "4 KiB probe"
+
+    _fuzz_calls("worker.ProbeBandwidth", start, good=good)
 
 
 # -- monitor -----------------------------------------------------------------
@@ -484,8 +691,13 @@ FUZZ_NODES = {"node_id": lambda f: f.rng.choice(["", "fuzz-node", "fuzz-node-" +
 
 
 def test_monitor_list_nodes(env):
+    request = monitor_pb2.ListNodesRequest(include_down=True)
     _fuzz_unary(
-        "monitor.ListNodes", lambda f: (env.monitor.ListNodes, f.message(monitor_pb2.ListNodesRequest))
+        "monitor.ListNodes",
+        lambda f: (env.monitor.ListNodes, f.message(monitor_pb2.ListNodesRequest)),
+        good=lambda: _unary_ok(
+            env.monitor.ListNodes, request, lambda r: "worker-0" in {n.node_id for n in r.nodes}
+        ),
     )
 
 
@@ -493,11 +705,19 @@ def test_monitor_get_environment(env):
     _fuzz_unary(
         "monitor.GetEnvironment",
         lambda f: (env.monitor.GetEnvironment, f.message(monitor_pb2.GetEnvironmentRequest)),
+        good=lambda: _unary_ok(env.monitor.GetEnvironment, monitor_pb2.GetEnvironmentRequest(), _has_nodes),
     )
 
 
 def test_monitor_watch_environment(env):
-    _fuzz_watch("monitor.WatchEnvironment", env.monitor.WatchEnvironment, monitor_pb2.WatchEnvironmentRequest)
+    _fuzz_watch(
+        "monitor.WatchEnvironment",
+        env.monitor.WatchEnvironment,
+        monitor_pb2.WatchEnvironmentRequest,
+        good=lambda: _good_watch(
+            env.monitor.WatchEnvironment, monitor_pb2.WatchEnvironmentRequest(), _has_nodes
+        ),
+    )
 
 
 def test_monitor_report_metrics(env):
@@ -505,6 +725,10 @@ def test_monitor_report_metrics(env):
     _fuzz_unary(
         "monitor.ReportMetrics",
         lambda f: (env.monitor.ReportMetrics, f.message(common_pb2.NodeMetrics)),
+        good=lambda: _unary_ok(
+            env.monitor.ReportMetrics,
+            common_pb2.NodeMetrics(node_id="fuzz-node", timestamp=time.time(), cpu_utilization=0.5),
+        ),
         values=FUZZ_NODES,
     )
 
@@ -513,6 +737,10 @@ def test_monitor_report_latency(env):
     _fuzz_unary(
         "monitor.ReportLatency",
         lambda f: (env.monitor.ReportLatency, f.message(monitor_pb2.LatencySample)),
+        good=lambda: _unary_ok(
+            env.monitor.ReportLatency,
+            monitor_pb2.LatencySample(deployment=GOOD, latency_ms=12.5, tokens=4, timestamp=time.time()),
+        ),
         owned=True,
     )
 
@@ -524,18 +752,8 @@ def _valid_problem(env: Env, fuzz: Fuzz) -> splitter_pb2.Problem:
     """A small solvable problem (the tiny model on 2-3 nodes), then one to three of its
     fields made hostile: the solver itself gets to see them, not only the validation."""
     rng = fuzz.rng
-    problem = splitter_pb2.Problem(model=env.profile)
     count = rng.choice([2, 3])
-    for j in range(count):
-        problem.nodes.add(
-            node_id=f"n{j}", memory_bytes=1 << 30, flops_per_s=1e12, trusted=j == 0, utilization=0.1
-        )
-    for a in range(count):
-        for b in range(count):
-            if a != b:
-                problem.links.add(src=f"n{a}", dst=f"n{b}", bandwidth_mbps=100.0, rtt_ms=2.0)
-    problem.policy.alpha = 1.0
-    problem.workload.prompt_tokens, problem.workload.generate_tokens = 16, 4
+    problem = _solvable(env, count)
     targets = [problem.workload, problem.policy, problem.nodes[rng.randrange(count)], problem.links[0]]
     targets += [problem.model.units[rng.randrange(len(problem.model.units))]]
     for _ in range(rng.randint(1, 3)):
@@ -556,12 +774,19 @@ def test_splitter_solve(env):
             request.problem.CopyFrom(_valid_problem(env, fuzz))
         return env.splitter.Solve, request
 
-    _fuzz_unary("splitter.Solve", request_for)
+    def good() -> Call:
+        request = splitter_pb2.SolveRequest(problem=_solvable(env, 3), mode=splitter_pb2.SOLVE_MODE_RESPLIT)
+        return _unary_ok(env.splitter.Solve, request, lambda r: len(r.plan.segments) >= 1)
+
+    _fuzz_unary("splitter.Solve", request_for, good=good)
 
 
 def test_splitter_profile_model(env):
+    request = splitter_pb2.ProfileModelRequest(model_dir=env.model)
     _fuzz_unary(
-        "splitter.ProfileModel", lambda fuzz: (env.splitter.ProfileModel, _profile_request(env, fuzz))
+        "splitter.ProfileModel",
+        lambda fuzz: (env.splitter.ProfileModel, _profile_request(env, fuzz)),
+        good=lambda: _unary_ok(env.splitter.ProfileModel, request, lambda r: len(r.units) == env.units),
     )
 
 
@@ -590,41 +815,62 @@ def _profile_request(env: Env, fuzz: Fuzz) -> splitter_pb2.ProfileModelRequest:
 # -- orchestrator ------------------------------------------------------------
 
 
-def _orchestrator_unary(env: Env, rpc: str, request_type, **fuzz_args: Any) -> None:
+def _orchestrator_unary(env: Env, rpc: str, request_type, good: Callable[[], Call], **fuzz_args: Any) -> None:
     method = getattr(env.orchestrator, rpc)
-    _fuzz_unary(f"orchestrator.{rpc}", lambda f: (method, f.message(request_type)), **fuzz_args)
+    _fuzz_unary(f"orchestrator.{rpc}", lambda f: (method, f.message(request_type)), good=good, **fuzz_args)
 
 
 def test_orchestrator_deploy(env):
-    _orchestrator_unary(env, "Deploy", orchestrator_pb2.DeployRequest, owned=True)
+    _orchestrator_unary(
+        env, "Deploy", orchestrator_pb2.DeployRequest, good=lambda: _good_deployment(env), owned=True
+    )
 
 
 def test_orchestrator_undeploy(env):
-    _orchestrator_unary(env, "Undeploy", orchestrator_pb2.UndeployRequest, owned=True)
+    _orchestrator_unary(
+        env, "Undeploy", orchestrator_pb2.UndeployRequest, good=lambda: _good_deployment(env), owned=True
+    )
 
 
 def test_orchestrator_list_deployments(env):
-    _orchestrator_unary(env, "ListDeployments", orchestrator_pb2.ListDeploymentsRequest)
+    listed = lambda r: LIVE in {d.name for d in r.deployments}  # noqa: E731
+    request = orchestrator_pb2.ListDeploymentsRequest()
+    good = lambda: _unary_ok(env.orchestrator.ListDeployments, request, listed)  # noqa: E731
+    _orchestrator_unary(env, "ListDeployments", orchestrator_pb2.ListDeploymentsRequest, good=good)
 
 
 def test_orchestrator_get_route(env):
-    _orchestrator_unary(env, "GetRoute", orchestrator_pb2.GetRouteRequest)
+    request = orchestrator_pb2.GetRouteRequest(deployment=LIVE)
+    good = lambda: _unary_ok(env.orchestrator.GetRoute, request, lambda r: r == env.route)  # noqa: E731
+    _orchestrator_unary(env, "GetRoute", orchestrator_pb2.GetRouteRequest, good=good)
 
 
 def test_orchestrator_watch_route(env):
-    _fuzz_watch("orchestrator.WatchRoute", env.orchestrator.WatchRoute, orchestrator_pb2.WatchRouteRequest)
+    request = orchestrator_pb2.WatchRouteRequest(deployment=LIVE)
+    _fuzz_watch(
+        "orchestrator.WatchRoute",
+        env.orchestrator.WatchRoute,
+        orchestrator_pb2.WatchRouteRequest,
+        good=lambda: _good_watch(env.orchestrator.WatchRoute, request, lambda r: r == env.route),
+    )
 
 
 def test_orchestrator_get_plan(env):
-    _orchestrator_unary(env, "GetPlan", orchestrator_pb2.GetPlanRequest)
+    request = orchestrator_pb2.GetPlanRequest(deployment=LIVE)
+    same = lambda r: r.epoch == env.route.epoch and len(r.segments) == 3  # noqa: E731
+    good = lambda: _unary_ok(env.orchestrator.GetPlan, request, same)  # noqa: E731
+    _orchestrator_unary(env, "GetPlan", orchestrator_pb2.GetPlanRequest, good=good)
 
 
 def test_orchestrator_apply_plan(env):
-    _orchestrator_unary(env, "ApplyPlan", orchestrator_pb2.ApplyPlanRequest, owned=True)
+    good = lambda: _good_deployment(env, then=lambda name: _apply_two_segments(env, name))  # noqa: E731
+    _orchestrator_unary(env, "ApplyPlan", orchestrator_pb2.ApplyPlanRequest, good=good, owned=True)
 
 
 def test_orchestrator_list_events(env):
-    _orchestrator_unary(env, "ListEvents", orchestrator_pb2.ListEventsRequest)
+    request = orchestrator_pb2.ListEventsRequest(deployment=LIVE)
+    good = lambda: _unary_ok(env.orchestrator.ListEvents, request)  # noqa: E731
+    _orchestrator_unary(env, "ListEvents", orchestrator_pb2.ListEventsRequest, good=good)
 
 
 def test_orchestrator_report_failure(env):
@@ -637,7 +883,7 @@ def test_orchestrator_report_failure(env):
             request.node_ids[:] = [f"worker-{fuzz.rng.randrange(3)}"]
         return env.orchestrator.ReportFailure, request
 
-    _fuzz_unary("orchestrator.ReportFailure", request_for)
+    _fuzz_unary("orchestrator.ReportFailure", request_for, good=lambda: _good_report(env))
 
 
 # -- broadcaster -------------------------------------------------------------
@@ -653,17 +899,40 @@ def test_broadcaster_rollout(env):
         request.drain_deadline_s = min(request.drain_deadline_s, 0.5) if request.drain_deadline_s > 0 else 0.0
         return env.broadcaster.Rollout, request
 
-    _fuzz_unary("broadcaster.Rollout", request_for, owned=True)
+    good = lambda: _good_deployment(env, then=lambda name: _roll_two_segments(env, name))  # noqa: E731
+    _fuzz_unary("broadcaster.Rollout", request_for, good=good, owned=True)
 
 
 def test_broadcaster_get_rollout(env):
     _fuzz_unary(
         "broadcaster.GetRollout",
         lambda f: (env.broadcaster.GetRollout, f.message(broadcaster_pb2.GetRolloutRequest)),
+        good=lambda: _unary_ok(
+            env.broadcaster.GetRollout,
+            broadcaster_pb2.GetRolloutRequest(deployment=LIVE),
+            lambda r: r.deployment == LIVE,
+        ),
     )
 
 
 # -- afterwards --------------------------------------------------------------
+
+
+def _alive_and_serving(env: Env) -> None:
+    for proc in (env.monitor_proc, env.splitter_proc, *env.stack.control(), *env.stack.worker_procs):
+        assert proc.proc.poll() is None, f"{proc.name} died: {''.join(tap(proc).lines[-30:])}"
+        assert proc.health() == "SERVING", proc.name
+
+
+@pytest.fixture(autouse=True)
+def _survived_each_rpc(request):
+    """After every fuzzed RPC, whatever order they run in (or alone): every process alive
+    and serving, and the live deployment still generates exactly its tokens."""
+    yield
+    if "env" in request.fixturenames:
+        env = request.getfixturevalue("env")
+        _alive_and_serving(env)
+        assert _generate(env.stack.orchestrator.address) == env.expected
 
 
 def test_everything_survived_and_still_serves_exactly(env):
@@ -672,9 +941,7 @@ def test_everything_survived_and_still_serves_exactly(env):
         f"{rpc:32s} {TIMES[rpc]:6.1f} s  {dict(codes)}" for rpc, codes in sorted(CODES.items())
     )
     print(f"\nfuzzing took {elapsed:.1f} s\n{summary}")
-    for proc in (env.monitor_proc, env.splitter_proc, *env.stack.control(), *env.stack.worker_procs):
-        assert proc.proc.poll() is None, f"{proc.name} died: {''.join(tap(proc).lines[-30:])}"
-        assert proc.health() == "SERVING", proc.name
+    _alive_and_serving(env)
     env.release_owned()
     # Sessions close when their stream ends; give the workers a moment to notice.
     deadline = time.monotonic() + 10
