@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
-import torch
 
 from ..rpc.channels import aio_channel
 from ..v1 import (
@@ -29,6 +29,9 @@ from .requests import (
     prompt_and_sampling,
 )
 from .tokens import TextStream, tokenizer_for
+
+if TYPE_CHECKING:
+    import torch
 
 
 class AsyncClient(ClientBase):

@@ -18,9 +18,9 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
-import torch
 
 from ..rpc.channels import sync_channel
 from ..v1 import (
@@ -40,6 +40,9 @@ from .requests import (
     prompt_and_sampling,
 )
 from .tokens import TextStream, tokenizer_for
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Client(ClientBase):

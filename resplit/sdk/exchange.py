@@ -18,11 +18,20 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..core.tensors import Assembler
 from ..v1 import common_pb2, worker_pb2
+
+if TYPE_CHECKING:  # torch comes with the first logits or embeddings, not with the SDK
+    import torch
+
+    from ..core.tensors import Assembler
+
+
+def _new_assembler() -> Assembler:
+    from ..core.tensors import Assembler
+
+    return Assembler()
 
 
 @dataclass
@@ -179,7 +188,7 @@ class GenerateExchange:
             return None, [], False
         if reply.HasField("result"):
             if self._logits is None:
-                self._logits = Assembler()
+                self._logits = _new_assembler()
             if self._logits.add(reply.result):
                 self._pending_logits = self._logits.tensor().clone()
                 self._logits = None
@@ -221,7 +230,7 @@ class EmbedExchange:
     recovered_from: list[str] = field(default_factory=list)
     #: When the session began (time.monotonic()): it recovers until timeout_s after this.
     started: float = field(default_factory=time.monotonic)
-    _assembler: Assembler = field(default_factory=Assembler)
+    _assembler: Assembler = field(default_factory=_new_assembler)
 
     def opening(self) -> list[worker_pb2.ForwardRequest]:
         rows = int(self.input_ids.shape[0])
@@ -240,7 +249,7 @@ class EmbedExchange:
         return False  # one step: nothing to carry across epochs
 
     def replay(self, route: common_pb2.Route) -> list[worker_pb2.ForwardRequest]:
-        self.route, self.session_id, self._assembler = route, new_session_id(), Assembler()
+        self.route, self.session_id, self._assembler = route, new_session_id(), _new_assembler()
         return self.opening()
 
     def handle(self, reply: worker_pb2.ForwardResponse) -> tuple[None, list[worker_pb2.ForwardRequest], bool]:

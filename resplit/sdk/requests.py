@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
-from transformers import PreTrainedTokenizerBase
 
 from ..v1 import common_pb2, monitor_pb2
 from .exchange import Sampling
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def pick_deployment(listed: Iterable[common_pb2.Deployment], name: str) -> common_pb2.Deployment:

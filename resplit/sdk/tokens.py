@@ -1,15 +1,23 @@
-"""Tokenizers from the deployment's own model directory, and incremental text."""
+"""Tokenizers from the deployment's own model directory, and incremental text.
+
+transformers is imported when the first tokenizer is needed, not with the SDK: a
+client that sends token ids never pays for it.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @lru_cache(maxsize=16)
 def tokenizer_for(model_dir: str) -> PreTrainedTokenizerBase:
     """The model's own tokenizer files (never fetched from a hub)."""
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
 
