@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The exact versions the suite passed with (tools/lock.py; `make lock` writes it).
 LOCK := requirements.lock
 # torch pinned to the CPU build this machine keeps on disk, for `make lock` and
-# `make test-latest`; an open range would pull a multi-GB CUDA build (README, "Installing").
+# `make test-latest`; an open range would pull a multi-GB CUDA build (docs/DEVELOPMENT.md, "Installing").
 TORCH_SPEC ?= torch==2.13.0
 # The throw-away environment of `make lock` and `make test-latest`.
 LATEST ?= .venv-latest

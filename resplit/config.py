@@ -44,7 +44,7 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         256 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC send/receive message limit"
     )
-    # Transport security (see README, "Security"). The token itself is never a flag
+    # Transport security (docs/OPERATIONS.md, "Security"). The token itself is never a flag
     # (flags show in `ps`): it comes from --token-file or the RESPLIT_TOKEN variable.
     tls_cert: str = Field("", description="PEM certificate of this service (server and client side)")
     tls_key: str = Field("", description="PEM private key of --tls-cert")

@@ -1,6 +1,6 @@
 """Network namespaces joined by a bridge, with tc shaping per node.
 
-Topology (checked on the development machines, see shared notes): one bridge
+Topology (checked on the development machines; docs/TESTBED.md): one bridge
 in the root namespace holding ``.1`` of a private /24; one namespace per
 node, linked to the bridge by a veth pair whose inner end is ``eth0`` with
 ``.2``, ``.3``, ... Only these addresses (and loopback) are ever used.

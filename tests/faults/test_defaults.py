@@ -5,7 +5,7 @@
 A session that loses a hop reports its route's nodes to the orchestrator, which
 checks each one and re-plans at once when one is really gone (ReportFailure); the
 session keeps recovering until its own deadline. The stall each fault costs is printed
-(the longest gap between two tokens of any session; README, Faults).
+(the longest gap between two tokens of any session; docs/OPERATIONS.md, Faults).
 """
 
 from __future__ import annotations
