@@ -125,8 +125,11 @@ class ControlLoop:
                 raise
             except Exception:  # Redis away, or a bug: log it, the loop goes on
                 log.exception("control loop tick failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn a cancel that
+            # lands as its timeout fires into a TimeoutError, and the loop would outlive stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self._sleep_s())
+                async with asyncio.timeout(self._sleep_s()):
+                    await self._woken.wait()
             self._woken.clear()
 
     async def tick(self) -> None:
