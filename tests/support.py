@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def control_cycles(orchestrator: ServiceProcess) -> float:
-    """How many control cycles the orchestrator's loop has run (its /metrics)."""
+def control_cycles(orchestrator) -> float:
+    """How many control cycles the orchestrator's loop has run (its /metrics).
+    ``orchestrator``: anything with its ``http_port`` (a ServiceProcess, a stack record)."""
     import re
     import urllib.request
 
@@ -42,7 +43,7 @@ def control_cycles(orchestrator: ServiceProcess) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def quiet_window(orchestrator: ServiceProcess, seconds: float, min_cycles: int = 2) -> None:
+def quiet_window(orchestrator, seconds: float, min_cycles: int = 2) -> None:
     """Let ``seconds`` pass, then fail unless the control loop ran ``min_cycles`` cycles
     meanwhile: "nothing happened" proves nothing if the loop did not run."""
     before = control_cycles(orchestrator)

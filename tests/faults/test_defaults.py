@@ -15,11 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
+from support import quiet_window
 from traffic import Traffic, check, nodes_of, sessions_and_expected
 
 from resplit.launcher.stack import Stack, stack_file
@@ -120,7 +120,8 @@ def test_a_false_report_of_healthy_workers_changes_nothing(user):
         ("no-such-node", Verdict.STATE_UNKNOWN_NODE),
     ]
     assert stack.report(["worker-2"]).verdicts[0].detail == "recently alive"  # not checked again at once
-    time.sleep(6)  # past a whole Delta t (5 s) and a heartbeat TTL (6 s)
+    # Past a whole Delta t (5 s) and a heartbeat TTL (6 s), with the loop seen running.
+    quiet_window(stack.stack.by_name("orchestrator"), 6, min_cycles=1)
     assert stack.nodes()["worker-2"] == "UP"
     after = stack.plan("d-false")
     assert after.epoch == before.epoch and nodes_of(after) == nodes_of(before)

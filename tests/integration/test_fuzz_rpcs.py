@@ -410,12 +410,21 @@ def _roll_two_segments(env: Env, name: str) -> None:
 
 
 def _good_report(env: Env) -> Call:
-    """A report of a healthy worker, sent after the per-host report budget has refilled."""
+    """A report of a healthy worker; while the fuzzing has used up this host's report
+    budget (RESOURCE_EXHAUSTED, as it should be), it is sent again until the budget refills."""
 
     def work() -> None:
-        time.sleep(1.1)
         request = orchestrator_pb2.ReportFailureRequest(node_ids=["worker-1"], reporter="fuzz: well-formed")
-        (verdict,) = env.orchestrator.ReportFailure(request, timeout=30).verdicts
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                reply = env.orchestrator.ReportFailure(request, timeout=30)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        (verdict,) = reply.verdicts
         assert verdict.node_id == "worker-1" and verdict.state == orchestrator_pb2.FailureVerdict.STATE_UP
 
     return _in_thread(work, "a report of a healthy worker")
