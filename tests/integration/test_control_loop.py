@@ -159,19 +159,27 @@ def _deploy_own(local: LocalStack, name: str, model_dir, units: int, hysteresis:
         stub.Deploy(request, timeout=120)
 
 
-def _first_latency_event(local: LocalStack, name: str) -> common_pb2.DecisionEvent:
+def _report_latency(local: LocalStack, name: str) -> None:
+    """Three requests whose latency reports reach the monitor: the trigger fires once the EWMA exists."""
     with Client(local.orchestrator.address, monitor=local.monitor.address) as client:
-        for _ in range(3):  # latency reports: the trigger fires once the EWMA exists
+        for _ in range(3):
             route = client.route(name)
             assert len(list(client.generate_ids([5, 6, 7], route, Sampling(max_new_tokens=4)))) == 4
 
+
+def _latency_events(local: LocalStack, name: str) -> list[common_pb2.DecisionEvent]:
+    """The deployment's decision events with a latency trigger, as the log lists them."""
+    channel, stub = _stub(local)
+    with channel:
+        events = stub.ListEvents(orchestrator_pb2.ListEventsRequest(deployment=name), timeout=10).events
+    return [e for e in events if any(t.name == "latency" for t in e.triggers)]
+
+
+def _first_latency_event(local: LocalStack, name: str) -> common_pb2.DecisionEvent:
+    _report_latency(local, name)
+
     def fired():
-        channel, stub = _stub(local)
-        with channel:
-            events = stub.ListEvents(orchestrator_pb2.ListEventsRequest(deployment=name), timeout=10).events
-        return sorted(
-            (e for e in events if any(t.name == "latency" for t in e.triggers)), key=lambda e: e.timestamp
-        )
+        return sorted(_latency_events(local, name), key=lambda e: e.timestamp)
 
     return wait_for(fired, 30, 0.25, what=f"a latency-triggered decision of {name}")[0]
 
@@ -210,18 +218,10 @@ def test_a_latency_trigger_changes_the_plan_only_for_a_gain_above_hysteresis(
 
 def test_the_loop_logs_a_decision_when_latency_exceeds_l_max(adaptive):
     local, _ = adaptive
-    with Client(local.orchestrator.address, monitor=local.monitor.address) as client:
-        for _ in range(3):
-            route = client.route(NAME)
-            assert len(list(client.generate_ids([5, 6, 7], route, Sampling(max_new_tokens=4)))) == 4
-
-    def fired():
-        channel, stub = _stub(local)
-        with channel:
-            events = stub.ListEvents(orchestrator_pb2.ListEventsRequest(deployment=NAME), timeout=10).events
-        return [e for e in events if any(t.name == "latency" for t in e.triggers)]
-
-    event = wait_for(fired, 30, 0.25, what="a decision event with a latency trigger")[0]
+    _report_latency(local, NAME)
+    event = wait_for(
+        lambda: _latency_events(local, NAME), 30, 0.25, what="a decision event with a latency trigger"
+    )[0]
     (trigger,) = [t for t in event.triggers if t.name == "latency"]
     assert trigger.threshold == pytest.approx(L_MAX_MS) and trigger.value > L_MAX_MS
     assert "failed" not in event.reason, event.reason
