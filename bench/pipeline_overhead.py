@@ -27,6 +27,12 @@ then, alternating in every round:
   (``_plain_pipeline.py``): what splitting into processes costs on this host
   before any data plane. split / plain is the data plane's own share.
 
+Also counted, from the workers' own counters (``resplit_worker_messages_sent_total``):
+the data-plane messages per generated token, which on the ring (each hop forwards
+its activation, the head returns the token straight to the first hop) are three
+over three workers and two in the paper's placement, where the token never leaves
+worker-0. Before the ring a token came back through every hop: four and three.
+
 Workers and plain processes decode with the intra-op threads `resplit up` gives
 three co-located workers (``--decode-threads``: one each on a host of fewer than
 six cores, else all of them) and prefill with all; the whole model keeps torch's
@@ -52,6 +58,7 @@ import os
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -81,6 +88,19 @@ def paper_placement(segments: list[tuple[int, int, str]]) -> list[tuple[int, int
     """The same segments with S3 on S1's worker, as the paper and the default deploy place them."""
     first_node = segments[0][2]
     return [(a, b, first_node if i == len(segments) - 1 else n) for i, (a, b, n) in enumerate(segments)]
+
+
+def messages_sent(stack) -> float:
+    """Data-plane messages every worker has sent so far (its Prometheus counter)."""
+    total = 0.0
+    for record in stack.processes:
+        if record.kind != "worker":
+            continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{record.http_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("resplit_worker_messages_sent_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
@@ -179,6 +199,11 @@ def main() -> None:
             }
             for run in runs.values():  # warm-up
                 run(decode_prompt, 4)
+            messages = {}
+            for mode in ("split", "paper", "one"):  # per generated token, prefill's step included
+                before = messages_sent(stack)
+                runs[mode](decode_prompt, args.tokens)
+                messages[mode] = (messages_sent(stack) - before) / args.tokens
             for _ in track(range(args.rounds), description="rounds", console=console, transient=True):
                 ids = {}
                 for mode, run in runs.items():
@@ -196,7 +221,7 @@ def main() -> None:
     def ratios(mode: str, base: str) -> list[float]:
         return [s / w for s, w in zip(medians[mode], medians[base], strict=True)]
 
-    hops = 3  # client -> worker-0 -> worker-1 -> worker-2 or -0 (the token comes back the same way)
+    hops = 3  # client -> worker-0 -> worker-1 -> worker-2 (or -0), and the token back to worker-0
     columns = {
         "whole": "whole (1 process)",
         "engine": "segment code whole",
@@ -252,6 +277,16 @@ def main() -> None:
         "prefill (128 tokens), tokens/s",
         f"{rates['whole']:.0f}",
         *(f"{rates[m]:.0f} ({rates[m] / rates['whole']:.2f}x)" for m in modes[1:]),
+    )
+    table.add_row(
+        "data-plane messages per token (workers' counters)",
+        "",
+        "",
+        f"{messages['one']:.2f}",
+        "",
+        f"{messages['split']:.2f}",
+        f"{messages['paper']:.2f}",
+        "",
     )
     table.add_row("gRPC Ping round trip to worker-1, median ms", "", "", "", "", f"{ping:.2f}", "", "")
     console.print(table)

@@ -163,12 +163,13 @@ from .top import top  # noqa: E402
 
 app.command()(top)
 
-from .control import apply, events, show  # noqa: E402
+from .control import apply, events, show, watch  # noqa: E402
 from .plan import plan_app  # noqa: E402
 from .testbed import testbed_app  # noqa: E402
 
 app.command()(events)
 plan_app.command()(show)
 plan_app.command()(apply)
+plan_app.command()(watch)
 app.add_typer(plan_app, name="plan")
 app.add_typer(testbed_app, name="testbed")

@@ -1,5 +1,5 @@
-"""``resplit events`` and ``resplit plan show / apply``: the orchestrator's decision
-log and plans, read and forced from the command line."""
+"""``resplit events`` and ``resplit plan show / apply / watch``: the orchestrator's
+decision log, plans and routes, read, forced and followed from the command line."""
 
 from __future__ import annotations
 
@@ -132,3 +132,33 @@ def apply(
     )
     plan = _call("ApplyPlan", request, orchestrator, state_dir, timeout)
     console.print(plan_table(plan))
+
+
+def watch(
+    deployment: Annotated[str, typer.Argument(help="deployment name")],
+    count: Annotated[int, typer.Option(min=0, help="stop after this many routes (0: until Ctrl-C)")] = 0,
+    after_epoch: Annotated[int, typer.Option(min=0, help="only routes of later epochs")] = 0,
+    orchestrator: Orchestrator = None,
+    state_dir: StateDir = Path(".resplit"),
+) -> None:
+    """Follow the deployment's route: one line per epoch as plans commit (the current one first)."""
+    address = service_address("orchestrator", orchestrator, state_dir)
+    request = orchestrator_pb2.WatchRouteRequest(deployment=deployment, after_epoch=after_epoch)
+    seen = 0
+    with sync_channel(address) as channel:
+        stream = orchestrator_pb2_grpc.OrchestratorServiceStub(channel).WatchRoute(request)
+        try:
+            for route in stream:
+                hops = " -> ".join(f"[{h.units.start}, {h.units.end})@{h.node_id}" for h in route.hops)
+                now = datetime.datetime.now().strftime("%H:%M:%S")
+                console.print(f"{now}  epoch {route.epoch}  {hops}", soft_wrap=True)
+                seen += 1
+                if count and seen >= count:
+                    break
+        except grpc.RpcError as exc:
+            err.print(f"[red]{exc.code().name}[/red]: {exc.details()}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stream.cancel()

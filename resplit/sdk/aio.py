@@ -64,10 +64,15 @@ class AsyncClient(ClientBase):
         return await self._orchestrator().GetRoute(request, timeout=30)
 
     async def deployment(self, name: str) -> common_pb2.Deployment:
+        """The deployment ``name`` (asked once per client, then cached)."""
+        cached = self._cached_deployment(name)
+        if cached is not None:
+            return cached
         listed = await self._orchestrator().ListDeployments(
             orchestrator_pb2.ListDeploymentsRequest(), timeout=30
         )
-        return pick_deployment(listed.deployments, name)
+        self._deployments[name] = found = pick_deployment(listed.deployments, name)
+        return found
 
     def _report_latency(self, deployment: str, started: float, tokens: int) -> None:
         """Feed the monitor's latency EWMA in the background; never an error here."""
@@ -84,7 +89,13 @@ class AsyncClient(ClientBase):
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
-    async def _newer_route(self, route: common_pb2.Route) -> common_pb2.Route | None:
+    async def _newer_route(self, exchange) -> common_pb2.Route | None:
+        """Where to move the session: the route its last token carried, else (throttled)
+        the orchestrator's, when newer."""
+        route = exchange.route
+        pushed = self._pushed_route(exchange)
+        if pushed is not None:
+            return pushed
         if not self._route_check_due():
             return None
         try:
@@ -202,7 +213,7 @@ class AsyncClient(ClientBase):
                     await call.done_writing()
                     return
                 if token is not None and exchange.moved():
-                    route = await self._newer_route(exchange.route)
+                    route = await self._newer_route(exchange)
                     if route is not None:
                         moving = True
                         outcome.extend((call, route))

@@ -90,10 +90,25 @@ class ClientBase:
         self.reporter = f"sdk {socket.gethostname()} pid {os.getpid()}"
         self.server_loop = server_loop
         self._route_checked = 0.0
+        #: Deployments by name, as first listed (the tokenizer's model directory).
+        self._deployments: dict[str, common_pb2.Deployment] = {}
         #: Latency reports still going out: grpc futures, or asyncio tasks.
         self._reports: set = set()
         #: One channel per address (grpc.Channel, or grpc.aio.Channel).
         self._channels: dict = {}
+
+    def _pushed_route(self, exchange) -> common_pb2.Route | None:
+        """The newer route the first hop sent with the last token, if any: the session moves
+        there without asking the orchestrator."""
+        pushed = getattr(exchange, "pushed_route", None)
+        if pushed is None or pushed.epoch <= exchange.route.epoch or not pushed.hops:
+            return None
+        if pushed.deployment and pushed.deployment != exchange.route.deployment:
+            return None
+        return pushed
+
+    def _cached_deployment(self, name: str) -> common_pb2.Deployment | None:
+        return self._deployments.get(name)
 
     def _route_check_due(self) -> bool:
         """Whether to ask for the route now: a failed ask waits a while before the next,

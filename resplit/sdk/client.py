@@ -5,10 +5,11 @@ hop, and stream tokens (or get embeddings) back. Errors from the workers come
 back as ``grpc.RpcError`` with their status code and message.
 
 Sessions follow reconfigurations: when a token reports a newer epoch, the
-client fetches the new route and moves the session there before the next
-step (its cache pulled by the new hops while the old session stays open);
-when a hop fails, or the cache cannot be moved, it replays the token history
-on the current route. The caller sees the same tokens either way.
+client moves the session to the route that token carries (or, when the first
+hop did not know it, the orchestrator's) before the next step, its cache pulled
+by the new hops while the old session stays open; when a hop fails, or the
+cache cannot be moved, it replays the token history on the current route. The
+caller sees the same tokens either way.
 """
 
 from __future__ import annotations
@@ -78,8 +79,13 @@ class Client(ClientBase):
         )
 
     def deployment(self, name: str) -> common_pb2.Deployment:
+        """The deployment ``name`` (asked once per client, then cached)."""
+        cached = self._cached_deployment(name)
+        if cached is not None:
+            return cached
         listed = self._orchestrator().ListDeployments(orchestrator_pb2.ListDeploymentsRequest(), timeout=30)
-        return pick_deployment(listed.deployments, name)
+        self._deployments[name] = found = pick_deployment(listed.deployments, name)
+        return found
 
     def _report_latency(self, deployment: str, started: float, tokens: int) -> None:
         """Feed the monitor's per-deployment latency EWMA without waiting for it."""
@@ -91,7 +97,13 @@ class Client(ClientBase):
         self._reports.add(stub.ReportLatency.future(sample, timeout=2.0))  # not awaited here
 
     # -- data plane ----------------------------------------------------------
-    def _newer_route(self, route: common_pb2.Route) -> common_pb2.Route | None:
+    def _newer_route(self, exchange) -> common_pb2.Route | None:
+        """Where to move the session: the route its last token carried, else (throttled)
+        the orchestrator's, when newer."""
+        route = exchange.route
+        pushed = self._pushed_route(exchange)
+        if pushed is not None:
+            return pushed
         if not self._route_check_due():
             return None
         try:
@@ -168,7 +180,7 @@ class Client(ClientBase):
                     call.send(following)
                     return None
                 if token is not None and exchange.moved():
-                    route = self._newer_route(exchange.route)
+                    route = self._newer_route(exchange)
                     if route is not None:
                         moving = True
                         return call, route

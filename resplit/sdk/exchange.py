@@ -115,6 +115,8 @@ class GenerateExchange:
     generated: list[int] = field(default_factory=list)
     #: The newest epoch a hop reported with the last token.
     latest_epoch: int = 0
+    #: That epoch's route, when the first hop sent it with the token.
+    pushed_route: common_pb2.Route | None = None
     #: How many times the session crossed to a new epoch, by cache move and by replay.
     migrations: int = 0
     replays: int = 0
@@ -209,6 +211,8 @@ class GenerateExchange:
         )
         self._pending_logits = None
         self.latest_epoch = out.latest_epoch
+        if out.HasField("route"):
+            self.pushed_route = out.route
         self.generated.append(token.token_id)
         if out.finished:
             return token, [self.closing()], True

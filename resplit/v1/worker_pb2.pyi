@@ -35,7 +35,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "units", "return_logits", "start_step", "generated", "context_tokens", "migrate_from", "migrate_epoch", "server_loop")
+    __slots__ = ("session_id", "deployment", "epoch", "task", "sampling", "downstream", "units", "return_logits", "start_step", "generated", "context_tokens", "migrate_from", "migrate_epoch", "server_loop", "ring", "ring_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,8 @@ class OpenSession(_message.Message):
     MIGRATE_FROM_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     SERVER_LOOP_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
+    RING_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     deployment: str
     epoch: int
@@ -64,7 +66,9 @@ class OpenSession(_message.Message):
     migrate_from: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hop]
     migrate_epoch: int
     server_loop: bool
-    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., return_logits: _Optional[bool] = ..., start_step: _Optional[int] = ..., generated: _Optional[int] = ..., context_tokens: _Optional[int] = ..., migrate_from: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., migrate_epoch: _Optional[int] = ..., server_loop: _Optional[bool] = ...) -> None: ...
+    ring: _common_pb2.Hop
+    ring_key: str
+    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., downstream: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., return_logits: _Optional[bool] = ..., start_step: _Optional[int] = ..., generated: _Optional[int] = ..., context_tokens: _Optional[int] = ..., migrate_from: _Optional[_Iterable[_Union[_common_pb2.Hop, _Mapping]]] = ..., migrate_epoch: _Optional[int] = ..., server_loop: _Optional[bool] = ..., ring: _Optional[_Union[_common_pb2.Hop, _Mapping]] = ..., ring_key: _Optional[str] = ...) -> None: ...
 
 class TokenInput(_message.Message):
     __slots__ = ("step", "input_ids", "attention_mask", "rows")
@@ -105,20 +109,22 @@ class SessionOpened(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class TokenOutput(_message.Message):
-    __slots__ = ("step", "token_id", "logprob", "finished", "finish_reason", "latest_epoch")
+    __slots__ = ("step", "token_id", "logprob", "finished", "finish_reason", "latest_epoch", "route")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     LATEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     step: int
     token_id: int
     logprob: float
     finished: bool
     finish_reason: str
     latest_epoch: int
-    def __init__(self, step: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., latest_epoch: _Optional[int] = ...) -> None: ...
+    route: _common_pb2.Route
+    def __init__(self, step: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., latest_epoch: _Optional[int] = ..., route: _Optional[_Union[_common_pb2.Route, _Mapping]] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
     __slots__ = ("opened", "token", "result")
@@ -129,6 +135,24 @@ class ForwardResponse(_message.Message):
     token: TokenOutput
     result: _tensor_pb2.TensorChunk
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., token: _Optional[_Union[TokenOutput, _Mapping]] = ..., result: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class ReturnMessage(_message.Message):
+    __slots__ = ("session_id", "deployment", "epoch", "ring_key", "reply")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RING_KEY_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    deployment: str
+    epoch: int
+    ring_key: str
+    reply: ForwardResponse
+    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., ring_key: _Optional[str] = ..., reply: _Optional[_Union[ForwardResponse, _Mapping]] = ...) -> None: ...
+
+class ReturnAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class LoadSegmentRequest(_message.Message):
     __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression", "private_depth")

@@ -39,6 +39,11 @@ class WorkerServiceStub:
                 request_serializer=resplit_dot_v1_dot_worker__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=resplit_dot_v1_dot_worker__pb2.ForwardResponse.FromString,
                 _registered_method=True)
+        self.Return = channel.stream_unary(
+                '/resplit.v1.WorkerService/Return',
+                request_serializer=resplit_dot_v1_dot_worker__pb2.ReturnMessage.SerializeToString,
+                response_deserializer=resplit_dot_v1_dot_worker__pb2.ReturnAck.FromString,
+                _registered_method=True)
         self.LoadSegment = channel.unary_unary(
                 '/resplit.v1.WorkerService/LoadSegment',
                 request_serializer=resplit_dot_v1_dot_worker__pb2.LoadSegmentRequest.SerializeToString,
@@ -80,7 +85,19 @@ class WorkerServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Forward(self, request_iterator, context):
-        """The data plane: one bidirectional stream per session per hop.
+        """The data plane: one bidirectional stream per session per hop. The first
+        hop answers the client on it; later hops only confirm the session and
+        end the stream with a status when they refuse or fail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Return(self, request_iterator, context):
+        """The ring's closing link: the head hop sends what it produces for a session
+        (tokens, logits, embeddings) straight to the session's first hop, which
+        passes it to the client and runs the next step. Opened by the head hop
+        when the session opens (see OpenSession.ring).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +163,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     request_deserializer=resplit_dot_v1_dot_worker__pb2.ForwardRequest.FromString,
                     response_serializer=resplit_dot_v1_dot_worker__pb2.ForwardResponse.SerializeToString,
             ),
+            'Return': grpc.stream_unary_rpc_method_handler(
+                    servicer.Return,
+                    request_deserializer=resplit_dot_v1_dot_worker__pb2.ReturnMessage.FromString,
+                    response_serializer=resplit_dot_v1_dot_worker__pb2.ReturnAck.SerializeToString,
+            ),
             'LoadSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadSegment,
                     request_deserializer=resplit_dot_v1_dot_worker__pb2.LoadSegmentRequest.FromString,
@@ -209,6 +231,33 @@ class WorkerService:
             '/resplit.v1.WorkerService/Forward',
             resplit_dot_v1_dot_worker__pb2.ForwardRequest.SerializeToString,
             resplit_dot_v1_dot_worker__pb2.ForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Return(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/resplit.v1.WorkerService/Return',
+            resplit_dot_v1_dot_worker__pb2.ReturnMessage.SerializeToString,
+            resplit_dot_v1_dot_worker__pb2.ReturnAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,9 +26,9 @@ def main() -> None:
     settings = load_settings(WorkerSettings, "resplit-worker")
     from resplit.rpc.server import run
 
-    from .server import WorkerCore
+    from .server import WorkerService
 
-    run(WorkerCore, settings)
+    run(WorkerService, settings)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,6 @@ class WorkerSettings(ServiceSettings):
         description="run a lone session's single-threaded decode steps on the event loop's thread "
         "(no hand-off to the compute thread); never with --emulate",
     )
-    local_tokens: bool = Field(
-        True,
-        description="where a session's first and last segments both run here, the first takes each "
-        "token from the last as it is sampled instead of waiting for it to come back over the network",
-    )
     lean_decode: bool = Field(
         True,
         description="decode steps of Llama-style blocks skip transformers' per-module call overhead "

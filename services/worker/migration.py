@@ -24,7 +24,7 @@ from resplit.v1 import worker_pb2
 from .core.errors import MigrationFailed, NotHosted
 from .core.migration import Collector, Source, chunks_of, sources
 from .core.sessions import Session, SessionTable
-from .hops import Channels
+from .streams import Channels
 
 log = logging.getLogger(__name__)
 

@@ -128,6 +128,9 @@ def test_apply_plan_rolls_out_and_logs_resplit_then_migrate(adaptive):
     assert "epoch 3" in out and "operator: swap" in out
     shown = _cli(local, "plan", "show", NAME)
     assert "epoch 3" in shown and "worker-1" in shown and f"[0, {half})" in shown
+    # WatchRoute through the CLI: the route in force first, or only later epochs' routes
+    watched = _cli(local, "plan", "watch", NAME, "--count", "1", "--after-epoch", "2")
+    assert f"epoch 3  [0, {half})@worker-1 -> [{half}, {units})@worker-0" in watched, watched
 
     channel, stub = _stub(local)
     with channel:

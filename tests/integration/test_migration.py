@@ -223,7 +223,9 @@ def test_replay_rebuilds_a_session_whose_old_hop_died(stack, models):
 def test_a_server_loop_session_stops_at_the_new_epoch_and_moves_its_cache(stack, models):
     """The first hop runs the decode loop itself (the client only reads): when a plan
     commits mid-session, the loop stops at the first token that names the new epoch,
-    the client moves the cache there, and the new first hop loops again."""
+    the client moves the cache there, and the new first hop loops again. The new route
+    comes with that token (the first hop's worker learned it with the commit): the
+    client never asks the orchestrator for it."""
     stack.deploy("looping", models["llama"], START)
     prompt, new_tokens = [9, 10, 11, 12], 480  # long enough to outlast a rollout
     expected = _reference(models["llama"], [prompt], new_tokens)[0]
@@ -240,6 +242,11 @@ def test_a_server_loop_session_stops_at_the_new_epoch_and_moves_its_cache(stack,
     with Client(stack.orchestrator.address) as client:
         exchange = GenerateExchange(client.route("looping"), prompt, Sampling(max_new_tokens=new_tokens))
         assert exchange.server_loop  # the default
+
+        def asked(deployment: str):
+            raise AssertionError(f"the session asked the orchestrator for the route of {deployment!r}")
+
+        client.route = asked
         for token in client._run(exchange):
             tokens.append(token.token_id)
             started.set()
@@ -248,3 +255,5 @@ def test_a_server_loop_session_stops_at_the_new_epoch_and_moves_its_cache(stack,
     assert after_commit > 0, "the session ended before the rollout committed: nothing was tested"
     assert tokens == expected
     assert (exchange.migrations, exchange.replays) == (1, 0), exchange.recovered_from
+    with Client(stack.orchestrator.address) as other:  # the pushed route is the orchestrator's
+        assert exchange.route == other.route("looping")

@@ -15,6 +15,7 @@ EXPECTED_RPCS = {
         "WorkerService",
         {
             "Forward",
+            "Return",
             "LoadSegment",
             "CommitEpoch",
             "ReleaseSegment",

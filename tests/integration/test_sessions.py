@@ -90,9 +90,9 @@ def _steps(procs) -> dict[str, float]:
     return _counted(procs, "resplit_worker_steps_total", "thread", ("loop", "compute"))
 
 
-def _tokens_passed(procs) -> dict[str, float]:
-    """resplit_worker_tokens_passed_total by where the hop took the token from."""
-    return _counted(procs, "resplit_worker_tokens_passed_total", "source", ("here", "network"))
+def _tokens_returned(procs) -> dict[str, float]:
+    """resplit_worker_tokens_returned_total by the link the head hop returned the token on."""
+    return _counted(procs, "resplit_worker_tokens_returned_total", "link", ("local", "network"))
 
 
 def test_a_lone_sessions_steps_run_on_the_event_loop_and_concurrent_ones_on_the_compute_thread(
@@ -129,28 +129,30 @@ def test_a_lone_sessions_steps_run_on_the_event_loop_and_concurrent_ones_on_the_
     _all_closed(stack.worker_procs)
 
 
-def test_the_first_segment_takes_the_token_sampled_on_its_own_worker(stack, tiny_models):
-    """The paper's placement (S1 and S3 on worker-0, S2 on worker-2): worker-0's first hop
-    takes each token from its own head segment instead of waiting for the copy relayed back
-    through worker-2, and drops that copy; the client sees the whole model's tokens, each
-    once. With the head elsewhere (two segments on two workers) the token comes the network way."""
+def test_the_head_hop_returns_each_token_straight_to_the_first_hop(stack, tiny_models):
+    """The ring: the paper's placement (S1 and S3 on worker-0, S2 on worker-2) hands each
+    token to the first hop inside worker-0; over four workers (head on worker-1) each token
+    crosses one Return stream from worker-1 to worker-0, never the middle hops. Either way
+    the client sees the whole model's tokens, each once, and every stream is closed after."""
     model_dir = tiny_models["llama"]
     units = num_units(Checkpoint(model_dir).config)
-    stack.deploy("shortcut", model_dir, spread(units, 3))
-    stack.deploy("no-shortcut", model_dir, spread(units, 2))
+    stack.deploy("ring-paper", model_dir, spread(units, 3))
+    stack.deploy("ring-four", model_dir, spread(units, 4))
     prompt = [10, 20, 30, 40, 50]
     expected = _reference(model_dir, prompt, 12)
     with Client(stack.orchestrator.address) as client:
-        for deployment, here, network in (("shortcut", 12, 12), ("no-shortcut", 0, 12)):
-            _all_closed(stack.worker_procs)
-            before = _tokens_passed(stack.worker_procs)
-            route = client.route(deployment)
-            got = [t.token_id for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=12))]
-            assert got == expected, deployment
-            _all_closed(stack.worker_procs)
-            after = _tokens_passed(stack.worker_procs)
-            # The middle hop relays every token (network); worker-0 takes them from its head (here).
-            assert (after["here"] - before["here"], after["network"] - before["network"]) == (here, network)
+        for deployment, local, network in (("ring-paper", 12, 0), ("ring-four", 0, 12)):
+            for server_loop in (True, False):
+                client.server_loop = server_loop
+                _all_closed(stack.worker_procs)
+                before = _tokens_returned(stack.worker_procs)
+                route = client.route(deployment)
+                got = [t.token_id for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=12))]
+                assert got == expected, (deployment, server_loop)
+                _all_closed(stack.worker_procs)
+                after = _tokens_returned(stack.worker_procs)
+                returned = (after["local"] - before["local"], after["network"] - before["network"])
+                assert returned == (local, network), (deployment, server_loop)
 
 
 def test_eight_concurrent_sessions_each_exactly_right(stack, tiny_models):

@@ -151,3 +151,44 @@ def test_an_unreachable_orchestrator_is_asked_again_only_after_a_while(monkeypat
     assert not client._route_check_due()
     now[0] += ROUTE_CHECK_INTERVAL_S
     assert client._route_check_due()
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_a_session_moves_to_the_route_its_token_carries_only_when_it_is_newer(cls):
+    client, exchange = cls(), _exchange()
+    assert client._pushed_route(exchange) is None  # no token carried one
+    newer = common_pb2.Route(deployment="d", epoch=4, hops=ROUTE.hops)
+    for pushed, taken in (
+        (newer, True),
+        (common_pb2.Route(deployment="d", epoch=3, hops=ROUTE.hops), False),  # not newer
+        (common_pb2.Route(deployment="other", epoch=4, hops=ROUTE.hops), False),
+        (common_pb2.Route(deployment="d", epoch=4), False),  # no hops: nothing to open
+    ):
+        exchange.pushed_route = pushed
+        assert (client._pushed_route(exchange) is pushed) == taken, pushed
+
+
+def test_the_token_that_reports_a_newer_epoch_hands_its_route_to_the_session():
+    from resplit.v1 import worker_pb2
+
+    exchange = _exchange()
+    newer = common_pb2.Route(deployment="d", epoch=4, hops=ROUTE.hops)
+    token = worker_pb2.TokenOutput(step=0, token_id=7, latest_epoch=4, route=newer)
+    exchange.handle(worker_pb2.ForwardResponse(token=token))
+    assert exchange.moved() and exchange.pushed_route == newer
+
+
+def test_the_client_lists_deployments_once():
+    class _Orchestrator:
+        listed = 0
+
+        def ListDeployments(self, request, timeout):
+            _Orchestrator.listed += 1
+            from resplit.v1 import orchestrator_pb2
+
+            return orchestrator_pb2.ListDeploymentsResponse(deployments=[common_pb2.Deployment(name="d")])
+
+    client = Client()
+    client._orchestrator = _Orchestrator
+    assert client.deployment("d").name == client.deployment("d").name == "d"
+    assert _Orchestrator.listed == 1

@@ -8,7 +8,7 @@ import pytest
 
 from resplit.sdk.exchange import GenerateExchange, Sampling
 from resplit.v1 import common_pb2, tensor_pb2, worker_pb2
-from services.worker.forward import fed_back
+from services.worker.core.step import fed_back
 
 ROUTE = common_pb2.Route(
     deployment="d", epoch=3, hops=[common_pb2.Hop(address="127.0.0.1:1", units=common_pb2.UnitRange(end=4))]

@@ -70,27 +70,26 @@ def test_every_term_matches_the_hand_computation():
     assert cost.memory_bytes == {"A": 2 * MIB, "B": 2 * MIB}
 
 
-def test_with_a_second_trusted_node_the_token_may_travel_back_and_the_model_counts_its_way():
-    """B trusted too: a plan could put the head on B, so the way back is counted on every hop
-    (RTT/2 + the 4-byte result), here even for a plan whose head runs on A."""
+def test_a_head_away_from_unit_0_pays_the_rings_closing_link_once_per_step():
+    """B trusted too, the head on B: each step's token goes from B straight back to A (RTT/2 +
+    the 4-byte result: 5.004 ms), on top of the one forward hop A -> B. The paper's placement
+    (head with unit 0 on A) pays no closing link: the same transfer as with A trusted alone."""
     trusting_b = _problem(policy=Policy(alpha=1.0, beta=100.0, trusted_node_ids=frozenset({"B"})))
-    assert not trusting_b.token_stays_home() and _problem().token_stays_home()
-    b = evaluate(trusting_b, S1_S2_S3).breakdown
-    # each hop: RTT 10 ms + (10 x 1000 + 4) B x 8 / 8 Mb/s = 20.004 ms prefill, 11.004 ms decode
-    assert b.prefill_ms == pytest.approx(5 + 2 * 20 + 2 * 20.004)
-    assert b.decode_ms_per_token == pytest.approx(0.5 + 2 * 2 + 2 * 11.004)
-    assert b.transfer_ms == pytest.approx(2 * 20.004 + 2 * 2 * 11.004)
+    head_on_b = evaluate(trusting_b, Plan((Segment(0, 2, "A"), Segment(2, 3, "B"))))
+    assert head_on_b.feasible, head_on_b.violations
+    # the hop into the head carries unit 1's activation (1000 B/token): 15 ms prefill, 6 ms decode
+    assert head_on_b.breakdown.transfer_ms == pytest.approx((15 + 5.004) + 2 * (6 + 5.004))
+    home = evaluate(trusting_b, S1_S2_S3).breakdown
+    assert home.transfer_ms == pytest.approx(2 * 15 + 2 * 2 * 6)
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"workload": Workload(prompt_tokens=10, generate_tokens=0)},  # an embedding: the result comes back
-        {"policy": Policy(alpha=1.0, beta=100.0, soft_privacy=True, gamma=1.0)},  # the head may go anywhere
-    ],
-)
-def test_the_way_back_counts_unless_every_plan_keeps_the_token_home(changes):
-    assert not _problem(**changes).token_stays_home()
+def test_no_link_from_the_head_back_to_unit_0_breaks_the_plan():
+    one_way = _problem(
+        links=(Link("A", "B", 8.0, 10.0),),
+        policy=Policy(alpha=1.0, beta=100.0, trusted_node_ids=frozenset({"B"})),
+    )
+    cost = evaluate(one_way, Plan((Segment(0, 2, "A"), Segment(2, 3, "B"))))
+    assert cost.violations == ["links: no link from 'B' to 'A' (the head returns results there)"]
 
 
 def test_memory_over_capacity_breaks_constraint_4():

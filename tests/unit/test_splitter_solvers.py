@@ -178,3 +178,25 @@ def test_a_solved_plan_goes_back_on_the_wire_with_its_cost():
     ]
     assert pb.predicted.phi == pytest.approx(solution.cost.phi) and pb.reason == "why" and pb.epoch == 0
     assert np.isfinite(pb.predicted.throughput_tps)
+
+
+@pytest.mark.parametrize("back_rtt_ms", [1.0, 20.0, 200.0, 2000.0])
+def test_the_solvers_charge_the_rings_closing_link_exactly(back_rtt_ms):
+    """Two trusted nodes, the faster one (mec, too small for the whole model) close to the
+    edge one way and, as the link back gets longer, far the other: whether the head goes to
+    mec depends on the link from the head back to unit 0's node, a term that couples the
+    first and last unit and that no forward hop shows. The exact solver (one chain per node
+    of unit 0) matches brute force at every RTT (solving the chain without the closing link
+    does not), and greedy never beats it."""
+    nodes = (
+        Node("edge", 40 * GIB, 2e13, 0.3, True, "", 4e11),
+        Node("mec", 4 * GIB, 2e14, 0.1, True, "", 2e12),
+    )
+    links = (Link("edge", "mec", 1000.0, 1.0), Link("mec", "edge", 1000.0, back_rtt_ms))
+    problem = Problem(SMALL, nodes, links, Policy(private_depth=0), Workload(64, 16))
+    inst = instance.build(problem, Mode.RESPLIT)
+    result = exact.solve(inst)
+    oracle = brute.brute_force(inst)
+    best = instance.score(inst, oracle).phi[0]
+    assert instance.score(inst, result.assign).phi[0] == pytest.approx(best)
+    assert solve(problem, kind=SolverKind.GREEDY).cost.phi >= best * (1 - 1e-9)

@@ -9,14 +9,15 @@ Per request (DESIGN.md, "Cost model"):
   the published figure). Attention adds FLOPs per attended position.
 * **queueing** is M/M/1 against the node's measured utilization ``u``: time in
   system = service / (1 - u), so queueing = service * u / (1 - u).
-* **transfer** per hop: ``RTT/2 + bytes / bandwidth`` forward, and ``RTT/2``
-  for the result that flows back along the same stream (DESIGN.md, data
-  plane), so one hop costs ``RTT + bytes / bandwidth``; forward only where
-  every allowed plan runs the head on unit 0's node
-  (:meth:`Problem.token_stays_home`), since the first hop then takes the token
-  where it is sampled. Where that depends on the plan the way back is counted
-  (an overestimate for plans that keep the head with unit 0): the condition
-  couples the first and the last unit, which the chain DP cannot see.
+* **transfer** per hop: ``RTT/2 + bytes / bandwidth`` forward. The result
+  (the token, or an embedding) does not come back through the hops: the head
+  hop returns it straight to the first hop, which runs the next step (the
+  ring, docs/DATA_PLANE.md). That closing link costs ``RTT/2 + result bytes /
+  bandwidth`` from the head's node to unit 0's node per step, nothing when
+  they are the same node (the paper's placement). It couples the first and
+  the last unit, which a chain DP cannot see: ``ring.py`` solves once per
+  node unit 0 may run on, with that node's closing link folded into the
+  head's cost (the trusted set is small).
 * ``L = prefill + (G - 1) * decode`` for ``G`` generated tokens (the prefill
   yields the first one).
 * ``U = max_n rho_n`` with ``rho_n = u_n + request_rate * busy_n`` (busy_n =
@@ -45,7 +46,7 @@ from resplit.core.devices import roofline as _roofline
 
 from .problem import GIB, Node, Plan, Problem, Unit, Workload
 
-#: Bytes of the result sent back per hop (a token id); negligible next to RTT.
+#: Bytes of the result the head hop returns to the first hop per step (a token id).
 RESULT_BYTES = 4
 
 
@@ -62,13 +63,10 @@ def decode_service_s(flops, attn, param_bytes, kv, work: Workload, flops_per_s, 
     return _roofline(flops + attn * context, param_bytes + kv * context, flops_per_s, bandwidth_bps)
 
 
-def hop_ms(rtt_ms, bandwidth_mbps, payload_bytes, back: bool = True):
-    """One hop: RTT/2 + payload / bandwidth forward, then, with ``back``, RTT/2 + the
-    result on its way back. Without: the token stays where it was sampled
-    (:meth:`Problem.token_stays_home`)."""
-    if not back:
-        return rtt_ms / 2.0 + payload_bytes * 8.0 / (bandwidth_mbps * 1e3)
-    return rtt_ms + (payload_bytes + RESULT_BYTES) * 8.0 / (bandwidth_mbps * 1e3)
+def hop_ms(rtt_ms, bandwidth_mbps, payload_bytes):
+    """One hop: RTT/2 + payload / bandwidth, forward (the ring's closing link too, with
+    the result as payload)."""
+    return rtt_ms / 2.0 + payload_bytes * 8.0 / (bandwidth_mbps * 1e3)
 
 
 def wire_ms(bandwidth_mbps, payload_bytes):
@@ -162,7 +160,6 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     wire: dict[tuple[str, str], float] = {}
     prefill = decode = 0.0
     steps = work.decode_steps
-    back = not problem.token_stays_home()
     for pos, seg in enumerate(plan.segments):
         node = nodes[seg.node_id]
         factor = slowdown(node.utilization)
@@ -189,13 +186,24 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
             prefill = decode = float("inf")
             continue
         act = units[seg.start - 1].activation_bytes_per_token
-        hop_pre = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, work.prompt_tokens * act, back))
-        hop_dec = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, act, back))
+        hop_pre = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, work.prompt_tokens * act))
+        hop_dec = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, act))
         prefill += hop_pre
         decode += hop_dec
         out.transfer_ms += hop_pre + steps * hop_dec
         key = (prev.node_id, seg.node_id)
         wire[key] = wire.get(key, 0.0) + float(wire_ms(link.bandwidth_mbps, act))
+    head, first = plan.segments[-1].node_id, plan.segments[0].node_id
+    if head != first:  # the ring's closing link: each step's result, head -> first hop
+        link = links.get((head, first))
+        if link is None:
+            violations.append(f"links: no link from {head!r} to {first!r} (the head returns results there)")
+            prefill = decode = float("inf")
+        else:
+            ring = float(hop_ms(link.rtt_ms, link.bandwidth_mbps, RESULT_BYTES))
+            prefill += ring
+            decode += ring
+            out.transfer_ms += ring * (1 + steps)
     rho = {}
     for node in problem.nodes:
         rho[node.node_id] = node.utilization + work.request_rate * busy_s[node.node_id]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import dp, lagrange, milp
+from . import dp, lagrange, milp, ring
 from .instance import INF, REL_TOL, Instance, score
 from .problem import Objective
 
@@ -53,6 +53,21 @@ def _close(value: float, bound: float) -> bool:
 
 
 def solve(inst: Instance, time_limit_s: float | None = None) -> ExactResult:
+    """The optimum: one chain problem per node unit 0 may run on (``ring.py``), the best
+    of them; proven when each is."""
+    subs = ring.by_first_node(inst)
+    limit = None if time_limit_s is None else time_limit_s / len(subs)
+    results = [_chain(sub, limit) for sub in subs]
+    chosen = ring.best(inst, [r.assign for r in results])
+    result = results[0] if chosen is None else results[chosen]
+    proven = all(r.proven for r in results)
+    detail = result.detail
+    if len(subs) > 1:
+        detail += f" (best of {len(subs)}, one per node unit 0 may run on: the ring's closing link)"
+    return ExactResult(result.assign, detail, proven)
+
+
+def _chain(inst: Instance, time_limit_s: float | None) -> ExactResult:
     if inst.problem.policy.objective is Objective.THROUGHPUT:
         return _throughput(inst, time_limit_s)
     return _latency(inst, INF, time_limit_s)

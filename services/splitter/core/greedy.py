@@ -38,6 +38,10 @@ def greedy(inst: Instance, stage_cap: float = INF) -> np.ndarray | None:
                 if inst.hop_stage[a, prev, k] > stage_cap:
                     continue
                 cost += float(inst.hop_cost[a, prev, k])
+            if b == n and a > 0:  # the head returns each result to unit 0's node (the ring)
+                if not np.isfinite(inst.ring_cost[k, assign[0]]):
+                    continue
+                cost += float(inst.ring_cost[k, assign[0]])
             if b < n and not _head_still_fits(memory, k, need, head_mem, head_ok, inst.capacity):
                 continue
             if cost < best_cost or (cost == best_cost and k == prev):

@@ -46,6 +46,10 @@ class Instance:
     hop_cost: np.ndarray
     #: [b, j, k]: per-token milliseconds the link j->k is busy with the activation into unit b.
     hop_stage: np.ndarray
+    #: [j, k]: alpha * latency of the ring's closing link, the head on node j returning each
+    #: step's result to unit 0's node k; 0 on the diagonal, inf without a link. It couples
+    #: the first and the last unit: the chain solvers see it through ``ring.py``.
+    ring_cost: np.ndarray
     #: Interior unit indices where a segment may start (all of 1..n-1 when RESPLIT).
     cuts: tuple[int, ...]
     #: PLACEMENT_ONLY: neighbouring fixed segments may share a node.
@@ -126,7 +130,7 @@ def build(problem: Problem, mode: Mode) -> Instance:
         cost = cost + policy.migration_weight * moved * (mem[:, None] / GIB)
     unit_cost = np.where(allowed, cost, INF)
 
-    hop_cost, hop_stage = _hops(problem, n, count)
+    hop_cost, hop_stage, ring_cost = _hops(problem, n, count)
     if mode is Mode.PLACEMENT_ONLY:
         if problem.current is None:
             raise ValueError("PLACEMENT_ONLY needs the current plan")
@@ -146,13 +150,14 @@ def build(problem: Problem, mode: Mode) -> Instance:
         stage=stage,
         hop_cost=hop_cost,
         hop_stage=hop_stage,
+        ring_cost=ring_cost,
         cuts=cuts,
         allow_same=mode is Mode.PLACEMENT_ONLY,
         beta=policy.beta,
     )
 
 
-def _hops(problem: Problem, n: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _hops(problem: Problem, n: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     index = problem.node_index()
     rtt = np.full((count, count), INF)
     bandwidth = np.full((count, count), np.nan)
@@ -164,16 +169,17 @@ def _hops(problem: Problem, n: int, count: int) -> tuple[np.ndarray, np.ndarray]
     work, alpha = problem.workload, problem.policy.alpha
     bw = np.where(has, bandwidth, 1.0)[None, :, :]
     delay = np.where(has, rtt, 0.0)[None, :, :]
-    back = not problem.token_stays_home()
-    latency = cm.hop_ms(delay, bw, work.prompt_tokens * act, back) + work.decode_steps * cm.hop_ms(
-        delay, bw, act, back
-    )
+    latency = cm.hop_ms(delay, bw, work.prompt_tokens * act) + work.decode_steps * cm.hop_ms(delay, bw, act)
     hop_cost = np.where(has[None], alpha * latency, INF)
     hop_stage = np.where(has[None], cm.wire_ms(bw, act), INF)
     diagonal = np.arange(count)
     hop_cost[:, diagonal, diagonal] = 0.0
     hop_stage[:, diagonal, diagonal] = 0.0
-    return hop_cost, hop_stage
+    # The ring's closing link, head node j -> unit 0's node k, once per step.
+    ring_ms = (1 + work.decode_steps) * cm.hop_ms(delay[0], bw[0], cm.RESULT_BYTES)
+    ring_cost = np.where(has, alpha * ring_ms, INF)
+    ring_cost[diagonal, diagonal] = 0.0
+    return hop_cost, hop_stage, ring_cost
 
 
 @dataclass
@@ -198,6 +204,7 @@ def score(inst: Instance, assigns: np.ndarray) -> Scores:
     prev, nxt = assigns[:, :-1], assigns[:, 1:]
     cut = np.arange(1, n)[None, :]
     additive = additive + inst.hop_cost[cut, prev, nxt].sum(axis=1)
+    additive = additive + inst.ring_cost[assigns[:, -1], assigns[:, 0]]
     flat = (assigns + np.arange(k_count)[:, None] * count).ravel()
 
     def per_node(weights: np.ndarray) -> np.ndarray:

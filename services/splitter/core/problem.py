@@ -143,16 +143,6 @@ class Problem:
         n = self.num_units
         return sorted(set(range(min(self.policy.private_depth, n - 1) + 1)) | {n - 1})
 
-    def token_stays_home(self) -> bool:
-        """Whether every allowed plan runs the head on the node of unit 0, so that no token
-        travels back along the hops: the first hop takes it where it is sampled (the
-        worker's ``--local-tokens``). So for a generative workload under hard privacy with
-        one trusted node (unit 0 and the head are both critical). With several trusted
-        nodes it depends on the plan, and the model keeps counting the way back."""
-        if self.workload.generate_tokens < 1 or self.policy.soft_privacy:
-            return False
-        return sum(1 for node in self.nodes if self.is_trusted(node)) == 1
-
     def unit_memory_bytes(self, unit: Unit) -> int:
         """Weights plus the KV cache of every concurrent session at full context."""
         context = self.workload.prompt_tokens + self.workload.generate_tokens

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from resplit.models import Segment
+from resplit.v1 import common_pb2
 
 from .errors import NotHosted, StaleEpoch
 
@@ -57,6 +58,8 @@ class Hosting:
         self._segments: dict[Key, Hosted] = {}
         self._active: dict[str, int] = {}
         self._latest: dict[str, int] = {}
+        #: The route of each deployment's latest epoch, as its commit announced it.
+        self._routes: dict[str, common_pb2.Route] = {}
 
     def __iter__(self):
         return iter(list(self._segments.values()))
@@ -86,14 +89,21 @@ class Hosting:
         """The newest epoch of ``deployment`` this worker has heard of."""
         return max(self._latest.get(deployment, 0), self.active_epoch(deployment))
 
-    def commit(self, deployment: str, epoch: int) -> None:
+    def route(self, deployment: str) -> common_pb2.Route | None:
+        """The route of the newest epoch this worker has heard of, when its commit said it."""
+        return self._routes.get(deployment)
+
+    def commit(self, deployment: str, epoch: int, route: common_pb2.Route | None = None) -> None:
         """Make ``epoch`` the one new sessions use here (if this worker hosts part of it);
-        either way remember it as the deployment's latest. Epochs never go back."""
+        either way remember it as the deployment's latest, with its ``route``, which a
+        first hop hands to the sessions it serves. Epochs never go back."""
         current = self.active_epoch(deployment)
         if epoch < current:
             raise StaleEpoch(
                 f"cannot commit epoch {epoch} of {deployment!r}: epoch {current} is already active"
             )
+        if epoch >= self._latest.get(deployment, 0) and route is not None and route.hops:
+            self._routes[deployment] = route
         self._latest[deployment] = max(self._latest.get(deployment, 0), epoch)
         if any(k[0] == deployment and k[1] == epoch for k in self._segments):
             self._active[deployment] = epoch

@@ -1,0 +1,153 @@
+"""One step of one session on one hop: the tensor work, with no stream in sight.
+
+The transport (services/worker/transport.py) reads a step's input off the
+wire and hands it here; what comes back is either the activation to send to
+the next hop (chunks) or, on the head hop, the replies for the client
+(a token, logits on request, or an embedding). Everything with tensors runs
+in :func:`run`, in one call, so a step costs at most one thread handoff
+(core/threads.py decides where it runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from resplit.core.tensors import Assembler, TensorError, encode
+from resplit.v1 import tensor_pb2, worker_pb2
+
+from .errors import BadInput
+from .inputs import activation, token_input
+from .sessions import Session
+
+
+@dataclass
+class StepInput:
+    """A step as it came off the wire: token ids, or a whole activation's chunks."""
+
+    step: int
+    #: New tokens per row (the sequence length of this step).
+    tokens: int
+    rows: int
+    ids: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    assembler: Assembler | None = None
+
+
+def tokens_step(session: Session, tokens: worker_pb2.TokenInput) -> StepInput:
+    """A step given as token ids (the hop holding the embedding)."""
+    ids, mask = token_input(session.hosted, tokens)
+    return StepInput(tokens.step, ids.shape[1], ids.shape[0], ids=ids, mask=mask)
+
+
+def add_chunk(assembler: Assembler, chunk: tensor_pb2.TensorChunk) -> bool:
+    """One more chunk of an activation (True once it is whole); a malformed one is the
+    caller's error."""
+    try:
+        return assembler.add(chunk)
+    except TensorError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def activation_step(assembler: Assembler) -> StepInput:
+    """A step given as a whole activation from the previous hop."""
+    header = assembler.header
+    if header is None:  # add_chunk refuses a first chunk without one; kept for type narrowing
+        raise BadInput("no tensor header")
+    # A malformed shape counts 0 here and is refused with the full check in activation().
+    shaped = len(header.shape) == 3
+    return StepInput(
+        header.step, header.shape[1] if shaped else 0, header.shape[0] if shaped else 0, assembler=assembler
+    )
+
+
+def run(
+    session: Session,
+    given: StepInput,
+    next_units: tuple[int, int] | None,
+    chunk_bytes: int,
+    latest_epoch: int,
+) -> list[Any]:
+    """Run the session's segment on ``given``: the activation's chunks for the next hop
+    (``next_units``), or, on the head hop, the replies (``latest_epoch``: the newest
+    epoch of the deployment this worker knows, stamped on the token)."""
+    hosted = session.hosted
+    hidden, mask = None, given.mask
+    if given.assembler is not None:
+        _, hidden, mask = activation(hosted, given.assembler, hosted.epoch)
+    output = hosted.segment.step(session.state, input_ids=given.ids, hidden=hidden, attention_mask=mask)
+    if next_units is not None:
+        return encode(
+            output.hidden,
+            session_id=session.session_id,
+            step=given.step,
+            epoch=hosted.epoch,
+            units=next_units,
+            compression=hosted.compression,
+            attention_mask=[] if mask is None else mask.flatten().tolist(),
+            chunk_bytes=chunk_bytes,
+        )
+    if hosted.generative:
+        return sample(session, given.step, output.logits[0], chunk_bytes, latest_epoch)
+    return results(session, given.step, output.embeddings.float(), chunk_bytes)
+
+
+def results(session: Session, step: int, tensor: torch.Tensor, chunk_bytes: int) -> list[Any]:
+    """A tensor for the client (an embedding, or logits), as result replies."""
+    return [
+        worker_pb2.ForwardResponse(result=chunk)
+        for chunk in encode(
+            tensor,
+            session_id=session.session_id,
+            step=step,
+            epoch=session.hosted.epoch,
+            chunk_bytes=chunk_bytes,
+        )
+    ]
+
+
+def sample(
+    session: Session, step: int, logits: torch.Tensor, chunk_bytes: int, latest_epoch: int
+) -> list[Any]:
+    """The step's token (and its logits first, when the session asked for them)."""
+    replies = results(session, step, logits.float(), chunk_bytes) if session.return_logits else []
+    if session.sampler is None:  # only head segments of generative models get here
+        raise BadInput("this session does not generate")
+    token, logprob = session.sampler.choose(logits, session.generated)
+    session.generated += 1
+    reason = session.sampler.finish_reason(token, session.generated)
+    replies.append(
+        worker_pb2.ForwardResponse(
+            token=worker_pb2.TokenOutput(
+                step=step,
+                token_id=token,
+                logprob=logprob,
+                finished=bool(reason),
+                finish_reason=reason,
+                latest_epoch=latest_epoch,
+            )
+        )
+    )
+    return replies
+
+
+def fed_back(
+    session: Session, request: worker_pb2.ForwardRequest, token: worker_pb2.TokenOutput | None
+) -> worker_pb2.ForwardRequest | None:
+    """The server loop's next step on the first hop: the token just passed up, as input.
+
+    None (wait for the client) after a step that did not come as tokens from the
+    client, when the session finished, or when the token reports a newer epoch:
+    the client moves the session at exactly that token, and the cache it pulls
+    must not have run ahead. The client decides from the same token, so both
+    ends agree on where the loop stopped.
+    """
+    if token is None or token.finished or not request.HasField("tokens"):
+        return None
+    if token.latest_epoch > session.hosted.epoch:
+        return None
+    return worker_pb2.ForwardRequest(
+        tokens=worker_pb2.TokenInput(step=token.step + 1, input_ids=[token.token_id], rows=1)
+    )

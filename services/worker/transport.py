@@ -1,0 +1,421 @@
+"""The data plane's streams: one Forward stream per session per hop, and the ring.
+
+A token's path (the ring): the client sends token ids to the first hop; each
+hop runs its segment (core/step.py) and writes the activation to the next
+hop's Forward stream, and moves on; the head hop samples the token and
+returns it straight to the session's first hop, in-process when the first hop
+runs in the same worker, else over a Return stream (core/ring.py). The first
+hop passes it to the client and, with ``server_loop``, runs the next step
+with it at once. Middle hops never wait for a token; a later hop's refusal or
+loss ends its Forward stream with a status, which each hop passes up at once
+(core/inbox.py), prefixed with where it happened. Every refusal aborts only
+this session's stream.
+
+A session may open mid-generation on a new epoch (``start_step`` > 0): with
+``migrate_from`` its cache is pulled from the old route first (see
+migration.py), otherwise the next step replays the whole token history. A
+token carries the newest epoch the head and first hop know of, and the first
+hop adds that epoch's route when its worker knows it: that is how a client
+learns, at a token boundary, that its route has changed and where it goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client import Counter
+
+from resplit.core.tensors import Assembler
+from resplit.models.sampling import Sampler
+from resplit.v1 import common_pb2, worker_pb2
+
+from .core import errors, step
+from .core.hosting import Hosted, Hosting
+from .core.inbox import ENDED, Inbox
+from .core.passive import PassiveLinks
+from .core.privacy import check_trusted
+from .core.ring import RingTable
+from .core.sessions import Session, SessionTable
+from .migration import Migrator
+from .replies import Replies
+from .statuses import HopError, refusal
+from .streams import Channels, Downstream, ReturnLink
+
+log = logging.getLogger(__name__)
+TOKENS_RETURNED = Counter(
+    "resplit_worker_tokens_returned_total",
+    "Tokens a head hop returned to its session's first hop, by link: in this worker (local) "
+    "or over a Return stream (network)",
+    ["link"],
+)
+_LOCAL, _NETWORK = TOKENS_RETURNED.labels("local"), TOKENS_RETURNED.labels("network")
+MESSAGES_SENT = Counter(
+    "resplit_worker_messages_sent_total",
+    "Data-plane messages this worker sent to another hop, by kind: an activation chunk down "
+    "the route, or a reply on a Return stream (a reply handed over in-process is no message)",
+    ["kind"],
+)
+_ACTIVATION, _RETURN = MESSAGES_SENT.labels("activation"), MESSAGES_SENT.labels("return")
+
+_ADDRESS = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})")
+
+Compute = Callable[[Callable[[], Any], str, int], Awaitable[Any]]
+
+
+class Closed(Exception):
+    """The client closed its session (or went away) while a step was in flight."""
+
+
+def _check_address(address: str, what: str) -> None:
+    """host:port or [v6]:port, the form routes carry; anything else would fail in the
+    channel with an unhelpful UNKNOWN."""
+    match = _ADDRESS.fullmatch(address)
+    if match is None or not 0 < int(match.group(1)) < 65536:
+        raise errors.BadInput(f"{what} address {address[:128]!r} is not host:port")
+
+
+@dataclass
+class OpenHop:
+    """One session on this hop, and its streams to other hops."""
+
+    session: Session
+    #: This hop answers the client (the open message came without a ring).
+    first: bool
+    inbox: Inbox[Any, Any]
+    downstream: Downstream | None = None
+    #: Head hop past the first: where the session's replies go.
+    ring: ReturnLink | None = None
+
+
+async def _pump(requests: AsyncIterator[worker_pb2.ForwardRequest], inbox: Inbox[Any, Any]) -> None:
+    """The caller's requests into the hop's inbox, then their end."""
+    async for request in requests:
+        inbox.put(request)
+    inbox.end()
+
+
+class Forwarding:
+    """Runs the Forward streams (one per session) and the Return streams of this worker."""
+
+    def __init__(
+        self,
+        hosting: Hosting,
+        sessions: SessionTable,
+        channels: Channels,
+        compute: Compute,
+        chunk_bytes: int,
+        migrator: Migrator,
+        *,
+        trusted: bool = False,
+        passive: PassiveLinks | None = None,
+        node: common_pb2.Node | None = None,
+    ) -> None:
+        #: Started with --trusted: may run privacy-critical units.
+        self.trusted = trusted
+        self.hosting = hosting
+        self.sessions = sessions
+        self.channels = channels
+        self.compute = compute
+        self.chunk_bytes = chunk_bytes
+        self.migrator = migrator
+        #: Bytes and seconds of the activations sent on, for the agent's link estimates.
+        self.passive = passive or PassiveLinks()
+        #: This worker as other hops reach it: where a head hop returns its tokens.
+        self.node = node or common_pb2.Node()
+        #: The sessions whose first hop runs here, waiting for their head hop's replies.
+        self.ring = RingTable()
+
+    # -- the Forward stream ------------------------------------------------------
+    async def run(
+        self, requests: AsyncIterator[worker_pb2.ForwardRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        inbox: Inbox[Any, Any] = Inbox()
+        pump = asyncio.create_task(_pump(requests, inbox))
+        hop: OpenHop | None = None
+        replies = Replies(context)
+        try:
+            first = await self._request(inbox)
+            if first is None:
+                return
+            if not first.HasField("open"):
+                raise errors.NotHosted("unknown session: a Forward stream must start with `open`")
+            hop = await self._open(first.open, inbox)
+            hosted = hop.session.hosted
+            await replies.send(
+                worker_pb2.ForwardResponse(
+                    opened=worker_pb2.SessionOpened(session_id=hop.session.session_id, epoch=hosted.epoch)
+                )
+            )
+            server_loop = first.open.server_loop and hosted.generative and hop.first
+            request: worker_pb2.ForwardRequest | None = None
+            while True:
+                if request is None:
+                    request = await self._request(inbox)
+                    if request is None or request.HasField("close"):
+                        await replies.flush()
+                        return
+                token = None
+                async for reply in self._step(hop, request):
+                    if reply.HasField("token"):
+                        token = reply.token
+                    await replies.send(reply)
+                request = step.fed_back(hop.session, request, token) if server_loop else None
+        except Closed:
+            await replies.flush()
+        except (errors.WorkerError, HopError, TimeoutError) as exc:
+            await replies.settle()
+            await context.abort(*refusal(exc))
+        finally:
+            pump.cancel()
+            replies.discard()
+            if hop is not None:
+                await self._close(hop)
+
+    async def _request(self, inbox: Inbox[Any, Any]) -> worker_pb2.ForwardRequest | None:
+        """The caller's next request (None: it ended the stream)."""
+        while True:
+            item = await inbox.get(self.sessions.limits.idle_timeout_s, "request")
+            if item is ENDED:
+                return None
+            if isinstance(item, worker_pb2.ForwardRequest):
+                return item
+            log.debug("a reply came back between steps; dropped")
+
+    async def _open(self, request: worker_pb2.OpenSession, inbox: Inbox[Any, Any]) -> OpenHop:
+        if not request.session_id or not request.deployment:
+            raise errors.BadInput("open needs a session_id and a deployment")
+        if request.migrate_from and not request.migrate_epoch < request.epoch:
+            raise errors.BadInput(
+                f"a session migrates to a newer epoch: from {request.migrate_epoch} to {request.epoch}"
+            )
+        # Whatever path loaded the segment, an untrusted worker never runs critical units:
+        # the embedding (unit 0) is refused before any lookup, the rest once the segment
+        # (its private depth, its head) is known.
+        self._check_trusted(request, request.deployment, request.units.start, request.units.end, 0, False)
+        hosted = self.hosting.for_session(
+            request.deployment, request.epoch, request.units.start, request.units.end
+        )
+        self._check_trusted(
+            request,
+            hosted.deployment,
+            hosted.start,
+            hosted.end,
+            hosted.private_depth,
+            hosted.segment.has_head,
+        )
+        session = Session(
+            session_id=request.session_id,
+            hosted=hosted,
+            state=hosted.segment.new_state(),
+            sampler=_sampler(request.sampling) if hosted.segment.has_head and hosted.generative else None,
+            return_logits=request.return_logits,
+            next_step=request.start_step,
+            generated=request.generated,
+        )
+        self.sessions.open(session)
+        hop = OpenHop(session, first=not request.HasField("ring"), inbox=inbox)
+        try:
+            opening = []
+            if request.migrate_from:  # pull this hop's cache while the next hop pulls its own
+                opening.append(self.migrator.pull(session, request))
+            if not hosted.segment.has_head:
+                opening.append(self._open_downstream(hop, request, hosted))
+            elif not hop.first:
+                hop.ring = self._return_link(request, hosted)
+            outcomes = await asyncio.gather(*opening, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException:
+            await self._close(hop)
+            raise
+        if hop.downstream is not None:
+            hop.downstream.watch(inbox)
+        return hop
+
+    def _check_trusted(self, request: worker_pb2.OpenSession, *units) -> None:
+        try:
+            check_trusted(self.trusted, *units)
+        except errors.NotTrusted as exc:
+            log.warning("session %r refused: %s", request.session_id[:64], exc)
+            raise
+
+    async def _open_downstream(self, hop: OpenHop, request: worker_pb2.OpenSession, hosted: Hosted) -> None:
+        if not request.downstream:
+            raise errors.BadInput(
+                f"units [{hosted.start}, {hosted.end}) need a next hop, but the route ends here"
+            )
+        next_hop = request.downstream[0]
+        _check_address(next_hop.address, "next hop")
+        if next_hop.units.start != hosted.end:
+            raise errors.BadInput(
+                f"next hop starts at unit {next_hop.units.start}, this hop ends at {hosted.end}"
+            )
+        opened = worker_pb2.OpenSession()
+        opened.CopyFrom(request)
+        opened.units.CopyFrom(next_hop.units)
+        del opened.downstream[:]
+        opened.downstream.extend(request.downstream[1:])
+        if hop.first:  # the ring closes here: the head hop returns the session's replies to this worker
+            slot = self.ring.open(request.session_id, hosted.deployment, hosted.epoch, hop.inbox)
+            opened.ring.CopyFrom(common_pb2.Hop(node_id=self.node.node_id, address=self.node.address))
+            opened.ring_key = slot.key
+        units = (next_hop.units.start, next_hop.units.end)
+        hop.downstream = Downstream(
+            self.channels.stub(next_hop.address), next_hop.address, units, next_hop.node_id
+        )
+        await hop.downstream.open(worker_pb2.ForwardRequest(open=opened))
+
+    def _return_link(self, request: worker_pb2.OpenSession, hosted: Hosted) -> ReturnLink:
+        """The head hop's way back to the first hop: in-process when the first hop's slot
+        is in this worker, else a Return stream to its address."""
+        identity = worker_pb2.ReturnMessage(
+            session_id=request.session_id,
+            deployment=hosted.deployment,
+            epoch=hosted.epoch,
+            ring_key=request.ring_key,
+        )
+        address = request.ring.address
+        try:
+            slot = self.ring.find(request.session_id, hosted.deployment, hosted.epoch, request.ring_key)
+        except errors.NotHosted:
+            slot = None
+        link = ReturnLink(identity, address, slot)
+        if slot is None:
+            _check_address(address, "ring (first hop)")
+            link.connect(self.channels.stub(address))
+        return link
+
+    async def _close(self, hop: OpenHop) -> None:
+        session = hop.session
+        self.sessions.close(session)
+        if hop.first:
+            self.ring.close(session.session_id, session.hosted.deployment, session.hosted.epoch)
+        if hop.downstream is not None:
+            await hop.downstream.close()
+        if hop.ring is not None:
+            await hop.ring.close()
+
+    # -- one step ----------------------------------------------------------------
+    async def _step(self, hop: OpenHop, request: worker_pb2.ForwardRequest) -> AsyncIterator[Any]:
+        """Run one step: forward its activation, or return or yield its replies."""
+        session, downstream = hop.session, hop.downstream
+        hosted = session.hosted
+        given = await self._input(hop, request)
+        self.sessions.begin_step(session, given.step, given.tokens if hosted.generative else 0)
+        latest = self.hosting.latest_epoch(hosted.deployment)
+        units = downstream.units if downstream is not None else None
+        produced = await self.compute(
+            lambda: step.run(session, given, units, self.chunk_bytes, latest),
+            f"{hosted.start}-{hosted.end}",
+            given.rows * given.tokens,
+        )
+        self.sessions.end_step(session)
+        if downstream is not None:
+            started = time.perf_counter()
+            for chunk in produced:
+                await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
+            _ACTIVATION.inc(len(produced))
+            sent = sum(len(c.data) for c in produced)
+            self.passive.record(downstream.node_id, sent, time.perf_counter() - started)
+            if hop.first:
+                async for reply in self._returned(hop):
+                    yield reply
+        elif hop.ring is not None:
+            for reply in produced:
+                await hop.ring.send(reply)
+                if reply.HasField("token"):
+                    (_LOCAL if hop.ring.local else _NETWORK).inc()
+            if not hop.ring.local:
+                _RETURN.inc(len(produced))
+        else:
+            for reply in produced:
+                if reply.HasField("token"):
+                    self._stamp(session, reply.token)
+                yield reply
+
+    async def _input(self, hop: OpenHop, request: worker_pb2.ForwardRequest) -> step.StepInput:
+        """The step's input: token ids, or an activation read chunk by chunk."""
+        if request.HasField("tokens"):
+            return step.tokens_step(hop.session, request.tokens)
+        if not request.HasField("activation"):
+            raise errors.BadInput("expected tokens or an activation")
+        assembler = Assembler()
+        chunk = request.activation
+        while not step.add_chunk(assembler, chunk):
+            more = await self._request(hop.inbox)
+            if more is None or not more.HasField("activation"):
+                raise errors.BadInput("tensor truncated: the stream moved on before its last chunk")
+            chunk = more.activation
+        return step.activation_step(assembler)
+
+    async def _returned(self, hop: OpenHop) -> AsyncIterator[worker_pb2.ForwardResponse]:
+        """The step's replies as the head hop returns them over the ring, through its token
+        (or an embedding's last chunk); a later hop's failure is raised from the inbox."""
+        generative = hop.session.hosted.generative
+        while True:
+            item = await hop.inbox.get(self.sessions.limits.idle_timeout_s, "token from the head hop")
+            if item is ENDED or (isinstance(item, worker_pb2.ForwardRequest) and item.HasField("close")):
+                raise Closed
+            if isinstance(item, worker_pb2.ForwardRequest):
+                raise errors.BadInput("a request came before the previous step's token")
+            if item.HasField("token"):
+                self._stamp(hop.session, item.token)
+                yield item
+                return
+            yield item
+            if not generative and item.HasField("result") and item.result.last:
+                return
+
+    def _stamp(self, session: Session, token: worker_pb2.TokenOutput) -> None:
+        """The newest epoch this worker knows, with its route when the session is behind it."""
+        deployment = session.hosted.deployment
+        token.latest_epoch = max(token.latest_epoch, self.hosting.latest_epoch(deployment))
+        if token.latest_epoch > session.hosted.epoch:
+            route = self.hosting.route(deployment)
+            if route is not None and route.epoch == token.latest_epoch:
+                token.route.CopyFrom(route)
+
+    # -- the ring's closing link, first-hop side ---------------------------------------
+    async def attach(
+        self, messages: AsyncIterator[worker_pb2.ReturnMessage], context: grpc.aio.ServicerContext
+    ) -> worker_pb2.ReturnAck:
+        """A head hop's Return stream: each reply into its session's inbox here. Its loss
+        (the head hop's worker gone) fails the session's step at once."""
+        try:
+            first = await anext(messages, None)
+            if first is None:
+                return worker_pb2.ReturnAck()
+            slot = self.ring.find(first.session_id, first.deployment, first.epoch, first.ring_key)
+        except errors.WorkerError as exc:
+            await context.abort(*refusal(exc))
+        try:
+            async for message in messages:
+                slot.inbox.put(message.reply)
+        except asyncio.CancelledError:
+            slot.inbox.fail(
+                HopError(grpc.StatusCode.UNAVAILABLE, "head hop: the ring's Return stream was lost")
+            )
+            raise
+        return worker_pb2.ReturnAck()
+
+
+def _sampler(params: worker_pb2.SamplingParams) -> Sampler:
+    try:
+        return Sampler(
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop_token_ids=frozenset(params.stop_token_ids),
+            max_new_tokens=params.max_new_tokens,
+        )
+    except ValueError as exc:
+        raise errors.BadInput(str(exc)) from None
