@@ -22,20 +22,13 @@ from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
+from .commit import CommitError, refused
 from .core.models import ModelDirError, inspect_model
-from .core.placement import PrivacyError, check_placement, default_segments
+from .core.placement import check_placement, default_segments
 from .core.policy import default_policy
 from .rollouts import Broadcaster, RolloutFailed
 
 log = logging.getLogger(__name__)
-
-
-class DeployError(Exception):
-    """A deployment refused; ``code`` is the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 async def _call(address: str, method: str, request, deadline_s: float):
@@ -56,33 +49,26 @@ class Deployer:
         """(the deployment as stored, with its policy and model facts filled in; the
         committed plan). The caller remembers both: Redis may lose them at any moment."""
         if not spec.name:
-            raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
+            raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
         compression = spec.compression or "none"
         if compression not in COMPRESSIONS:
-            raise DeployError(
+            raise CommitError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"compression must be one of {', '.join(COMPRESSIONS)}, got {spec.compression!r}",
             )
         try:
             info = await asyncio.to_thread(inspect_model, spec.model_dir)
         except FileNotFoundError as exc:
-            raise DeployError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+            raise CommitError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
         except ModelDirError as exc:
-            raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         policy = spec.policy if spec.HasField("policy") else default_policy()
         nodes = await self.store.list_nodes(include_down=False)
         try:
             segments = segments or default_segments(nodes, info.num_units)
             check_placement(segments, nodes, info.num_units, policy.private_depth, policy.trusted_node_ids)
-        except PrivacyError as exc:
-            raise DeployError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         except PlanError as exc:
-            code = (
-                grpc.StatusCode.FAILED_PRECONDITION
-                if "down" in str(exc)
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            raise DeployError(code, str(exc)) from None
+            raise refused(exc) from None
 
         record = common_pb2.Deployment()
         record.CopyFrom(spec)
@@ -99,7 +85,7 @@ class Deployer:
         try:
             answer = await self.broadcaster.rollout(plan, record, self.prepare_deadline_s)
         except RolloutFailed as exc:
-            raise DeployError(exc.code, str(exc)) from None
+            raise CommitError(exc.code, str(exc)) from None
         await self.store.put_deployment(record)
         log.info("deployed %s epoch %d in %.0f ms", spec.name, epoch, (time.perf_counter() - started) * 1e3)
         return record, answer.committed
@@ -124,9 +110,9 @@ class Deployer:
     async def undeploy(self, name: str) -> None:
         plan = await self.store.get_plan(name)
         if plan is None:
-            raise DeployError(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
+            raise CommitError(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
         await self._release(plan, await self.store.list_nodes())
         await self.store.delete_deployment(name)
 
 
-__all__ = ["DeployError", "Deployer", "PlanError"]
+__all__ = ["Deployer"]

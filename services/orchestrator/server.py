@@ -15,10 +15,11 @@ from resplit.core.units import PlanError, route_of
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
+from .commit import CommitError, refused
 from .config import OrchestratorSettings
 from .core.decide import OUTCOME_TO_PROTO, Outcome, change_of
-from .core.placement import PrivacyError, check_placement
-from .deployer import Deployer, DeployError
+from .core.placement import check_placement
+from .deployer import Deployer
 from .failures import MAX_REPORTED_NODES, FailureChecks
 from .loop import Control, ControlLoop
 from .memory import LastKnown
@@ -76,7 +77,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.DeployResponse:
         try:
             deployment, plan = await self.deployer.deploy(request.deployment, list(request.segments))
-        except DeployError as exc:
+        except CommitError as exc:
             await context.abort(exc.code, str(exc))
         # Both, at once: the background sync would only pick the deployment up from Redis a
         # moment later, and a Redis that restarts empty meanwhile would lose it for good.
@@ -88,7 +89,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.memory.forget(name)
         try:
             await self.deployer.undeploy(name)
-        except DeployError as exc:
+        except CommitError as exc:
             await context.abort(exc.code, str(exc))
         return orchestrator_pb2.UndeployResponse()
 
@@ -98,9 +99,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         deployment = await self.store.get_deployment(name)
         if deployment is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
-        code, problem = await self._check_operator_plan(deployment, list(request.segments))
-        if code is not None:
-            await context.abort(code, f"plan for {name!r} refused: {problem}")
+        try:
+            await self._check_operator_plan(deployment, list(request.segments))
+        except CommitError as exc:
+            await context.abort(exc.code, str(exc))
         reason = f"operator: {request.reason or 'ApplyPlan'}"
         async with self.control.lock(name):
             previous = await self.store.get_plan(name) or common_pb2.Plan(deployment=name)
@@ -139,25 +141,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def _check_operator_plan(
         self, deployment: common_pb2.Deployment, segments: list[common_pb2.Segment]
-    ) -> tuple[grpc.StatusCode | None, str]:
-        """(None, "") when the plan can be served: it covers the model once, its nodes
-        are registered and up, and privacy-critical units sit on trusted nodes."""
+    ) -> None:
+        """Raise CommitError unless the plan can be served: it covers the model once, its
+        nodes are registered and up, and privacy-critical units sit on trusted nodes."""
+        refusal = f"plan for {deployment.name!r} refused: "
         if not segments:
-            return grpc.StatusCode.INVALID_ARGUMENT, "no segments given"
+            raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, f"{refusal}no segments given")
         policy = deployment.policy
         nodes = await self.store.list_nodes()
         try:
             check_placement(
                 segments, nodes, deployment.num_units, policy.private_depth, policy.trusted_node_ids
             )
-        except PrivacyError as exc:
-            return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
         except PlanError as exc:
-            down = "down" in str(exc)
-            return (grpc.StatusCode.FAILED_PRECONDITION if down else grpc.StatusCode.INVALID_ARGUMENT), str(
-                exc
-            )
-        return None, ""
+            raise refused(exc, refusal) from None
 
     async def ListDeployments(self, request, context) -> orchestrator_pb2.ListDeploymentsResponse:
         return orchestrator_pb2.ListDeploymentsResponse(deployments=await self.store.list_deployments())
