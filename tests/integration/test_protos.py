@@ -43,7 +43,7 @@ EXPECTED_RPCS = {
             "ReportFailure",
         },
     ),
-    broadcaster_pb2: ("BroadcasterService", {"Rollout", "GetRollout"}),
+    broadcaster_pb2: ("BroadcasterService", {"Rollout", "GetRollout", "Release"}),
 }
 
 
