@@ -169,3 +169,15 @@ def test_release_frees_a_deployments_segments_on_its_workers(stack, tiny_models)
     with sync_channel(stack.orchestrator.address) as channel:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         stub.Undeploy(orchestrator_pb2.UndeployRequest(deployment="released"), timeout=30)
+
+
+def test_undeploy_frees_the_workers_memory_through_the_broadcaster(stack, tiny_models):
+    plan, held = _deploy_held(stack, "undeployed", tiny_models["llama"])
+    with sync_channel(stack.orchestrator.address) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        stub.Undeploy(orchestrator_pb2.UndeployRequest(deployment="undeployed"), timeout=30)
+    assert _param_bytes(stack, "undeployed") == 0
+    # The broadcaster did it: its record of the deployment is the release, with what it freed.
+    status = _get_rollout(stack, "undeployed")
+    assert (status.epoch, status.phase) == (plan.epoch, PHASE.ROLLOUT_PHASE_RELEASED)
+    assert status.reason == f"undeployed: 2 of 2 segment(s) released, {held} parameter bytes freed"
