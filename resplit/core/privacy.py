@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..v1 import common_pb2
-from .units import PlanError, check_segments
+from .units import NodeDown, PlanError, check_segments
 
 
 class PrivacyError(PlanError):
@@ -30,7 +30,7 @@ def check_placement(
     private_depth: int = 0,
     extra_trusted: Sequence[str] = (),
 ) -> None:
-    """Raise PlanError (or PrivacyError) unless the plan can be served as is:
+    """Raise PlanError (NodeDown, PrivacyError) unless the plan can be served as is:
     the split covers the model, every node is registered and up, and every
     privacy-critical unit is on a trusted node."""
     check_segments(segments, num_units)
@@ -42,7 +42,7 @@ def check_placement(
         if node is None:
             raise PlanError(f"{where}: node {segment.node_id!r} is not registered")
         if node.state != common_pb2.NODE_STATE_UP:
-            raise PlanError(f"{where}: node {segment.node_id!r} is down")
+            raise NodeDown(f"{where}: node {segment.node_id!r} is down")
         units = set(range(segment.units.start, segment.units.end))
         if units & critical and not (node.trusted or node.node_id in extra_trusted):
             raise PrivacyError(
@@ -51,4 +51,4 @@ def check_placement(
             )
 
 
-__all__ = ["PlanError", "PrivacyError", "check_placement", "privacy_critical"]
+__all__ = ["NodeDown", "PlanError", "PrivacyError", "check_placement", "privacy_critical"]

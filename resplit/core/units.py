@@ -17,6 +17,11 @@ class PlanError(ValueError):
     """A split, placement or route that breaks the rules; the message says which."""
 
 
+class NodeDown(PlanError):
+    """A plan names a node that is registered but down: the plan itself is sound and
+    could be served once the node is back (callers answer FAILED_PRECONDITION)."""
+
+
 def check_segments(segments: Sequence[common_pb2.Segment], num_units: int) -> None:
     """Raise :class:`PlanError` unless ``segments`` cover ``[0, num_units)`` in order."""
     if num_units < 3:
@@ -47,6 +52,6 @@ def route_of(plan: common_pb2.Plan, nodes: Iterable[common_pb2.Node]) -> common_
         if node is None:
             raise PlanError(f"{where} is not registered")
         if node.state != common_pb2.NODE_STATE_UP:
-            raise PlanError(f"{where} is down")
+            raise NodeDown(f"{where} is down")
         route.hops.add(units=segment.units, node_id=node.node_id, address=node.address)
     return route

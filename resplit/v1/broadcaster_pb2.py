@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as resplit_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cresplit/v1/broadcaster.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"\x92\x01\n\x0eRolloutRequest\x12\x1e\n\x04plan\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Plan\x12*\n\ndeployment\x18\x02 \x01(\x0b\x32\x16.resplit.v1.Deployment\x12\x1a\n\x12prepare_deadline_s\x18\x03 \x01(\x01\x12\x18\n\x10\x64rain_deadline_s\x18\x04 \x01(\x01\"\x93\x01\n\x0cRolloutTimes\x12\x12\n\nprepare_ms\x18\x01 \x01(\x01\x12\x11\n\tcommit_ms\x18\x02 \x01(\x01\x12\x12\n\nrelease_ms\x18\x03 \x01(\x01\x12\x14\n\x0cmigration_ms\x18\x04 \x01(\x01\x12\x17\n\x0fmigration_bytes\x18\x05 \x01(\x04\x12\x19\n\x11sessions_migrated\x18\x06 \x01(\r\"\x98\x01\n\x0fRolloutResponse\x12#\n\tcommitted\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Plan\x12\'\n\x05phase\x18\x02 \x01(\x0e\x32\x18.resplit.v1.RolloutPhase\x12\'\n\x05times\x18\x03 \x01(\x0b\x32\x18.resplit.v1.RolloutTimes\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\'\n\x11GetRolloutRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\"\x94\x01\n\rRolloutStatus\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\'\n\x05phase\x18\x03 \x01(\x0e\x32\x18.resplit.v1.RolloutPhase\x12\'\n\x05times\x18\x04 \x01(\x0b\x32\x18.resplit.v1.RolloutTimes\x12\x0e\n\x06reason\x18\x05 \x01(\t*\x9e\x01\n\x0cRolloutPhase\x12\x1d\n\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROLLOUT_PHASE_PREPARING\x10\x01\x12\x1b\n\x17ROLLOUT_PHASE_COMMITTED\x10\x02\x12\x1a\n\x16ROLLOUT_PHASE_RELEASED\x10\x03\x12\x19\n\x15ROLLOUT_PHASE_ABORTED\x10\x04\x32\xa0\x01\n\x12\x42roadcasterService\x12\x42\n\x07Rollout\x12\x1a.resplit.v1.RolloutRequest\x1a\x1b.resplit.v1.RolloutResponse\x12\x46\n\nGetRollout\x12\x1d.resplit.v1.GetRolloutRequest\x1a\x19.resplit.v1.RolloutStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cresplit/v1/broadcaster.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"\x92\x01\n\x0eRolloutRequest\x12\x1e\n\x04plan\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Plan\x12*\n\ndeployment\x18\x02 \x01(\x0b\x32\x16.resplit.v1.Deployment\x12\x1a\n\x12prepare_deadline_s\x18\x03 \x01(\x01\x12\x18\n\x10\x64rain_deadline_s\x18\x04 \x01(\x01\"\x93\x01\n\x0cRolloutTimes\x12\x12\n\nprepare_ms\x18\x01 \x01(\x01\x12\x11\n\tcommit_ms\x18\x02 \x01(\x01\x12\x12\n\nrelease_ms\x18\x03 \x01(\x01\x12\x14\n\x0cmigration_ms\x18\x04 \x01(\x01\x12\x17\n\x0fmigration_bytes\x18\x05 \x01(\x04\x12\x19\n\x11sessions_migrated\x18\x06 \x01(\r\"\x98\x01\n\x0fRolloutResponse\x12#\n\tcommitted\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Plan\x12\'\n\x05phase\x18\x02 \x01(\x0e\x32\x18.resplit.v1.RolloutPhase\x12\'\n\x05times\x18\x03 \x01(\x0b\x32\x18.resplit.v1.RolloutTimes\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\'\n\x11GetRolloutRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\"\x94\x01\n\rRolloutStatus\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\'\n\x05phase\x18\x03 \x01(\x0e\x32\x18.resplit.v1.RolloutPhase\x12\'\n\x05times\x18\x04 \x01(\x0b\x32\x18.resplit.v1.RolloutTimes\x12\x0e\n\x06reason\x18\x05 \x01(\t\"$\n\x0eReleaseRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\"J\n\x0fReleaseResponse\x12\"\n\x08released\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Plan\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04*\x9e\x01\n\x0cRolloutPhase\x12\x1d\n\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROLLOUT_PHASE_PREPARING\x10\x01\x12\x1b\n\x17ROLLOUT_PHASE_COMMITTED\x10\x02\x12\x1a\n\x16ROLLOUT_PHASE_RELEASED\x10\x03\x12\x19\n\x15ROLLOUT_PHASE_ABORTED\x10\x04\x32\xe4\x01\n\x12\x42roadcasterService\x12\x42\n\x07Rollout\x12\x1a.resplit.v1.RolloutRequest\x1a\x1b.resplit.v1.RolloutResponse\x12\x46\n\nGetRollout\x12\x1d.resplit.v1.GetRolloutRequest\x1a\x19.resplit.v1.RolloutStatus\x12\x42\n\x07Release\x12\x1a.resplit.v1.ReleaseRequest\x1a\x1b.resplit.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resplit.v1.broadcaster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLLOUTPHASE']._serialized_start=716
-  _globals['_ROLLOUTPHASE']._serialized_end=874
+  _globals['_ROLLOUTPHASE']._serialized_start=830
+  _globals['_ROLLOUTPHASE']._serialized_end=988
   _globals['_ROLLOUTREQUEST']._serialized_start=70
   _globals['_ROLLOUTREQUEST']._serialized_end=216
   _globals['_ROLLOUTTIMES']._serialized_start=219
@@ -44,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETROLLOUTREQUEST']._serialized_end=562
   _globals['_ROLLOUTSTATUS']._serialized_start=565
   _globals['_ROLLOUTSTATUS']._serialized_end=713
-  _globals['_BROADCASTERSERVICE']._serialized_start=877
-  _globals['_BROADCASTERSERVICE']._serialized_end=1037
+  _globals['_RELEASEREQUEST']._serialized_start=715
+  _globals['_RELEASEREQUEST']._serialized_end=751
+  _globals['_RELEASERESPONSE']._serialized_start=753
+  _globals['_RELEASERESPONSE']._serialized_end=827
+  _globals['_BROADCASTERSERVICE']._serialized_start=991
+  _globals['_BROADCASTERSERVICE']._serialized_end=1219
 # @@protoc_insertion_point(module_scope)

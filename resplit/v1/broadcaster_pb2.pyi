@@ -79,3 +79,17 @@ class RolloutStatus(_message.Message):
     times: RolloutTimes
     reason: str
     def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., times: _Optional[_Union[RolloutTimes, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    def __init__(self, deployment: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released", "freed_bytes")
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    released: _common_pb2.Plan
+    freed_bytes: int
+    def __init__(self, released: _Optional[_Union[_common_pb2.Plan, _Mapping]] = ..., freed_bytes: _Optional[int] = ...) -> None: ...

@@ -44,6 +44,11 @@ class BroadcasterServiceStub:
                 request_serializer=resplit_dot_v1_dot_broadcaster__pb2.GetRolloutRequest.SerializeToString,
                 response_deserializer=resplit_dot_v1_dot_broadcaster__pb2.RolloutStatus.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/resplit.v1.BroadcasterService/Release',
+                request_serializer=resplit_dot_v1_dot_broadcaster__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=resplit_dot_v1_dot_broadcaster__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class BroadcasterServiceServicer:
@@ -62,6 +67,16 @@ class BroadcasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """Free every segment of a deployment's committed plan on its workers: the
+        orchestrator's Undeploy, before it forgets the deployment. Best effort per
+        worker (one that is gone is logged and skipped); the rollout record then
+        reads RELEASED with what was freed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BroadcasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +89,11 @@ def add_BroadcasterServiceServicer_to_server(servicer, server):
                     servicer.GetRollout,
                     request_deserializer=resplit_dot_v1_dot_broadcaster__pb2.GetRolloutRequest.FromString,
                     response_serializer=resplit_dot_v1_dot_broadcaster__pb2.RolloutStatus.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=resplit_dot_v1_dot_broadcaster__pb2.ReleaseRequest.FromString,
+                    response_serializer=resplit_dot_v1_dot_broadcaster__pb2.ReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +150,33 @@ class BroadcasterService:
             '/resplit.v1.BroadcasterService/GetRollout',
             resplit_dot_v1_dot_broadcaster__pb2.GetRolloutRequest.SerializeToString,
             resplit_dot_v1_dot_broadcaster__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resplit.v1.BroadcasterService/Release',
+            resplit_dot_v1_dot_broadcaster__pb2.ReleaseRequest.SerializeToString,
+            resplit_dot_v1_dot_broadcaster__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,8 +1,12 @@
 """Broadcaster transport (the paper's RB): Rollout runs the two-phase rollout
-of ``core.rollout`` against the workers; GetRollout reads its record from
-Redis. Ready while Redis answers."""
+of ``core.rollout`` against the workers, Release frees a deployment's segments
+on them (an undeploy); GetRollout reads the record from Redis. Ready while
+Redis answers."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import grpc
 
@@ -14,9 +18,19 @@ from .core.rollout import RolloutError, Rollouts, RolloutSettings
 from .metrics import PrometheusObserver
 from .workers import GrpcWorkers
 
+T = TypeVar("T")
+
 
 def _code(name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+
+
+async def _answer(call: Awaitable[T], context: grpc.aio.ServicerContext) -> T:
+    """``call``'s answer; a RolloutError becomes its status."""
+    try:
+        return await call
+    except RolloutError as exc:
+        await context.abort(_code(exc.code), str(exc))
 
 
 class BroadcasterServicer(broadcaster_pb2_grpc.BroadcasterServiceServicer):
@@ -26,18 +40,17 @@ class BroadcasterServicer(broadcaster_pb2_grpc.BroadcasterServiceServicer):
     async def Rollout(
         self, request: broadcaster_pb2.RolloutRequest, context
     ) -> broadcaster_pb2.RolloutResponse:
-        try:
-            return await self.rollouts.rollout(request)
-        except RolloutError as exc:
-            await context.abort(_code(exc.code), str(exc))
+        return await _answer(self.rollouts.rollout(request), context)
+
+    async def Release(
+        self, request: broadcaster_pb2.ReleaseRequest, context
+    ) -> broadcaster_pb2.ReleaseResponse:
+        return await _answer(self.rollouts.release(request.deployment), context)
 
     async def GetRollout(
         self, request: broadcaster_pb2.GetRolloutRequest, context
     ) -> broadcaster_pb2.RolloutStatus:
-        try:
-            return await self.rollouts.get(request.deployment)
-        except RolloutError as exc:
-            await context.abort(_code(exc.code), str(exc))
+        return await _answer(self.rollouts.get(request.deployment), context)
 
 
 class BroadcasterCore:

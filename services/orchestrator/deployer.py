@@ -1,11 +1,14 @@
-"""Deploy path: validate, choose the segments, assign the epoch, and hand
-the plan to the broadcaster's two-phase rollout (prepare, commit, store the
-plan, publish the route, drain and release the old epoch).
+"""The operator's plan changes: Deploy, ApplyPlan and Undeploy. Each is validated
+here and committed through the one commit path (commit.py): lock, epoch, the
+broadcaster's two-phase rollout (prepare, commit, store the plan, publish the
+route, drain and release the old epoch), event.
 
 The Deployment record is stored only once the rollout committed: a refused
 or aborted deploy leaves the previous record (and plan) as they were, and a
 first deploy that fails leaves nothing behind. The broadcaster gets the spec
 in the request, so it never reads a record that is not committed yet.
+An undeploy frees the segments through the broadcaster too: the orchestrator
+never calls a worker to change what it hosts.
 """
 
 from __future__ import annotations
@@ -13,42 +16,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 import grpc
 
 from resplit.core.compression import COMPRESSIONS
 from resplit.core.units import PlanError
-from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
-from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from resplit.v1 import common_pb2
 
+from .commit import Change, CommitError, Commits, refused
 from .core.models import ModelDirError, inspect_model
-from .core.placement import PrivacyError, check_placement, default_segments
+from .core.placement import check_placement, default_segments
 from .core.policy import default_policy
-from .rollouts import Broadcaster, RolloutFailed
 
 log = logging.getLogger(__name__)
 
 
-class DeployError(Exception):
-    """A deployment refused; ``code`` is the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-async def _call(address: str, method: str, request, deadline_s: float):
-    async with aio_channel(address) as channel:
-        stub = worker_pb2_grpc.WorkerServiceStub(channel)
-        return await getattr(stub, method)(request, timeout=deadline_s)
+def _check(
+    segments: Sequence[common_pb2.Segment],
+    nodes: Sequence[common_pb2.Node],
+    num_units: int,
+    policy: common_pb2.DeploymentPolicy,
+    prefix: str = "",
+) -> None:
+    """Raise CommitError unless the plan can be served: it covers the model once, its
+    nodes are registered and up, and privacy-critical units sit on trusted nodes."""
+    try:
+        check_placement(segments, nodes, num_units, policy.private_depth, policy.trusted_node_ids)
+    except PlanError as exc:
+        raise refused(exc, prefix) from None
 
 
 class Deployer:
-    def __init__(self, store: StateStore, prepare_deadline_s: float, broadcaster: Broadcaster) -> None:
+    def __init__(self, store: StateStore, commits: Commits) -> None:
         self.store = store
-        self.prepare_deadline_s = prepare_deadline_s
-        self.broadcaster = broadcaster
+        self.commits = commits
 
     async def deploy(
         self, spec: common_pb2.Deployment, segments: list[common_pb2.Segment]
@@ -56,33 +59,26 @@ class Deployer:
         """(the deployment as stored, with its policy and model facts filled in; the
         committed plan). The caller remembers both: Redis may lose them at any moment."""
         if not spec.name:
-            raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
+            raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
         compression = spec.compression or "none"
         if compression not in COMPRESSIONS:
-            raise DeployError(
+            raise CommitError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"compression must be one of {', '.join(COMPRESSIONS)}, got {spec.compression!r}",
             )
         try:
             info = await asyncio.to_thread(inspect_model, spec.model_dir)
         except FileNotFoundError as exc:
-            raise DeployError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+            raise CommitError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
         except ModelDirError as exc:
-            raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         policy = spec.policy if spec.HasField("policy") else default_policy()
         nodes = await self.store.list_nodes(include_down=False)
         try:
             segments = segments or default_segments(nodes, info.num_units)
-            check_placement(segments, nodes, info.num_units, policy.private_depth, policy.trusted_node_ids)
-        except PrivacyError as exc:
-            raise DeployError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         except PlanError as exc:
-            code = (
-                grpc.StatusCode.FAILED_PRECONDITION
-                if "down" in str(exc)
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            raise DeployError(code, str(exc)) from None
+            raise refused(exc) from None
+        _check(segments, nodes, info.num_units, policy)
 
         record = common_pb2.Deployment()
         record.CopyFrom(spec)
@@ -90,43 +86,29 @@ class Deployer:
         record.num_units, record.family, record.generative = info.num_units, info.family, info.generative
         record.compression = compression
 
-        previous = await self.store.get_plan(spec.name)
-        epoch = await self.store.next_epoch(spec.name, floor=previous.epoch if previous else 0)
-        plan = common_pb2.Plan(
-            deployment=spec.name, epoch=epoch, segments=segments, created_at=time.time(), reason="deploy"
-        )
         started = time.perf_counter()
-        try:
-            answer = await self.broadcaster.rollout(plan, record, self.prepare_deadline_s)
-        except RolloutFailed as exc:
-            raise DeployError(exc.code, str(exc)) from None
-        await self.store.put_deployment(record)
-        log.info("deployed %s epoch %d in %.0f ms", spec.name, epoch, (time.perf_counter() - started) * 1e3)
-        return record, answer.committed
+        change = Change(record, common_pb2.Plan(segments=segments), reason="deploy", store_spec=True)
+        plan = (await self.commits.commit(spec.name, change)).or_raise()
+        log.info(
+            "deployed %s epoch %d in %.0f ms", spec.name, plan.epoch, (time.perf_counter() - started) * 1e3
+        )
+        return record, plan
 
-    async def _release(self, plan: common_pb2.Plan, nodes: list[common_pb2.Node]) -> None:
-        """Free an older plan's segments (best effort: a worker may be gone)."""
-        by_id = {n.node_id: n.address for n in nodes}
-        for segment in plan.segments:
-            address = by_id.get(segment.node_id)
-            if address is None:
-                continue
-            request = worker_pb2.ReleaseSegmentRequest(
-                deployment=plan.deployment, epoch=plan.epoch, units=segment.units
-            )
-            try:
-                await _call(address, "ReleaseSegment", request, 10)
-            except grpc.aio.AioRpcError as exc:
-                log.info(
-                    "release of %s epoch %d on %s: %s", plan.deployment, plan.epoch, address, exc.details()
-                )
+    async def apply(self, name: str, segments: Sequence[common_pb2.Segment], why: str) -> common_pb2.Plan:
+        """An operator's plan (ApplyPlan): validated, committed, logged as ``operator: why``."""
+        deployment = await self.store.get_deployment(name)
+        if deployment is None:
+            raise CommitError(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
+        refusal = f"plan for {name!r} refused: "
+        if not segments:
+            raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, f"{refusal}no segments given")
+        nodes = await self.store.list_nodes()
+        _check(segments, nodes, deployment.num_units, deployment.policy, refusal)
+        reason = f"operator: {why or 'ApplyPlan'}"
+        event = common_pb2.DecisionEvent(deployment=name, reason=reason)
+        change = Change(deployment, common_pb2.Plan(segments=segments), reason, event)
+        return (await self.commits.commit(name, change)).or_raise()
 
     async def undeploy(self, name: str) -> None:
-        plan = await self.store.get_plan(name)
-        if plan is None:
-            raise DeployError(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
-        await self._release(plan, await self.store.list_nodes())
-        await self.store.delete_deployment(name)
-
-
-__all__ = ["DeployError", "Deployer", "PlanError"]
+        """Free the deployment's segments on its workers (through the broadcaster), then forget it."""
+        await self.commits.release(name)

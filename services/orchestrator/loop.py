@@ -14,6 +14,10 @@ Every Delta t (the deployment's ``policy.interval_s``, at least
             t_last <- t                           Redis, so it survives a restart
         log_decision(...)                         the deployment's decision stream
 
+Deciding, broadcasting and logging are one commit (commit.py, the path every plan
+change takes): under the deployment's lock, so an operator's plan never lands
+between the decision and its rollout, with the epoch assigned there.
+
 A cycle in which nothing fires writes no event; every cycle that fires writes
 exactly one, also when the monitor, splitter or broadcaster fails (the event is
 then KEEP with the failure as its reason) and the loop goes on. On the first
@@ -28,7 +32,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import Counter, Histogram
@@ -43,12 +46,11 @@ from resplit.v1 import (
     splitter_pb2_grpc,
 )
 
-from .config import OrchestratorSettings
-from .core.decide import OUTCOME_TO_PROTO, Candidate, Decision, Measured, Outcome, decide
+from .commit import Change, Commits
+from .core.decide import PROTO_TO_OUTCOME, Candidate, Decision, Measured, Outcome, decide
 from .core.policy import effective_thresholds, interval_of
 from .core.problem import WorkloadDefaults, build_problem
 from .core.triggers import describe, latest_links, node_utilization, should_reconfigure
-from .rollouts import Broadcaster, RolloutFailed
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +69,11 @@ class CycleError(Exception):
     """A peer failed during a cycle: the cycle ends as KEEP with this reason."""
 
 
-@dataclass
-class Control:
-    """What the loop and ApplyPlan share: the broadcaster client and one lock per
-    deployment, so an operator's plan and the loop's never interleave here."""
-
-    broadcaster: Broadcaster
-    settings: OrchestratorSettings
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-    def lock(self, deployment: str) -> asyncio.Lock:
-        return self.locks.setdefault(deployment, asyncio.Lock())
-
-
 class ControlLoop:
-    def __init__(self, store: StateStore, control: Control) -> None:
+    def __init__(self, store: StateStore, commits: Commits) -> None:
         self.store = store
-        self.control = control
-        self.settings = control.settings
+        self.commits = commits
+        self.settings = commits.settings
         self.defaults = WorkloadDefaults(
             self.settings.control_prompt_tokens,
             self.settings.control_generate_tokens,
@@ -175,16 +164,18 @@ class ControlLoop:
             return None
         for trigger in triggers:
             TRIGGERS.labels(trigger.name).inc()
-        async with self.control.lock(name):
-            plan = await self.store.get_plan(name) or plan
+
+        async def propose(current: common_pb2.Plan) -> Change:
+            """Under the deployment's lock, on the plan in force: decide, as a change."""
             try:
-                decision = await self.decide_reconfiguration(env, deployment, plan, triggers, thresholds)
+                decision = await self.decide_reconfiguration(env, deployment, current, triggers, thresholds)
             except CycleError as exc:
                 decision = Decision(Outcome.KEEP, None, [], str(exc))
-            committed = None
-            if decision.outcome is not Outcome.KEEP:
-                committed, decision = await self.broadcast(deployment, plan, decision, triggers)
-            event = await self.log_decision(name, triggers, plan, decision, committed)
+            return self.as_change(deployment, decision, triggers)
+
+        event = (await self.commits.commit(name, propose, fallback=plan)).event
+        assert event is not None  # every change the loop proposes is logged
+        RECONFIGURATIONS.labels(PROTO_TO_OUTCOME[event.outcome].value).inc()
         return event
 
     async def collect_environment(self) -> common_pb2.Environment:
@@ -225,61 +216,20 @@ class ControlLoop:
             now=time.time(),
         )
 
-    async def broadcast(
-        self,
-        deployment: common_pb2.Deployment,
-        current: common_pb2.Plan,
-        decision: Decision,
-        triggers: list[common_pb2.Trigger],
-    ) -> tuple[common_pb2.Plan | None, Decision]:
-        """Reconfiguration broadcast via RB; a failed rollout turns the decision into KEEP."""
-        assert decision.chosen is not None
-        plan = common_pb2.Plan()
-        plan.CopyFrom(decision.chosen)
-        plan.deployment = deployment.name
-        plan.epoch = await self.store.next_epoch(deployment.name, floor=current.epoch)
-        plan.created_at = time.time()
-        plan.reason = f"{decision.outcome.value}: " + ", ".join(describe(t) for t in triggers)
-        try:
-            reply = await self.control.broadcaster.rollout(
-                plan, deployment, self.settings.prepare_deadline_s, self.settings.drain_deadline_s
-            )
-        except RolloutFailed as exc:
-            log.warning("rollout of %s epoch %d failed: %s", deployment.name, plan.epoch, exc)
-            reason = f"{decision.reason}; {decision.outcome.value} to epoch {plan.epoch} failed: {exc}"
-            return None, Decision(Outcome.KEEP, None, decision.candidates, reason)
-        committed = reply.committed if reply.HasField("committed") else plan
-        log.info(
-            "%s: %s to epoch %d (%s)", deployment.name, decision.outcome.value, plan.epoch, decision.reason
-        )
-        return committed, decision
-
-    async def log_decision(
-        self,
-        name: str,
-        triggers: list[common_pb2.Trigger],
-        previous: common_pb2.Plan,
-        decision: Decision,
-        committed: common_pb2.Plan | None,
-    ) -> common_pb2.DecisionEvent:
-        """Append the cycle to the decision log; a committed change also sets t_last."""
+    def as_change(
+        self, deployment: common_pb2.Deployment, decision: Decision, triggers: list[common_pb2.Trigger]
+    ) -> Change:
+        """A decision as a change to commit: d-hat broadcast via RB unless it is a keep,
+        and the cycle's decision event either way (a failed rollout turns it into a keep)."""
         event = common_pb2.DecisionEvent(
-            deployment=name,
-            timestamp=time.time(),
+            deployment=deployment.name,
             triggers=triggers,
-            outcome=OUTCOME_TO_PROTO[decision.outcome],
-            previous=previous,
             candidates=[c.plan for c in decision.candidates if c.plan is not None],
             reason=decision.reason,
         )
-        chosen = committed if committed is not None else decision.chosen
-        if chosen is not None:
-            event.chosen.CopyFrom(chosen)
-        event_id = await self.store.append_event(event)
-        if committed is not None:
-            await self.store.record_change(name, event.timestamp, event_id)
-        RECONFIGURATIONS.labels(decision.outcome.value).inc()
-        return event
+        reason = f"{decision.outcome.value}: " + ", ".join(describe(t) for t in triggers)
+        chosen = decision.chosen if decision.outcome is not Outcome.KEEP else None
+        return Change(deployment, chosen, reason, event)
 
     async def follow_up_change(self, name: str) -> None:
         """Measured latency after the last change: the mean of the requests since, once settled."""

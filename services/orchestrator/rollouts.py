@@ -1,5 +1,6 @@
 """Client of the broadcaster (the paper's RB): plans reach the workers through
-its two-phase Rollout, never from the orchestrator directly."""
+its two-phase Rollout, and an undeploy frees their segments through its Release;
+the orchestrator never calls a worker to change what it hosts."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class RolloutFailed(Exception):
 
 
 class Broadcaster:
-    """Client of the broadcaster's Rollout RPC."""
+    """Client of the broadcaster's Rollout and Release RPCs."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -47,11 +48,20 @@ class Broadcaster:
             prepare_deadline_s=prepare_deadline_s,
             drain_deadline_s=drain_deadline_s,
         )
+        return await self._call("Rollout", request, plan.deployment, prepare_deadline_s + COMMIT_MARGIN_S)
+
+    async def release(self, deployment: str) -> broadcaster_pb2.ReleaseResponse:
+        """Free every segment of ``deployment``'s committed plan on its workers (an
+        undeploy); raises RolloutFailed(code, details) when the broadcaster does not."""
+        request = broadcaster_pb2.ReleaseRequest(deployment=deployment)
+        return await self._call("Release", request, deployment, COMMIT_MARGIN_S)
+
+    async def _call(self, method: str, request, deployment: str, timeout_s: float):
         try:
-            return await self._stub().Rollout(request, timeout=prepare_deadline_s + COMMIT_MARGIN_S)
+            return await getattr(self._stub(), method)(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
-            if exc.code() == grpc.StatusCode.UNAVAILABLE and plan.deployment not in details:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and deployment not in details:
                 # The broadcaster's own refusals always name the deployment.
                 details = f"broadcaster at {self.address} is unreachable: {details}"
             raise RolloutFailed(exc.code(), details) from None

@@ -1,12 +1,10 @@
-"""Orchestrator transport: Deploy/Undeploy, the read path (deployments, plans,
-routes, events), ApplyPlan (an operator's plan, validated like any other and
-rolled out by the broadcaster), ReportFailure (a session's lost hop, checked and
-acted on in failures.py) and, with ``adaptive``, the Alg. 1 control loop
-(loop.py). Ready while Redis answers."""
+"""Orchestrator transport: Deploy, ApplyPlan and Undeploy (deployer.py, through
+the one commit path of commit.py), the read path (deployments, plans, routes,
+events), ReportFailure (a session's lost hop, checked and acted on in
+failures.py) and, with ``adaptive``, the Alg. 1 control loop (loop.py, through
+the same commit path). Ready while Redis answers."""
 
 from __future__ import annotations
-
-import time
 
 import grpc
 from redis.exceptions import RedisError
@@ -15,14 +13,13 @@ from resplit.core.units import PlanError, route_of
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
+from .commit import CommitError, Commits
 from .config import OrchestratorSettings
-from .core.decide import OUTCOME_TO_PROTO, Outcome, change_of
-from .core.placement import PrivacyError, check_placement
-from .deployer import Deployer, DeployError
+from .deployer import Deployer
 from .failures import MAX_REPORTED_NODES, FailureChecks
-from .loop import Control, ControlLoop
+from .loop import ControlLoop
 from .memory import LastKnown
-from .rollouts import Broadcaster, RolloutFailed
+from .rollouts import Broadcaster
 
 
 async def _require_name(name: str, context: grpc.aio.ServicerContext) -> str:
@@ -41,13 +38,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self,
         store: StateStore,
         deployer: Deployer,
-        control: Control,
         memory: LastKnown,
         failures: FailureChecks,
     ) -> None:
         self.store = store
         self.deployer = deployer
-        self.control = control
         self.memory = memory
         self.failures = failures
 
@@ -76,7 +71,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.DeployResponse:
         try:
             deployment, plan = await self.deployer.deploy(request.deployment, list(request.segments))
-        except DeployError as exc:
+        except CommitError as exc:
             await context.abort(exc.code, str(exc))
         # Both, at once: the background sync would only pick the deployment up from Redis a
         # moment later, and a Redis that restarts empty meanwhile would lose it for good.
@@ -88,76 +83,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.memory.forget(name)
         try:
             await self.deployer.undeploy(name)
-        except DeployError as exc:
+        except CommitError as exc:
             await context.abort(exc.code, str(exc))
         return orchestrator_pb2.UndeployResponse()
 
     async def ApplyPlan(self, request: orchestrator_pb2.ApplyPlanRequest, context) -> common_pb2.Plan:
-        """An operator's plan: validated, given the next epoch, rolled out, logged."""
+        """An operator's plan: validated, committed like any change (commit.py), logged."""
         name = await _require_name(request.deployment, context)
-        deployment = await self.store.get_deployment(name)
-        if deployment is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"deployment {name!r} is not deployed")
-        code, problem = await self._check_operator_plan(deployment, list(request.segments))
-        if code is not None:
-            await context.abort(code, f"plan for {name!r} refused: {problem}")
-        reason = f"operator: {request.reason or 'ApplyPlan'}"
-        async with self.control.lock(name):
-            previous = await self.store.get_plan(name) or common_pb2.Plan(deployment=name)
-            plan = common_pb2.Plan(
-                deployment=name,
-                epoch=await self.store.next_epoch(name, floor=previous.epoch),
-                segments=request.segments,
-                created_at=time.time(),
-                reason=reason,
-            )
-            outcome = change_of(previous, plan)
-            event = common_pb2.DecisionEvent(
-                deployment=name, timestamp=time.time(), previous=previous, candidates=[plan], reason=reason
-            )
-            try:
-                reply = await self.control.broadcaster.rollout(
-                    plan,
-                    deployment,
-                    self.control.settings.prepare_deadline_s,
-                    self.control.settings.drain_deadline_s,
-                )
-            except RolloutFailed as exc:
-                event.outcome = common_pb2.DECISION_OUTCOME_KEEP
-                event.reason = f"{reason}; rollout of epoch {plan.epoch} failed: {exc}"
-                await self.store.append_event(event)
-                await context.abort(exc.code, str(exc))
-            committed = reply.committed if reply.HasField("committed") else plan
-            event.outcome = OUTCOME_TO_PROTO[
-                Outcome.RESPLIT if outcome is Outcome.RESPLIT else Outcome.MIGRATE
-            ]
-            event.chosen.CopyFrom(committed)
-            event_id = await self.store.append_event(event)
-            await self.store.record_change(name, event.timestamp, event_id)
+        try:
+            committed = await self.deployer.apply(name, list(request.segments), request.reason)
+        except CommitError as exc:
+            await context.abort(exc.code, str(exc))
         self.memory.remember(None, committed)
         return committed
-
-    async def _check_operator_plan(
-        self, deployment: common_pb2.Deployment, segments: list[common_pb2.Segment]
-    ) -> tuple[grpc.StatusCode | None, str]:
-        """(None, "") when the plan can be served: it covers the model once, its nodes
-        are registered and up, and privacy-critical units sit on trusted nodes."""
-        if not segments:
-            return grpc.StatusCode.INVALID_ARGUMENT, "no segments given"
-        policy = deployment.policy
-        nodes = await self.store.list_nodes()
-        try:
-            check_placement(
-                segments, nodes, deployment.num_units, policy.private_depth, policy.trusted_node_ids
-            )
-        except PrivacyError as exc:
-            return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-        except PlanError as exc:
-            down = "down" in str(exc)
-            return (grpc.StatusCode.FAILED_PRECONDITION if down else grpc.StatusCode.INVALID_ARGUMENT), str(
-                exc
-            )
-        return None, ""
 
     async def ListDeployments(self, request, context) -> orchestrator_pb2.ListDeploymentsResponse:
         return orchestrator_pb2.ListDeploymentsResponse(deployments=await self.store.list_deployments())
@@ -228,7 +166,8 @@ class OrchestratorCore:
     def __init__(self, settings: OrchestratorSettings) -> None:
         self.settings = settings
         self.store = StateStore(settings.redis_url)
-        self.control = Control(Broadcaster(settings.broadcaster_address), settings)
+        # One broadcaster channel for every plan change; stop() closes it.
+        self.commits = Commits(self.store, Broadcaster(settings.broadcaster_address), settings)
         self.loop: ControlLoop | None = None
         self.memory = LastKnown(self.store)
         self.failures = FailureChecks(self.store, settings.failure_check_timeout_s, self._wake)
@@ -238,15 +177,14 @@ class OrchestratorCore:
             self.loop.wake()
 
     def register(self, server: grpc.aio.Server) -> None:
-        # One broadcaster channel for deploys and the loop; stop() closes it.
-        deployer = Deployer(self.store, self.settings.prepare_deadline_s, self.control.broadcaster)
-        servicer = OrchestratorServicer(self.store, deployer, self.control, self.memory, self.failures)
+        deployer = Deployer(self.store, self.commits)
+        servicer = OrchestratorServicer(self.store, deployer, self.memory, self.failures)
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
         self.memory.start()
         if self.settings.adaptive:
-            self.loop = ControlLoop(self.store, self.control)
+            self.loop = ControlLoop(self.store, self.commits)
             self.loop.start()
 
     async def check_ready(self) -> tuple[bool, str]:
@@ -258,5 +196,5 @@ class OrchestratorCore:
             self.loop = None
         await self.memory.stop()
         await self.failures.close()
-        await self.control.broadcaster.close()
+        await self.commits.broadcaster.close()
         await self.store.close()

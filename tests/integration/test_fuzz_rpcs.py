@@ -18,7 +18,7 @@ deployment still generates exactly its tokens; at the end the workers host
 exactly what they hosted before with no session left and their memory has not
 run away.
 
-Mutating control RPCs (Deploy, Undeploy, ApplyPlan, Rollout, CommitEpoch,
+Mutating control RPCs (Deploy, Undeploy, ApplyPlan, Rollout, Release, CommitEpoch,
 ReleaseSegment, LoadSegment) only ever name deployments this module owns
 ("fuzz-" prefix, never the live one); nothing else sharing the stack is touched.
 """
@@ -927,6 +927,15 @@ def test_broadcaster_rollout(env):
 
     good = lambda: _good_deployment(env, then=lambda name: _roll_two_segments(env, name))  # noqa: E731
     _fuzz_unary("broadcaster.Rollout", request_for, good=good, owned=True)
+
+
+def test_broadcaster_release(env):
+    _fuzz_unary(
+        "broadcaster.Release",
+        lambda f: (env.broadcaster.Release, f.message(broadcaster_pb2.ReleaseRequest)),
+        good=lambda: _good_deployment(env),  # its Undeploy releases through the broadcaster
+        owned=True,
+    )
 
 
 def test_broadcaster_get_rollout(env):

@@ -44,7 +44,7 @@ EXPECTED_RPCS = {
             "ReportFailure",
         },
     ),
-    broadcaster_pb2: ("BroadcasterService", {"Rollout", "GetRollout"}),
+    broadcaster_pb2: ("BroadcasterService", {"Rollout", "GetRollout", "Release"}),
 }
 
 

@@ -57,6 +57,18 @@ def _hosted(stack: LocalStack, name: str) -> set[tuple[str, int, int, int]]:
     return found
 
 
+def _param_bytes(stack: LocalStack, name: str) -> int:
+    """Parameter bytes the workers hold for ``name``."""
+    total = 0
+    for proc in stack.worker_procs:
+        with sync_channel(proc.address) as channel:
+            status = worker_pb2_grpc.WorkerServiceStub(channel).GetStatus(
+                worker_pb2.GetStatusRequest(), timeout=5
+            )
+        total += sum(s.param_bytes for s in status.segments if s.deployment == name)
+    return total
+
+
 def _generate(stack: LocalStack, name: str) -> list:
     with Client(stack.orchestrator.address) as client:
         return list(client.generate_ids([5, 6, 7], client.route(name), Sampling(max_new_tokens=3)))
@@ -130,3 +142,42 @@ def test_failed_prepare_keeps_the_old_epoch_serving(stack, tiny_models):
     with pytest.raises(grpc.RpcError) as info:
         _get_rollout(stack, "ghost")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _deploy_held(stack: LocalStack, name: str, model_dir) -> tuple[common_pb2.Plan, int]:
+    """Deploy ``name`` over two workers: (its plan, the parameter bytes they hold for it)."""
+    plan = stack.deploy(name, model_dir, spread(6, 2))
+    held = _param_bytes(stack, name)
+    assert held > 0
+    return plan, held
+
+
+def test_release_frees_a_deployments_segments_on_its_workers(stack, tiny_models):
+    plan, held = _deploy_held(stack, "released", tiny_models["llama"])
+    with sync_channel(stack.broadcaster.address) as channel:
+        stub = broadcaster_pb2_grpc.BroadcasterServiceStub(channel)
+        answer = stub.Release(broadcaster_pb2.ReleaseRequest(deployment="released"), timeout=30)
+        assert answer.released == plan and answer.freed_bytes == held
+        assert _hosted(stack, "released") == set() and _param_bytes(stack, "released") == 0
+        status = _get_rollout(stack, "released")
+        assert (status.epoch, status.phase) == (plan.epoch, PHASE.ROLLOUT_PHASE_RELEASED)
+        for name, code in [("", grpc.StatusCode.INVALID_ARGUMENT), ("ghost", grpc.StatusCode.NOT_FOUND)]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Release(broadcaster_pb2.ReleaseRequest(deployment=name), timeout=30)
+            assert info.value.code() == code, info.value.details()
+    # The plan is the orchestrator's to forget: Undeploy still finds it and finishes.
+    with sync_channel(stack.orchestrator.address) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        stub.Undeploy(orchestrator_pb2.UndeployRequest(deployment="released"), timeout=30)
+
+
+def test_undeploy_frees_the_workers_memory_through_the_broadcaster(stack, tiny_models):
+    plan, held = _deploy_held(stack, "undeployed", tiny_models["llama"])
+    with sync_channel(stack.orchestrator.address) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        stub.Undeploy(orchestrator_pb2.UndeployRequest(deployment="undeployed"), timeout=30)
+    assert _param_bytes(stack, "undeployed") == 0
+    # The broadcaster did it: its record of the deployment is the release, with what it freed.
+    status = _get_rollout(stack, "undeployed")
+    assert (status.epoch, status.phase) == (plan.epoch, PHASE.ROLLOUT_PHASE_RELEASED)
+    assert status.reason == f"undeployed: 2 of 2 segment(s) released, {held} parameter bytes freed"

@@ -332,17 +332,24 @@ async def test_dead_old_worker_does_not_stop_the_release(env):
     assert ("d", 1, 0, 3) not in workers.keys(A0)
 
 
-async def test_one_rollout_per_deployment_at_a_time(env):
-    rollouts, plans, workers, _ = env
-    await _first(rollouts, workers)
-    gate = asyncio.Event()
+def _hold_loads(workers: FakeWorkers) -> tuple[asyncio.Event, asyncio.Event]:
+    """Loads wait for the gate; (set once a load is waiting, the gate)."""
+    loading, gate = asyncio.Event(), asyncio.Event()
     inner = workers.load
 
     async def slow_load(address, request, deadline_s):
+        loading.set()
         await gate.wait()
         return await inner(address, request, deadline_s)
 
     workers.load = slow_load
+    return loading, gate
+
+
+async def test_one_rollout_per_deployment_at_a_time(env):
+    rollouts, plans, workers, _ = env
+    await _first(rollouts, workers)
+    _loading, gate = _hold_loads(workers)
     first = asyncio.create_task(rollouts.rollout(_request(_plan((0, 3, 0), (3, 5, 2), (5, 6, 0)))))
     second = asyncio.create_task(rollouts.rollout(_request(_plan((0, 3, 0), (3, 5, 3), (5, 6, 0)))))
     await asyncio.sleep(0.05)
@@ -364,3 +371,70 @@ async def test_get_rollout(env):
     assert info.value.code == "INVALID_ARGUMENT"
     await _first(rollouts, workers)
     assert (await rollouts.get("d")).phase == PHASE.ROLLOUT_PHASE_RELEASED
+
+
+async def test_release_frees_every_segment_of_the_committed_plan(env):
+    rollouts, plans, workers, observed = env
+    committed = await _first(rollouts, workers)
+    answer = await rollouts.release("d")
+    assert answer.released == committed and answer.freed_bytes == 2
+    assert workers.keys(A0) == set() and workers.keys(A1) == set()
+    assert sorted(c[1:] for c in workers.of("release")) == [(A0, ("d", 1, 0, 3)), (A1, ("d", 1, 3, 6))]
+    assert not workers.of("load") and not workers.of("commit")
+    status = plans.rollouts["d"]
+    assert (status.epoch, status.phase) == (1, PHASE.ROLLOUT_PHASE_RELEASED)
+    assert status.reason == "undeployed: 2 of 2 segment(s) released, 2 parameter bytes freed"
+    assert plans.plans["d"] == committed, "the plan is the caller's to forget"
+    assert observed.phases[-1] == "release"
+
+
+async def test_release_is_best_effort_per_worker(env):
+    rollouts, plans, workers, _ = env
+    await rollouts.rollout(_request(_plan((0, 2, 0), (2, 4, 2), (4, 6, 1))))
+    await rollouts.wait_idle()
+    workers.dead.add(A1)
+    plans.plans["d"].segments[1].node_id = "gone"  # a node no longer registered
+    answer = await rollouts.release("d")
+    assert answer.freed_bytes == 1 and workers.keys(A0) == set()
+    assert {c[1] for c in workers.of("release")} == {A0, A1}
+    assert "1 of 3 segment(s) released" in plans.rollouts["d"].reason
+
+
+async def test_release_refusals(env):
+    rollouts, _plans, workers, _ = env
+    for name, code in [("", "INVALID_ARGUMENT"), ("d", "NOT_FOUND"), ("nope", "NOT_FOUND")]:
+        with pytest.raises(RolloutError) as info:
+            await rollouts.release(name)
+        assert info.value.code == code, name
+    assert not workers.calls
+
+
+async def test_release_waits_for_the_rollout_in_flight_and_frees_its_plan(env):
+    rollouts, _plans, workers, _ = env
+    await _first(rollouts, workers)
+    loading, gate = _hold_loads(workers)
+    rolling = asyncio.create_task(rollouts.rollout(_request(_plan((0, 3, 0), (3, 5, 2), (5, 6, 0)))))
+    await loading.wait()
+    releasing = asyncio.create_task(rollouts.release("d"))
+    for _ in range(20):  # every chance to run: it must be waiting for the rollout
+        await asyncio.sleep(0)
+    assert not releasing.done() and not workers.of("release")
+    gate.set()
+    await rolling
+    answer = await releasing
+    assert answer.released.epoch == 2
+    await rollouts.wait_idle()
+    assert workers.keys(A0) == set() and workers.keys(A2) == set()
+
+
+async def test_a_drain_ending_after_an_undeploy_keeps_its_record(env):
+    rollouts, plans, workers, _ = env
+    await _first(rollouts, workers)
+    workers.hosted[A1][("d", 1, 3, 6)] = 1  # the old epoch drains until this session ends
+    await rollouts.rollout(_request(_plan((0, 3, 0), (3, 5, 2), (5, 6, 0))))
+    await rollouts.release("d")
+    workers.hosted[A1][("d", 1, 3, 6)] = 0
+    await asyncio.wait_for(rollouts.wait_idle(), 2)
+    assert workers.keys(A0) == workers.keys(A1) == workers.keys(A2) == set()
+    status = plans.rollouts["d"]
+    assert status.epoch == 2 and status.reason.startswith("undeployed: 3 of 3"), status

@@ -8,7 +8,8 @@ Redis implementations live outside ``core``; tests pass fakes.
 1. Validate: the split covers the model, every node is registered and up,
    privacy-critical units sit on trusted nodes, the epoch only goes up (a
    repeat of the committed plan is answered COMMITTED without touching
-   anything).
+   anything). The orchestrator sends every plan with its epoch; a plan with
+   epoch 0 (another caller: a test, an operator's tool) gets the next one.
 2. Prepare: every hop of the new epoch loads its segment, in parallel, while
    the old epoch keeps serving. Any failure releases what was loaded for the
    new epoch and aborts with the worker's own status code.
@@ -19,6 +20,9 @@ Redis implementations live outside ``core``; tests pass fakes.
    once their sessions reach zero or the drain deadline passes. Releasing
    only drops the worker's table entry: a session still running keeps its
    weights alive, so a release at the deadline never breaks it.
+
+An undeploy is :meth:`Rollouts.release`: every segment of the committed plan
+is released at once (the same release calls, no drain).
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ class Plans(Protocol):
 
     async def list_nodes(self, include_down: bool = True) -> list[common_pb2.Node]: ...
 
+    # Only for a plan that comes without an epoch (a caller of Rollout other than the
+    # orchestrator, which assigns every epoch itself).
     async def next_epoch(self, deployment: str, floor: int = 0) -> int: ...
 
     async def put_plan(self, plan: common_pb2.Plan) -> None: ...
@@ -207,6 +213,32 @@ class Rollouts:
         if status is None:
             raise RolloutError("NOT_FOUND", f"no rollout of deployment {name!r} is known")
         return status
+
+    # -- release (undeploy) -----------------------------------------------
+    async def release(self, name: str) -> broadcaster_pb2.ReleaseResponse:
+        """Free every segment of ``name``'s committed plan on its workers, at once and
+        without draining (a session still running keeps its weights alive); best effort
+        per worker. Under the deployment's lock: a rollout in flight finishes first and
+        its plan is the one released. The plan itself stays: the caller forgets it."""
+        if not name:
+            raise RolloutError("INVALID_ARGUMENT", "deployment name is required")
+        async with self._lock(name):
+            plan = await self.plans.get_plan(name)
+            if plan is None:
+                raise RolloutError("NOT_FOUND", f"deployment {name!r} has no committed plan to release")
+            started = time.perf_counter()
+            nodes = await self.plans.list_nodes(include_down=True)
+            releases = _releases(plan, {n.node_id: n.address for n in nodes})
+            done, freed = await self._release_all([(address, release) for _, address, release in releases])
+            times = broadcaster_pb2.RolloutTimes(release_ms=(time.perf_counter() - started) * 1e3)
+            reason = (
+                f"undeployed: {done} of {len(plan.segments)} segment(s) released, "
+                f"{freed} parameter bytes freed"
+            )
+            await self._record(plan, PHASE.ROLLOUT_PHASE_RELEASED, times, reason)
+        self.observer.phase("release", times.release_ms / 1e3)
+        log.info("released %s epoch %d (%s)", name, plan.epoch, reason)
+        return broadcaster_pb2.ReleaseResponse(released=plan, freed_bytes=freed)
 
     # -- the rollout -------------------------------------------------------
     async def rollout(self, request: broadcaster_pb2.RolloutRequest) -> broadcaster_pb2.RolloutResponse:
@@ -445,39 +477,15 @@ class Rollouts:
                     outcome,
                 )
 
-    async def _drain_and_release(
-        self,
-        old: common_pb2.Plan | None,
-        new: common_pb2.Plan,
-        addresses_of: dict[str, str],
-        times: broadcaster_pb2.RolloutTimes,
-        drain_deadline_s: float,
-    ) -> None:
-        started = time.perf_counter()
-        releases: list[tuple[str, worker_pb2.ReleaseSegmentRequest]] = []
-        waiting: list[tuple[str, worker_pb2.ReleaseSegmentRequest]] = []
-        # An old segment with the same node and units as a new one is the same
-        # weights under another epoch: its session count covers both, so it is
-        # not waited for (its old-epoch entry is still released).
-        reused = {(s.node_id, s.units.start, s.units.end) for s in new.segments}
-        for segment in old.segments if old is not None else ():
-            address = addresses_of.get(segment.node_id)
-            if address is None:
-                log.info("old segment %s of %s is on an unknown node", _units(segment.units), new.deployment)
-                continue
-            release = worker_pb2.ReleaseSegmentRequest(
-                deployment=new.deployment, epoch=old.epoch, units=segment.units
-            )
-            releases.append((address, release))
-            if (segment.node_id, segment.units.start, segment.units.end) not in reused:
-                waiting.append((address, release))
-        await self._drain(waiting, drain_deadline_s)
-        drained = time.perf_counter()
-        self.observer.phase("drain", drained - started)
-
+    async def _release_all(
+        self, releases: list[tuple[str, worker_pb2.ReleaseSegmentRequest]]
+    ) -> tuple[int, int]:
+        """Release every (address, segment) at once: (how many were, parameter bytes
+        freed). A worker that fails is logged, not retried: best effort."""
         outcomes = await _settle(
             self.workers.release(a, r, self.settings.call_deadline_s) for a, r in releases
         )
+        done = freed = 0
         for (address, release), outcome in zip(releases, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.info(
@@ -488,13 +496,42 @@ class Rollouts:
                     address,
                     outcome,
                 )
+            else:
+                done, freed = done + 1, freed + outcome.freed_bytes
+        return done, freed
+
+    async def _drain_and_release(
+        self,
+        old: common_pb2.Plan | None,
+        new: common_pb2.Plan,
+        addresses_of: dict[str, str],
+        times: broadcaster_pb2.RolloutTimes,
+        drain_deadline_s: float,
+    ) -> None:
+        started = time.perf_counter()
+        releases = _releases(old, addresses_of) if old is not None else []
+        # An old segment with the same node and units as a new one is the same
+        # weights under another epoch: its session count covers both, so it is
+        # not waited for (its old-epoch entry is still released).
+        reused = {(s.node_id, s.units.start, s.units.end) for s in new.segments}
+        waiting = [
+            (address, release)
+            for segment, address, release in releases
+            if (segment.node_id, segment.units.start, segment.units.end) not in reused
+        ]
+        await self._drain(waiting, drain_deadline_s)
+        drained = time.perf_counter()
+        self.observer.phase("drain", drained - started)
+
+        await self._release_all([(address, release) for _, address, release in releases])
         self.observer.phase("release", time.perf_counter() - drained)
         done = broadcaster_pb2.RolloutTimes()
         done.CopyFrom(times)
         done.release_ms = (time.perf_counter() - started) * 1e3
         async with self._lock(new.deployment):
+            # Not when a newer rollout has started meanwhile, nor over an undeploy's record.
             latest = await self.plans.get_rollout(new.deployment)
-            if latest is None or latest.epoch == new.epoch:
+            if latest is None or (latest.epoch, latest.phase) == (new.epoch, PHASE.ROLLOUT_PHASE_COMMITTED):
                 await self._record(new, PHASE.ROLLOUT_PHASE_RELEASED, done)
         if old is not None:
             log.info("released %s epoch %d after %.0f ms", old.deployment, old.epoch, done.release_ms)
@@ -533,6 +570,29 @@ class Rollouts:
                 )
                 return
             await asyncio.sleep(self.settings.poll_s)
+
+
+def _releases(
+    plan: common_pb2.Plan, addresses_of: dict[str, str]
+) -> list[tuple[common_pb2.Segment, str, worker_pb2.ReleaseSegmentRequest]]:
+    """(segment, worker address, its release) for every segment of ``plan`` on a known node."""
+    releases = []
+    for segment in plan.segments:
+        address = addresses_of.get(segment.node_id)
+        if address is None:
+            log.info(
+                "segment %s of %s epoch %d is on an unknown node %r",
+                _units(segment.units),
+                plan.deployment,
+                plan.epoch,
+                segment.node_id,
+            )
+            continue
+        release = worker_pb2.ReleaseSegmentRequest(
+            deployment=plan.deployment, epoch=plan.epoch, units=segment.units
+        )
+        releases.append((segment, address, release))
+    return releases
 
 
 def _is(hosted: worker_pb2.HostedSegment, release: worker_pb2.ReleaseSegmentRequest) -> bool:

@@ -50,6 +50,7 @@ OUTCOME_TO_PROTO = {
     Outcome.MIGRATE: common_pb2.DECISION_OUTCOME_MIGRATE,
     Outcome.RESPLIT: common_pb2.DECISION_OUTCOME_RESPLIT,
 }
+PROTO_TO_OUTCOME = {proto: outcome for outcome, proto in OUTCOME_TO_PROTO.items()}
 
 
 @dataclass(frozen=True)
