@@ -36,9 +36,9 @@ import grpc
 from resplit.launcher.processes import free_port
 from resplit.rpc.channels import sync_channel
 from resplit.rpc.probe import grpc_health
+from resplit.scenarios.testbed import TestbedScenario
 from resplit.sdk import Client
 from resplit.sdk.exchange import Sampling
-from resplit.testbed_scenario import TestbedScenario
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 
 from .network import Shape, tc_commands

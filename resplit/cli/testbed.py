@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import testbed_scenario
-from ..scenario import ScenarioError
+from ..scenarios import testbed as testbed_scenario
+from ..scenarios.loading import ScenarioError
 
 testbed_app = typer.Typer(help="Emulated edge testbed: play scenario files (root).", no_args_is_help=True)
 console = Console()
