@@ -24,9 +24,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 # Plaintext on loopback, explicitly: this measures resplit's gRPC runtime against a bare server.
 os.environ.setdefault("RESPLIT_INSECURE", "1")
-from support import RedisServer, ServiceProcess, wait_for
+from support import wait_for
 
-from resplit.launcher.processes import free_port
+from resplit.launcher.processes import RedisServer, ServiceProcess, free_port
 from resplit.rpc.channels import sync_channel
 from resplit.v1 import worker_pb2, worker_pb2_grpc
 

@@ -30,7 +30,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.splitter.core import devices
+from resplit.core import devices
+from resplit.core.profiles import profile
 from services.splitter.core.problem import (
     Link,
     Mode,
@@ -42,7 +43,6 @@ from services.splitter.core.problem import (
     SolverKind,
     Workload,
 )
-from services.splitter.core.profiles import profile
 from services.splitter.core.solve import Infeasible, solve
 
 SIZES = [(34, 4), (34, 16), (82, 64), (130, 100)]

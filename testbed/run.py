@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
 import random
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,12 +31,11 @@ from pathlib import Path
 
 import grpc
 
-from resplit.launcher.processes import free_port
+from resplit.launcher.processes import RedisServer, ServiceProcess, wait_ready
 from resplit.rpc.channels import sync_channel
-from resplit.rpc.probe import grpc_health
+from resplit.scenarios.testbed import TestbedScenario
 from resplit.sdk import Client
 from resplit.sdk.exchange import Sampling
-from resplit.testbed_scenario import TestbedScenario
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
 
 from .network import Shape, tc_commands
@@ -49,7 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER_PORT, WORKER_HTTP = 50070, 9170
 GIB = 1024**3
 #: Plaintext gRPC: the testbed's network is the host's own bridge and namespaces.
-ENV = {**os.environ, "RESPLIT_INSECURE": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {"RESPLIT_INSECURE": "1"}
+#: How long the services and workers (one core or less each) may take to start, together.
+START_S = 120.0
 HOG = (
     "import time\nu = {u}\nwhile True:\n    t = time.monotonic()\n"
     "    while time.monotonic() - t < 0.02 * u: pass\n    time.sleep(0.02 * (1 - u))"
@@ -81,44 +80,6 @@ class RunResult:
     changes: list[tuple[float, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
-
-
-class _Service:
-    def __init__(self, name: str, redis_url: str, extra: list[str], log_dir: Path) -> None:
-        self.name, self.port, self.http_port = name, free_port(), free_port()
-        self.log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", f"services.{name}", "--port", str(self.port)]
-        argv += ["--http-port", str(self.http_port), "--redis-url", redis_url, *extra]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-
-
-def _wait(
-    predicate: Callable[[], bool], timeout: float, what: str, alive: Callable[[], str] = lambda: ""
-) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(Exception):
-            if predicate():
-                return
-        dead = alive()
-        if dead:
-            raise RuntimeError(f"{dead} exited while waiting for {what}")
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _policy(scenario: TestbedScenario) -> common_pb2.Policy:
@@ -155,23 +116,13 @@ class Runner:
         self.out_dir = out_dir
         self.on_progress = on_progress
         self.notes: list[str] = []
-        self.services: list[_Service] = []
+        self.services: list[ServiceProcess] = []
+        self.workers: list[ServiceProcess] = []
         self.hogs: dict[str, subprocess.Popen] = {}
         self.load_dir = out_dir / "load"
         self.stop_event = threading.Event()
 
     # -- setup ---------------------------------------------------------------
-    def _redis(self, bed: Testbed) -> tuple[subprocess.Popen, int]:
-        port = free_port()
-        binds = " ".join(dict.fromkeys(["127.0.0.1", bed.host_address]))
-        argv = ["redis-server", "--port", str(port), "--bind", binds, "--save", "", "--appendonly", "no"]
-        argv += ["--protected-mode", "no"]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        _wait(lambda: redis.Redis(port=port, socket_timeout=0.5).ping(), 15, "redis")
-        return proc, port
-
     def _shape(self, bed: Testbed, node: str, shape: Shape) -> None:
         """The node's access link: egress as given, ingress (the root-namespace end of
         its veth) at the same rate, so a link is shaped both ways."""
@@ -286,10 +237,10 @@ class Runner:
         s = self.scenario
         self.out_dir.mkdir(parents=True, exist_ok=True)
         logs = self.out_dir / "logs"
-        logs.mkdir(exist_ok=True)
-        if self.load_dir.exists():
-            shutil.rmtree(self.load_dir)
-        self.load_dir.mkdir()
+        for fresh in (logs, self.load_dir):  # this run's, not appended to an earlier run's
+            if fresh.exists():
+                shutil.rmtree(fresh)
+            fresh.mkdir()
         tiny = s.model.tiny
         if tiny is not None:  # real compute on the host CPU: a small model built here
             from resplit.models.tiny import build_tiny
@@ -301,9 +252,10 @@ class Runner:
         requests: list[Request] = []
         result = RunResult(s, self.out_dir, requests, notes=self.notes)
         with Testbed(fallback=False) as bed:
-            redis_proc, redis_port = self._redis(bed)
+            # Reachable from the nodes' namespaces over the bridge too.
+            redis_server = RedisServer(also_bind=[bed.host_address], log_dir=logs).start(timeout_s=15)
             try:
-                self._start(bed, redis_port, logs)
+                self._start(bed, redis_server.port, logs)
                 orchestrator = self.services[-1].address
                 monitor = self.services[0].address
                 self._deploy(orchestrator)
@@ -334,50 +286,43 @@ class Runner:
                     hog.kill()
                 for service in reversed(self.services):
                     service.stop()
-                redis_proc.terminate()
-                redis_proc.wait(10)
+                redis_server.stop()  # the workers go with their nodes, when the testbed closes
         write_csv(result)
         return result
 
     def _start(self, bed: Testbed, redis_port: int, logs: Path) -> None:
         s = self.scenario
         url = f"redis://127.0.0.1:{redis_port}/0"
+        own = {"log_dir": logs, "env": ENV, "cwd": ROOT, "health_interval_s": None}
         cycle = ["--cycle-s", "1"]
         for name, extra in (("monitor", cycle), ("splitter", []), ("broadcaster", [])):
-            self.services.append(_Service(name, url, extra, logs))
-        peers = [f"--{p.name}-address={p.address}" for p in self.services]
+            self.services.append(ServiceProcess(name, url, extra, **own).start())
+        peers = [f"--{p.kind}-address={p.address}" for p in self.services]
         mode = [] if s.control.adaptive else ["--no-adaptive"]
         floor = ["--control-interval-floor-s", "0.2"]
-        self.services.append(_Service("orchestrator", url, [*peers, *mode, *floor], logs))
+        self.services.append(ServiceProcess("orchestrator", url, [*peers, *mode, *floor], **own).start())
         node_redis = f"redis://{bed.host_address}:{redis_port}/0"
         for spec in s.nodes:
             node = bed.add_node(spec.id, cores=spec.cores, memory_bytes=0)
             memory = int(spec.memory_gib * GIB) if spec.memory_gib else 0
-            argv = ["-m", "services.worker", "--host", node.address, "--port", str(WORKER_PORT)]
-            argv += ["--http-port", str(WORKER_HTTP), "--redis-url", node_redis, "--node-id", spec.id]
-            argv += ["--cpu-source", "cgroup", "--torch-threads", "1", "--agent-interval-s", "1"]
-            argv += ["--probe-interval-s", "2", "--heartbeat-ttl-s", "10", "--heartbeat-interval-s", "2"]
-            argv += ["--memory-bytes", str(memory), "--device-profile", spec.device]
-            argv += ["--max-sessions", "256", "--idle-timeout-s", "120"]
+            extra = ["--node-id", spec.id]
+            extra += ["--cpu-source", "cgroup", "--torch-threads", "1", "--agent-interval-s", "1"]
+            extra += ["--probe-interval-s", "2", "--heartbeat-ttl-s", "10", "--heartbeat-interval-s", "2"]
+            extra += ["--memory-bytes", str(memory), "--device-profile", spec.device]
+            extra += ["--max-sessions", "256", "--idle-timeout-s", "120"]
             if spec.emulate:
-                argv += ["--emulate", spec.device, "--emulate-load-file", str(self.load_dir / spec.id)]
+                extra += ["--emulate", spec.device, "--emulate-load-file", str(self.load_dir / spec.id)]
             if spec.trusted:
-                argv.append("--trusted")
-            log = open(logs / f"worker-{spec.id}.log", "w")  # noqa: SIM115 - the node owns the process
-            node.python(*argv, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+                extra.append("--trusted")
+            # In the node's namespace and cgroup; the node owns the process (it dies with the testbed).
+            worker = ServiceProcess(
+                "worker", node_redis, extra, name=f"worker-{spec.id}", host=node.address,
+                port=WORKER_PORT, http_port=WORKER_HTTP, launch=node.popen, **own,
+            )  # fmt: skip
+            self.workers.append(worker.start())
         for link in s.links:
             self._shape(bed, link.between[0], self._link_shape(link))
-
-        def dead() -> str:
-            gone = [svc.name for svc in self.services if svc.proc.poll() is not None]
-            gone += [n for n, node in bed.nodes.items() if any(p.poll() is not None for p in node.procs[:1])]
-            return ", ".join(gone)
-
-        for svc in self.services:
-            _wait(lambda a=svc.address: grpc_health(a, timeout_s=1) == "SERVING", 60, svc.name, dead)
-        for name, node in bed.nodes.items():
-            target = f"{node.address}:{WORKER_PORT}"
-            _wait(lambda t=target: grpc_health(t, timeout_s=1) == "SERVING", 60, f"worker {name}", dead)
+        wait_ready([*self.services, *self.workers], START_S)
 
     def _orch(self, address: str, method: str, request, timeout: float = 120):
         with sync_channel(address) as channel:

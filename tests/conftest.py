@@ -11,8 +11,9 @@ from collections.abc import Iterator
 os.environ["RESPLIT_INSECURE"] = "1"
 
 import pytest
-from support import LocalStack, RedisServer, ServiceProcess
+from support import LocalStack
 
+from resplit.launcher.processes import RedisServer, ServiceProcess
 from resplit.models.tiny import FAMILIES, build_tiny
 
 

@@ -1,28 +1,21 @@
-"""Test support: a Redis server of the test's own and service processes.
+"""Test support: stacks of real processes and helpers to wait on them.
 
 Real parts only: ``redis-server`` binaries and ``python -m services.<name>``
-processes on loopback ports. Never the machine's shared Redis on 6379: tests
-that stop or restart Redis must own the one they stop.
+processes on loopback ports, started with resplit.launcher.processes (the
+launcher of ``resplit up`` and the testbed too). Never the machine's shared Redis
+on 6379: tests that stop or restart Redis must own the one they stop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
 import torch
-from logtap import Tap
 
-from resplit.launcher.processes import free_port
-from resplit.rpc.probe import grpc_health, http_health
+from resplit.launcher.processes import RedisServer, ServiceProcess
 from resplit.rpc.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,132 +59,6 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-@dataclass
-class RedisServer:
-    """A redis-server process owned by one test (or module)."""
-
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    #: Addresses to listen on besides loopback (a testbed's bridge, for its nodes).
-    also_bind: list[str] = field(default_factory=list)
-    #: ``requirepass``: clients must AUTH (the URL carries it).
-    password: str = ""
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise AssertionError("redis-server is not installed; run `make setup` (it installs it as root)")
-        bind = ["--bind", "127.0.0.1", *self.also_bind] + (
-            ["--protected-mode", "no"] if self.also_bind else []
-        )
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), *bind, "--save", "", "--appendonly", "no"]
-            + (["--requirepass", self.password] if self.password else []),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, password=self.password or None, socket_connect_timeout=0.2)
-
-        def ready() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(ready, 10, what=f"redis-server on port {self.port}")
-        client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-
-@dataclass
-class ServiceProcess:
-    """``python -m services.<name>`` on free loopback ports."""
-
-    name: str
-    redis_url: str
-    extra: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    #: Client credentials for health checks (None: the test process's, plaintext).
-    security: Security | None = None
-    #: Extra environment of the process (e.g. RESPLIT_TOKEN).
-    env: dict[str, str] = field(default_factory=dict)
-    #: Its output, read as it goes (tests/logtap.py); set by ``start``.
-    log: Tap | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            f"services.{self.name}",
-            "--port",
-            str(self.port),
-            "--http-port",
-            str(self.http_port),
-            "--redis-url",
-            self.redis_url,
-            "--health-interval-s",
-            "0.2",
-            *self.extra,
-        ]
-
-    def start(self) -> ServiceProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(
-            self.argv(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        # Drained all along: a full pipe would block the service on its next log line.
-        self.log = Tap(self.proc.stdout)
-        return self
-
-    def health(self) -> str:
-        return grpc_health(self.address, timeout_s=1.0, security=self.security)
-
-    def healthz(self) -> int:
-        return http_health("127.0.0.1", self.http_port, timeout_s=1.0)[0]
-
-    def wait_health(self, status: str = "SERVING", timeout: float = 20.0) -> None:
-        def reached() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            return self.health() == status
-
-        wait_for(reached, timeout, interval=0.1, what=f"{self.name} to report {status}")
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def output(self) -> str:
-        """What the process printed, once it has exited ("" while it runs)."""
-        if self.proc is None or self.proc.poll() is None:
-            return ""
-        return self.log.text()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @dataclass
@@ -320,7 +187,6 @@ def spread(num_units: int, pieces: int) -> list[tuple[int, int, int]]:
 def emulated_stack(names=("n0", "n1", "n2", "n3"), trusted=2, cycle: float = 0.5, orchestrator_args=()):
     """Emulated nodes (root only) with one worker each, Redis and the four control
     services (the Alg. 1 loop on) in the root namespace. Yields (testbed, orchestrator)."""
-    from resplit.rpc.probe import grpc_health
     from testbed.nodes import Testbed
 
     port, http = 50070, 9170
@@ -339,22 +205,23 @@ def emulated_stack(names=("n0", "n1", "n2", "n3"), trusted=2, cycle: float = 0.5
             floor = ["--control-interval-floor-s", "0.2", "--drain-deadline-s", "2", *orchestrator_args]
             control.append(ServiceProcess("orchestrator", url, [*peers, *floor]).start())
             node_redis = f"redis://{testbed.host_address}:{redis_server.port}/0"
+            workers = []
             for i, name in enumerate(names):
                 node = testbed.add_node(name, cores=1.0, memory_bytes=2 << 30)
-                node.python(
-                    "-m", "services.worker", "--host", node.address, "--port", str(port),
-                    "--http-port", str(http), "--redis-url", node_redis, "--node-id", name,
-                    "--cpu-source", "cgroup", "--torch-threads", "1", "--agent-interval-s", str(cycle),
-                    "--probe-interval-s", str(cycle), "--heartbeat-ttl-s", "3", "--heartbeat-interval-s", "1",
+                extra = [
+                    "--node-id", name, "--cpu-source", "cgroup", "--torch-threads", "1",
+                    "--agent-interval-s", str(cycle), "--probe-interval-s", str(cycle),
+                    "--heartbeat-ttl-s", "3", "--heartbeat-interval-s", "1",
                     *(["--trusted"] if i < trusted else []),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                ]  # fmt: skip
+                # In the node's namespace and cgroup; the node owns the process.
+                worker = ServiceProcess(
+                    "worker", node_redis, extra, host=node.address, port=port, http_port=http,
+                    health_interval_s=None, launch=node.popen,
                 )  # fmt: skip
-            for proc in control:
+                workers.append(worker.start())
+            for proc in (*control, *workers):
                 proc.wait_health("SERVING", timeout=60)
-            for node in testbed.nodes.values():
-                target = f"{node.address}:{port}"
-                wait_for(lambda t=target: grpc_health(t, timeout_s=1) == "SERVING", 60, 0.2, target)
             _warm_up(control[-1].address, list(names), cycle)
             yield testbed, control[-1]
         finally:

@@ -10,8 +10,8 @@ import grpc
 import typer
 from rich.console import Console
 
-from .. import scenario as scenario_mod
 from ..rpc.channels import sync_channel
+from ..scenarios import plan as scenario_mod
 from ..v1 import splitter_pb2, splitter_pb2_grpc
 from . import plan_views
 from .targets import service_address

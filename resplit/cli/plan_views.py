@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..scenario import GIB, Scenario
+from ..scenarios.plan import GIB, Scenario
 from ..v1 import splitter_pb2
 
 SOLVERS = {

@@ -13,26 +13,26 @@ CLI and scripts that use the stack need nothing more.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import redis
 from pydantic import BaseModel
 
-from ..config import redact_url
 from ..rpc import security as security_mod
 from ..rpc.probe import grpc_health, http_health
 from .certs import CLIENT, make_dev_pki
-from .processes import ProcessRecord, free_port, is_alive, log_tail, spawn, stop
+from .processes import (
+    LaunchError,
+    Process,
+    ProcessRecord,
+    RedisServer,
+    ServiceProcess,
+    is_alive,
+    stop,
+    wait_ready,
+)
 
 CONTROL_SERVICES = ("monitor", "splitter", "broadcaster", "orchestrator")
-REDIS_INSTALL_HINT = (
-    "redis-server is not installed: run `make setup` as root, or `sudo apt-get install redis-server`, "
-    "or pass --redis-url to use a Redis you already run"
-)
 
 
 class StackError(RuntimeError):
@@ -138,29 +138,6 @@ def _save(state_dir: Path, stack: Stack) -> None:
     tmp.replace(stack_file(state_dir))
 
 
-def _start_redis(state_dir: Path) -> tuple[ProcessRecord, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise StackError(REDIS_INSTALL_HINT)
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    record = spawn("redis", "redis", argv, state_dir / "logs")
-    record.address = f"127.0.0.1:{port}"
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            client.ping()
-            return record, url
-        except redis.RedisError:
-            if not is_alive(record):
-                break
-            time.sleep(0.05)
-    stop([record])
-    raise StackError(f"redis-server did not come up on port {port}:\n{log_tail(record)}")
-
-
 def _tls_args(tls_dir: Path | None, name: str) -> list[str]:
     """Flags that give service ``name`` its certificate, the CA and the token (all paths)."""
     if tls_dir is None:
@@ -177,22 +154,6 @@ def _tls_args(tls_dir: Path | None, name: str) -> list[str]:
     ]
 
 
-def _service_argv(module: str, port: int, http_port: int, redis_url: str, extra: list[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        f"services.{module}",
-        "--port",
-        str(port),
-        "--http-port",
-        str(http_port),
-        *(["--redis-url", redis_url] if redis_url else []),
-        "--health-interval-s",
-        "0.25",
-        *extra,
-    ]
-
-
 def _stack_tls(tls_dir: Path | None) -> StackTLS | None:
     if tls_dir is None:
         return None
@@ -204,58 +165,10 @@ def _stack_tls(tls_dir: Path | None) -> StackTLS | None:
     )
 
 
-def _spawn_service(
-    name: str, kind: str, redis_url: str, state_dir: Path, extra: list[str], tls_dir: Path | None = None
-) -> ProcessRecord:
-    port, http_port = free_port(), free_port()
-    # A URL with a password goes through the environment: flags show in `ps` and the stack file.
-    secret = redact_url(redis_url) != redis_url
-    env = {"RESPLIT_REDIS_URL": redis_url} if secret else None
-    shown_url = "" if secret else redis_url
-    argv = _service_argv(kind, port, http_port, shown_url, [*_tls_args(tls_dir, name), *extra])
-    record = spawn(name, kind, argv, state_dir / "logs", env=env)
-    record.address = f"127.0.0.1:{port}"
-    record.http_port = http_port
-    return record
-
-
 def health_of(record: ProcessRecord) -> tuple[str, int]:
     """(gRPC health status, /healthz HTTP code) of one service process."""
     host = record.address.rsplit(":", 1)[0]
     return grpc_health(record.address, timeout_s=1.0), http_health(host, record.http_port, timeout_s=1.0)[0]
-
-
-def wait_healthy(
-    stack: Stack, timeout_s: float, on_progress: Callable[[int, int], None] | None = None
-) -> dict[str, tuple[str, int]]:
-    """Block until every service is SERVING with /healthz 200; raise on timeout or a crash."""
-    pending = {r.name: r for r in stack.services()}
-    total, states = len(pending), {}
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        for name, record in list(pending.items()):
-            if not is_alive(record):
-                raise StackError(
-                    f"{name} exited during start-up; last lines of {record.log}:\n{log_tail(record)}"
-                )
-            states[name] = health_of(record)
-            if states[name] == ("SERVING", 200):
-                del pending[name]
-        if on_progress:
-            on_progress(total - len(pending), total)
-        if not pending:
-            break
-        if time.monotonic() > deadline:
-            detail = ", ".join(f"{n}: gRPC {states[n][0]}, /healthz {states[n][1]}" for n in pending)
-            raise StackError(
-                f"not healthy after {timeout_s:.0f}s: {detail} (logs in {pending_logs(pending)})"
-            )
-        time.sleep(0.1)
-    return states
-
-
-def pending_logs(pending: dict[str, ProcessRecord]) -> str:
-    return ", ".join(r.log for r in pending.values())
 
 
 def up(
@@ -288,21 +201,32 @@ def up(
         existing = load(state_dir)
         if any(is_alive(p) for p in existing.processes):
             raise StackError(f"a stack is already running from {state_dir}; run `resplit down` first")
-    records: list[ProcessRecord] = []
+    logs = state_dir / "logs"  # every process detached (they outlive `up`), logging there
+    started: list[Process] = []
     tls_dir: Path | None = None
     if secure:
         names = [*CONTROL_SERVICES, *(f"worker-{i}" for i in range(workers))]
         tls_dir = make_dev_pki(state_dir / "tls", names)
     try:
         if redis_url is None:
-            redis_record, redis_url = _start_redis(state_dir)
-            records.append(redis_record)
+            redis_server = RedisServer(log_dir=logs, detach=True)
+            started.append(redis_server)
+            redis_url = redis_server.start().url
+        services: list[ServiceProcess] = []
+
+        def start(name: str, kind: str, extra: list[str]) -> ServiceProcess:
+            flags = [*_tls_args(tls_dir, name), *extra]
+            service = ServiceProcess(
+                kind, redis_url or "", flags, name=name, health_interval_s=0.25, log_dir=logs, detach=True
+            )
+            started.append(service)
+            services.append(service.start())
+            return service
+
         peers: list[str] = []
         for kind in CONTROL_SERVICES:  # the orchestrator comes last and is told where the others are
             extra = (peers if kind == "orchestrator" else []) + extra_args.get(kind, [])
-            record = _spawn_service(kind, kind, redis_url, state_dir, extra, tls_dir)
-            records.append(record)
-            peers += [f"--{kind}-address", record.address]
+            peers += [f"--{kind}-address", start(kind, kind, extra).address]
         given = extra_args.get("worker", [])
         shared = shared_host_worker_args(workers, host_cores(), given)
         for i in range(workers):
@@ -310,14 +234,17 @@ def up(
             extra += shared + given
             if i < trusted:
                 extra.append("--trusted")
-            records.append(_spawn_service(f"worker-{i}", "worker", redis_url, state_dir, extra, tls_dir))
+            start(f"worker-{i}", "worker", extra)
+        records = [p.record() for p in started]
         stack = Stack(redis_url=redis_url, processes=records, tls=_stack_tls(tls_dir))
         _save(state_dir, stack)
         stack.use()
-        wait_healthy(stack, timeout_s, on_progress)
-    except BaseException:
-        stop(list(reversed(records)))
+        wait_ready(services, timeout_s, on_progress, healthz=True)
+    except BaseException as exc:
+        stop([p.record() for p in reversed(started) if p.proc is not None])
         stack_file(state_dir).unlink(missing_ok=True)
+        if isinstance(exc, LaunchError):
+            raise StackError(str(exc)) from None
         raise
     return stack
 

@@ -17,10 +17,11 @@ import time
 
 import grpc
 
+from resplit.core import profiles
 from resplit.v1 import splitter_pb2, splitter_pb2_grpc
 
 from .config import SplitterSettings
-from .core import convert, profiles
+from .core import convert
 from .core.problem import ProblemError
 from .core.solve import Infeasible, Solution, TooLarge, evaluate_current, solve
 

@@ -19,9 +19,10 @@ import urllib.request
 
 import pytest
 import redis
-from support import LocalStack, ServiceProcess, make_plan, quiet_window, wait_for
+from support import LocalStack, make_plan, quiet_window, wait_for
 from traffic import Traffic, check, deploy, nodes_of, plan_of, routable, sessions_and_expected
 
+from resplit.launcher.processes import ServiceProcess
 from resplit.models.tiny import build_tiny
 from resplit.rpc.channels import sync_channel
 from resplit.state import keys

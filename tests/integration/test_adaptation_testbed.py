@@ -18,9 +18,10 @@ import time
 
 import pytest
 import torch
-from support import ServiceProcess, emulated_stack, quiet_window, wait_for
+from support import emulated_stack, quiet_window, wait_for
 from transformers import AutoModelForCausalLM
 
+from resplit.launcher.processes import ServiceProcess
 from resplit.models.tiny import build_tiny
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client

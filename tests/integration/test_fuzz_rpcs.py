@@ -40,9 +40,10 @@ from fuzzmsg import OWNED, Fuzz, _repeated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from logtap import tap
-from support import ServiceProcess, make_plan, spread
+from support import make_plan, spread
 
 from resplit.core.tensors import encode
+from resplit.launcher.processes import ServiceProcess
 from resplit.models import Checkpoint, num_units
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling

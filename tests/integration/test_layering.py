@@ -28,7 +28,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 def test_contracts_are_kept():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 kept, 0 broken" in result.stdout
+    assert "6 kept, 0 broken" in result.stdout
 
 
 def test_a_core_module_importing_grpc_and_a_cross_service_import_break_the_contracts(tmp_path):
@@ -43,8 +43,12 @@ def test_a_core_module_importing_grpc_and_a_cross_service_import_break_the_contr
     (copy / "services" / "splitter" / "core" / "leak.py").write_text("import grpc  # noqa\n")
     (copy / "services" / "monitor" / "core" / "peek.py").write_text("import services.worker.server  # noqa\n")
     (copy / "testbed" / "peek.py").write_text("import services.worker.config  # noqa\n")
+    (copy / "resplit" / "peek.py").write_text("import testbed.run  # noqa\n")
+    (copy / "resplit" / "launcher" / "peek.py").write_text("import rich  # noqa\n")
     result = _lint(copy)
     assert result.returncode != 0
     assert "Services do not import each other BROKEN" in result.stdout
     assert "Core logic never imports grpc or redis BROKEN" in result.stdout
     assert "The testbed runs services as processes, never imports them BROKEN" in result.stdout
+    assert "The shared package never imports the testbed BROKEN" in result.stdout
+    assert "The launcher and the scenarios are libraries under the CLI BROKEN" in result.stdout

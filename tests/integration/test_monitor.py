@@ -13,8 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from support import ServiceProcess, wait_for
+from support import wait_for
 
+from resplit.launcher.processes import ServiceProcess
 from resplit.rpc.channels import sync_channel
 from resplit.state import keys
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc

@@ -8,8 +8,8 @@ import threading
 
 import grpc
 import pytest
-from support import ServiceProcess
 
+from resplit.launcher.processes import ServiceProcess
 from resplit.rpc.channels import sync_channel
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc

@@ -7,8 +7,9 @@ import signal
 import time
 
 import pytest
-from support import RedisServer, ServiceProcess, wait_for
+from support import wait_for
 
+from resplit.launcher.processes import RedisServer, ServiceProcess
 from resplit.rpc.channels import sync_channel
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
 

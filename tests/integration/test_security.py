@@ -20,10 +20,10 @@ import sys
 
 import grpc
 import pytest
-from support import ROOT, LocalStack, RedisServer, ServiceProcess, spread
+from support import ROOT, LocalStack, spread
 
 from resplit.launcher.certs import make_dev_pki
-from resplit.launcher.processes import free_port
+from resplit.launcher.processes import RedisServer, ServiceProcess, free_port
 from resplit.models import Checkpoint, num_units
 from resplit.rpc.channels import sync_channel
 from resplit.rpc.probe import grpc_health

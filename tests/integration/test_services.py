@@ -8,8 +8,9 @@ import urllib.request
 import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from support import ServiceProcess, wait_for
+from support import wait_for
 
+from resplit.launcher.processes import ServiceProcess
 from resplit.rpc.channels import sync_channel
 from resplit.v1 import (
     monitor_pb2,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import ROOT, ServiceProcess
+from support import ROOT
 
-from resplit import scenario as scenario_mod
-from resplit.launcher.processes import free_port
+from resplit.launcher.processes import ServiceProcess, free_port
 from resplit.rpc.channels import sync_channel
+from resplit.scenarios import plan as scenario_mod
 from resplit.v1 import common_pb2, splitter_pb2, splitter_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,8 @@ import itertools
 
 from hypothesis import strategies as st
 
-from services.splitter.core import devices
+from resplit.core import devices
+from resplit.core.profiles import profile
 from services.splitter.core.problem import (
     GIB,
     Link,
@@ -23,7 +24,6 @@ from services.splitter.core.problem import (
     Unit,
     Workload,
 )
-from services.splitter.core.profiles import profile
 
 # meta-llama/Meta-Llama-3-8B config.json as published (the fields a profile reads, and the rest).
 LLAMA3_8B = {

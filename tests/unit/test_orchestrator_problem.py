@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from splitter_cases import LLAMA3_8B
 
+from resplit.core import devices
+from resplit.core.profiles import profile
 from resplit.v1 import common_pb2
 from services.orchestrator.core.policy import default_policy
 from services.orchestrator.core.problem import WorkloadDefaults, build_problem
-from services.splitter.core import convert, devices
-from services.splitter.core.profiles import profile
+from services.splitter.core import convert
 from services.splitter.core.solve import Mode, evaluate_current, solve
 from services.worker.core.identity import describe_node
 

@@ -8,11 +8,11 @@ import grpc
 import pytest
 from splitter_cases import LLAMA3_8B
 
+from resplit.core.profiles import profile
 from resplit.v1 import common_pb2, splitter_pb2
 from services.splitter.config import SplitterSettings
 from services.splitter.core import convert
 from services.splitter.core.costmodel import evaluate
-from services.splitter.core.profiles import profile
 from services.splitter.server import SplitterServicer
 
 MODEL = convert.model_to_proto(profile(LLAMA3_8B, "float16"))  # 34 units, 15 GiB in all

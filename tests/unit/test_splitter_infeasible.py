@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from splitter_cases import LLAMA3_8B
 
+from resplit.core.profiles import profile
 from services.splitter.core.problem import (
     GIB,
     Link,
@@ -20,7 +21,6 @@ from services.splitter.core.problem import (
     SolverKind,
     Workload,
 )
-from services.splitter.core.profiles import profile
 from services.splitter.core.solve import Infeasible, solve
 
 MODEL = profile(LLAMA3_8B, "float16")  # 0.98 GiB embedding and head, 0.41 GiB per block, 15 GiB in all

@@ -10,9 +10,10 @@ import pytest
 from safetensors import safe_open
 from splitter_cases import LLAMA3_8B
 
-from services.splitter.core import costmodel, devices
+from resplit.core import devices
+from resplit.core.profiles import ConfigError, ModelNotFound, load_config, parse_config, profile
+from services.splitter.core import costmodel
 from services.splitter.core.problem import Workload
-from services.splitter.core.profiles import ConfigError, ModelNotFound, load_config, parse_config, profile
 
 
 def _params(config: dict, dtype: str = "float32") -> int:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from splitter_cases import LLAMA3_8B, MODEL, edge_mec_cloud
 
-from resplit import scenario as scenario_mod
-from services.splitter.core import convert, devices
+from resplit.core import devices
+from resplit.scenarios import plan as scenario_mod
+from services.splitter.core import convert
 from services.splitter.core.problem import Problem
 from services.splitter.core.solve import solve
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from splitter_cases import LLAMA3_8B, check_constraints, edge_mec_cloud
 
+from resplit.core.profiles import profile
 from resplit.v1 import common_pb2, splitter_pb2
 from services.splitter.core import brute, convert, exact, instance
 from services.splitter.core.brute import TooLarge
@@ -25,7 +26,6 @@ from services.splitter.core.problem import (
     SolverKind,
     Workload,
 )
-from services.splitter.core.profiles import profile
 from services.splitter.core.solve import solve
 
 #: Llama-3-8B's shapes with 8 blocks: 10 units, small enough for brute force over two nodes.

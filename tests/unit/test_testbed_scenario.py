@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resplit.scenario import ScenarioError
-from resplit.testbed_scenario import load
+from resplit.scenarios.loading import ScenarioError
+from resplit.scenarios.testbed import load
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(

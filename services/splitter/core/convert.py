@@ -9,9 +9,9 @@ solver UNSPECIFIED means EXACT. Anything malformed raises
 
 from __future__ import annotations
 
+from resplit.core import devices
 from resplit.v1 import common_pb2, splitter_pb2
 
-from . import devices
 from .costmodel import Breakdown
 from .problem import (
     Link,

@@ -1,12 +1,12 @@
-"""Scenario files: a model, nodes, links, a policy and a workload, as YAML.
+"""The scenario ``resplit plan solve`` hands the splitter: a model, nodes, links,
+a policy and a workload.
 
-A scenario is what ``resplit plan solve`` hands the splitter. It is validated
-here (pydantic) so that a typo fails with the field and the reason, before any
-RPC: ``scenario.yaml: nodes.1.utilization: Input should be less than or equal
-to 1 (got 1.5)``. The model is a transformers ``config.json`` (inline or a file
-next to the scenario); the splitter turns it into a unit profile
-(``SplitterService.ProfileModel``) and :func:`to_problem` assembles the
-``Problem`` proto from that profile and the rest of the scenario.
+Validated (pydantic, :mod:`.loading`) so that a typo fails with the field and
+the reason, before any RPC: ``scenario.yaml: nodes.1.utilization: Input should
+be less than or equal to 1 (got 1.5)``. The model is a transformers
+``config.json`` (inline or a file next to the scenario); the splitter turns it
+into a unit profile (``SplitterService.ProfileModel``) and :func:`to_problem`
+assembles the ``Problem`` proto from that profile and the rest of the scenario.
 """
 
 from __future__ import annotations
@@ -15,24 +15,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from .v1 import common_pb2, splitter_pb2
+from ..v1 import common_pb2, splitter_pb2
+from .loading import NodeId, ScenarioError, Strict, read_mapping, validate
 
 GIB = 1024**3
-NodeId = str
 
 
-class ScenarioError(ValueError):
-    """The scenario file cannot be used; the message names the file, the field and the reason."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     #: The transformers config.json, inline.
     config: dict[str, Any] | None = None
     #: Or a path to it (relative paths are relative to the scenario file).
@@ -46,7 +37,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class NodeSpec(_Strict):
+class NodeSpec(Strict):
     id: NodeId = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
     #: A name in the splitter's device table; fills what is not given below.
     device: str = ""
@@ -65,7 +56,7 @@ class NodeSpec(_Strict):
         return self
 
 
-class LinkSpec(_Strict):
+class LinkSpec(Strict):
     between: tuple[NodeId, NodeId]
     bandwidth_mbps: float = Field(gt=0)
     rtt_ms: float = Field(ge=0)
@@ -73,7 +64,7 @@ class LinkSpec(_Strict):
     directed: bool = False
 
 
-class PolicySpec(_Strict):
+class PolicySpec(Strict):
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(0.0, ge=0)
     gamma: float = Field(0.0, ge=0)
@@ -85,19 +76,35 @@ class PolicySpec(_Strict):
     migration_weight: float = Field(0.0, ge=0)
 
 
-class WorkloadSpec(_Strict):
+class WorkloadSpec(Strict):
     prompt_tokens: int = Field(128, ge=1)
     generate_tokens: int = Field(32, ge=0)
     request_rate: float = Field(0.0, ge=0)
     concurrent_sessions: int = Field(1, ge=1)
 
 
-class SegmentSpec(_Strict):
+class SegmentSpec(Strict):
     units: tuple[int, int]
     node: NodeId
 
 
-class Scenario(_Strict):
+def check_nodes_and_links(ids: list[NodeId], links: list[tuple[NodeId, NodeId]]) -> set[NodeId]:
+    """The node ids, once each; raises ValueError for an id given twice or a link that
+    names an unknown node or joins a node to itself (``links``: each link's two ends)."""
+    doubled = sorted({i for i in ids if ids.count(i) > 1})
+    if doubled:
+        raise ValueError(f"node ids appear twice: {', '.join(doubled)}")
+    known = set(ids)
+    for k, (a, b) in enumerate(links):
+        for end in (a, b):
+            if end not in known:
+                raise ValueError(f"links[{k}] names unknown node {end!r}")
+        if a == b:
+            raise ValueError(f"links[{k}] joins {a!r} to itself")
+    return known
+
+
+class Scenario(Strict):
     name: str
     description: str = ""
     model: ModelSpec
@@ -110,17 +117,7 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
-        ids = [n.id for n in self.nodes]
-        doubled = sorted({i for i in ids if ids.count(i) > 1})
-        if doubled:
-            raise ValueError(f"node ids appear twice: {', '.join(doubled)}")
-        known = set(ids)
-        for k, link in enumerate(self.links):
-            for end in link.between:
-                if end not in known:
-                    raise ValueError(f"links[{k}] names unknown node {end!r}")
-            if link.between[0] == link.between[1]:
-                raise ValueError(f"links[{k}] joins {link.between[0]!r} to itself")
+        known = check_nodes_and_links([n.id for n in self.nodes], [link.between for link in self.links])
         for name in self.policy.trusted:
             if name not in known:
                 raise ValueError(f"policy.trusted names unknown node {name!r}")
@@ -130,32 +127,10 @@ class Scenario(_Strict):
         return self
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "scenario"
-        value = item.get("input")
-        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-        parts.append(f"{where}: {item['msg']}{shown}")
-    return "; ".join(parts)
-
-
 def load(path: Path) -> Scenario:
     """Read and validate a scenario file; raises :class:`ScenarioError` with file, field and reason."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(
-            f"{path}: a scenario is a mapping (name, model, nodes, ...), got {type(data).__name__}"
-        )
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise ScenarioError(f"{path}: {_describe(exc)}") from None
+    data = read_mapping(path, "a scenario is a mapping (name, model, nodes, ...)")
+    return validate(Scenario, data, path)
 
 
 def model_config_json(scenario: Scenario, base: Path) -> str:

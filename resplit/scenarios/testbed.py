@@ -1,4 +1,4 @@
-"""Testbed scenarios: emulated nodes, shaped links, background load and a workload, as YAML.
+"""The testbed's scenarios: emulated nodes, shaped links, background load and a workload, as YAML.
 
 A testbed scenario is what ``resplit testbed run`` plays: it builds one
 emulated node per ``nodes`` entry (a cgroup and a network namespace, a worker
@@ -24,15 +24,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from .core.devices import known, lookup
-from .scenario import NodeId, ScenarioError, _describe, _Strict
-from .scenario import SegmentSpec as Placement
+from ..core.devices import known, lookup
+from .loading import NodeId, ScenarioError, Strict, override, read_mapping, validate
+from .plan import SegmentSpec as Placement
+from .plan import check_nodes_and_links
 
 
-class TinyModel(_Strict):
+class TinyModel(Strict):
     """A small random model built on this machine (resplit.models.tiny), for nodes that
     really compute on the host CPU: nothing is downloaded, the same seed gives the same
     weights. ``config`` overrides the family's tiny defaults (hidden_size, layers, ...)."""
@@ -42,7 +42,7 @@ class TinyModel(_Strict):
     config: dict[str, int | float | bool | str] = {}
 
 
-class ModelRef(_Strict):
+class ModelRef(Strict):
     #: A Hugging Face model directory (only config.json is read by emulated workers),
     #: relative to the scenario file ...
     dir: str | None = None
@@ -57,7 +57,7 @@ class ModelRef(_Strict):
         return self
 
 
-class TestbedNode(_Strict):
+class TestbedNode(Strict):
     id: NodeId = Field(pattern=r"^[A-Za-z0-9_-]{1,12}$", description="short: it names a network namespace")
     #: Device profile (resplit.core.devices): the emulated device, and what the splitter assumes.
     device: str
@@ -79,7 +79,7 @@ class TestbedNode(_Strict):
         return self
 
 
-class LinkChange(_Strict):
+class LinkChange(Strict):
     at_s: float = Field(ge=0)
     bandwidth_mbps: float | None = Field(None, gt=0)
     rtt_ms: float | None = Field(None, ge=0)
@@ -87,7 +87,7 @@ class LinkChange(_Strict):
     loss_pct: float | None = Field(None, ge=0, le=100)
 
 
-class TestbedLink(_Strict):
+class TestbedLink(Strict):
     #: The first node's access link (both ways); the second names the far end, for reading.
     between: tuple[NodeId, NodeId]
     bandwidth_mbps: float = Field(gt=0)
@@ -105,7 +105,7 @@ class TestbedLink(_Strict):
         return self
 
 
-class LoadEvent(_Strict):
+class LoadEvent(Strict):
     node: NodeId
     start_s: float = Field(ge=0)
     end_s: float = Field(gt=0)
@@ -119,7 +119,7 @@ class LoadEvent(_Strict):
         return self
 
 
-class TestbedWorkload(_Strict):
+class TestbedWorkload(Strict):
     arrival: Literal["poisson", "constant", "closed"] = "poisson"
     #: Requests per second over all clients (poisson / constant); closed = back to back.
     rate_per_s: float = Field(1.0, gt=0)
@@ -128,7 +128,7 @@ class TestbedWorkload(_Strict):
     generate_tokens: int = Field(32, ge=1, le=4096)
 
 
-class Thresholds(_Strict):
+class Thresholds(Strict):
     """Θ: the triggers of Alg. 1."""
 
     l_max_ms: float | None = Field(None, gt=0)
@@ -137,7 +137,7 @@ class Thresholds(_Strict):
     t_cool_s: float | None = Field(None, ge=0)
 
 
-class TestbedPolicy(_Strict):
+class TestbedPolicy(Strict):
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(0.0, ge=0)
     gamma: float = Field(0.0, ge=0)
@@ -149,14 +149,14 @@ class TestbedPolicy(_Strict):
     sla_ms: float = Field(150.0, gt=0)
 
 
-class Control(_Strict):
+class Control(Strict):
     #: Run Alg. 1 (adaptive) or keep the initial plan (static, orchestrator --no-adaptive).
     adaptive: bool = True
     #: The plan deployed at t = 0 (default: the splitter's choice at the start).
     initial: list[Placement] = []
 
 
-class TestbedScenario(_Strict):
+class TestbedScenario(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
@@ -171,18 +171,9 @@ class TestbedScenario(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> TestbedScenario:
-        ids = [n.id for n in self.nodes]
-        doubled = sorted({i for i in ids if ids.count(i) > 1})
-        if doubled:
-            raise ValueError(f"node ids appear twice: {', '.join(doubled)}")
-        known_ids = set(ids)
+        known_ids = check_nodes_and_links([n.id for n in self.nodes], [link.between for link in self.links])
         shaped: set[NodeId] = set()
         for k, link in enumerate(self.links):
-            for end in link.between:
-                if end not in known_ids:
-                    raise ValueError(f"links[{k}] names unknown node {end!r}")
-            if link.between[0] == link.between[1]:
-                raise ValueError(f"links[{k}] joins {link.between[0]!r} to itself")
             if link.between[0] in shaped:
                 raise ValueError(
                     f"links[{k}]: {link.between[0]!r} already has a shaped link (the testbed shapes a "
@@ -217,44 +208,15 @@ class TestbedScenario(_Strict):
         return path if path.is_absolute() else base / path
 
 
-def _override(data: dict, key: str, value, path: Path) -> None:
-    """Set ``key`` (dotted: mappings by name, lists by index) in ``data``."""
-    *parents, last = key.split(".")
-    target = data
-    try:
-        for part in parents:
-            target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
-        if isinstance(target, list):
-            target[int(last)] = value
-        elif isinstance(target, dict):
-            target[last] = value
-        else:
-            raise TypeError(f"{type(target).__name__} has no keys")
-    except (IndexError, ValueError, TypeError, AttributeError) as exc:
-        raise ScenarioError(f"{path}: --set {key}: no such place in the scenario ({exc})") from None
-
-
 def load(path: Path, overrides: dict | None = None) -> TestbedScenario:
     """Read and validate a testbed scenario; raises ScenarioError with file, field and reason.
 
     ``overrides`` (the CLI's --set) replace keys; a dotted key reaches into
     mappings (``control.adaptive``)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(
-            f"{path}: a testbed scenario is a mapping (name, nodes, ...), got {type(data).__name__}"
-        )
+    data = read_mapping(path, "a testbed scenario is a mapping (name, nodes, ...)")
     for key, value in (overrides or {}).items():
-        _override(data, key, value, path)
-    try:
-        scenario = TestbedScenario.model_validate(data)
-    except ValidationError as exc:
-        raise ScenarioError(f"{path}: {_describe(exc)}") from None
+        override(data, key, value, path)
+    scenario = validate(TestbedScenario, data, path)
     model_dir = scenario.model_dir(Path(path).parent)
     if scenario.model.tiny is None and not (model_dir / "config.json").is_file():
         raise ScenarioError(f"{path}: model.dir: no config.json in {model_dir}")
