@@ -4,7 +4,7 @@ bandwidth the link probes consume.
 Cycle time: a Redis of its own (free loopback port) is filled with N fake
 nodes (registry entries with live heartbeats, one NodeMetrics each, a full
 mesh of N(N-1) link estimates and a latency EWMA); then the monitor's own
-``MonitorCore.cycle()`` (list nodes, latest metrics, links, latency, assemble
+``MonitorService.cycle()`` (list nodes, latest metrics, links, latency, assemble
 E(t), append it to the E(t) series) runs ``--cycles`` times. The paper claims
 <= 10 ms per cycle.
 
@@ -35,7 +35,7 @@ from resplit.rpc.probe import grpc_health
 from resplit.state import StateStore, keys
 from resplit.v1 import common_pb2
 from services.monitor.config import MonitorSettings
-from services.monitor.server import MonitorCore
+from services.monitor.server import MonitorService
 from services.worker.config import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ async def fill(store: StateStore, n: int) -> int:
 
 async def cycle_times(url: str, sizes: list[int], cycles: int) -> list[tuple[int, int, float, float, float]]:
     settings = MonitorSettings(redis_url=url, stale_after_s=0)
-    core = MonitorCore(settings)
+    core = MonitorService(settings)
     rows = []
     try:
         for n in sizes:

@@ -1,6 +1,6 @@
 """Run one service: gRPC (aio) + health + reflection + metrics + side HTTP port.
 
-A service supplies a :class:`ServiceCore`-shaped object: which servicers to
+A service supplies a :class:`Service`-shaped object: which servicers to
 add, what to start, how to tell whether it is ready, what to stop. This module
 does the transport chores every service shares, so each ``server.py`` stays
 thin: bind (one clear line if the port is taken), report NOT_SERVING until
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 1
 
 
-class ServiceCore(Protocol):
+class Service(Protocol):
     """What a service plugs into :func:`serve`."""
 
     name: str
@@ -77,38 +77,38 @@ def recheck_delay(ready: bool, was_ready: bool | None, delay: float, interval: f
     return min(delay * 2, interval)
 
 
-async def _watch_readiness(core: ServiceCore, readiness: Readiness, interval: float) -> None:
+async def _watch_readiness(service: Service, readiness: Readiness, interval: float) -> None:
     last: tuple[bool, str] | None = None
     delay = interval
     while True:
         try:
-            state = await core.check_ready()
+            state = await service.check_ready()
         except Exception as exc:  # a readiness probe must never kill the service
             state = (False, f"readiness check failed: {exc}")
         delay = recheck_delay(state[0], None if last is None else last[0], delay, interval)
         if state != last:
             await readiness.set(*state)
             SERVICE_UP.set(1 if state[0] else 0)
-            log.info("%s is %s (%s)", core.name, "SERVING" if state[0] else "NOT_SERVING", state[1])
+            log.info("%s is %s (%s)", service.name, "SERVING" if state[0] else "NOT_SERVING", state[1])
             last = state
         await asyncio.sleep(delay)
 
 
-async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
-    """Serve ``core`` until SIGTERM or SIGINT."""
-    SERVICE_INFO.info({"service": core.name})
-    readiness = Readiness(core.service_names)
+async def serve(service: Service, settings: ServiceSettings) -> None:
+    """Serve ``service`` until SIGTERM or SIGINT."""
+    SERVICE_INFO.info({"service": service.name})
+    readiness = Readiness(service.service_names)
     await readiness.set(False, "starting")
     security = current()  # configured from ``settings`` by load_settings
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
     if security.token:
         interceptors.append(TokenInterceptor(security.token))
     server = grpc.aio.server(interceptors=interceptors, options=channel_options(settings.max_message_bytes))
-    core.register(server)
+    service.register(server)
     health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)
     reflection.enable_server_reflection(
         [
-            *core.service_names,
+            *service.service_names,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
@@ -125,7 +125,7 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
     except RuntimeError as exc:
         raise StartupError(f"cannot listen for gRPC on {bind} (port in use or host invalid): {exc}") from None
     try:
-        runner = await start_side_port(build_app(core.name, readiness), settings.host, settings.http_port)
+        runner = await start_side_port(build_app(service.name, readiness), settings.host, settings.http_port)
     except OSError as exc:
         raise StartupError(
             f"cannot listen for HTTP on {settings.host}:{settings.http_port}: {exc.strerror or exc}"
@@ -143,19 +143,19 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
         else "plaintext"
     )
     http = f"{settings.host}:{settings.http_port}"
-    log.info("%s listening on %s (gRPC, %s), %s (HTTP, plain)", core.name, bind, mode, http)
+    log.info("%s listening on %s (gRPC, %s), %s (HTTP, plain)", service.name, bind, mode, http)
     if not security.tls:
         log.warning(
             "%s runs WITHOUT transport security (--insecure): gRPC traffic is plaintext and "
             "unauthenticated; configure --tls-cert/--tls-key/--tls-ca for production",
-            core.name,
+            service.name,
         )
     watcher: asyncio.Task[None] | None = None
     try:
-        await core.start()
-        watcher = asyncio.create_task(_watch_readiness(core, readiness, settings.health_interval_s))
+        await service.start()
+        watcher = asyncio.create_task(_watch_readiness(service, readiness, settings.health_interval_s))
         await stop.wait()
-        log.info("%s shutting down (grace %.1fs)", core.name, settings.shutdown_grace_s)
+        log.info("%s shutting down (grace %.1fs)", service.name, settings.shutdown_grace_s)
     finally:
         await readiness.shutting_down()
         SERVICE_UP.set(0)
@@ -167,25 +167,25 @@ async def serve(core: ServiceCore, settings: ServiceSettings) -> None:
         await server.stop(settings.shutdown_grace_s)
         drained = time.monotonic() - draining
         if drained > settings.shutdown_grace_s + 1.0:  # gRPC's own stop overran the grace it was given
-            log.warning("%s: the gRPC server took %.1f s to stop (grace %.1f s)", core.name, drained,
+            log.warning("%s: the gRPC server took %.1f s to stop (grace %.1f s)", service.name, drained,
                         settings.shutdown_grace_s)  # fmt: skip
         # Bounded: a background task stuck in a client library (Redis going away at the
         # same moment) must not keep the process alive past the launcher's SIGKILL.
-        stopping = asyncio.ensure_future(core.stop())
+        stopping = asyncio.ensure_future(service.stop())
         done, _ = await asyncio.wait({stopping}, timeout=settings.shutdown_grace_s + 1.0)
         if not done:
-            log.warning("%s: stopping background work took over %.1f s; exiting anyway", core.name,
+            log.warning("%s: stopping background work took over %.1f s; exiting anyway", service.name,
                         settings.shutdown_grace_s + 1.0)  # fmt: skip
         await runner.cleanup()
-    log.info("%s stopped", core.name)
+    log.info("%s stopped", service.name)
 
 
-class CoreType(Protocol):
-    """A service's core class: its name, and a constructor taking its settings."""
+class ServiceType(Protocol):
+    """A service class (``WorkerService``, ...): its name, and a constructor taking its settings."""
 
     name: str
 
-    def __call__(self, settings: Any) -> ServiceCore: ...
+    def __call__(self, settings: Any) -> Service: ...
 
 
 def loop_runner(event_loop: str) -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -206,14 +206,14 @@ def loop_runner(event_loop: str) -> Callable[[Coroutine[Any, Any, None]], None]:
     return asyncio.run
 
 
-def run(core_type: CoreType, settings: ServiceSettings) -> None:
+def run(service_type: ServiceType, settings: ServiceSettings) -> None:
     """Blocking entry point used by every ``python -m services.<name>``.
 
-    The core is built here, after logging is set up, so that what its constructor
+    The service is built here, after logging is set up, so that what its constructor
     logs (a worker's thread counts, say) reaches the log instead of being dropped."""
-    setup_logging(core_type.name, settings.log_level)
+    setup_logging(service_type.name, settings.log_level)
     try:
-        loop_runner(settings.event_loop)(serve(core_type(settings), settings))
+        loop_runner(settings.event_loop)(serve(service_type(settings), settings))
     except StartupError as exc:
-        print(f"resplit-{core_type.name}: {exc}", file=sys.stderr)
+        print(f"resplit-{service_type.name}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CANNOT_START) from None

@@ -6,12 +6,12 @@ from resplit.config import load_settings
 from resplit.rpc.server import run
 
 from .config import BroadcasterSettings
-from .server import BroadcasterCore
+from .server import BroadcasterService
 
 
 def main() -> None:
     settings = load_settings(BroadcasterSettings, "resplit-broadcaster")
-    run(BroadcasterCore, settings)
+    run(BroadcasterService, settings)
 
 
 if __name__ == "__main__":

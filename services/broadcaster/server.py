@@ -53,7 +53,7 @@ class BroadcasterServicer(broadcaster_pb2_grpc.BroadcasterServiceServicer):
         return await _answer(self.rollouts.get(request.deployment), context)
 
 
-class BroadcasterCore:
+class BroadcasterService:
     name = "broadcaster"
     service_names = [broadcaster_pb2.DESCRIPTOR.services_by_name["BroadcasterService"].full_name]
 

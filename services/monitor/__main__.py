@@ -6,12 +6,12 @@ from resplit.config import load_settings
 from resplit.rpc.server import run
 
 from .config import MonitorSettings
-from .server import MonitorCore
+from .server import MonitorService
 
 
 def main() -> None:
     settings = load_settings(MonitorSettings, "resplit-monitor")
-    run(MonitorCore, settings)
+    run(MonitorService, settings)
 
 
 if __name__ == "__main__":

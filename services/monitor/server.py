@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MIN_WATCH_INTERVAL_S = 0.05
 
 
-class MonitorCore:
+class MonitorService:
     name = "monitor"
     service_names = [monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name]
 
@@ -92,7 +92,7 @@ class MonitorCore:
 
 
 class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
-    def __init__(self, core: MonitorCore) -> None:
+    def __init__(self, core: MonitorService) -> None:
         self.core = core
 
     async def ListNodes(

@@ -6,12 +6,12 @@ from resplit.config import load_settings
 from resplit.rpc.server import run
 
 from .config import OrchestratorSettings
-from .server import OrchestratorCore
+from .server import OrchestratorService
 
 
 def main() -> None:
     settings = load_settings(OrchestratorSettings, "resplit-orchestrator")
-    run(OrchestratorCore, settings)
+    run(OrchestratorService, settings)
 
 
 if __name__ == "__main__":

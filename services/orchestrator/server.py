@@ -159,7 +159,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return orchestrator_pb2.ListEventsResponse(events=events)
 
 
-class OrchestratorCore:
+class OrchestratorService:
     name = "orchestrator"
     service_names = [orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name]
 

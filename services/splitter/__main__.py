@@ -6,12 +6,12 @@ from resplit.config import load_settings
 from resplit.rpc.server import run
 
 from .config import SplitterSettings
-from .server import SplitterCore
+from .server import SplitterService
 
 
 def main() -> None:
     settings = load_settings(SplitterSettings, "resplit-splitter")
-    run(SplitterCore, settings)
+    run(SplitterService, settings)
 
 
 if __name__ == "__main__":

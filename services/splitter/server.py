@@ -82,7 +82,7 @@ class SplitterServicer(splitter_pb2_grpc.SplitterServiceServicer):
         return convert.model_to_proto(model)
 
 
-class SplitterCore:
+class SplitterService:
     name = "splitter"
     service_names = [splitter_pb2.DESCRIPTOR.services_by_name["SplitterService"].full_name]
 
