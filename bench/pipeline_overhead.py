@@ -62,6 +62,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
+from _deploy import deploy
 from _plain_pipeline import PlainPipeline
 from _sizing import model_for, segment_run, whole_run
 from rich.console import Console
@@ -73,7 +74,6 @@ from resplit.launcher.stack import host_cores, shared_decode_threads
 from resplit.models import Checkpoint, load_segment
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
-from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 WINDOW_MS = (20.0, 50.0)  # the whole-model decode time the target ratio is stated for
 
@@ -110,17 +110,6 @@ def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[fl
 
 def ratio_cell(ratios: list[float]) -> str:
     return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
-
-
-def deploy(address: str, name: str, model_dir: Path, segments: list[tuple[int, int, str]]) -> None:
-    request = orchestrator_pb2.DeployRequest(
-        deployment=common_pb2.Deployment(name=name, model_dir=str(model_dir)),
-        segments=[
-            common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n) for a, b, n in segments
-        ],
-    )
-    with sync_channel(address) as channel:
-        orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=600)
 
 
 def main() -> None:

@@ -91,6 +91,38 @@ class Segment(nn.Module, ABC):
     ) -> StepOutput:
         """Run the units for one step; exactly one of input_ids / hidden is given."""
 
+    def batches_decode(self) -> bool:
+        """Whether :meth:`step_rows` runs several sessions' one-token steps as one batched
+        forward (else it runs them one after another, each exactly as :meth:`step`)."""
+        return False
+
+    def step_rows(
+        self,
+        states: list[SessionState],
+        input_ids: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """One new token of each of several sessions (row i: ``states[i]``): ``input_ids``
+        [N, 1] or ``hidden`` [N, 1, H]; outputs stacked the same way. This default runs
+        the rows one by one; a family with a batched step overrides it."""
+        outputs = []
+        for i, state in enumerate(states):
+            rows = slice(i, i + 1)
+            outputs.append(
+                self.step(
+                    state,
+                    input_ids=None if input_ids is None else input_ids[rows],
+                    hidden=None if hidden is None else hidden[rows],
+                )
+            )
+        return StepOutput(
+            **{
+                name: torch.cat([getattr(o, name) for o in outputs])
+                for name in ("hidden", "logits", "embeddings")
+                if getattr(outputs[0], name) is not None
+            }
+        )
+
 
 class Family(ABC):
     """One model family: which tensors belong to which unit, and how to build a segment."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-#: Decoder layers whose one-token forward ``_block_step`` reproduces op for op.
+#: Decoder layers whose one-token forward ``_block_rows`` reproduces op for op.
 LAYER_CLASSES = frozenset(
     {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
 )
@@ -128,26 +128,48 @@ def _heads(x: torch.Tensor, rows: int, head_dim: int, norm: _Norm | None) -> tor
     return (x if norm is None else _rms(x, norm)).transpose(1, 2)
 
 
-def _block_step(block: _Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
-    rows = h.shape[0]
-    x = _rms(h, block.attn_norm)
-    q = _heads(F.linear(x, *block.q), rows, block.head_dim, block.q_norm)
-    k = _heads(F.linear(x, *block.k), rows, block.head_dim, block.k_norm)
-    v = _heads(F.linear(x, *block.v), rows, block.head_dim, None)
-    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    k, v = cache.update(k, v, block.layer_idx)
-    # One query attends to every cached key: no mask and not causal, as transformers decides for one token.
-    attn = F.scaled_dot_product_attention(q, k, v, scale=block.scaling, enable_gqa=block.gqa)
-    h = h + F.linear(attn.transpose(1, 2).reshape(rows, 1, -1), *block.o)
-    x = _rms(h, block.mlp_norm)
-    return h + F.linear(block.act(F.linear(x, *block.gate)) * F.linear(x, *block.up), *block.down)
-
-
 def decode(blocks: list[_Block], h: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
     """Hidden states [rows, 1, H] of one new token through ``blocks``, appending to ``cache``.
 
     ``position_embeddings``: (cos, sin) from the model's rotary module for this position."""
     cos, sin = (t.unsqueeze(1) for t in position_embeddings)
     for block in blocks:
-        h = _block_step(block, h, cos, sin, cache)
+        h = _block_rows(block, h, cos, sin, [cache])
+    return h
+
+
+def _block_rows(
+    block: _Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, caches: list
+) -> torch.Tensor:
+    """One decoder layer for one new token of each of several sessions (row i: session i,
+    its own cache and position), the same tensor operations in the same order as
+    transformers' layer with SDPA attention for one token and no mask. Every projection
+    and the MLP run once for all rows (the weights are read once: what makes a batched
+    decode step cheap); attention runs per row over that session's own cache, not
+    causal, as transformers decides for one query."""
+    rows = h.shape[0]
+    x = _rms(h, block.attn_norm)
+    q = _heads(F.linear(x, *block.q), rows, block.head_dim, block.q_norm)
+    k = _heads(F.linear(x, *block.k), rows, block.head_dim, block.k_norm)
+    v = _heads(F.linear(x, *block.v), rows, block.head_dim, None)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    outputs = []
+    for i, cache in enumerate(caches):
+        k_i, v_i = cache.update(k[i : i + 1], v[i : i + 1], block.layer_idx)
+        outputs.append(
+            F.scaled_dot_product_attention(q[i : i + 1], k_i, v_i, scale=block.scaling, enable_gqa=block.gqa)
+        )
+    attn = outputs[0] if rows == 1 else torch.cat(outputs)
+    h = h + F.linear(attn.transpose(1, 2).reshape(rows, 1, -1), *block.o)
+    x = _rms(h, block.mlp_norm)
+    return h + F.linear(block.act(F.linear(x, *block.gate)) * F.linear(x, *block.up), *block.down)
+
+
+def decode_rows(blocks: list[_Block], h: torch.Tensor, position_embeddings, caches: list) -> torch.Tensor:
+    """Hidden states [N, 1, H] of one new token of each of N sessions through ``blocks``;
+    row i appends to ``caches[i]``. ``position_embeddings``: (cos, sin) [N, 1, D], each
+    row at its own session's position."""
+    cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+    for block in blocks:
+        h = _block_rows(block, h, cos, sin, caches)
     return h

@@ -21,7 +21,11 @@ from .core.metrics import ComputeTimes
 from .core.sessions import SessionTable
 from .core.threads import StepThreads, dedicate_threads, runs_inline
 
-STEPS = Counter("resplit_worker_steps_total", "Segment steps run, by the thread that ran them", ["thread"])
+STEPS = Counter(
+    "resplit_worker_steps_total",
+    "Sessions' segment steps run (a batched forward counts each of its rows), by the thread that ran them",
+    ["thread"],
+)
 _ON_LOOP, _ON_COMPUTE = STEPS.labels("loop"), STEPS.labels("compute")
 
 
@@ -43,9 +47,12 @@ class Compute:
         """Steps waiting for the compute thread (the agent's load signal)."""
         return self._executor._work_queue.qsize()
 
-    async def __call__(self, fn: Callable[[], Any], segment: str = "all", tokens: int = 0) -> Any:
+    async def __call__(
+        self, fn: Callable[[], Any], segment: str = "all", tokens: int = 0, session_steps: int = 1
+    ) -> Any:
         """Run one step's torch work; ``segment`` ("start-end") labels its time,
-        ``tokens`` is the step's new tokens in all."""
+        ``tokens`` is the step's new tokens in all, ``session_steps`` the sessions' steps it runs
+        (a batched forward runs several)."""
         times, steps = self.times, self.step_threads
         inline = self.inline_decode and runs_inline(
             steps, tokens, sessions=self.sessions.clients(), in_flight=times.in_flight
@@ -60,7 +67,7 @@ class Compute:
             finally:
                 times.record(segment, (time.perf_counter() - start) * 1000)
 
-        (_ON_LOOP if inline else _ON_COMPUTE).inc()
+        (_ON_LOOP if inline else _ON_COMPUTE).inc(session_steps)
         times.in_flight += 1
         try:
             if inline:

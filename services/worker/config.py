@@ -51,6 +51,13 @@ class WorkerSettings(ServiceSettings):
         description="on the CPU, load weights into memory the kernel may back with 2 MiB pages "
         "(transparent huge pages, madvise); decode reads every weight once per token",
     )
+    max_batch: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="most sessions' decode steps one batched forward of a segment runs "
+        "(steps arriving while a batch runs wait for the next; a lone step never waits)",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

@@ -182,6 +182,7 @@ class WorkerService:
             trusted=settings.trusted,
             passive=self.passive,
             node=self.node,
+            max_batch=settings.max_batch,
         )
 
     def status(self) -> worker_pb2.WorkerStatus:

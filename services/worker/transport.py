@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from resplit.core.tensors import Assembler
 from resplit.models.sampling import Sampler
 from resplit.v1 import common_pb2, worker_pb2
 
 from .core import errors, step
+from .core.batch import Batcher
 from .core.hosting import Hosted, Hosting
 from .core.inbox import ENDED, Inbox
 from .core.passive import PassiveLinks
@@ -63,10 +64,15 @@ MESSAGES_SENT = Counter(
     ["kind"],
 )
 _ACTIVATION, _RETURN = MESSAGES_SENT.labels("activation"), MESSAGES_SENT.labels("return")
+BATCH_ROWS = Histogram(
+    "resplit_worker_batch_rows",
+    "Sessions' one-token steps run as one batched forward (1: a step alone)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 _ADDRESS = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})")
 
-Compute = Callable[[Callable[[], Any], str, int], Awaitable[Any]]
+Compute = Callable[..., Awaitable[Any]]  # compute.Compute: (work, segment, tokens, session_steps=1)
 
 
 class Closed(Exception):
@@ -116,6 +122,7 @@ class Forwarding:
         trusted: bool = False,
         passive: PassiveLinks | None = None,
         node: common_pb2.Node | None = None,
+        max_batch: int = 64,
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -131,6 +138,8 @@ class Forwarding:
         self.node = node or common_pb2.Node()
         #: The sessions whose first hop runs here, waiting for their head hop's replies.
         self.ring = RingTable()
+        #: Decode steps of many sessions on one segment, run as one forward (core/batch.py).
+        self.batcher: Batcher[step.Row] = Batcher(self._run_batch, max_batch)
 
     # -- the Forward stream ------------------------------------------------------
     async def run(
@@ -172,6 +181,10 @@ class Forwarding:
         except (errors.WorkerError, HopError, TimeoutError) as exc:
             await replies.settle()
             await context.abort(*refusal(exc))
+        except Exception as exc:  # a bug here: this session ends with a clear status, the rest go on
+            log.exception("session stream failed")
+            await replies.settle()
+            await context.abort(grpc.StatusCode.INTERNAL, f"worker error: {type(exc).__name__}: {exc}"[:1000])
         finally:
             pump.cancel()
             replies.discard()
@@ -310,13 +323,17 @@ class Forwarding:
         hosted = session.hosted
         given = await self._input(hop, request)
         self.sessions.begin_step(session, given.step, given.tokens if hosted.generative else 0)
-        latest = self.hosting.latest_epoch(hosted.deployment)
         units = downstream.units if downstream is not None else None
-        produced = await self.compute(
-            lambda: step.run(session, given, units, self.chunk_bytes, latest),
-            f"{hosted.start}-{hosted.end}",
-            given.rows * given.tokens,
-        )
+        if step.batchable(session, given):
+            key = (hosted.key, given.assembler is None)
+            produced = await self.batcher.submit(key, step.Row(session, given, units))
+        else:
+            latest = self.hosting.latest_epoch(hosted.deployment)
+            produced = await self.compute(
+                lambda: step.run(session, given, units, self.chunk_bytes, latest),
+                f"{hosted.start}-{hosted.end}",
+                given.rows * given.tokens,
+            )
         self.sessions.end_step(session)
         if downstream is not None:
             started = time.perf_counter()
@@ -340,6 +357,18 @@ class Forwarding:
                 if reply.HasField("token"):
                     self._stamp(session, reply.token)
                 yield reply
+
+    async def _run_batch(self, key: object, rows: list[step.Row]) -> list[Any]:
+        """One batched forward of several sessions' decode steps on one segment."""
+        hosted = rows[0].session.hosted
+        latest = self.hosting.latest_epoch(hosted.deployment)
+        BATCH_ROWS.observe(len(rows))
+        return await self.compute(
+            lambda: step.run_rows(rows, self.chunk_bytes, latest),
+            f"{hosted.start}-{hosted.end}",
+            len(rows),
+            session_steps=len(rows),
+        )
 
     async def _input(self, hop: OpenHop, request: worker_pb2.ForwardRequest) -> step.StepInput:
         """The step's input: token ids, or an activation read chunk by chunk."""

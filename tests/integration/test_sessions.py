@@ -155,6 +155,48 @@ def test_the_head_hop_returns_each_token_straight_to_the_first_hop(stack, tiny_m
                 assert returned == (local, network), (deployment, server_loop)
 
 
+def _batch_rows(procs) -> tuple[float, float]:
+    """(rows, batched forwards) of every worker so far: resplit_worker_batch_rows."""
+    rows = forwards = 0.0
+    for proc in procs:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("resplit_worker_batch_rows_sum "):
+                    rows += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("resplit_worker_batch_rows_count "):
+                    forwards += float(line.rsplit(" ", 1)[1])
+    return rows, forwards
+
+
+def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_right(stack, tiny_models):
+    """16 sessions of different prompt lengths and lengths of generation, started at
+    different times, through a 3-way split: the workers run their decode steps as batched
+    forwards (more rows than forwards), and every session's greedy tokens are the whole
+    model's for its own prompt."""
+    model_dir = tiny_models["llama"]
+    stack.deploy("batched", model_dir, spread(num_units(Checkpoint(model_dir).config), 3))
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(4, 300, (2 + i % 7,), generator=generator).tolist() for i in range(16)]
+    lengths = [8 + (5 * i) % 17 for i in range(16)]
+    expected = [_reference(model_dir, p, n) for p, n in zip(prompts, lengths, strict=True)]
+
+    def run(i: int) -> list[int]:
+        time.sleep(0.02 * (i % 5))  # joins at different times
+        with Client(stack.orchestrator.address) as client:
+            route = client.route("batched")
+            sampling = Sampling(max_new_tokens=lengths[i])
+            return [t.token_id for t in client.generate_ids(prompts[i], route, sampling)]
+
+    _all_closed(stack.worker_procs)
+    rows_before, forwards_before = _batch_rows(stack.worker_procs)
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(run, range(16)))
+    assert got == expected
+    rows, forwards = _batch_rows(stack.worker_procs)
+    assert rows - rows_before > forwards - forwards_before > 0, (rows, forwards)
+    _all_closed(stack.worker_procs)
+
+
 def test_eight_concurrent_sessions_each_exactly_right(stack, tiny_models):
     model_dir = tiny_models["qwen2"]
     stack.deploy("concurrent", model_dir, spread(num_units(Checkpoint(model_dir).config), 3))

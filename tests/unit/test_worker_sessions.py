@@ -39,3 +39,16 @@ def test_the_session_limit_counts_open_segments():
     _open(table, "a", _hosted(0, 3))
     with pytest.raises(Exhausted, match="limit 1"):
         _open(table, "b", _hosted(0, 3))
+
+
+def test_closing_a_session_mid_step_leaves_the_cache_to_the_step_and_frees_it_otherwise():
+    """A batched forward may still be reading a session's cache when its stream goes away:
+    the cache is then left to the step (freed with the session), never pulled from under it."""
+    table = SessionTable(Limits())
+    busy, idle = _open(table, "busy", _hosted(0, 3)), _open(table, "idle", _hosted(0, 3))
+    busy.state.cache, idle.state.cache = object(), object()
+    table.begin_step(busy, 0, 1)
+    table.close(busy)
+    table.close(idle)
+    assert busy.state.cache is not None and idle.state.cache is None
+    assert len(table) == 0

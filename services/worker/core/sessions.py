@@ -35,6 +35,8 @@ class Session:
     next_step: int = 0
     generated: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    #: A step of this session is running (maybe in a batch with other sessions' steps).
+    in_step: bool = False
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -87,7 +89,8 @@ class SessionTable:
             if not self._per_id[session.session_id]:
                 del self._per_id[session.session_id]
             session.hosted.sessions -= 1
-            session.state.cache = None
+            if not session.in_step:  # else the step still reads it: freed with the session
+                session.state.cache = None
 
     def begin_step(self, session: Session, step: int, new_tokens: int) -> None:
         """Check order and the token limit before a step runs."""
@@ -102,7 +105,9 @@ class SessionTable:
                 f"{self.limits.max_tokens}; the session is closed and its memory freed"
             )
         session.last_used = time.monotonic()
+        session.in_step = True
 
     def end_step(self, session: Session) -> None:
         session.next_step += 1
         session.last_used = time.monotonic()
+        session.in_step = False

@@ -18,7 +18,7 @@ import torch
 from resplit.core.tensors import Assembler, TensorError, encode
 from resplit.v1 import tensor_pb2, worker_pb2
 
-from .errors import BadInput
+from .errors import BadInput, NotHosted
 from .inputs import activation, token_input
 from .sessions import Session
 
@@ -92,6 +92,82 @@ def run(
     if hosted.generative:
         return sample(session, given.step, output.logits[0], chunk_bytes, latest_epoch)
     return results(session, given.step, output.embeddings.float(), chunk_bytes)
+
+
+def batchable(session: Session, given: StepInput) -> bool:
+    """Whether this step may share a batched forward with other sessions' steps: one new
+    token of one row (a decode step) of a generative segment that has a batched step."""
+    hosted = session.hosted
+    return (
+        given.rows == 1
+        and given.tokens == 1
+        and hosted.generative
+        and given.mask is None
+        and hosted.segment.batches_decode()
+    )
+
+
+@dataclass
+class Row:
+    """One session's step in a batch."""
+
+    session: Session
+    given: StepInput
+    next_units: tuple[int, int] | None
+
+
+def run_rows(rows: list[Row], chunk_bytes: int, latest_epoch: int) -> list[Any]:
+    """Several sessions' one-token steps on one segment as one batched forward
+    (``Segment.step_rows``): per row what :func:`run` returns, or the row's own refusal
+    (a malformed activation fails its session, never its batch mates)."""
+    out: list[Any] = [None] * len(rows)
+    ready: list[int] = []
+    inputs: list[torch.Tensor] = []
+    for i, row in enumerate(rows):
+        hosted = row.session.hosted
+        if row.session.state.cache is None and len(hosted.segment.block_range):
+            out[i] = NotHosted(f"session {row.session.session_id[:64]!r} was closed")
+            continue
+        try:
+            if row.given.assembler is not None:
+                _, hidden, _ = activation(hosted, row.given.assembler, hosted.epoch)
+                inputs.append(hidden)
+            else:
+                inputs.append(row.given.ids)
+        except BadInput as exc:
+            out[i] = exc
+            continue
+        ready.append(i)
+    if not ready:
+        return out
+    segment = rows[ready[0]].session.hosted.segment
+    stacked = torch.cat(inputs)
+    from_ids = rows[ready[0]].given.assembler is None
+    output = segment.step_rows(
+        [rows[i].session.state for i in ready],
+        input_ids=stacked if from_ids else None,
+        hidden=None if from_ids else stacked,
+    )
+    for j, i in enumerate(ready):
+        row = rows[i]
+        session, step_no = row.session, row.given.step
+        if row.next_units is None:
+            try:
+                out[i] = sample(session, step_no, output.logits[j], chunk_bytes, latest_epoch)
+            except BadInput as exc:
+                out[i] = exc
+        else:
+            out[i] = encode(
+                output.hidden[j : j + 1],
+                session_id=session.session_id,
+                step=step_no,
+                epoch=session.hosted.epoch,
+                units=row.next_units,
+                compression=session.hosted.compression,
+                attention_mask=[],
+                chunk_bytes=chunk_bytes,
+            )
+    return out
 
 
 def results(session: Session, step: int, tensor: torch.Tensor, chunk_bytes: int) -> list[Any]:

@@ -1,0 +1,184 @@
+"""What many concurrent sessions get from a split: throughput, per-token latency, TTFT.
+
+The benchmark Llama of ``pipeline_overhead.py`` (fp32, hidden 1024, sized to about
+35 ms per whole-model decode step on this machine; ``--blocks`` fixes it) is served
+by `resplit up` with three workers, split S1 | S2 | S3 over them and, for
+comparison, whole on one worker. For each concurrency N (1, 4, 16, 64 by
+default), N client threads (one ``Client`` each, as users would) start together
+and generate ``--tokens`` greedy tokens each from prompts of the same length;
+the reference is transformers' batched ``generate`` at batch N in this process,
+run in the same round. Workers run the decode steps of all sessions on a segment
+that are ready at once as one batched forward (services/worker/core/batch.py).
+
+Printed per N: aggregate tokens/s of each mode and its ratio to the split at
+N = 1 and to transformers at the same N; the split's per-session per-token
+latency p50/p95 and its time to first token p50/p95; and the largest batch the
+workers formed. Every session's tokens are checked against transformers' for
+its prompt.
+
+Usage: python bench/concurrency.py [--sessions 1 4 16 64] [--tokens 32] [--blocks N | --target-ms 35]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from _deploy import deploy
+from _sizing import model_for
+from rich.console import Console
+from rich.table import Table
+
+from resplit.launcher import stack as stack_mod
+from resplit.sdk import Client, Sampling
+
+PROMPT_TOKENS = 16
+
+
+def prompts(count: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(count)
+    return [torch.randint(4, 300, (PROMPT_TOKENS,), generator=generator).tolist() for _ in range(count)]
+
+
+def reference(model, batch: list[list[int]], tokens: int) -> tuple[float, list[list[int]]]:
+    """(seconds, generated ids per row) of transformers' batched greedy generate."""
+    with torch.inference_mode():
+        started = time.perf_counter()
+        out = model.generate(
+            torch.tensor(batch),
+            attention_mask=torch.ones(len(batch), PROMPT_TOKENS, dtype=torch.long),
+            max_new_tokens=tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        seconds = time.perf_counter() - started
+    return seconds, out[:, PROMPT_TOKENS:].tolist()
+
+
+def served(address: str, deployment: str, batch: list[list[int]], tokens: int):
+    """(seconds, ids per session, per-token latencies, TTFTs) of len(batch) concurrent sessions."""
+    start = threading.Barrier(len(batch))
+
+    def session(prompt: list[int]):
+        with Client(address) as client:
+            route = client.route(deployment)
+            start.wait(60)
+            began = time.perf_counter()
+            got = list(client.generate_ids(prompt, route, Sampling(max_new_tokens=tokens)))
+            return began, [t.token_id for t in got], [t.latency_s for t in got[1:]], got[0].latency_s
+
+    with ThreadPoolExecutor(len(batch)) as pool:
+        futures = [pool.submit(session, p) for p in batch]
+        results = [f.result() for f in futures]
+    first = min(r[0] for r in results)
+    last = max(r[0] + r[3] + sum(r[2]) for r in results)
+    per_token = [x for r in results for x in r[2]]
+    return last - first, [r[1] for r in results], per_token, [r[3] for r in results]
+
+
+def largest_batch(stack) -> int:
+    """The largest bucket of resplit_worker_batch_rows any worker filled so far."""
+    largest = 0
+    for record in stack.processes:
+        if record.kind != "worker":
+            continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{record.http_port}/metrics", timeout=5) as reply:
+            counts = {}
+            for line in reply.read().decode().splitlines():
+                if line.startswith("resplit_worker_batch_rows_bucket{"):
+                    bound = line.split('le="', 1)[1].split('"', 1)[0]
+                    counts[float(bound)] = float(line.rsplit(" ", 1)[1])
+        previous = 0.0
+        for bound in sorted(counts):
+            if counts[bound] > previous and bound != float("inf"):
+                largest = max(largest, int(bound))
+            previous = counts[bound]
+    return largest
+
+
+def quantile(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--target-ms", type=float, default=35.0)
+    parser.add_argument("--blocks", type=int, help="use this many blocks (>= 3) instead of sizing")
+    args = parser.parse_args()
+    console = Console(width=200)
+    work = Path(tempfile.mkdtemp(prefix="resplit-concurrency-"))
+    with console.status("sizing the model to this machine"):
+        blocks, model_dir, model = model_for(work, args.blocks, args.target_ms, prompts(1)[0])
+    first, second = 1 + blocks // 3, 1 + (2 * blocks) // 3
+    split = [(0, first, "worker-0"), (first, second, "worker-1"), (second, blocks + 2, "worker-2")]
+    rows = []
+    with console.status("starting the stack"):
+        stack = stack_mod.up(work / "stack", workers=3, trusted=3)
+    try:
+        address = stack.by_name("orchestrator").address
+        deploy(address, "split", model_dir, split)
+        deploy(address, "one", model_dir, [(0, blocks + 2, "worker-1")])
+        served(address, "split", prompts(2), 4)  # warm-up
+        served(address, "one", prompts(2), 4)
+        for count in args.sessions:
+            batch = prompts(count)
+            with console.status(f"{count} sessions"):
+                ref_s, expected = reference(model, batch, args.tokens)
+                split_s, split_ids, per_token, ttft = served(address, "split", batch, args.tokens)
+                one_s, one_ids, _, _ = served(address, "one", batch, args.tokens)
+            if split_ids != expected or one_ids != expected:
+                raise SystemExit(f"{count} sessions: tokens differ from transformers' batched generate")
+            total = count * args.tokens
+            rows.append((count, total / split_s, total / one_s, total / ref_s, per_token, ttft))
+        biggest = largest_batch(stack)
+    finally:
+        stack_mod.down(work / "stack")
+    solo = rows[0][1]
+    table = Table(
+        title=f"{len(split)}-way split vs one worker vs transformers batched, {blocks}-block Llama (fp32)"
+    )
+    for column in (
+        "sessions",
+        "split tok/s",
+        "/ split at 1",
+        "/ transformers",
+        "one worker tok/s",
+        "transformers batched tok/s",
+        "per-token p50 / p95 ms",
+        "TTFT p50 / p95 ms",
+    ):
+        table.add_column(column, justify="right")
+    for count, split_rate, one_rate, ref_rate, per_token, ttft in rows:
+        table.add_row(
+            str(count),
+            f"{split_rate:.1f}",
+            f"{split_rate / solo:.2f}x",
+            f"{split_rate / ref_rate:.2f}x",
+            f"{one_rate:.1f}",
+            f"{ref_rate:.1f}",
+            f"{quantile(per_token, 0.5) * 1e3:.1f} / {quantile(per_token, 0.95) * 1e3:.1f}",
+            f"{quantile(ttft, 0.5) * 1e3:.0f} / {quantile(ttft, 0.95) * 1e3:.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"{args.tokens} tokens per session from {PROMPT_TOKENS}-token prompts; the same greedy tokens as "
+        f"transformers in every mode; the largest batched forward any worker ran: {biggest} rows"
+    )
+
+
+if __name__ == "__main__":
+    main()
