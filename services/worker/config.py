@@ -58,6 +58,14 @@ class WorkerSettings(ServiceSettings):
         description="most sessions' decode steps one batched forward of a segment runs "
         "(steps arriving while a batch runs wait for the next; a lone step never waits)",
     )
+    kv_budget_tokens: int = Field(
+        0,
+        ge=0,
+        description="tokens of KV cache all sessions on this worker may hold together, each "
+        "reserving what it holds plus what it may still generate at its first step; a session "
+        "that does not fit is refused with RESOURCE_EXHAUSTED (0: no budget beyond --max-sessions "
+        "x --max-tokens)",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import torch
+from prometheus_client import Gauge
 
 from resplit.core.devices import lookup
 from resplit.core.emulation import EmulatedDevice
@@ -45,6 +46,10 @@ from .streams import Channels
 from .transport import Forwarding
 
 log = logging.getLogger(__name__)
+KV_RESERVED = Gauge(
+    "resplit_worker_kv_reserved_tokens", "Tokens of KV cache the open sessions have reserved in the budget"
+)
+KV_BUDGET = Gauge("resplit_worker_kv_budget_tokens", "This worker's KV budget in tokens (0: none)")
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -141,8 +146,12 @@ class WorkerService:
         preload()
         self.hosting = Hosting()
         self.sessions = SessionTable(
-            Limits(settings.max_sessions, settings.max_tokens, settings.idle_timeout_s)
+            Limits(
+                settings.max_sessions, settings.max_tokens, settings.idle_timeout_s, settings.kv_budget_tokens
+            )
         )
+        KV_RESERVED.set_function(lambda: self.sessions.reserved)
+        KV_BUDGET.set(settings.kv_budget_tokens)
         self.channels = Channels(settings.max_message_bytes)
         # Emulated compute has nothing heavy to run; a thread pool only adds wake-up latency.
         # An emulated step sleeps for its compute time: never on the event loop.

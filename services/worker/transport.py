@@ -231,6 +231,7 @@ class Forwarding:
             return_logits=request.return_logits,
             next_step=request.start_step,
             generated=request.generated,
+            max_new_tokens=request.sampling.max_new_tokens if hosted.generative else 1,
         )
         self.sessions.open(session)
         hop = OpenHop(session, first=not request.HasField("ring"), inbox=inbox)

@@ -368,3 +368,37 @@ def test_async_client_generate_and_embed_by_deployment_name(stack, tiny_models):
     assert [t.token_id for t in tokens] == expected == _text_reference(tiny_models["llama"], "The edge", 6)
     assert torch.equal(vectors, expected_vectors)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_a_kv_budget_admits_the_sessions_that_fit_refuses_the_next_and_frees_room_as_they_end(tiny_models):
+    """--kv-budget-tokens 100 on the one worker: two sessions of a 10-token prompt and up to 40
+    new tokens reserve 50 each; a third is refused with RESOURCE_EXHAUSTED naming the budget
+    while the two go on, each exactly the whole model's tokens; once they end, it fits."""
+    model_dir = tiny_models["llama"]
+    local = LocalStack(workers=1, worker_args=["--torch-threads", "1", "--kv-budget-tokens", "100"])
+    try:
+        local.start()
+        local.deploy("budget", model_dir, spread(num_units(Checkpoint(model_dir).config), 1))
+        prompt = list(range(10, 20))
+        expected = _reference(model_dir, prompt, 40)
+        with Client(local.orchestrator.address, server_loop=False) as client:
+            route = client.route("budget")
+            first, second = (
+                iter(client.generate_ids(prompt, route, Sampling(max_new_tokens=40))) for _ in "ab"
+            )
+            got = [[next(first).token_id], [next(second).token_id]]  # both hold their room now
+            with pytest.raises(grpc.RpcError) as refused:
+                list(client.generate_ids(prompt, route, Sampling(max_new_tokens=40)))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (
+                "KV budget is 100 tokens (--kv-budget-tokens) and 100 are reserved" in refused.value.details()
+            )
+            got[0] += [t.token_id for t in first]
+            got[1] += [t.token_id for t in second]
+            assert got == [expected, expected]
+            _all_closed(local.worker_procs)
+            assert [
+                t.token_id for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=40))
+            ] == expected
+    finally:
+        local.stop()

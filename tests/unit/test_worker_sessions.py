@@ -52,3 +52,33 @@ def test_closing_a_session_mid_step_leaves_the_cache_to_the_step_and_frees_it_ot
     table.close(idle)
     assert busy.state.cache is not None and idle.state.cache is None
     assert len(table) == 0
+
+
+def test_the_kv_budget_admits_what_fits_and_names_itself_when_a_session_does_not():
+    table = SessionTable(Limits(max_tokens=1000, kv_budget_tokens=100))
+    hosted = _hosted(0, 3)
+
+    def opened(session_id: str, max_new_tokens: int) -> Session:
+        return table.open(
+            Session(session_id=session_id, hosted=hosted, state=SessionState(), max_new_tokens=max_new_tokens)
+        )
+
+    a, b, c = opened("a", 30), opened("b", 30), opened("c", 30)
+    table.begin_step(a, 0, 10)  # a 10-token prompt and up to 30 new tokens: 40 reserved
+    table.begin_step(b, 0, 20)  # 50
+    assert table.reserved == 90
+    with pytest.raises(
+        Exhausted, match=r"KV budget is 100 tokens \(--kv-budget-tokens\) and 90 are reserved"
+    ):
+        table.begin_step(c, 0, 5)  # needs 35
+    for step in range(1, 31):  # an admitted session never runs out of room
+        table.end_step(a)
+        a.state.seq_len = 9 + step
+        table.begin_step(a, step, 1)
+    assert table.reserved == 90
+    table.close(b)  # its room goes back
+    table.begin_step(c, 0, 5)
+    assert table.reserved == 75
+    unbounded = opened("d", 0)  # no max_new_tokens: it reserves --max-tokens, which does not fit
+    with pytest.raises(Exhausted, match="needs 1000"):
+        table.begin_step(unbounded, 0, 5)

@@ -1,8 +1,12 @@
 """Sessions on one worker: per-session state for one segment, and the limits.
 
 A session's KV cache lives with the segment that computed it. Limits protect
-everyone else: a cap on open sessions, on tokens per session, and an idle
-timeout; hitting one closes only that session and frees its memory.
+everyone else: a cap on open sessions, on tokens per session, an idle timeout,
+and a KV budget: the tokens of cache all sessions on this worker may hold
+together. A session reserves its share at its first step (what it holds then
+plus what it may still generate), so one admitted never runs out of room
+mid-generation; one that does not fit is refused there, naming the budget.
+Hitting a limit closes only that session and frees its memory.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class Limits:
     max_sessions: int = 64
     max_tokens: int = 4096
     idle_timeout_s: float = 300.0
+    #: Tokens of KV cache all open session segments may reserve together (0: no budget).
+    kv_budget_tokens: int = 0
 
 
 @dataclass
@@ -37,6 +43,10 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     #: A step of this session is running (maybe in a batch with other sessions' steps).
     in_step: bool = False
+    #: The most tokens this session may still generate (0: no bound but --max-tokens).
+    max_new_tokens: int = 0
+    #: Tokens of KV cache reserved for it in the worker's budget.
+    reserved: int = 0
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -50,6 +60,8 @@ class SessionTable:
         self._sessions: dict[tuple[str, int, int], Session] = {}
         #: Open segments per session id, kept as sessions open and close: read every step.
         self._per_id: Counter[str] = Counter()
+        #: Tokens of KV cache reserved by the open sessions (see Limits.kv_budget_tokens).
+        self.reserved = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -89,6 +101,8 @@ class SessionTable:
             if not self._per_id[session.session_id]:
                 del self._per_id[session.session_id]
             session.hosted.sessions -= 1
+            self.reserved -= session.reserved
+            session.reserved = 0
             if not session.in_step:  # else the step still reads it: freed with the session
                 session.state.cache = None
 
@@ -104,8 +118,28 @@ class SessionTable:
                 f"session {session.session_id!r} would hold {total} tokens, over the limit of "
                 f"{self.limits.max_tokens}; the session is closed and its memory freed"
             )
+        self._reserve(session, total)
         session.last_used = time.monotonic()
         session.in_step = True
+
+    def _reserve(self, session: Session, total: int) -> None:
+        """Hold room in the KV budget for what ``session`` holds after this step and may
+        still generate; raise Exhausted, naming the budget, when the rest is taken."""
+        budget = self.limits.kv_budget_tokens
+        if not budget or (session.reserved and total <= session.reserved):
+            return
+        ahead = max(0, session.max_new_tokens - session.generated) if session.max_new_tokens else None
+        want = self.limits.max_tokens if ahead is None else min(self.limits.max_tokens, total + ahead)
+        want = max(want, total)
+        others = self.reserved - session.reserved
+        if others + want > budget:
+            raise Exhausted(
+                f"this worker's KV budget is {budget} tokens (--kv-budget-tokens) and {others} are "
+                f"reserved by other sessions; session {session.session_id[:64]!r} needs {want} "
+                "(what it holds plus what it may generate): retry later or use another route"
+            )
+        self.reserved = others + want
+        session.reserved = want
 
     def end_step(self, session: Session) -> None:
         session.next_step += 1
