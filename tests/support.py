@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,3 +274,17 @@ def _warm_up(orchestrator: str, names: list[str], cycle: float) -> None:
     with Client(orchestrator) as client:
         list(client.generate_ids([5, 6, 7], client.route("warm-up"), Sampling(2)))
     time.sleep(4 * cycle)  # the burst leaves the utilization estimates
+
+
+def batch_rows(procs) -> tuple[float, float]:
+    """(rows, batched forwards) the workers ``procs`` have run so far: the sum and count of
+    their resplit_worker_batch_rows histograms (more rows than forwards: steps were batched)."""
+    rows = forwards = 0.0
+    for proc in procs:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("resplit_worker_batch_rows_sum "):
+                    rows += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("resplit_worker_batch_rows_count "):
+                    forwards += float(line.rsplit(" ", 1)[1])
+    return rows, forwards

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 import torch
-from support import LocalStack, make_plan
+from support import LocalStack, batch_rows, make_plan
 from transformers import AutoModelForCausalLM
 
 from resplit.models.tiny import build_tiny
@@ -77,7 +77,11 @@ def _migrated_on_workers(stack: LocalStack) -> float:
 
 
 def test_16_sessions_through_5_reconfigurations_lose_nothing_and_change_no_token(stack, models):
+    """16 sessions decoding in batches (the workers run their steps as batched forwards:
+    more rows than forwards) go through migrations, re-splits and 3 -> 4 segments: each
+    moves its cache at every switch, none fails or replays, every token is exact."""
     stack.deploy("moving", models["llama"], START)
+    rows_before, forwards_before = batch_rows(stack.worker_procs)
     prompts = _prompts(SESSIONS)
     expected = _reference(models["llama"], prompts, NEW_TOKENS)
     epochs = []
@@ -127,6 +131,8 @@ def test_16_sessions_through_5_reconfigurations_lose_nothing_and_change_no_token
     crossings = sum(e.migrations for e in exchanges)
     assert all(e.migrations == len(RECONFIGURATIONS) for e in exchanges), [e.migrations for e in exchanges]
     assert _migrated_on_workers(stack) >= crossings  # every crossing moved at least one segment's cache
+    rows, forwards = batch_rows(stack.worker_procs)
+    assert rows - rows_before > forwards - forwards_before > 0, "the sessions never shared a forward"
 
 
 def _drive_with_rollouts(stack, name, exchange, plans, every: int) -> list[int]:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
-from support import LocalStack, spread, wait_for
+from support import LocalStack, batch_rows, spread, wait_for
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
@@ -155,19 +155,6 @@ def test_the_head_hop_returns_each_token_straight_to_the_first_hop(stack, tiny_m
                 assert returned == (local, network), (deployment, server_loop)
 
 
-def _batch_rows(procs) -> tuple[float, float]:
-    """(rows, batched forwards) of every worker so far: resplit_worker_batch_rows."""
-    rows = forwards = 0.0
-    for proc in procs:
-        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
-            for line in reply.read().decode().splitlines():
-                if line.startswith("resplit_worker_batch_rows_sum "):
-                    rows += float(line.rsplit(" ", 1)[1])
-                elif line.startswith("resplit_worker_batch_rows_count "):
-                    forwards += float(line.rsplit(" ", 1)[1])
-    return rows, forwards
-
-
 def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_right(stack, tiny_models):
     """16 sessions of different prompt lengths and lengths of generation, started at
     different times, through a 3-way split: the workers run their decode steps as batched
@@ -188,11 +175,11 @@ def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_rig
             return [t.token_id for t in client.generate_ids(prompts[i], route, sampling)]
 
     _all_closed(stack.worker_procs)
-    rows_before, forwards_before = _batch_rows(stack.worker_procs)
+    rows_before, forwards_before = batch_rows(stack.worker_procs)
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(run, range(16)))
     assert got == expected
-    rows, forwards = _batch_rows(stack.worker_procs)
+    rows, forwards = batch_rows(stack.worker_procs)
     assert rows - rows_before > forwards - forwards_before > 0, (rows, forwards)
     _all_closed(stack.worker_procs)
 
