@@ -29,6 +29,14 @@ def _pct(value: float) -> str:
     return f"[{color}]{value * 100:5.1f}%[/{color}]"
 
 
+def _kv(metrics: common_pb2.NodeMetrics) -> str:
+    """KV tokens reserved, against the budget when there is one."""
+    if not metrics.kv_budget_tokens:
+        return str(metrics.kv_reserved_tokens)
+    share = metrics.kv_reserved_tokens / metrics.kv_budget_tokens
+    return f"{metrics.kv_reserved_tokens}/{metrics.kv_budget_tokens} {_pct(share).strip()}"
+
+
 def render(env: common_pb2.Environment) -> Group:
     """Nodes, links and latency tables of one E(t) snapshot."""
     metrics = {m.node_id: m for m in env.metrics}
@@ -43,13 +51,14 @@ def render(env: common_pb2.Environment) -> Group:
         "rss MiB",
         "in flight",
         "queue",
+        "kv tokens",
         "compute ms",
     ):
         nodes.add_column(column, justify="left" if column in ("node", "compute ms") else "right")
     for node in env.nodes:
         m = metrics.get(node.node_id)
         if m is None:
-            cells = ["-"] * 7
+            cells = ["-"] * 8
         else:
             compute = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(m.segment_compute_ms.items())) or "-"
             cells = [
@@ -59,6 +68,7 @@ def render(env: common_pb2.Environment) -> Group:
                 f"{m.rss_bytes / 2**20:.0f}",
                 str(m.requests_in_flight),
                 str(m.queue_depth),
+                _kv(m),
                 compute,
             ]
         nodes.add_row(node.node_id, STATE.get(node.state, "?"), "yes" if node.trusted else "no", *cells)

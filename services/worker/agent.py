@@ -50,12 +50,15 @@ class Agent:
         queue_depth: Callable[[], int],
         utilization: Callable[[], float] | None = None,
         passive: PassiveLinks | None = None,
+        kv_reserved: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
         self.store = store
         self.compute = compute
         self.queue_depth = queue_depth
+        #: Tokens of KV cache the open sessions have reserved (the budget is a setting).
+        self.kv_reserved = kv_reserved
         #: An emulated device's utilization, reported as the node's (its CPU is idle).
         self.utilization = utilization
         #: Real activation transfers to the next hops, drained into the link estimates each cycle.
@@ -83,6 +86,9 @@ class Agent:
         report = collect(self.node_id, self.cpu, self.gpu, self.compute, self.queue_depth)
         if self.utilization is not None:
             report.cpu_utilization = self.utilization()
+        if self.kv_reserved is not None:
+            report.kv_reserved_tokens = self.kv_reserved()
+        report.kv_budget_tokens = self.settings.kv_budget_tokens
         retention = self.settings.metrics_retention_s
         await asyncio.wait_for(self.store.put_metrics(report, retention), CALL_TIMEOUT_S)
         await self.passive_links()

@@ -227,6 +227,7 @@ class WorkerService:
                 self.compute.queued,
                 self.emulated.utilization if self.emulated else None,
                 passive=self.passive,
+                kv_reserved=lambda: self.sessions.reserved,
             )
             self._agent_task = asyncio.create_task(self._agent.run())
 

@@ -25,13 +25,15 @@ CYCLE = "0.3"
 TTL = 2.0
 AGENT = ["--agent-interval-s", CYCLE, "--probe-interval-s", CYCLE, "--probe-bytes", "65536"]
 BEAT = ["--heartbeat-ttl-s", str(TTL), "--heartbeat-interval-s", "0.4", "--torch-threads", "1"]
+KV = [[], ["--kv-budget-tokens", "5000"]]  # mw-1 has a KV budget, mw-0 none
 
 
 @pytest.fixture(scope="module")
 def monitored(module_redis):
     procs = [ServiceProcess("monitor", module_redis.url, ["--cycle-s", CYCLE, "--stale-after-s", "3"])]
     procs += [
-        ServiceProcess("worker", module_redis.url, ["--node-id", f"mw-{i}", *AGENT, *BEAT]) for i in range(2)
+        ServiceProcess("worker", module_redis.url, ["--node-id", f"mw-{i}", *AGENT, *BEAT, *KV[i]])
+        for i in range(2)
     ]
     try:
         for proc in procs:
@@ -173,8 +175,10 @@ def test_resplit_top_shows_nodes_links_and_latency(monitored):
     wait_for(lambda: len(_env(address).links) >= 2, 20, what="links in E(t)")
     once = _top("--monitor", address, "--once")
     assert once.returncode == 0, once.stderr
-    for needle in ("mw-0", "mw-1", "UP", "links", "Mbit/s", "latency"):
+    for needle in ("mw-0", "mw-1", "UP", "links", "Mbit/s", "latency", "kv tokens", "0/5000"):
         assert needle in once.stdout, (needle, once.stdout)
+    budgets = {m.node_id: m.kv_budget_tokens for m in _env(address).metrics}
+    assert budgets["mw-0"] == 0 and budgets["mw-1"] == 5000
     live = _top("--monitor", address, "--interval", "0.1", "--frames", "3")
     assert live.returncode == 0, live.stderr
     assert "mw-1" in live.stdout
