@@ -16,12 +16,21 @@ latency p50/p95 and its time to first token p50/p95; and the largest batch the
 workers formed. Every session's tokens are checked against transformers' for
 its prompt.
 
+Then the prefill gap: ``--decoders`` sessions decode through the split while one
+more session arrives with a ``--long-prompt``-token prompt; printed are the
+largest gap between two tokens of a decoding session while that prompt is
+prefilled, and the prompt's own full-prefill time (its TTFT alone). A prefill
+that is not cut into chunks holds every decoding session for about its whole
+length at each hop.
+
 Usage: python bench/concurrency.py [--sessions 1 4 16 64] [--tokens 32] [--blocks N | --target-ms 35]
+       [--long-prompt 2048] [--decoders 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import threading
@@ -104,6 +113,47 @@ def largest_batch(stack) -> int:
     return largest
 
 
+def prefill_gap(address: str, deployment: str, long_prompt: int, decoders: int) -> tuple[float, float]:
+    """(largest gap between two tokens of a decoding session while a ``long_prompt``-token
+    prompt is prefilled among ``decoders`` decoding sessions, that prompt's TTFT alone), s."""
+    generator = torch.Generator().manual_seed(long_prompt)
+    long = torch.randint(4, 300, (long_prompt,), generator=generator).tolist()
+    with Client(address) as client:
+        route = client.route(deployment)
+        alone = next(iter(client.generate_ids(long, route, Sampling(max_new_tokens=1)))).latency_s
+    running = threading.Barrier(decoders + 1)
+    stamps: list[list[float]] = [[] for _ in range(decoders)]
+
+    def decode(i: int) -> None:
+        with Client(address) as client:
+            route = client.route(deployment)
+            tokens = client.generate_ids(prompts(decoders)[i], route, Sampling(max_new_tokens=10_000))
+            for n, _ in enumerate(tokens):
+                stamps[i].append(time.perf_counter())
+                if n == 3:
+                    running.wait(120)
+                if done.is_set():
+                    return
+
+    done = threading.Event()
+    with ThreadPoolExecutor(decoders) as pool:
+        futures = [pool.submit(decode, i) for i in range(decoders)]
+        running.wait(120)
+        with Client(address) as client:
+            route = client.route(deployment)
+            started = time.perf_counter()
+            next(iter(client.generate_ids(long, route, Sampling(max_new_tokens=1))))
+            prefilled = time.perf_counter()
+        time.sleep(alone / 4)  # let every decoder show its next token
+        done.set()
+        for future in futures:
+            future.result()
+    gaps = [
+        b - a for times in stamps for a, b in itertools.pairwise(times) if b >= started and a <= prefilled
+    ]
+    return max(gaps), alone
+
+
 def quantile(values: list[float], q: float) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
@@ -118,6 +168,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--target-ms", type=float, default=35.0)
     parser.add_argument("--blocks", type=int, help="use this many blocks (>= 3) instead of sizing")
+    parser.add_argument(
+        "--long-prompt", type=int, default=2048, help="tokens of the prompt that arrives (0: skip)"
+    )
+    parser.add_argument("--decoders", type=int, default=15, help="sessions decoding while it is prefilled")
     args = parser.parse_args()
     console = Console(width=200)
     work = Path(tempfile.mkdtemp(prefix="resplit-concurrency-"))
@@ -145,6 +199,7 @@ def main() -> None:
             total = count * args.tokens
             rows.append((count, total / split_s, total / one_s, total / ref_s, per_token, ttft))
         biggest = largest_batch(stack)
+        gap = prefill_gap(address, "split", args.long_prompt, args.decoders) if args.long_prompt else None
     finally:
         stack_mod.down(work / "stack")
     solo = rows[0][1]
@@ -178,6 +233,13 @@ def main() -> None:
         f"{args.tokens} tokens per session from {PROMPT_TOKENS}-token prompts; the same greedy tokens as "
         f"transformers in every mode; the largest batched forward any worker ran: {biggest} rows"
     )
+    if gap is not None:
+        largest, alone = gap
+        console.print(
+            f"prefill gap: a {args.long_prompt}-token prompt among {args.decoders} decoding sessions "
+            f"(split): their largest gap between two tokens {largest * 1e3:.0f} ms; the prompt's own "
+            f"full prefill alone {alone * 1e3:.0f} ms ({largest / alone:.2f}x)"
+        )
 
 
 if __name__ == "__main__":
