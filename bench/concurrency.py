@@ -35,13 +35,12 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from _deploy import deploy
 from _sizing import model_for
+from _stack import deploy, worker_metrics
 from rich.console import Console
 from rich.table import Table
 
@@ -95,21 +94,17 @@ def served(address: str, deployment: str, batch: list[list[int]], tokens: int):
 
 def largest_batch(stack) -> int:
     """The largest bucket of resplit_worker_batch_rows any worker filled so far."""
-    largest = 0
-    for record in stack.processes:
-        if record.kind != "worker":
-            continue
-        with urllib.request.urlopen(f"http://127.0.0.1:{record.http_port}/metrics", timeout=5) as reply:
-            counts = {}
-            for line in reply.read().decode().splitlines():
-                if line.startswith("resplit_worker_batch_rows_bucket{"):
-                    bound = line.split('le="', 1)[1].split('"', 1)[0]
-                    counts[float(bound)] = float(line.rsplit(" ", 1)[1])
-        previous = 0.0
-        for bound in sorted(counts):
-            if counts[bound] > previous and bound != float("inf"):
-                largest = max(largest, int(bound))
-            previous = counts[bound]
+    # Cumulative buckets summed over workers: the sum grows at a bound exactly where some
+    # worker ran a forward of more rows than the bound before it.
+    counts: dict[float, float] = {}
+    for labels, value in worker_metrics(stack, "resplit_worker_batch_rows_bucket{"):
+        bound = float(labels.split('le="', 1)[1].split('"', 1)[0])
+        counts[bound] = counts.get(bound, 0.0) + value
+    largest, previous = 0, 0.0
+    for bound in sorted(counts):
+        if counts[bound] > previous and bound != float("inf"):
+            largest = int(bound)
+        previous = counts[bound]
     return largest
 
 
@@ -122,12 +117,13 @@ def prefill_gap(address: str, deployment: str, long_prompt: int, decoders: int) 
         route = client.route(deployment)
         alone = next(iter(client.generate_ids(long, route, Sampling(max_new_tokens=1)))).latency_s
     running = threading.Barrier(decoders + 1)
+    starts = prompts(decoders)
     stamps: list[list[float]] = [[] for _ in range(decoders)]
 
     def decode(i: int) -> None:
         with Client(address) as client:
             route = client.route(deployment)
-            tokens = client.generate_ids(prompts(decoders)[i], route, Sampling(max_new_tokens=10_000))
+            tokens = client.generate_ids(starts[i], route, Sampling(max_new_tokens=10_000))
             for n, _ in enumerate(tokens):
                 stamps[i].append(time.perf_counter())
                 if n == 3:

@@ -58,13 +58,12 @@ import os
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
-from _deploy import deploy
 from _plain_pipeline import PlainPipeline
 from _sizing import model_for, segment_run, whole_run
+from _stack import deploy, worker_metrics
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -92,15 +91,7 @@ def paper_placement(segments: list[tuple[int, int, str]]) -> list[tuple[int, int
 
 def messages_sent(stack) -> float:
     """Data-plane messages every worker has sent so far (its Prometheus counter)."""
-    total = 0.0
-    for record in stack.processes:
-        if record.kind != "worker":
-            continue
-        with urllib.request.urlopen(f"http://127.0.0.1:{record.http_port}/metrics", timeout=5) as reply:
-            for line in reply.read().decode().splitlines():
-                if line.startswith("resplit_worker_messages_sent_total{"):
-                    total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(value for _, value in worker_metrics(stack, "resplit_worker_messages_sent_total{"))
 
 
 def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:

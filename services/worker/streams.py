@@ -127,7 +127,6 @@ class ReturnLink:
         self.identity = identity
         self.address = address
         self.slot = slot
-        self.local = slot is not None
         self.call: Any = None
         #: The attach message's write, awaited before the first reply's.
         self._pending: asyncio.Future[None] | None = None
@@ -137,6 +136,11 @@ class ReturnLink:
         first write finds out whether the first hop took it."""
         self.call = stub.Return()
         self._pending = asyncio.ensure_future(self.call.write(self.identity))
+
+    @property
+    def local(self) -> bool:
+        """The first hop runs in this worker: replies are handed over, not sent."""
+        return self.slot is not None
 
     async def send(self, reply: worker_pb2.ForwardResponse) -> None:
         if self.slot is not None:

@@ -79,16 +79,7 @@ def run(
         _, hidden, mask = activation(hosted, given.assembler, hosted.epoch)
     output = hosted.segment.step(session.state, input_ids=given.ids, hidden=hidden, attention_mask=mask)
     if next_units is not None:
-        return encode(
-            output.hidden,
-            session_id=session.session_id,
-            step=given.step,
-            epoch=hosted.epoch,
-            units=next_units,
-            compression=hosted.compression,
-            attention_mask=[] if mask is None else mask.flatten().tolist(),
-            chunk_bytes=chunk_bytes,
-        )
+        return forwarded(session, given.step, output.hidden, next_units, mask, chunk_bytes)
     if hosted.generative:
         return sample(session, given.step, output.logits[0], chunk_bytes, latest_epoch)
     return results(session, given.step, output.embeddings.float(), chunk_bytes)
@@ -157,17 +148,29 @@ def run_rows(rows: list[Row], chunk_bytes: int, latest_epoch: int) -> list[Any]:
             except BadInput as exc:
                 out[i] = exc
         else:
-            out[i] = encode(
-                output.hidden[j : j + 1],
-                session_id=session.session_id,
-                step=step_no,
-                epoch=session.hosted.epoch,
-                units=row.next_units,
-                compression=session.hosted.compression,
-                attention_mask=[],
-                chunk_bytes=chunk_bytes,
-            )
+            out[i] = forwarded(session, step_no, output.hidden[j : j + 1], row.next_units, None, chunk_bytes)
     return out
+
+
+def forwarded(
+    session: Session,
+    step: int,
+    hidden: torch.Tensor,
+    next_units: tuple[int, int],
+    mask: torch.Tensor | None,
+    chunk_bytes: int,
+) -> list[Any]:
+    """A step's activation as the chunks the next hop (``next_units``) receives."""
+    return encode(
+        hidden,
+        session_id=session.session_id,
+        step=step,
+        epoch=session.hosted.epoch,
+        units=next_units,
+        compression=session.hosted.compression,
+        attention_mask=[] if mask is None else mask.flatten().tolist(),
+        chunk_bytes=chunk_bytes,
+    )
 
 
 def results(session: Session, step: int, tensor: torch.Tensor, chunk_bytes: int) -> list[Any]:

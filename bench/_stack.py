@@ -1,7 +1,9 @@
-"""Deploying a benchmark's model on a running stack, split as the benchmark says."""
+"""A benchmark's dealings with a running stack: deploying its model, reading the workers' metrics."""
 
 from __future__ import annotations
 
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from resplit.rpc.channels import sync_channel
@@ -18,3 +20,15 @@ def deploy(address: str, name: str, model_dir: Path, segments: list[tuple[int, i
     )
     with sync_channel(address) as channel:
         orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=600)
+
+
+def worker_metrics(stack, prefix: str) -> Iterator[tuple[str, float]]:
+    """(labels, value) of every worker's Prometheus samples whose name starts with ``prefix``."""
+    for record in stack.processes:
+        if record.kind != "worker":
+            continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{record.http_port}/metrics", timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(prefix):
+                    name, value = line.rsplit(" ", 1)
+                    yield name[len(prefix) :], float(value)
