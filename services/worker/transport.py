@@ -101,10 +101,13 @@ class OpenHop:
 
 
 async def _pump(requests: AsyncIterator[worker_pb2.ForwardRequest], inbox: Inbox[Any, Any]) -> None:
-    """The caller's requests into the hop's inbox, then their end."""
-    async for request in requests:
-        inbox.put(request)
-    inbox.end()
+    """The caller's requests into the hop's inbox, then their end (also when the stream
+    breaks: the hop then ends the session instead of waiting out its idle timeout)."""
+    try:
+        async for request in requests:
+            inbox.put(request)
+    finally:
+        inbox.end()
 
 
 class Forwarding:

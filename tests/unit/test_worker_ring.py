@@ -172,3 +172,21 @@ def test_a_close_or_a_stray_step_while_a_token_is_due_ends_the_step():
             await _returned(forwarding, hop)
 
     asyncio.run(run())
+
+
+def test_a_broken_request_stream_ends_the_hops_inbox():
+    """The caller's stream failing mid-way is its end for the hop, not a wait until the idle timeout."""
+    from services.worker.transport import _pump
+
+    async def broken():
+        yield worker_pb2.ForwardRequest(close=worker_pb2.CloseSession(session_id="s"))
+        raise RuntimeError("stream reset")
+
+    async def run():
+        inbox = Inbox()
+        with pytest.raises(RuntimeError):
+            await _pump(broken(), inbox)
+        assert (await inbox.get(1, "request")).HasField("close")
+        assert await inbox.get(1, "request") is ENDED
+
+    asyncio.run(run())
