@@ -20,6 +20,12 @@ def node_alive(node_id: str) -> str:
     return f"{PREFIX}:node:{node_id}:alive"
 
 
+def registry_since() -> str:
+    """When the registry first took a node since Redis last started empty (SET NX): a node
+    missing from a registry younger than a heartbeat has not had its chance to register again."""
+    return f"{PREFIX}:registry:since"
+
+
 def deployments() -> str:
     return f"{PREFIX}:deployments"
 

@@ -146,8 +146,15 @@ class StateStore:
             pipe.sadd(keys.nodes(), node.node_id)
             pipe.set(keys.node(node.node_id), raw)
             pipe.set(keys.node_alive(node.node_id), str(node.last_heartbeat), px=alive_ms)
+            pipe.set(keys.registry_since(), str(node.last_heartbeat), nx=True)
 
         await self._transact(write)
+
+    async def registry_age_s(self) -> float:
+        """Seconds since the registry took its first node after Redis last started empty;
+        0.0 while it holds none."""
+        since = await self.redis.get(keys.registry_since())
+        return 0.0 if since is None else max(time.time() - float(since), 0.0)
 
     async def heartbeat(self, node_id: str, ttl_s: float) -> bool:
         """Refresh the TTL. False means the record is gone (e.g. Redis restarted

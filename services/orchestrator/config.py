@@ -36,6 +36,12 @@ class OrchestratorSettings(ServiceSettings):
     assumed_rtt_ms: float = Field(
         1.0, ge=0, description="RTT assumed for a link the workers have not probed yet"
     )
+    registry_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="after Redis restarts empty, how long a node missing from the registry is given "
+        "to register again before the loop counts it down (at least the workers' heartbeat interval)",
+    )
     failure_check_timeout_s: float = Field(
         1.0, gt=0, description="deadline of the Ping that checks a node a session reported lost"
     )

@@ -159,7 +159,8 @@ class ControlLoop:
             return None
         await self.follow_up_change(name)
         thresholds = effective_thresholds(deployment.policy)
-        triggers = should_reconfigure(env, name, plan, thresholds)
+        settling = await self.store.registry_age_s() < self.settings.registry_grace_s
+        triggers = should_reconfigure(env, name, plan, thresholds, settling)
         if not triggers:
             return None
         for trigger in triggers:

@@ -126,9 +126,18 @@ def test_redis_restarted_empty_keeps_serving_and_state_is_rebuilt(bed):
     before = plan_of(orch, "f-redis")
     traffic = Traffic(orch, "f-redis", prompts).start()
     traffic.at_gate()
-    stack.redis.stop()
-    time.sleep(1.0)
-    stack.redis.start()  # same port, empty
+    # Worker-2 (S2) registers again last: it is stopped across the restart and some loop
+    # cycles after it, so the registry misses it while the others are back. It has not
+    # failed, so the loop must wait for it (the registry's grace) instead of re-planning.
+    late = stack.worker_procs[2].proc
+    os.kill(late.pid, signal.SIGSTOP)
+    try:
+        stack.redis.stop()
+        time.sleep(1.0)
+        stack.redis.start()  # same port, empty
+        time.sleep(2.0)
+    finally:
+        os.kill(late.pid, signal.SIGCONT)
     traffic.release()
     traffic.join()
     check(traffic, expected, "Redis killed and restarted empty")

@@ -69,6 +69,16 @@ async def test_heartbeat_keeps_a_node_up_past_its_ttl(store):
     assert time.time() - node.last_heartbeat < 2.0
 
 
+async def test_registry_age_counts_from_its_first_node_since_redis_was_emptied(store):
+    assert await store.registry_age_s() == 0.0  # empty: every node still to come
+    await store.register_node(_node("edge-1"), ttl_s=30)
+    await asyncio.sleep(0.3)
+    await store.register_node(_node("edge-2"), ttl_s=30)  # a later node does not reset it
+    assert 0.3 <= await store.registry_age_s() < 30
+    await store.redis.flushall()
+    assert await store.registry_age_s() == 0.0
+
+
 async def test_heartbeat_reports_a_forgotten_node_and_mark_down_is_immediate(store):
     assert not await store.heartbeat("never-registered", ttl_s=5)
     await store.register_node(_node("edge-3"), ttl_s=30)

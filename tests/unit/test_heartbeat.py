@@ -64,3 +64,13 @@ async def test_run_backs_off_while_offline_and_recovers():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert hb.registered and hb.last_error == ""
+
+
+def test_retries_start_small_and_never_wait_longer_than_an_interval():
+    """A registry back after an outage gets the node again within one interval, however
+    long the outage: the control loop's grace for re-registering relies on it."""
+    hb = Heartbeat(lambda: None, lambda: None, interval_s=1.0, max_backoff_s=5.0)
+    delays = hb.retry_delays()
+    assert [next(delays) for _ in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    short = Heartbeat(lambda: None, lambda: None, interval_s=0.05).retry_delays()
+    assert [next(short) for _ in range(3)] == [0.05, 0.05, 0.05]

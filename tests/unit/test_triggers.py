@@ -82,6 +82,15 @@ def test_a_down_or_missing_node_fires_node_down():
     assert _fired(_env(nodes={"mec": UP})) == [("node_down", "edge", 0.0, 0.0)]
 
 
+def test_a_settling_registry_counts_only_down_nodes_not_missing_ones():
+    """Redis restarted empty: edge has not registered again yet (missing), mec has and then
+    stopped beating (DOWN). Only mec fires until the registry is older than the grace."""
+    env = _env(nodes={"mec": DOWN})
+    settling = [t.subject for t in should_reconfigure(env, "d", PLAN, THETA, settling=True)]
+    settled = [t.subject for t in should_reconfigure(env, "d", PLAN, THETA, settling=False)]
+    assert (settling, settled) == (["mec"], ["edge", "mec"])
+
+
 def test_several_triggers_fire_together():
     env = _env(latency=200, cpu={"edge": 0.9}, links={("mec", "edge"): 10})
     assert [t[0] for t in _fired(env)] == ["latency", "utilization", "bandwidth"]

@@ -8,7 +8,9 @@ A trigger fires for the deployment's plan only, never for the cluster at large:
 * ``bandwidth`` (subject: ``"a->b"``): bandwidth of a link the plan sends
   activations over (consecutive segments on different nodes) < B_min;
 * ``node_down`` (subject: the node): a node of the plan is down or no longer
-  registered.
+  registered. While the registry is *settling* (Redis restarted empty less than a
+  heartbeat ago) a node missing from it has not had its chance to register again, so
+  only a node that reads DOWN fires then.
 
 A measurement that is missing (no EWMA yet, no metrics report, a link not
 probed yet) never fires: only a missing node does, because a plan on a node
@@ -93,9 +95,14 @@ def _bandwidth(env, plan, thresholds) -> list[common_pb2.Trigger]:
     return fired
 
 
-def _node_down(env, plan) -> list[common_pb2.Trigger]:
+def _node_down(env, plan, settling: bool) -> list[common_pb2.Trigger]:
     up = {n.node_id for n in env.nodes if n.state == common_pb2.NODE_STATE_UP}
-    return [common_pb2.Trigger(name=NODE_DOWN, subject=n) for n in plan_nodes(plan) if n not in up]
+    known = {n.node_id for n in env.nodes}
+    return [
+        common_pb2.Trigger(name=NODE_DOWN, subject=n)
+        for n in plan_nodes(plan)
+        if n not in up and (n in known or not settling)
+    ]
 
 
 def should_reconfigure(
@@ -103,10 +110,12 @@ def should_reconfigure(
     deployment: str,
     plan: common_pb2.Plan,
     thresholds: common_pb2.Thresholds,
+    settling: bool = False,
 ) -> list[common_pb2.Trigger]:
-    """Every trigger that fires for ``plan`` of ``deployment`` under E(t); empty: keep."""
+    """Every trigger that fires for ``plan`` of ``deployment`` under E(t); empty: keep.
+    ``settling``: the registry is younger than a heartbeat (see the module's docstring)."""
     return [
-        *_node_down(env, plan),
+        *_node_down(env, plan, settling),
         *_latency(env, deployment, thresholds),
         *_utilization(env, plan, thresholds),
         *_bandwidth(env, plan, thresholds),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +41,27 @@ class Heartbeat:
                 log.warning("registry had forgotten this node; registered again")
             self.registered = True
 
+    def retry_delays(self) -> Iterator[float]:
+        """Sleeps between failed ticks: from 0.1 s doubling, never above the interval (nor
+        ``max_backoff_s``): a registry that comes back empty gets this node again within
+        one interval, before the control loop's grace for re-registering runs out."""
+        delay = min(0.1, self.interval_s)
+        while True:
+            yield delay
+            delay = min(delay * 2, self.interval_s, self.max_backoff_s)
+
     async def run(self) -> None:
         """Tick forever, backing off exponentially while the registry is unreachable."""
-        backoff = self.interval_s
+        delays = self.retry_delays()
         while True:
             try:
                 await self.tick()
                 self.last_error = ""
-                backoff = self.interval_s
+                delays = self.retry_delays()
             except Exception as exc:
                 if str(exc) != self.last_error:
                     log.warning("registry unreachable, will retry: %s", exc)
                 self.last_error = str(exc)
-                backoff = min(max(backoff * 2, 0.1), self.max_backoff_s)
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(next(delays))
                 continue
             await asyncio.sleep(self.interval_s)
