@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from support import WORKER_DEVICE, spread
+from support import WORKER_DEVICE, metric_sum, spread
 from transformers import AutoModelForCausalLM
 
 from resplit.models import Checkpoint, num_units
@@ -72,12 +72,18 @@ def test_decoder_split_matches_whole_model(stack, tiny_models, references, famil
     name = f"{family}-{pieces}"
     plan = stack.deploy(name, tiny_models[family], spread(units, pieces))
     assert len(plan.segments) == pieces and plan.epoch >= 1
+    chunked = metric_sum(stack.worker_procs[:1], "resplit_worker_prefill_chunks_count")
     with Client(stack.orchestrator.address) as client:
         route = client.route(name)
         assert len({hop.address for hop in route.hops}) == len({w for *_, w in spread(units, pieces)})
         tokens = list(
             client.generate_ids(PROMPT, route, Sampling(max_new_tokens=NEW_TOKENS), return_logits=True)
         )
+    # worker-0 cuts the 12-token prompt into chunks (conftest.py) in each segment of blocks it holds
+    with_blocks = [a for a, b, w in spread(units, pieces) if w == 0 and a < units - 1 and b > 1]
+    assert metric_sum(stack.worker_procs[:1], "resplit_worker_prefill_chunks_count") == chunked + len(
+        with_blocks
+    )
     expected_tokens, expected_logits = references[family]
     assert [t.token_id for t in tokens] == expected_tokens
     assert tokens[-1].finished and tokens[-1].finish_reason == "max_new_tokens"
