@@ -58,6 +58,14 @@ class WorkerSettings(ServiceSettings):
         description="most sessions' decode steps one batched forward of a segment runs "
         "(steps arriving while a batch runs wait for the next; a lone step never waits)",
     )
+    batch_gather_ms: float = Field(
+        200.0,
+        ge=0,
+        le=10_000,
+        description="a batch waits at most this long (and at most 4 of the segment's last forwards) for "
+        "the sessions that stepped on its segment lately to come back, so they run as one batch instead "
+        "of fragments (a session alone never waits; 0: never wait)",
+    )
     prefill_chunk_tokens: int = Field(
         256,
         ge=0,

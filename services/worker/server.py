@@ -193,6 +193,7 @@ class WorkerService:
             node=self.node,
             max_batch=settings.max_batch,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            batch_gather_ms=settings.batch_gather_ms,
         )
 
     def status(self) -> worker_pb2.WorkerStatus:

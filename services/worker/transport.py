@@ -132,6 +132,7 @@ class Forwarding:
         node: common_pb2.Node | None = None,
         max_batch: int = 64,
         prefill_chunk_tokens: int = 0,
+        batch_gather_ms: float = 200.0,
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -148,7 +149,7 @@ class Forwarding:
         #: The sessions whose first hop runs here, waiting for their head hop's replies.
         self.ring = RingTable()
         #: Decode steps of many sessions on one segment, run as one forward (core/batch.py).
-        self.batcher: Batcher[step.Row] = Batcher(self._run_batch, max_batch)
+        self.batcher: Batcher[step.Row] = Batcher(self._run_batch, max_batch, batch_gather_ms / 1000)
         #: Prompts longer than this run chunk by chunk (core/step.py Prefill); 0: whole.
         self.prefill_chunk_tokens = prefill_chunk_tokens
 
@@ -321,6 +322,7 @@ class Forwarding:
     async def _close(self, hop: OpenHop) -> None:
         session = hop.session
         self.sessions.close(session)
+        self.batcher.leave(session.key)
         if hop.first:
             self.ring.close(session.session_id, session.hosted.deployment, session.hosted.epoch)
         if hop.downstream is not None:
@@ -338,7 +340,7 @@ class Forwarding:
         units = downstream.units if downstream is not None else None
         if step.batchable(session, given):
             key = (hosted.key, given.assembler is None)
-            produced = await self.batcher.submit(key, step.Row(session, given, units))
+            produced = await self.batcher.submit(key, step.Row(session, given, units), session.key)
         elif step.chunkable(session, given, self.prefill_chunk_tokens):
             produced = await self._prefill(session, given, units)
         else:

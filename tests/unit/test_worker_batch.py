@@ -93,3 +93,73 @@ def test_a_step_whose_session_went_away_while_waiting_is_not_run():
         assert forward.batches == [["a"], ["c"]]
 
     asyncio.run(run())
+
+
+class _Timed(_Forward):
+    """A forward that takes ``seconds`` (the segment's forward time the gather is bounded by)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def __call__(self, key, items: list[str]) -> list:
+        await asyncio.sleep(self.seconds)
+        return await super().__call__(key, items)
+
+
+def _three_sessions(gather_s: float) -> list[list[str]]:
+    """a, b and c decode 4 steps each, coming back 0, 5 and 10 ms after their step; the batches."""
+
+    async def run():
+        forward = _Timed(0.05)
+        batcher = Batcher(forward, gather_s=gather_s)
+
+        async def session(name: str, delay: float) -> None:
+            for _ in range(4):
+                await batcher.submit("seg", name, member=name)
+                await asyncio.sleep(delay)  # its token goes round the ring / to its client
+
+        await asyncio.gather(session("a", 0.0), session("b", 0.005), session("c", 0.01))
+        return [sorted(b) for b in forward.batches]
+
+    return asyncio.run(run())
+
+
+def test_the_sessions_of_a_batch_run_together_again_though_they_come_back_one_by_one():
+    """a starts alone (b and c are not members yet); from then on the three are one batch,
+    until a is done. Without the gather the first to come back runs alone every time."""
+    abc = ["a", "b", "c"]
+    assert _three_sessions(5.0) == [["a"], abc, abc, abc, ["b", "c"]]
+    apart = _three_sessions(0.0)
+    assert len(apart) > 5 and abc not in apart, apart
+
+
+def test_a_session_alone_never_waits_and_one_that_left_is_not_waited_for():
+    async def run():
+        forward = _Timed(0.01)
+        batcher = Batcher(forward, gather_s=30.0)  # a wait would show as a test timeout
+        for _ in range(3):
+            assert await batcher.submit("seg", "a", member="a") == "seg:a"
+        await asyncio.gather(batcher.submit("seg", "b", member="b"), batcher.submit("seg", "c", member="c"))
+        batcher.leave("a")
+        batcher.leave("c")
+        async with asyncio.timeout(5):
+            assert await batcher.submit("seg", "b", member="b") == "seg:b"
+
+    asyncio.run(run())
+
+
+def test_a_member_that_does_not_come_back_holds_a_batch_at_most_a_few_forwards():
+    async def run():
+        forward = _Timed(0.01)
+        batcher = Batcher(forward, gather_s=30.0)
+        await asyncio.gather(batcher.submit("seg", "a", member="a"), batcher.submit("seg", "b", member="b"))
+        async with asyncio.timeout(5):  # bounded by 4 forwards (~0.04 s), not gather_s
+            assert await batcher.submit("seg", "a", member="a") == "seg:a"
+
+    asyncio.run(run())
+
+
+def test_gather_must_not_be_negative():
+    with pytest.raises(ValueError, match="gather_s"):
+        Batcher(_Forward(), gather_s=-1)
