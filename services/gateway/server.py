@@ -72,8 +72,9 @@ class GatewayService:
                 f"cannot listen for the API on {s.host}:{s.api_port}: {exc.strerror or exc}"
             ) from None
         scheme = "https" if context else "http"
-        auth = "bearer API key" if self.api_key else "OPEN (no API key configured)"
-        log.info("gateway API on %s://%s:%d/v1 (%s)", scheme, s.host, s.api_port, auth)
+        log.info("gateway API on %s://%s:%d/v1", scheme, s.host, s.api_port)
+        if not self.api_key:
+            log.warning("the gateway API is OPEN: no API key configured (--api-key-file or %s)", API_KEY_ENV)
 
     async def check_ready(self) -> tuple[bool, str]:
         return await self.backend.ready()
