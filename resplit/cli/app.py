@@ -152,7 +152,7 @@ def certs(
 
 #: The resplit services of docker-compose.yml (their certificates name them: SANs).
 COMPOSE_SERVICES = (
-    *("monitor", "splitter", "broadcaster", "orchestrator"),
+    *("monitor", "splitter", "broadcaster", "orchestrator", "gateway"),
     *("edge-1", "edge-2", "edge-3", "cloud-1"),
 )
 
