@@ -156,8 +156,9 @@ class Api:
             try:
                 while step is not None:
                     logprobs = shaper.logprobs(step.entries, step.texts) if parsed.logprobs else None
-                    if step.text or step.entries or step.finish is not None:
-                        await response.write(sse(shaper.chunk(step.text, logprobs, step.finish)))
+                    # One chunk per generated token, even one that adds no text yet (part of a
+                    # character, or held back as the start of a stop string): clients can count them.
+                    await response.write(sse(shaper.chunk(step.text, logprobs, step.finish)))
                     step = await anext(steps, None)
             except ApiError as exc:  # the session failed mid-stream: the status line has gone
                 await response.write(sse(exc.body()))
