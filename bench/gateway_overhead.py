@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _stack import deploy
+from _stack import deploy, median_range
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -87,10 +86,6 @@ def openai_run(client, tokens: int) -> tuple[float, float, str]:
         stamps.append(time.perf_counter())
         text.append(chunk.choices[0].text)
     return stamps[0] - started, (stamps[-1] - stamps[0]) / (len(stamps) - 1), "".join(text)
-
-
-def cell(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main() -> None:
@@ -153,9 +148,14 @@ def main() -> None:
     table.add_column("metric")
     for title in ("SDK (Client.generate)", "gateway, raw SSE", "gateway, openai client"):
         table.add_column(title, justify="right")
-    table.add_row("decode ms/token, median (range)", *(cell(decode[m]) for m in modes))
-    table.add_row("overhead vs SDK ms/token, same round", "", cell(overhead("raw")), cell(overhead("openai")))
-    table.add_row("first token ms, median (range)", *(cell(first[m]) for m in modes))
+    table.add_row("decode ms/token, median (range)", *(median_range(decode[m]) for m in modes))
+    table.add_row(
+        "overhead vs SDK ms/token, same round",
+        "",
+        median_range(overhead("raw")),
+        median_range(overhead("openai")),
+    )
+    table.add_row("first token ms, median (range)", *(median_range(first[m]) for m in modes))
     console.print(table)
     console.print(
         f"target: gateway overhead <= {TARGET_MS} ms/token; the same greedy text in every mode and round"
