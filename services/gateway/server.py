@@ -7,12 +7,13 @@ answers in progress the shutdown grace before their sessions are closed."""
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 
 import grpc
 from aiohttp import web
 
-from resplit.rpc.security import SecurityError, read_token
+from resplit.rpc.security import TOKEN_ENV, SecurityError, read_token
 from resplit.rpc.server import StartupError
 
 from .api import build_api
@@ -23,12 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def read_api_key(settings: GatewaySettings) -> str | None:
-    """The API key from --api-key-file, else $RESPLIT_API_KEY, else None (an open API)."""
-    import os
-
+    """The API key from --api-key-file, else $RESPLIT_API_KEY, else None (an open API).
+    Read as the services' bearer token is (one word, surrounding whitespace dropped)."""
     if settings.api_key_file:
         return read_token(settings.api_key_file)
-    return read_token("", {"RESPLIT_TOKEN": os.environ.get(API_KEY_ENV, "")})
+    return read_token("", {TOKEN_ENV: os.environ.get(API_KEY_ENV, "")})
 
 
 class GatewayService:

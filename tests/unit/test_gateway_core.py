@@ -132,3 +132,15 @@ def test_answer_shapes():
     packed = embeddings("e", [[1.0, -0.5]], 4, "base64")["data"][0]["embedding"]
     assert struct.unpack("<2f", base64.b64decode(packed)) == (1.0, -0.5)
     assert sse({"a": 1}) == b'data: {"a":1}\n\n'
+
+
+def test_the_api_key_comes_from_its_file_else_the_environment_else_none(tmp_path, monkeypatch):
+    from services.gateway.config import GatewaySettings
+    from services.gateway.server import read_api_key
+
+    monkeypatch.delenv("RESPLIT_API_KEY", raising=False)
+    assert read_api_key(GatewaySettings(insecure=True)) is None  # an open API
+    monkeypatch.setenv("RESPLIT_API_KEY", " from-env ")
+    assert read_api_key(GatewaySettings(insecure=True)) == "from-env"
+    (tmp_path / "key").write_text("from-file\n")
+    assert read_api_key(GatewaySettings(insecure=True, api_key_file=str(tmp_path / "key"))) == "from-file"
