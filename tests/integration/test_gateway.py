@@ -13,17 +13,19 @@ import http.client
 import json
 import os
 import signal
+import threading
 import time
 import urllib.request
 
 import pytest
 import torch
-from support import LocalStack, spread, wait_for, worker_sessions
+from support import LocalStack, make_plan, spread, wait_for, worker_sessions
 from transformers import AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
 from resplit.models.tiny import build_tiny
 from resplit.sdk import Client, Sampling
+from resplit.sdk.tokens import TextStream
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.integration
@@ -90,11 +92,48 @@ def _request(stack, method: str, path: str, body=None, key: str | None = KEY, ra
         conn.close()
 
 
-def _sdk(stack, deployment: str, ids: list[int], **sampling):
+class RawStream:
+    """A streamed completion read event by event off the raw chunked body (the data
+    lines sit between chunk sizes); ``ignore_eos`` and ``logprobs: 0`` make it exactly
+    one event per token, whatever text the token adds."""
+
+    def __init__(self, stack, max_tokens: int, prompt: str = "The edge node") -> None:
+        body = {"model": "chat", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                "ignore_eos": True, "logprobs": 0}  # fmt: skip
+        self.conn = http.client.HTTPConnection("127.0.0.1", stack.gateway_api_port, timeout=60)
+        self.conn.request("POST", "/v1/completions", json.dumps(body), {"Authorization": f"Bearer {KEY}"})
+        self.reply = self.conn.getresponse()
+        assert self.reply.status == 200 and self.reply.getheader("Content-Type").startswith(
+            "text/event-stream"
+        )
+
+    def next(self) -> dict | None:
+        """The next event's object; None at ``[DONE]``."""
+        while True:
+            line = self.reply.fp.readline()
+            assert line, "the stream was cut"
+            if line.startswith(b"data: [DONE]"):
+                return None
+            if line.startswith(b"data: "):
+                return json.loads(line[6:])
+
+    def rest(self) -> list[dict]:
+        events = []
+        while (event := self.next()) is not None:
+            events.append(event)
+        return events
+
+    def close(self) -> None:
+        if self.conn.sock is not None:
+            self.conn.sock.shutdown(2)
+        self.conn.close()
+
+
+def _sdk(stack, deployment: str, ids: list[int], stop_token_ids=(2,), **sampling):
     """The SDK's tokens for ``ids`` (stop at the tokenizer's EOS, as the gateway does)."""
     with Client(stack.orchestrator.address) as client:
         route = client.route(deployment)
-        return list(client.generate_ids(ids, route, Sampling(stop_token_ids=[2], **sampling)))
+        return list(client.generate_ids(ids, route, Sampling(stop_token_ids=stop_token_ids, **sampling)))
 
 
 def _chat_ids(tokenizer) -> list[int]:
@@ -103,10 +142,11 @@ def _chat_ids(tokenizer) -> list[int]:
 
 
 def _shown(tokenizer, tokens) -> tuple[str, list[int]]:
-    """The SDK tokens as the gateway shows them: the text, and the ids that count as
-    content (the EOS that stops the generation adds none)."""
+    """The SDK tokens as the gateway shows them: the text as ``Client.generate`` streams
+    it, and the ids that count as content (the EOS that stops the generation adds none)."""
     ids = [t.token_id for t in tokens if not (t.finished and t.finish_reason == "stop_token")]
-    return tokenizer.decode([t.token_id for t in tokens], skip_special_tokens=True), ids
+    text = TextStream(tokenizer)
+    return "".join(text.push(t.token_id) for t in tokens), ids
 
 
 def test_models_lists_the_deployments(gateway):
@@ -251,32 +291,44 @@ def test_a_deployment_at_its_session_limit_is_a_429(gateway):
     assert status == 200
 
 
+def test_a_gateway_stream_follows_a_re_split_with_the_same_tokens(gateway):
+    """The SDK underneath moves the session to the new split at a token boundary."""
+    stack, tokenizer, _ = gateway
+    tokens = 600
+    expected = _sdk(stack, "chat", tokenizer("The edge node")["input_ids"], (), max_new_tokens=tokens)
+    with Client(stack.orchestrator.address) as client:
+        before = client.route("chat").epoch
+    stream = RawStream(stack, tokens)
+    events = [stream.next() for _ in range(20)]
+    done: list[float] = []
+    units = num_units(Checkpoint(tokenizer.name_or_path).config)  # the tiny Llama's folder
+    resplit = make_plan("chat", [(0, 1, 0), (1, units - 1, 2), (units - 1, units, 0)])  # new boundaries
+    moving = threading.Thread(target=lambda: (stack.rollout(resplit), done.append(time.monotonic())))
+    moving.start()
+    events += stream.rest()
+    ended = time.monotonic()
+    moving.join(60)
+    stream.close()
+    with Client(stack.orchestrator.address) as client:
+        assert client.route("chat").epoch > before
+    assert done and done[0] < ended, "the re-split finished after the stream: it proves nothing"
+    got = [e["choices"][0] for e in events]
+    text, ids = _shown(tokenizer, expected)
+    assert [t for c in got for t in c["logprobs"]["tokens"]] == [tokenizer.decode([i]) for i in ids]
+    assert "".join(c["text"] for c in got) == text
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_session(gateway):
     stack, *_ = gateway
     workers = stack.worker_procs
     baseline = [worker_sessions(w) for w in workers]
-    conn = http.client.HTTPConnection("127.0.0.1", stack.gateway_api_port, timeout=60)
-    body = {
-        "model": "chat",
-        "prompt": "The edge node",
-        "max_tokens": 4000,
-        "temperature": 0,
-        "stream": True,
-        "ignore_eos": True,
-        "logprobs": 0,
-    }  # fmt: skip  (logprobs: one event per token, text or not)
-    conn.request("POST", "/v1/completions", json.dumps(body), {"Authorization": f"Bearer {KEY}"})
-    reply = conn.getresponse()
-    assert reply.status == 200 and reply.getheader("Content-Type").startswith("text/event-stream")
-    started, events = time.monotonic(), 0
-    while events < 20:
-        line = reply.fp.readline()
-        assert line and b"[DONE]" not in line
-        events += line.startswith(b"data: ")
+    stream = RawStream(stack, 4000)
+    started = time.monotonic()
+    for _ in range(20):
+        assert stream.next() is not None
     per_token = (time.monotonic() - started) / 20
     assert [worker_sessions(w) for w in workers] != baseline  # the session runs
-    conn.sock.shutdown(2)
-    conn.close()
+    stream.close()
     closed = time.monotonic()
     wait_for(
         lambda: [worker_sessions(w) for w in workers] == baseline, 10, 0.02, what="sessions back to baseline"
@@ -326,22 +378,12 @@ def test_sigterm_lets_a_stream_in_progress_finish(gateway):
     """Last: the gateway stops taking connections but the answer under way completes."""
     stack, *_ = gateway
     proc = stack.gateway_proc
-    body = {"model": "chat", "prompt": "The edge node", "max_tokens": 300, "temperature": 0, "stream": True,
-            "ignore_eos": True, "logprobs": 0}  # fmt: skip
-    conn = http.client.HTTPConnection("127.0.0.1", stack.gateway_api_port, timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps(body), {"Authorization": f"Bearer {KEY}"})
-    reply = conn.getresponse()
-    assert reply.status == 200 and reply.fp.readline()
+    stream = RawStream(stack, 300)
+    assert stream.next() is not None
     proc.proc.send_signal(signal.SIGTERM)
-    events = []
-    while not events or events[-1] != b"data: [DONE]":
-        line = reply.fp.readline()  # the raw chunked body: data lines between chunk sizes
-        assert line, f"the stream was cut after {len(events)} events"
-        events += [line.strip()] if line.startswith(b"data: ") else []
-    conn.close()
-    assert events[-1] == b"data: [DONE]"
-    chunks = [json.loads(e[6:]) for e in events[:-1]]
-    assert sum(len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks) >= 299  # the first came before
-    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    chunks = [e["choices"][0] for e in stream.rest()]
+    stream.close()
+    assert sum(len(c["logprobs"]["tokens"]) for c in chunks) == 299  # the first came before
+    assert chunks[-1]["finish_reason"] == "length"
     assert proc.proc.wait(15) == 0
     assert "gateway stopped" in proc.output()
