@@ -19,7 +19,7 @@ from aiohttp import web
 from .backend import Backend, Prepared
 from .config import GatewaySettings
 from .core.completion import Completion, Step
-from .core.errors import ApiError, unauthorized
+from .core.errors import ApiError, unauthorized, unknown_model
 from .core.requests import GenerationRequest, parse_chat, parse_completion, parse_embeddings, parse_json
 from .core.responses import SSE_DONE, Shaper, embeddings, model_list, sse
 from .metrics import DISCONNECTS, FIRST_TOKEN_SECONDS, REQUESTS, STREAMS, TOKENS
@@ -96,6 +96,13 @@ class Api:
     async def models(self, _: web.Request) -> web.Response:
         listed = await self.backend.deployments(fresh=True)
         return web.json_response(model_list(sorted(listed)))
+
+    async def model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        listed = await self.backend.deployments(fresh=True)
+        if name not in listed:
+            raise unknown_model(name, list(listed))
+        return web.json_response(model_list([name])["data"][0])
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = parse_json(await request.read())
@@ -175,6 +182,7 @@ def build_api(backend: Backend, settings: GatewaySettings, api_key: str | None) 
     api = Api(backend, settings)
     app = web.Application(middlewares=[_errors, _auth(api_key)], client_max_size=settings.max_request_bytes)
     app.router.add_get("/v1/models", api.models)
+    app.router.add_get("/v1/models/{model}", api.model)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat)
     app.router.add_post("/v1/embeddings", api.embeddings)

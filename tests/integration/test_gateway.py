@@ -154,6 +154,9 @@ def test_models_lists_the_deployments(gateway):
     listed = _openai(stack).models.list()
     assert {m.id for m in listed.data} == {"chat", "limited", "minilm"}
     assert all(m.object == "model" for m in listed.data)
+    assert _openai(stack).models.retrieve("minilm").id == "minilm"
+    with pytest.raises(openai.NotFoundError):
+        _openai(stack).models.retrieve("nope")
 
 
 def test_openai_client_streams_a_chat_exactly_as_the_sdk(gateway):
