@@ -339,6 +339,19 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session(gateway):
     freed = time.monotonic() - closed
     # It would have run for ~4000 tokens: freeing it well before proves the disconnect ended it.
     assert freed < 0.25 * 3980 * per_token, (freed, per_token)
+    # Waiting for a whole answer (nothing written until the end): the closed connection
+    # itself cancels the request, not a failed write.
+    conn = http.client.HTTPConnection("127.0.0.1", stack.gateway_api_port, timeout=60)
+    body = {"model": "chat", "prompt": "The edge node", "max_tokens": 4000, "ignore_eos": True}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Authorization": f"Bearer {KEY}"})
+    wait_for(lambda: [worker_sessions(w) for w in workers] != baseline, 10, 0.02, what="the session to open")
+    conn.sock.shutdown(2)
+    conn.close()
+    closed = time.monotonic()
+    wait_for(
+        lambda: [worker_sessions(w) for w in workers] == baseline, 10, 0.02, what="sessions back to baseline"
+    )
+    assert time.monotonic() - closed < 0.25 * 4000 * per_token
 
 
 def _routable(stack, deployment: str) -> bool:
@@ -374,7 +387,7 @@ def test_health_and_metrics_like_every_service(gateway):
     assert 'resplit_service_info{service="gateway"} 1.0' in text
     assert 'resplit_gateway_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
     assert 'resplit_gateway_requests_total{endpoint="/v1/chat/completions",status="429"} 1.0' in text
-    assert "resplit_gateway_disconnects_total 1.0" in text
+    assert "resplit_gateway_disconnects_total 2.0" in text
 
 
 def test_sigterm_lets_a_stream_in_progress_finish(gateway):
