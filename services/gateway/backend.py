@@ -123,12 +123,18 @@ class Backend:
                     f"the model {request.model!r} has no chat template: use /v1/completions",
                     "messages", "no_chat_template",
                 )  # fmt: skip
-            text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            try:
+                text = tokenizer.apply_chat_template(
+                    request.messages, add_generation_prompt=True, tokenize=False
+                )
+            except Exception as exc:  # the template's own checks (roles alternating, ...)
+                raise bad_request(
+                    f"the model's chat template refused the messages: {exc}", "messages"
+                ) from None
             prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         seed = request.seed if request.seed is not None else secrets.randbits(31)
-        top_p = 0.0 if request.top_p >= 1.0 else request.top_p
         ids, sampling = prompt_and_sampling(
-            tokenizer, prompt, request.max_tokens, request.temperature, 0, top_p, seed,
+            tokenizer, prompt, request.max_tokens, request.temperature, 0, request.sampler_top_p, seed,
             [] if request.ignore_eos else None,
         )  # fmt: skip
         if not ids:

@@ -72,6 +72,7 @@ def test_requests_are_checked_field_by_field():
     assert parsed.stream and parsed.include_usage and parsed.chat and parsed.top_logprobs == 2
     assert parse_chat(CHAT, 256).max_tokens == 256 and parse_chat(CHAT, 256).temperature == 1.0
     assert parse_chat({**CHAT, "max_completion_tokens": 7}, 256).max_tokens == 7
+    assert [parse_chat({**CHAT, "top_p": p}, 256).sampler_top_p for p in (1, 0.5, 0)] == [0.0, 0.5, 1e-9]
     bad = [
         ({**CHAT, "n": 2}, "n", "unsupported_value"),
         ({**CHAT, "temperature": -1}, "temperature", "invalid_value"),

@@ -48,6 +48,15 @@ class GenerationRequest:
     def chat(self) -> bool:
         return self.messages is not None
 
+    @property
+    def sampler_top_p(self) -> float:
+        """``top_p`` as the SDK's sampler takes it: 0 means no nucleus filter there, so
+        OpenAI's 1 (keep all) becomes 0 and OpenAI's 0 (keep only the likeliest) a tiny
+        mass that keeps exactly the top token."""
+        if self.top_p >= 1.0:
+            return 0.0
+        return max(self.top_p, 1e-9)
+
 
 @dataclass
 class EmbeddingRequest:
