@@ -48,8 +48,8 @@ RUN pip install --no-deps . \
 USER resplit
 WORKDIR /home/resplit
 
-# gRPC ports: monitor, orchestrator, splitter, broadcaster, worker;
-# then their HTTP side ports (/healthz, /metrics). Documentation only.
-EXPOSE 50051 50052 50053 50054 50060 9101 9102 9103 9104 9160
+# gRPC ports: monitor, orchestrator, splitter, broadcaster, gateway, worker; the
+# gateway's OpenAI API; then the HTTP side ports (/healthz, /metrics). Documentation only.
+EXPOSE 50051 50052 50053 50054 50055 50060 8000 9101 9102 9103 9104 9105 9160
 
 CMD ["resplit", "--help"]

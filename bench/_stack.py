@@ -1,7 +1,9 @@
-"""A benchmark's dealings with a running stack: deploying its model, reading the workers' metrics."""
+"""A benchmark's dealings with a running stack: deploying its model, reading the workers' metrics,
+and the cell its tables show a measurement in."""
 
 from __future__ import annotations
 
+import statistics
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,3 +34,8 @@ def worker_metrics(stack, prefix: str) -> Iterator[tuple[str, float]]:
                 if line.startswith(prefix):
                     name, value = line.rsplit(" ", 1)
                     yield name[len(prefix) :], float(value)
+
+
+def median_range(values: list[float]) -> str:
+    """A table cell: the median over rounds, with the range."""
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"

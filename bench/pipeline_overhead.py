@@ -63,7 +63,7 @@ from pathlib import Path
 import torch
 from _plain_pipeline import PlainPipeline
 from _sizing import model_for, segment_run, whole_run
-from _stack import deploy, worker_metrics
+from _stack import deploy, median_range, worker_metrics
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -97,10 +97,6 @@ def messages_sent(stack) -> float:
 def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:
     got = list(client.generate_ids(prompt, route, Sampling(max_new_tokens=tokens)))
     return got[0].latency_s, [t.latency_s for t in got[1:]], [t.token_id for t in got]
-
-
-def ratio_cell(ratios: list[float]) -> str:
-    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
 
 
 def main() -> None:
@@ -221,13 +217,13 @@ def main() -> None:
         table.add_column(title, justify="right")
     table.add_row("decode, median ms/token", *(f"{statistics.median(medians[m]):.2f}" for m in modes))
     table.add_row(
-        "/ whole, median of rounds (range)", "1", *(ratio_cell(ratios(m, "whole")) for m in modes[1:])
+        "/ whole, median of rounds (range)", "1", *(median_range(ratios(m, "whole")) for m in modes[1:])
     )
     table.add_row(
         "/ segment code whole (same compute)",
         "",
         "1",
-        *(ratio_cell(ratios(m, "engine")) for m in modes[2:]),
+        *(median_range(ratios(m, "engine")) for m in modes[2:]),
     )
     table.add_row(
         "/ plain (data plane's share)",
@@ -235,7 +231,7 @@ def main() -> None:
         "",
         "",
         "1",
-        *(ratio_cell(ratios(m, "plain")) for m in ("split", "paper", "stepped")),
+        *(median_range(ratios(m, "plain")) for m in ("split", "paper", "stepped")),
     )
     # Against the same compute code: what the split itself adds per token and per hop.
     overhead = {

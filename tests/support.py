@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from resplit.launcher.processes import RedisServer, ServiceProcess
+from resplit.launcher.processes import RedisServer, ServiceProcess, free_port
 from resplit.rpc.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,12 @@ class LocalStack:
     monitor: ServiceProcess | None = None
     splitter: ServiceProcess | None = None
     worker_procs: list[ServiceProcess] = field(default_factory=list)
+    #: Also start the OpenAI-compatible gateway (``gateway_args`` added to its flags).
+    gateway: bool = False
+    gateway_args: list[str] = field(default_factory=list)
+    gateway_proc: ServiceProcess | None = None
+    #: The port of the gateway's API (http://127.0.0.1:<it>/v1).
+    gateway_api_port: int = 0
 
     @property
     def security(self) -> Security | None:
@@ -101,7 +107,7 @@ class LocalStack:
         return ServiceProcess(kind, self.redis.url, extra, security=self.security).start()
 
     def control(self) -> list[ServiceProcess]:
-        procs = (self.monitor, self.splitter, self.broadcaster, self.orchestrator)
+        procs = (self.monitor, self.splitter, self.broadcaster, self.orchestrator, self.gateway_proc)
         return [p for p in procs if p is not None]
 
     def start(self) -> LocalStack:
@@ -116,6 +122,11 @@ class LocalStack:
         self.orchestrator = self._service(
             "orchestrator", "orchestrator", [*peers, *flags, *self.orchestrator_args]
         )
+        if self.gateway:
+            self.gateway_api_port = free_port()
+            orchestrator = ["--orchestrator-address", self.orchestrator.address]
+            api = ["--api-port", str(self.gateway_api_port), *self.gateway_args]
+            self.gateway_proc = self._service("gateway", "gateway", [*orchestrator, *api])
         for i in range(self.workers):
             extra = ["--node-id", f"worker-{i}", *self.worker_args, *self.per_worker.get(i, [])]
             extra += ["--trusted"] if i < 2 else []
@@ -274,6 +285,16 @@ def _warm_up(orchestrator: str, names: list[str], cycle: float) -> None:
     with Client(orchestrator) as client:
         list(client.generate_ids([5, 6, 7], client.route("warm-up"), Sampling(2)))
     time.sleep(4 * cycle)  # the burst leaves the utilization estimates
+
+
+def worker_sessions(proc) -> int:
+    """How many sessions the worker ``proc`` holds open now (its GetStatus)."""
+    from resplit.rpc.channels import sync_channel
+    from resplit.v1 import worker_pb2, worker_pb2_grpc
+
+    with sync_channel(proc.address) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        return stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=5).sessions
 
 
 def metric_sum(procs, sample: str) -> float:

@@ -36,6 +36,12 @@ def up(
     insecure: Annotated[
         bool, typer.Option(help="run plaintext gRPC (default: mutual TLS + token, dev CA in STATE_DIR/tls)")
     ] = False,
+    gateway: Annotated[
+        bool, typer.Option(help="also start the OpenAI-compatible gateway (docs/GATEWAY.md)")
+    ] = False,
+    gateway_port: Annotated[int, typer.Option(min=1, max=65535, help="the gateway's API port")] = (
+        stack_mod.GATEWAY_API_PORT
+    ),
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """Start Redis, the five services and N workers as separate processes (mutual TLS by default)."""
@@ -50,11 +56,15 @@ def up(
                 timeout_s=timeout,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
                 secure=not insecure,
+                gateway_port=gateway_port if gateway else None,
             )
         except stack_mod.StackError as exc:
             err.print(f"[red]resplit up failed:[/red] {exc}")
             raise typer.Exit(1) from None
     console.print(views.status_table(stack))
+    if gateway:
+        scheme, ca = ("http", "") if insecure else ("https", f" (CA: {state_dir / 'tls' / 'ca.pem'})")
+        console.print(f"OpenAI-compatible API: {scheme}://127.0.0.1:{gateway_port}/v1{ca}")
     console.print(f"stack file: {stack_mod.stack_file(state_dir)}  ·  stop it with [bold]resplit down[/bold]")
 
 
@@ -142,7 +152,7 @@ def certs(
 
 #: The resplit services of docker-compose.yml (their certificates name them: SANs).
 COMPOSE_SERVICES = (
-    *("monitor", "splitter", "broadcaster", "orchestrator"),
+    *("monitor", "splitter", "broadcaster", "orchestrator", "gateway"),
     *("edge-1", "edge-2", "edge-3", "cloud-1"),
 )
 

@@ -33,6 +33,8 @@ from .processes import (
 )
 
 CONTROL_SERVICES = ("monitor", "splitter", "broadcaster", "orchestrator")
+#: Where ``up --gateway`` serves the OpenAI-compatible API by default.
+GATEWAY_API_PORT = 8000
 
 
 class StackError(RuntimeError):
@@ -180,6 +182,7 @@ def up(
     on_progress: Callable[[int, int], None] | None = None,
     extra_args: dict[str, list[str]] | None = None,
     secure: bool = True,
+    gateway_port: int | None = None,
 ) -> Stack:
     """Start Redis (unless ``redis_url``), the control services and ``workers`` workers.
 
@@ -190,7 +193,9 @@ def up(
     The first ``trusted`` workers are trusted. ``extra_args`` adds flags per
     service kind (e.g. ``{"worker": ["--max-tokens", "8192"]}``). Two or more
     workers on a host with fewer than two cores each decode with one thread each
-    (:func:`shared_host_worker_args`). On any
+    (:func:`shared_host_worker_args`). ``gateway_port``: also start the gateway, its
+    OpenAI-compatible API on that port (HTTPS with the stack's certificate unless
+    ``secure`` is False; open: no API key). On any
     failure everything already started is stopped again before the error is
     raised.
     """
@@ -206,6 +211,7 @@ def up(
     tls_dir: Path | None = None
     if secure:
         names = [*CONTROL_SERVICES, *(f"worker-{i}" for i in range(workers))]
+        names += ["gateway"] if gateway_port is not None else []
         tls_dir = make_dev_pki(state_dir / "tls", names)
     try:
         if redis_url is None:
@@ -227,6 +233,12 @@ def up(
         for kind in CONTROL_SERVICES:  # the orchestrator comes last and is told where the others are
             extra = (peers if kind == "orchestrator" else []) + extra_args.get(kind, [])
             peers += [f"--{kind}-address", start(kind, kind, extra).address]
+        if gateway_port is not None:
+            api = ["--orchestrator-address", peers[peers.index("--orchestrator-address") + 1]]
+            api += ["--monitor-address", peers[peers.index("--monitor-address") + 1]]
+            start(
+                "gateway", "gateway", [*api, "--api-port", str(gateway_port), *extra_args.get("gateway", [])]
+            )
         given = extra_args.get("worker", [])
         shared = shared_host_worker_args(workers, host_cores(), given)
         for i in range(workers):

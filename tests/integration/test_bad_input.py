@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
-from support import spread, wait_for
+from support import spread, wait_for, worker_sessions
 from transformers import AutoModelForCausalLM
 
 from resplit.core.tensors import encode
@@ -192,16 +192,10 @@ def test_bad_input_is_refused_while_a_good_session_goes_on(stack, tiny_models, d
         tokens += [t.token_id for t in good]
     assert tokens == expected
 
-    def sessions(proc) -> int:
-        with sync_channel(proc.address) as channel:
-            return (
-                worker_pb2_grpc.WorkerServiceStub(channel)
-                .GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
-                .sessions
-            )
-
     # Closing travels hop by hop after a stream ends: a leak is a session still held after 5 s.
-    wait_for(lambda: all(sessions(p) == 0 for p in stack.worker_procs), timeout=5, what="no session leaked")
+    wait_for(
+        lambda: all(worker_sessions(p) == 0 for p in stack.worker_procs), timeout=5, what="no session leaked"
+    )
 
 
 def test_downstream_refusal_reaches_the_client_with_its_status(stack, deployed):

@@ -32,7 +32,7 @@ DOCKERFILE = REPO / "Dockerfile"
 IMAGE = "resplit:dev"
 REDIS_URL = "redis://redis:6379/0"
 # service -> gRPC port inside its container (the services' defaults).
-CONTROL = {"monitor": 50051, "orchestrator": 50052, "splitter": 50053, "broadcaster": 50054}
+CONTROL = {"monitor": 50051, "orchestrator": 50052, "splitter": 50053, "broadcaster": 50054, "gateway": 50055}
 EDGE_WORKERS = {"edge-1", "edge-2", "edge-3"}
 CLOUD_WORKERS = {"cloud-1"}
 WORKERS = EDGE_WORKERS | CLOUD_WORKERS
@@ -45,6 +45,7 @@ REQUIRED_DEPS = {
     "splitter": {"redis"},
     "broadcaster": {"redis"},
     "orchestrator": {"redis", "monitor", "splitter", "broadcaster"},
+    "gateway": {"orchestrator"},
     **{worker: {"redis", "monitor"} for worker in WORKERS},
 }
 
@@ -274,7 +275,15 @@ def test_published_ports() -> None:
     assert 50052 in targets("orchestrator"), "the orchestrator's gRPC port must be reachable"
     for name in WORKERS:
         assert 9160 in targets(name), f"{name}: HTTP side port not published"
-    for name, http in {"monitor": 9101, "orchestrator": 9102, "splitter": 9103, "broadcaster": 9104}.items():
+    assert 8000 in targets("gateway"), "the gateway's OpenAI API must be reachable"
+    http_ports = {
+        "monitor": 9101,
+        "orchestrator": 9102,
+        "splitter": 9103,
+        "broadcaster": 9104,
+        "gateway": 9105,
+    }
+    for name, http in http_ports.items():
         assert http in targets(name), f"{name}: HTTP side port not published"
     assert not targets("redis"), "redis stays inside the compose network"
 

@@ -7,9 +7,11 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -17,6 +19,7 @@ import pytest
 from support import ROOT
 
 from resplit.launcher import stack as stack_mod
+from resplit.launcher.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +44,9 @@ def test_up_status_deploy_generate_embed_down_leave_no_process_behind(tmp_path, 
     """A user's whole CLI session on one stack (one start-up, the slow part)."""
     state = str(tmp_path / "stack")
     started = time.monotonic()
-    up = _cli("up", "--workers", "3", "--state-dir", state, "--timeout", "30")
+    api_port = free_port()
+    up = _cli("up", "--workers", "3", "--gateway", "--gateway-port", str(api_port), "--state-dir", state,
+              "--timeout", "30")  # fmt: skip
     elapsed = time.monotonic() - started
     assert up.returncode == 0, up.stdout + up.stderr
     assert elapsed < 30 + 15, f"up took {elapsed:.1f}s"
@@ -51,10 +56,20 @@ def test_up_status_deploy_generate_embed_down_leave_no_process_behind(tmp_path, 
         report = json.loads(status.stdout)
         kinds = sorted(p["kind"] for p in report["processes"])
         assert kinds == sorted(
-            ["redis", "monitor", "splitter", "broadcaster", "orchestrator", "worker", "worker", "worker"]
+            [
+                "redis",
+                "monitor",
+                "splitter",
+                "broadcaster",
+                "orchestrator",
+                "gateway",
+                "worker",
+                "worker",
+                "worker",
+            ]
         )
         pids = [p["pid"] for p in report["processes"]]
-        assert len(set(pids)) == 8, "every service is its own process"
+        assert len(set(pids)) == 9, "every service is its own process"
         for row in report["processes"]:
             assert row["healthy"], row
             if row["kind"] != "redis":
@@ -79,15 +94,27 @@ def test_up_status_deploy_generate_embed_down_leave_no_process_behind(tmp_path, 
         second = _cli("up", "--workers", "1", "--state-dir", state)
         assert second.returncode == 1 and "already running" in second.stderr
         _deploy_generate_embed(state, tiny_models)
+        _gateway_over_the_stacks_tls(Path(state), api_port)
     finally:
         down = _cli("down", "--state-dir", state)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert "stopped 8 processes" in down.stdout
+    assert "stopped 9 processes" in down.stdout
     assert "SIGKILL" not in down.stdout, "every process should stop on SIGTERM"
     assert all(_gone(pid) for pid in pids), [p for p in pids if not _gone(p)]
     assert not (tmp_path / "stack" / "stack.json").exists()
     again = _cli("status", "--state-dir", state)
     assert again.returncode == 1 and "no stack is running" in again.stderr
+
+
+def _gateway_over_the_stacks_tls(state: Path, port: int) -> None:
+    """The gateway of `up --gateway` answers over HTTPS with the stack's certificate, open."""
+    context = ssl.create_default_context(cafile=str(state / "tls" / "ca.pem"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/models", context=context, timeout=30) as reply:
+        assert {m["id"] for m in json.load(reply)["data"]} == {"cli-llama", "cli-bert"}
+    body = json.dumps({"model": "cli-llama", "prompt": "The edge", "max_tokens": 3}).encode()
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/v1/completions", body, method="POST")
+    with urllib.request.urlopen(request, context=context, timeout=30) as reply:
+        assert json.load(reply)["usage"]["completion_tokens"] <= 3
 
 
 def _deploy_generate_embed(state: str, tiny_models) -> None:

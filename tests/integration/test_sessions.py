@@ -11,14 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
-from support import LocalStack, batch_rows, spread, wait_for
+from support import LocalStack, batch_rows, spread, wait_for, worker_sessions
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
-from resplit.rpc.channels import sync_channel
 from resplit.sdk import AsyncClient, Client, Sampling
 from resplit.sdk.exchange import GenerateExchange
-from resplit.v1 import worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -61,16 +59,7 @@ def _text_reference(model_dir, text: str, new_tokens: int) -> list[int]:
 def _all_closed(procs) -> None:
     """Every worker drops its sessions once the clients are done. Closing travels hop by
     hop after the client's stream ends, so it lands a moment after the last token."""
-    wait_for(lambda: all(_sessions_on(p) == 0 for p in procs), timeout=5, what="every session closed")
-
-
-def _sessions_on(proc) -> int:
-    with sync_channel(proc.address) as channel:
-        return (
-            worker_pb2_grpc.WorkerServiceStub(channel)
-            .GetStatus(worker_pb2.GetStatusRequest(), timeout=5)
-            .sessions
-        )
+    wait_for(lambda: all(worker_sessions(p) == 0 for p in procs), timeout=5, what="every session closed")
 
 
 def _counted(procs, counter: str, label: str, values: tuple[str, ...]) -> dict[str, float]:

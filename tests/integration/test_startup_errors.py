@@ -9,6 +9,8 @@ import sys
 import pytest
 from support import ROOT
 
+from resplit.launcher.processes import free_port
+
 pytestmark = pytest.mark.integration
 
 BAD = [
@@ -22,6 +24,11 @@ BAD = [
     ("orchestrator", ["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
     ("broadcaster", ["--shutdown-grace-s", "-1"], "--shutdown-grace-s"),
     ("worker", ["--heartbeat-interval-s", "10", "--heartbeat-ttl-s", "5"], "must be below heartbeat-ttl-s"),
+    (
+        "gateway",
+        ["--api-port", "0"],
+        "--api-port (env RESPLIT_API_PORT): Input should be greater than or equal",
+    ),
 ]
 
 
@@ -64,3 +71,17 @@ def test_taken_port_fails_startup_with_one_clear_line():
     assert result.returncode == 1
     assert f"resplit-splitter: cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_taken_api_port_or_a_missing_api_key_file_stops_the_gateway_with_one_line(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        ports = ["--port", str(free_port()), "--http-port", str(free_port())]
+        taken = _run("gateway", ["--api-port", str(port), *ports])
+    assert taken.returncode == 1, taken.stderr
+    assert f"resplit-gateway: cannot listen for the API on 127.0.0.1:{port}" in taken.stderr
+    missing = _run("gateway", ["--api-key-file", str(tmp_path / "nope"), "--port", str(free_port())])
+    assert missing.returncode == 1 and "resplit-gateway: API key:" in missing.stderr, missing.stderr
+    assert "Traceback" not in taken.stderr + missing.stderr

@@ -1,0 +1,1 @@
+"""The gateway: an OpenAI-compatible HTTP API over the SDK (``AsyncClient``)."""
