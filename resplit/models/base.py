@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # transformers loads on first use: a worker that hosts nothin
     from transformers import PretrainedConfig
 
 
+class UnsupportedModelError(ValueError):
+    """No adapter can split this architecture; the message names it and says why."""
+
+
 class SegmentInputError(ValueError):
     """An activation or token input that does not fit this segment."""
 
