@@ -161,11 +161,10 @@ def _layout(skeleton: nn.Module, blocks_expected: int) -> Layout:
         )
     if id(embed) not in names or not heads:
         raise UnsupportedModelError(f"model type {kind!r}: no input embedding and LM head of the usual kind")
-    rest = [
-        n
-        for n, m in children.items()
-        if n not in (lists[0], names[id(embed)]) and any(True for _ in m.parameters())
-    ]
+    others = {n: m for n, m in children.items() if n not in (lists[0], names[id(embed)])}
+    rest = [n for n, m in others.items() if any(True for _ in m.parameters())]
+    if not rest:  # a norm without weights (OLMo's LayerNorm)
+        rest = [n for n, m in others.items() if "Norm" in type(m).__name__]
     if len(rest) != 1:
         raise UnsupportedModelError(
             f"model type {kind!r}: its base model holds {rest or 'no'} weights besides the embedding and "
@@ -174,7 +173,9 @@ def _layout(skeleton: nn.Module, blocks_expected: int) -> Layout:
     layer = children[lists[0]][0]
     arguments = inspect.signature(layer.forward).parameters
     if not any(name in arguments for name in CACHE_ARGUMENTS):
-        raise UnsupportedModelError(f"model type {kind!r}: its blocks ({type(layer).__name__}) take no KV cache")
+        raise UnsupportedModelError(
+            f"model type {kind!r}: its blocks ({type(layer).__name__}) take no KV cache"
+        )
     return Layout(
         body=body_name,
         embed=names[id(embed)],
@@ -190,6 +191,11 @@ def check(config: PretrainedConfig) -> Layout:
     kind = config.model_type
     if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UnsupportedModelError(f"model type {kind!r} is not a causal LM transformers ships")
+    if getattr(config, "num_hidden_layers", None) is None:
+        raise UnsupportedModelError(
+            f"model type {kind!r}: its config has no num_hidden_layers (a composite model; its text "
+            "model's type may fit, e.g. gemma3_text)"
+        )
     types = set(getattr(config, "layer_types", None) or ()) - ATTENTION_TYPES
     if types:
         raise UnsupportedModelError(
@@ -209,8 +215,8 @@ def check_type(model_type: str) -> Layout:
     """:func:`check` on the family's default config (what ``family_of`` can know)."""
     try:
         config = AutoConfig.for_model(model_type)
-    except (ValueError, KeyError) as exc:
-        raise UnsupportedModelError(f"model type {model_type!r} is not supported ({exc})") from None
+    except (ValueError, KeyError):
+        raise UnsupportedModelError(f"model type {model_type!r} is not one transformers knows") from None
     return check(config)
 
 
@@ -290,7 +296,8 @@ class DecoderSegment(Segment):
         skeleton.eval()
         self.eval()
         check_materialized(self, f"{config.model_type} units [{start}, {end})")
-        self.lean_unavailable = f"no lean step for {type(self.layers[0]).__name__ if len(self.layers) else config.model_type} layers"
+        kind = type(self.layers[0]).__name__ if len(self.layers) else config.model_type
+        self.lean_unavailable = f"no lean step for {kind} layers"
 
     def new_state(self) -> SessionState:
         return SessionState(cache=DynamicCache(config=self.local) if len(self.layers) else None)

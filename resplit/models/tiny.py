@@ -156,7 +156,9 @@ def tiny_config(family: str, vocab_size: int, **overrides: Any):
             }
         )
     else:
-        raise ValueError(f"unknown tiny family {family!r}; choose from {', '.join(FAMILIES + GENERIC_FAMILIES)}")
+        raise ValueError(
+            f"unknown tiny family {family!r}; choose from {', '.join(FAMILIES + GENERIC_FAMILIES)}"
+        )
     return config
 
 

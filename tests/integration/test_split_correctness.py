@@ -12,8 +12,7 @@ import os
 
 import pytest
 import torch
-from support import WORKER_DEVICE, spread
-from transformers import AutoModelForCausalLM
+from support import WORKER_DEVICE, greedy, spread
 
 from resplit.models import Checkpoint, num_units
 from resplit.rpc.channels import sync_channel
@@ -30,20 +29,7 @@ NEW_TOKENS = 33  # the prefill's token, then 32 decode steps
 @pytest.fixture(scope="module")
 def references(tiny_models):
     """Greedy tokens and raw logits of each whole model, by transformers."""
-    out = {}
-    for family in DECODERS:
-        model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval().to(WORKER_DEVICE)
-        result = model.generate(
-            torch.tensor([PROMPT], device=WORKER_DEVICE),
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            eos_token_id=None,
-            pad_token_id=model.config.pad_token_id,
-        )
-        out[family] = (result.sequences[0, len(PROMPT) :].tolist(), torch.stack(result.logits)[:, 0].cpu())
-    return out
+    return {family: greedy(tiny_models[family], PROMPT, NEW_TOKENS, WORKER_DEVICE) for family in DECODERS}
 
 
 @pytest.mark.skipif(

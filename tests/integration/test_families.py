@@ -1,0 +1,124 @@
+"""The generic decoder family (resplit/models/decoder.py) against the whole model.
+
+One tiny random checkpoint of each family it serves, built locally from the
+family's config class with what is special about it switched on (tiny.GENERIC):
+split 1-4 ways as segments, a prefill and one-token decode steps give the greedy
+tokens of ``model.generate`` on the whole model and its logits within 1e-4 (fp32).
+Half way the session migrates: every segment's KV cache is exported by block
+(``kv.export_layers``) and imported into the segments of another split, as a
+re-split does between workers, and decoding goes on there. A family that does not
+fit is refused up front, naming it and saying why.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from support import greedy
+
+from resplit.models import Checkpoint, UnsupportedModelError, family_of, kv, load_segment, num_units
+from resplit.models.tiny import GENERIC_FAMILIES, build_tiny
+
+PROMPT = [5, 17, 33, 40, 41, 8, 99, 100, 12, 13, 7, 250]  # longer than the 8-token windows
+NEW_TOKENS = 10
+MIGRATE_AFTER = 5  # tokens generated before the session moves to another split
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory) -> dict[str, tuple[Checkpoint, list[int], torch.Tensor]]:
+    """Each family's checkpoint, with the whole model's greedy tokens and logits."""
+    root, out = tmp_path_factory.mktemp("families"), {}
+    for family in GENERIC_FAMILIES:
+        model_dir = build_tiny(family, root / family)
+        tokens, logits = greedy(model_dir, PROMPT, NEW_TOKENS)
+        out[family] = (Checkpoint(model_dir), tokens, logits)
+    return out
+
+
+def _split(checkpoint: Checkpoint, pieces: int) -> list:
+    units = num_units(checkpoint.config)
+    cuts = [round(i * units / pieces) for i in range(pieces + 1)]
+    return [
+        load_segment(checkpoint, a, b, torch.device("cpu"), torch.float32, huge_pages=False)
+        for a, b in itertools.pairwise(cuts)
+    ]
+
+
+def _step(segments, states, token_ids: list[int]) -> torch.Tensor:
+    inputs = {"input_ids": torch.tensor([token_ids])}
+    for segment, state in zip(segments, states, strict=True):
+        out = segment.step(state, **inputs)
+        inputs = {"hidden": out.hidden}
+    return out.logits[0]
+
+
+def _migrate(old_segments, old_states, new_segments, context: int) -> list:
+    """Every block's cache out of the old split and into fresh states of the new one."""
+    layers = [
+        layer
+        for segment, state in zip(old_segments, old_states, strict=True)
+        for layer in kv.export_layers(segment, state, segment.block_range)
+    ]
+    states = []
+    for segment in new_segments:
+        state = segment.new_state()
+        mine = [layer for layer in layers if layer.block in segment.block_range]
+        kv.import_layers(segment, state, mine, context)
+        assert state.seq_len == context
+        states.append(state)
+    return states
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 4])
+@pytest.mark.parametrize("family", GENERIC_FAMILIES)
+def test_split_decode_and_migration_match_the_whole_model(families, family, pieces):
+    checkpoint, expected_tokens, expected_logits = families[family]
+    segments = _split(checkpoint, pieces)
+    assert [s.lean_unavailable is not None and not s.batches_decode() for s in segments] == [True] * pieces
+    states = [s.new_state() for s in segments]
+    tokens, logits, inputs = [], [], PROMPT
+    for step in range(NEW_TOKENS):
+        if step == MIGRATE_AFTER:  # re-split: 1 <-> 4 and 2 <-> 3 segments
+            moved = _split(checkpoint, 5 - pieces)
+            states = _migrate(segments, states, moved, len(PROMPT) + step - 1)
+            segments = moved
+        logits.append(_step(segments, states, inputs))
+        tokens.append(int(logits[-1].argmax()))
+        inputs = [tokens[-1]]
+    assert tokens == expected_tokens
+    assert (torch.stack(logits) - expected_logits).abs().max().item() <= 1e-4
+
+
+def test_only_the_hosted_tensors_are_loaded(families):
+    """A middle segment holds its blocks' weights, nothing of the embedding or head; the
+    head of a tied family (Gemma) loads the embedding matrix it multiplies by."""
+    checkpoint = families["mixtral"][0]
+    middle = load_segment(checkpoint, 2, 4, torch.device("cpu"), torch.float32, huge_pages=False)
+    names = [n for n, _ in middle.named_parameters()]
+    assert names and all(n.startswith(("layers.0.", "layers.1.")) for n in names)
+    assert any("experts.gate_up_proj" in n for n in names)  # per-expert checkpoint tensors, fused
+    gemma = families["gemma2"][0]
+    head_unit = num_units(gemma.config) - 1
+    family = family_of("gemma2")
+    assert family.unit_of("model.embed_tokens.weight", gemma.config) == {0, head_unit}
+    assert family.unit_of("model.layers.2.mlp.up_proj.weight", gemma.config) == {3}
+    neox = families["gpt_neox"][0]
+    assert family_of("gpt_neox").unit_of("embed_out.weight", neox.config) == {num_units(neox.config) - 1}
+
+
+@pytest.mark.parametrize(
+    ("model_type", "reason"),
+    [
+        ("mamba", "'mamba': layers of type \\[.linear_attention.\\] keep state"),
+        ("gemma3", "'gemma3': its config has no num_hidden_layers"),
+        ("bloom", "'bloom': its base model holds .* besides the embedding"),
+        ("t5", "'t5' is not a causal LM transformers ships"),
+        ("opt", "'opt': its base model has no single list of 1 blocks"),
+        ("qwen3_next", "'qwen3_next': layers of type \\['linear_attention'\\] keep state"),
+    ],
+)
+def test_a_family_that_does_not_fit_is_refused_with_the_reason(model_type, reason):
+    with pytest.raises(UnsupportedModelError, match=reason):
+        family_of(model_type)
