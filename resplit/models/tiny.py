@@ -40,7 +40,18 @@ SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 FAMILIES = ("llama", "qwen2", "qwen2-sliding", "mistral", "gpt2", "bert")
 #: Families served by the generic decoder (``decoder.py``), each with what is special about
 #: it switched on. Not in FAMILIES: the shared test fixture builds those for every run.
-GENERIC_FAMILIES = ("phi3", "gemma2", "gemma3_text", "mixtral", "qwen3_moe", "olmo2", "granite", "gpt_neox")
+GENERIC_FAMILIES = (
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "mixtral",
+    "qwen3_moe",
+    "olmo2",
+    "granite",
+    "gpt_neox",
+    "falcon",
+    "stablelm",
+)
 #: Their configs: overrides on the decoder defaults of :func:`tiny_config`.
 GENERIC = {
     "phi3": {"partial_rotary_factor": 0.5},  # fused qkv and gate_up projections, half the head rotated
@@ -75,6 +86,8 @@ GENERIC = {
         "logits_scaling": 4.0,
     },
     "gpt_neox": {"rotary_pct": 0.25, "num_key_value_heads": None},  # parallel residual
+    "falcon": {},  # transformer.h, one shared key/value head, parallel attention and MLP
+    "stablelm": {},  # LayerNorm, a quarter of each head rotated
 }
 
 
