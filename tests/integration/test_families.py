@@ -19,11 +19,13 @@ import torch
 from support import greedy
 
 from resplit.models import Checkpoint, UnsupportedModelError, family_of, kv, load_segment, num_units
+from resplit.models.decoder import Decoder, DecoderSegment
 from resplit.models.tiny import GENERIC_FAMILIES, build_tiny
 
 PROMPT = [5, 17, 33, 40, 41, 8, 99, 100, 12, 13, 7, 250]  # longer than the 8-token windows
 NEW_TOKENS = 10
 MIGRATE_AFTER = 5  # tokens generated before the session moves to another split
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def _split(checkpoint: Checkpoint, pieces: int) -> list:
     units = num_units(checkpoint.config)
     cuts = [round(i * units / pieces) for i in range(pieces + 1)]
     return [
-        load_segment(checkpoint, a, b, torch.device("cpu"), torch.float32, huge_pages=False)
+        load_segment(checkpoint, a, b, CPU, torch.float32, huge_pages=False)
         for a, b in itertools.pairwise(cuts)
     ]
 
@@ -91,11 +93,37 @@ def test_split_decode_and_migration_match_the_whole_model(families, family, piec
     assert (torch.stack(logits) - expected_logits).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2-sliding", "mistral"])
+def test_the_generic_decoder_serves_the_rotary_families_too(tiny_models, family):
+    """Llama, Qwen2 and Mistral keep an adapter of their own for its lean one-token step
+    only: the generic decoder splits them exactly as well (GPT-2 it refuses: its base
+    model adds learned positions to whatever enters it)."""
+    checkpoint = Checkpoint(tiny_models[family])
+    generic = Decoder(checkpoint.config.model_type)
+    units = num_units(checkpoint.config)
+    cuts = [(0, 2), (2, 4), (4, units)]
+    tensors = [checkpoint.load(generic.tensor_names(checkpoint, a, b), CPU) for a, b in cuts]
+    config = checkpoint.config
+    segments = [generic.build(config, a, b, t, CPU) for (a, b), t in zip(cuts, tensors, strict=True)]
+    assert all(isinstance(s, DecoderSegment) for s in segments)
+    expected_tokens, expected_logits = greedy(tiny_models[family], PROMPT, NEW_TOKENS)
+    states = [s.new_state() for s in segments]
+    tokens, logits, inputs = [], [], PROMPT
+    for _ in range(NEW_TOKENS):
+        logits.append(_step(segments, states, inputs))
+        tokens.append(int(logits[-1].argmax()))
+        inputs = [tokens[-1]]
+    assert tokens == expected_tokens
+    assert (torch.stack(logits) - expected_logits).abs().max().item() <= 1e-5
+    with pytest.raises(UnsupportedModelError, match="'gpt2': its base model holds \\['wpe', 'ln_f'\\]"):
+        Decoder("gpt2")
+
+
 def test_only_the_hosted_tensors_are_loaded(families):
     """A middle segment holds its blocks' weights, nothing of the embedding or head; the
     head of a tied family (Gemma) loads the embedding matrix it multiplies by."""
     checkpoint = families["mixtral"][0]
-    middle = load_segment(checkpoint, 2, 4, torch.device("cpu"), torch.float32, huge_pages=False)
+    middle = load_segment(checkpoint, 2, 4, CPU, torch.float32, huge_pages=False)
     names = [n for n, _ in middle.named_parameters()]
     assert names and all(n.startswith(("layers.0.", "layers.1.")) for n in names)
     assert any("experts.gate_up_proj" in n for n in names)  # per-expert checkpoint tensors, fused
