@@ -5,8 +5,9 @@ family's config class with what is special about it switched on (tiny.GENERIC):
 split 1-4 ways as segments, a prefill and one-token decode steps give the greedy
 tokens of ``model.generate`` on the whole model and its logits within 1e-4 (fp32).
 Half way the session migrates: every segment's KV cache is exported by block
-(``kv.export_layers``) and imported into the segments of another split, as a
-re-split does between workers, and decoding goes on there. A family that does not
+(``kv.export_layers``) and imported into the segments of another split (one of
+them units with no blocks: the embedding alone, the head alone), as a re-split
+does between workers, and decoding goes on there. A family that does not
 fit is refused up front, naming it and saying why.
 """
 
@@ -26,6 +27,8 @@ PROMPT = [5, 17, 33, 40, 41, 8, 99, 100, 12, 13, 7, 250]  # longer than the 8-to
 NEW_TOKENS = 10
 MIGRATE_AFTER = 5  # tokens generated before the session moves to another split
 CPU = torch.device("cpu")
+#: Segments before the migration -> after ("edges": embedding and head alone, no blocks).
+RESPLIT = {1: "edges", 2: 3, 3: 2, 4: 1}
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +42,15 @@ def families(tmp_path_factory) -> dict[str, tuple[Checkpoint, list[int], torch.T
     return out
 
 
-def _split(checkpoint: Checkpoint, pieces: int) -> list:
+def _split(checkpoint: Checkpoint, pieces: int | str) -> list:
+    """``pieces`` even segments, or "edges": the embedding alone, every block, the head alone."""
     units = num_units(checkpoint.config)
-    cuts = [round(i * units / pieces) for i in range(pieces + 1)]
-    return [
-        load_segment(checkpoint, a, b, CPU, torch.float32, huge_pages=False)
-        for a, b in itertools.pairwise(cuts)
-    ]
+    if pieces == "edges":
+        cuts = [0, 1, units - 1, units]
+    else:
+        cuts = [round(i * units / pieces) for i in range(pieces + 1)]
+    pairs = itertools.pairwise(cuts)
+    return [load_segment(checkpoint, a, b, CPU, torch.float32, huge_pages=False) for a, b in pairs]
 
 
 def _step(segments, states, token_ids: list[int]) -> torch.Tensor:
@@ -82,8 +87,8 @@ def test_split_decode_and_migration_match_the_whole_model(families, family, piec
     states = [s.new_state() for s in segments]
     tokens, logits, inputs = [], [], PROMPT
     for step in range(NEW_TOKENS):
-        if step == MIGRATE_AFTER:  # re-split: 1 <-> 4 and 2 <-> 3 segments
-            moved = _split(checkpoint, 5 - pieces)
+        if step == MIGRATE_AFTER:  # re-split into another number of segments
+            moved = _split(checkpoint, RESPLIT[pieces])
             states = _migrate(segments, states, moved, len(PROMPT) + step - 1)
             segments = moved
         logits.append(_step(segments, states, inputs))
