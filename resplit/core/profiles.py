@@ -236,12 +236,19 @@ def _generic_decoder(config: dict[str, Any], family: str, width: int) -> list[Un
     if getattr(parsed, "multi_query", False) and not getattr(parsed, "new_decoder_architecture", False):
         kv_heads = 1  # Falcon-7B style: one shared key/value head
     kv_heads = int(kv_heads or heads)
-    experts = getattr(parsed, "num_local_experts", None) or getattr(parsed, "num_experts", None)
+    experts = next(
+        (
+            getattr(parsed, k)
+            for k in ("num_local_experts", "num_experts", "n_routed_experts")
+            if getattr(parsed, k, None)
+        ),
+        None,
+    )
     active = (getattr(parsed, "num_experts_per_tok", None) or 1) / experts if experts else 1.0
 
     def size(module) -> tuple[int, float]:
         params, flops = 0, 0.0
-        for name, tensor in module.named_parameters():
+        for name, tensor in module.state_dict(keep_vars=True).items():  # parameters and saved buffers
             params += tensor.numel()
             if tensor.dim() >= 2:
                 flops += 2.0 * tensor.numel() * (active if "experts." in name else 1.0)

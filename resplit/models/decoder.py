@@ -102,8 +102,12 @@ def tied(config: PretrainedConfig) -> bool:
 
 
 def _moe_schedule(config: PretrainedConfig, blocks: range) -> dict:
-    """Qwen-MoE style configs say which layers are sparse by global index
-    (``mlp_only_layers``, ``decoder_sparse_step``); the same layers, renumbered."""
+    """MoE configs say which layers are sparse by global index: Qwen-MoE by
+    ``mlp_only_layers`` and ``decoder_sparse_step``, DeepSeek and GLM-MoE by
+    ``first_k_dense_replace`` (the first k dense); the same layers, renumbered."""
+    dense_first = getattr(config, "first_k_dense_replace", None)
+    if isinstance(dense_first, int):
+        return {"first_k_dense_replace": min(max(dense_first - blocks.start, 0), len(blocks))}
     if not hasattr(config, "decoder_sparse_step") or not hasattr(config, "mlp_only_layers"):
         return {}
     experts = getattr(config, "num_experts", 0) or 0
@@ -125,7 +129,7 @@ def local_config(config: PretrainedConfig, blocks: range, embedding: bool) -> Pr
     local = copy.deepcopy(config)
     total = num_blocks(config)
     for name, value in vars(config).items():
-        if isinstance(value, list | tuple) and len(value) == total and not name.startswith("_"):
+        if "layer" in name and isinstance(value, list | tuple) and len(value) == total:
             setattr(local, name, type(value)(value[i] for i in blocks))
     for name, value in _moe_schedule(config, blocks).items():
         setattr(local, name, value)
@@ -155,6 +159,14 @@ def _layout(skeleton: nn.Module, blocks_expected: int) -> Layout:
     names = {id(module): name for name, module in children.items()}
     lists = [n for n, m in children.items() if isinstance(m, nn.ModuleList) and len(m) == blocks_expected]
     heads = [n for n, m in skeleton.named_children() if m is head]
+    beside = [
+        n
+        for n, m in skeleton.named_children()
+        if m is not body and m is not head and any(True for _ in m.parameters())
+    ]
+    if beside:
+        what = f"model type {kind!r}: its causal LM holds {beside}"
+        raise UnsupportedModelError(f"{what} beside the base model and the head")
     if len(lists) != 1:
         raise UnsupportedModelError(
             f"model type {kind!r}: its base model has no single list of {blocks_expected} blocks"
@@ -240,17 +252,16 @@ def convert(layout: Layout, tensors: dict[str, torch.Tensor], skeleton: nn.Modul
     return out
 
 
-def _materialize_buffers(skeleton: nn.Module, modules: list[nn.Module], device: torch.device) -> None:
+def _materialize_buffers(skeleton: nn.Module, device: torch.device) -> None:
     """Buffers computed at construction (rotary tables, embedding scales) are on the meta
     device in a skeleton; the model's own ``_init_weights`` fills them in on ``device``.
     Runs before the weights are assigned, so it cannot overwrite them."""
-    for root in modules:
-        for module in root.modules():
-            meta = [name for name, buffer in module.named_buffers(recurse=False) if buffer.is_meta]
-            for name in meta:
-                module._buffers[name] = torch.empty_like(module._buffers[name], device=device)
-            if meta:
-                skeleton._init_weights(module)
+    for module in skeleton.modules():
+        meta = [name for name, buffer in module.named_buffers(recurse=False) if buffer.is_meta]
+        for name in meta:
+            module._buffers[name] = torch.empty_like(module._buffers[name], device=device)
+        if meta:
+            skeleton._init_weights(module)
 
 
 class DecoderSegment(Segment):
@@ -275,8 +286,7 @@ class DecoderSegment(Segment):
         self.lm_head: nn.Module | None = getattr(skeleton, layout.head) if self.has_head else None
         if not self.has_head:
             setattr(body, layout.norm, nn.Identity())
-        hosted = [m for m in (self.embed, self.layers, self.norm, self.lm_head) if m is not None]
-        _materialize_buffers(skeleton, [*hosted, *(m for m in body.children() if m not in hosted)], device)
+        _materialize_buffers(skeleton, device)
         named = convert(layout, tensors, skeleton)
         embed_weights = strip_prefix(named, layout.prefix("embed"))
         if self.embed is not None:

@@ -51,6 +51,7 @@ GENERIC_FAMILIES = (
     "gpt_neox",
     "falcon",
     "stablelm",
+    "glm4_moe",
 )
 #: Their configs: overrides on the decoder defaults of :func:`tiny_config`.
 GENERIC = {
@@ -88,6 +89,16 @@ GENERIC = {
     "gpt_neox": {"rotary_pct": 0.25, "num_key_value_heads": None},  # parallel residual
     "falcon": {},  # transformer.h, one shared key/value head, parallel attention and MLP
     "stablelm": {},  # LayerNorm, a quarter of each head rotated
+    "glm4_moe": {  # DeepSeek-style MoE: the first block dense, a shared expert beside the routed ones
+        "head_dim": 16,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "first_k_dense_replace": 1,
+        "n_shared_experts": 1,
+        "n_group": 1,
+        "topk_group": 1,
+    },
 }
 
 

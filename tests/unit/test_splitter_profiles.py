@@ -114,7 +114,7 @@ def test_a_generic_family_is_counted_on_its_meta_model():
     assert block.flops_per_token == 2.0 * (block.param_bytes // 2 - idle_experts - norms)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "gpt_neox", "falcon"])
+@pytest.mark.parametrize("family", ["mixtral", "gpt_neox", "falcon", "glm4_moe"])
 def test_a_generic_checkpoint_has_exactly_the_profiled_parameters(tmp_path, family):
     from resplit.models.tiny import build_tiny
 
