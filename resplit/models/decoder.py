@@ -122,7 +122,7 @@ def _moe_schedule(config: PretrainedConfig, blocks: range) -> dict:
     }
 
 
-def local_config(config: PretrainedConfig, blocks: range, embedding: bool) -> PretrainedConfig:
+def segment_config(config: PretrainedConfig, blocks: range, embedding: bool) -> PretrainedConfig:
     """A copy of ``config`` describing only ``blocks``, renumbered from 0: every list with
     one entry per block (``layer_types`` and the like) sliced, the MoE schedule
     renumbered, and the input scales neutral unless this segment hosts the embedding."""
@@ -214,7 +214,7 @@ def check(config: PretrainedConfig) -> Layout:
             f"model type {kind!r}: layers of type {sorted(types)} keep state other than an attention "
             "KV cache, which a split cannot move"
         )
-    small = local_config(config, range(min(1, num_blocks(config))), embedding=True)
+    small = segment_config(config, range(min(1, num_blocks(config))), embedding=True)
     try:
         skeleton = skeleton_of(small)
     except (ValueError, TypeError, AttributeError, ImportError) as exc:
@@ -276,7 +276,7 @@ class DecoderSegment(Segment):
     ) -> None:
         super().__init__(config, start, end)
         blocks = self.block_range
-        self.local = local_config(config, blocks, embedding=self.has_embedding)
+        self.local = segment_config(config, blocks, embedding=self.has_embedding)
         skeleton = skeleton_of(self.local)
         self.local._attn_implementation = skeleton.config._attn_implementation
         body = getattr(skeleton, layout.body)
