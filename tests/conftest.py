@@ -64,8 +64,13 @@ def stack() -> Iterator[LocalStack]:
 
     worker-3 prefills with two intra-op threads and decodes with one, as `resplit up`
     sets workers sharing two cores: every 4-segment split of test_split_correctness
-    runs a segment there and is compared with the whole model."""
-    local = LocalStack(per_worker={3: ["--torch-threads", "2", "--decode-threads", "1"]})
+    runs a segment there and is compared with the whole model. Worker-0 and worker-2
+    run prompts longer than 5 tokens in chunks of 5 (--prefill-chunk-tokens), so every
+    split with a prompt through them is compared with the whole model's one forward."""
+    chunked = ["--prefill-chunk-tokens", "5"]
+    local = LocalStack(
+        per_worker={0: chunked, 2: chunked, 3: ["--torch-threads", "2", "--decode-threads", "1"]}
+    )
     try:
         yield local.start()
     finally:

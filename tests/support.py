@@ -297,15 +297,21 @@ def _warm_up(orchestrator: str, names: list[str], cycle: float) -> None:
     time.sleep(4 * cycle)  # the burst leaves the utilization estimates
 
 
-def batch_rows(procs) -> tuple[float, float]:
-    """(rows, batched forwards) the workers ``procs`` have run so far: the sum and count of
-    their resplit_worker_batch_rows histograms (more rows than forwards: steps were batched)."""
-    rows = forwards = 0.0
+def metric_sum(procs, sample: str) -> float:
+    """The sum over ``procs`` (anything with an ``http_port``) of one sample on their /metrics:
+    a name such as ``resplit_worker_batch_rows_count``, with its labels if it has any."""
+    total = 0.0
     for proc in procs:
         with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
             for line in reply.read().decode().splitlines():
-                if line.startswith("resplit_worker_batch_rows_sum "):
-                    rows += float(line.rsplit(" ", 1)[1])
-                elif line.startswith("resplit_worker_batch_rows_count "):
-                    forwards += float(line.rsplit(" ", 1)[1])
-    return rows, forwards
+                if line.startswith(f"{sample} "):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def batch_rows(procs) -> tuple[float, float]:
+    """(rows, batched forwards) the workers ``procs`` have run so far: the sum and count of
+    their resplit_worker_batch_rows histograms (more rows than forwards: steps were batched)."""
+    return metric_sum(procs, "resplit_worker_batch_rows_sum"), metric_sum(
+        procs, "resplit_worker_batch_rows_count"
+    )

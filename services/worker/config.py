@@ -58,6 +58,14 @@ class WorkerSettings(ServiceSettings):
         description="most sessions' decode steps one batched forward of a segment runs "
         "(steps arriving while a batch runs wait for the next; a lone step never waits)",
     )
+    prefill_chunk_tokens: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="a prompt longer than this runs in chunks of this many tokens, other sessions' "
+        "steps running between two chunks, so a long prompt never freezes their streams "
+        "(0: every prompt in one forward)",
+    )
     kv_budget_tokens: int = Field(
         0,
         ge=0,

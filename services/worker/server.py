@@ -192,6 +192,7 @@ class WorkerService:
             passive=self.passive,
             node=self.node,
             max_batch=settings.max_batch,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
         )
 
     def status(self) -> worker_pb2.WorkerStatus:

@@ -69,6 +69,11 @@ BATCH_ROWS = Histogram(
     "Sessions' one-token steps run as one batched forward (1: a step alone)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+PREFILL_CHUNKS = Histogram(
+    "resplit_worker_prefill_chunks",
+    "Chunks a prompt longer than --prefill-chunk-tokens was cut into on this worker",
+    buckets=(2, 4, 8, 16, 32, 64, 128),
+)
 
 _ADDRESS = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})")
 
@@ -126,6 +131,7 @@ class Forwarding:
         passive: PassiveLinks | None = None,
         node: common_pb2.Node | None = None,
         max_batch: int = 64,
+        prefill_chunk_tokens: int = 0,
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -143,6 +149,8 @@ class Forwarding:
         self.ring = RingTable()
         #: Decode steps of many sessions on one segment, run as one forward (core/batch.py).
         self.batcher: Batcher[step.Row] = Batcher(self._run_batch, max_batch)
+        #: Prompts longer than this run chunk by chunk (core/step.py Prefill); 0: whole.
+        self.prefill_chunk_tokens = prefill_chunk_tokens
 
     # -- the Forward stream ------------------------------------------------------
     async def run(
@@ -331,6 +339,8 @@ class Forwarding:
         if step.batchable(session, given):
             key = (hosted.key, given.assembler is None)
             produced = await self.batcher.submit(key, step.Row(session, given, units))
+        elif step.chunkable(session, given, self.prefill_chunk_tokens):
+            produced = await self._prefill(session, given, units)
         else:
             latest = self.hosting.latest_epoch(hosted.deployment)
             produced = await self.compute(
@@ -361,6 +371,28 @@ class Forwarding:
                 if reply.HasField("token"):
                     self._stamp(session, reply.token)
                 yield reply
+
+    async def _prefill(
+        self, session: Session, given: step.StepInput, units: tuple[int, int] | None
+    ) -> list[Any]:
+        """A long prompt, one compute call per chunk (core/step.py ``Prefill``): other
+        sessions' steps queue for the compute thread between two chunks."""
+        hosted = session.hosted
+        prefill = step.Prefill(
+            session,
+            given,
+            self.prefill_chunk_tokens,
+            units,
+            self.chunk_bytes,
+            self.hosting.latest_epoch(hosted.deployment),
+        )
+        label = f"{hosted.start}-{hosted.end}"
+        produced = None
+        for index, tokens in enumerate(prefill.chunks):
+            produced = await self.compute(lambda index=index: prefill.run_chunk(index), label, tokens)
+        PREFILL_CHUNKS.observe(len(prefill.chunks))
+        assert produced is not None
+        return produced
 
     async def _run_batch(self, key: object, rows: list[step.Row]) -> list[Any]:
         """One batched forward of several sessions' decode steps on one segment."""

@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from support import WORKER_DEVICE, greedy, spread
+from support import WORKER_DEVICE, greedy, metric_sum, spread
 
 from resplit.models import Checkpoint, num_units
 from resplit.models.tiny import GENERIC_FAMILIES, build_tiny
@@ -56,12 +56,18 @@ def _split_matches(stack, model_dir, name: str, pieces: int, expected, tolerance
     units = num_units(Checkpoint(model_dir).config)
     plan = stack.deploy(name, model_dir, spread(units, pieces))
     assert len(plan.segments) == pieces and plan.epoch >= 1
+    chunked = metric_sum(stack.worker_procs[:1], "resplit_worker_prefill_chunks_count")
     with Client(stack.orchestrator.address) as client:
         route = client.route(name)
         assert len({hop.address for hop in route.hops}) == len({w for *_, w in spread(units, pieces)})
         tokens = list(
             client.generate_ids(PROMPT, route, Sampling(max_new_tokens=NEW_TOKENS), return_logits=True)
         )
+    # worker-0 cuts the 12-token prompt into chunks (conftest.py) in each segment of blocks it holds
+    with_blocks = [a for a, b, w in spread(units, pieces) if w == 0 and a < units - 1 and b > 1]
+    assert metric_sum(stack.worker_procs[:1], "resplit_worker_prefill_chunks_count") == chunked + len(
+        with_blocks
+    )
     expected_tokens, expected_logits = expected
     assert [t.token_id for t in tokens] == expected_tokens
     assert tokens[-1].finished and tokens[-1].finish_reason == "max_new_tokens"

@@ -85,6 +85,77 @@ def run(
     return results(session, given.step, output.embeddings.float(), chunk_bytes)
 
 
+def chunkable(session: Session, given: StepInput, chunk_tokens: int) -> bool:
+    """Whether this step is a prompt to run in chunks of ``chunk_tokens`` (:class:`Prefill`):
+    one row longer than a chunk, unpadded, on a generative segment with blocks (and a
+    cache to carry one chunk's keys and values to the next)."""
+    hosted = session.hosted
+    return (
+        chunk_tokens > 0
+        and given.rows == 1
+        and given.tokens > chunk_tokens
+        and given.mask is None
+        and hosted.generative
+        and len(hosted.segment.block_range) > 0
+    )
+
+
+class Prefill:
+    """A long prompt's step cut into chunks, each one call of :meth:`run_chunk`.
+
+    Why: one forward over a 2,048-token prompt holds the compute thread for seconds,
+    and every other session's decode step on this worker waits behind it. Run chunk
+    by chunk (each over the cache the chunks before it filled, as one forward would
+    see them), the steps of other sessions run between chunks, so their streams stall
+    for one chunk at most per hop. The hop's output is the same: every position's
+    hidden state for the next hop (sent as one activation once the last chunk ran), or
+    the last position's token at the head. The transport awaits each chunk on its own.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        given: StepInput,
+        chunk_tokens: int,
+        next_units: tuple[int, int] | None,
+        chunk_bytes: int,
+        latest_epoch: int,
+    ) -> None:
+        self.session, self.given, self.chunk_tokens = session, given, chunk_tokens
+        self.next_units, self.chunk_bytes, self.latest_epoch = next_units, chunk_bytes, latest_epoch
+        #: (new tokens) of each chunk, in order.
+        self.chunks = [
+            min(chunk_tokens, given.tokens - start) for start in range(0, given.tokens, chunk_tokens)
+        ]
+        self._input: torch.Tensor | None = given.ids
+        self._hidden: list[torch.Tensor] = []
+
+    def run_chunk(self, index: int) -> list[Any] | None:
+        """Run chunk ``index`` (in order, one call each) through the segment; after the
+        last one, what :func:`run` returns for the whole prompt."""
+        session = self.session
+        hosted = session.hosted
+        if session.state.cache is None:
+            raise NotHosted(f"session {session.session_id[:64]!r} was closed")
+        if self._input is None:  # an activation, decoded on the first chunk's compute call
+            assert self.given.assembler is not None
+            _, self._input, _ = activation(hosted, self.given.assembler, hosted.epoch)
+        start = index * self.chunk_tokens
+        part = self._input[:, start : start + self.chunk_tokens]
+        from_ids = self.given.assembler is None
+        output = hosted.segment.step(
+            session.state, input_ids=part if from_ids else None, hidden=None if from_ids else part
+        )
+        if self.next_units is not None:
+            self._hidden.append(output.hidden)
+        if index < len(self.chunks) - 1:
+            return None
+        if self.next_units is not None:
+            hidden = torch.cat(self._hidden, dim=1)
+            return forwarded(session, self.given.step, hidden, self.next_units, None, self.chunk_bytes)
+        return sample(session, self.given.step, output.logits[0], self.chunk_bytes, self.latest_epoch)
+
+
 def batchable(session: Session, given: StepInput) -> bool:
     """Whether this step may share a batched forward with other sessions' steps: one new
     token of one row (a decode step) of a generative segment that has a batched step."""
