@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -85,6 +86,9 @@ class Layout:
     norm: str
     head: str  # the LM head's attribute on the causal LM
     conversions: tuple  # transformers' checkpoint -> model renamings and converters
+    #: Checkpoint tensors the model no longer has and transformers skips on load (old
+    #: checkpoints' per-layer rotary tables, GPT-NeoX's causal-mask buffers).
+    ignored: re.Pattern | None = None
 
     def prefix(self, part: str) -> str:
         return f"{self.body}.{getattr(self, part)}."
@@ -195,7 +199,20 @@ def _layout(skeleton: nn.Module, blocks_expected: int) -> Layout:
         norm=rest[0],
         head=heads[0],
         conversions=tuple(get_model_conversion_mapping(skeleton)),
+        ignored=_ignored(skeleton),
     )
+
+
+def _ignored(skeleton: nn.Module) -> re.Pattern | None:
+    """The checkpoint names transformers' loader skips for this model (its declared
+    ``_keys_to_ignore_on_load_unexpected`` and the exceptions it adds for every model)."""
+    patterns = set(getattr(skeleton, "_keys_to_ignore_on_load_unexpected", None) or ())
+    buffers = [name for name, _ in skeleton.named_buffers()]
+    if any(name.endswith("rotary_emb.inv_freq") for name in buffers):
+        patterns.add(r"rotary_emb\.inv_freq")
+    if any(name.endswith("position_ids") for name in buffers):
+        patterns.add(r"(^|\.)position_ids$")
+    return re.compile("|".join(f"({p})" for p in sorted(patterns))) if patterns else None
 
 
 def check(config: PretrainedConfig) -> Layout:
@@ -337,6 +354,8 @@ class Decoder(Family):
 
     def unit_of(self, name: str, config: PretrainedConfig) -> set[int]:
         head = num_blocks(config) + 1
+        if self.layout.ignored is not None and self.layout.ignored.search(name):
+            return set()
         target, _ = self.layout.model_name(name)
         if target.startswith(self.layout.prefix("embed")):
             return {0, head} if tied(config) else {0}

@@ -14,9 +14,11 @@ fit is refused up front, naming it and saying why.
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from support import greedy
 
 from resplit.models import Checkpoint, UnsupportedModelError, family_of, kv, load_segment, num_units
@@ -139,6 +141,30 @@ def test_only_the_hosted_tensors_are_loaded(families):
     assert family.unit_of("model.layers.2.mlp.up_proj.weight", gemma.config) == {3}
     neox = families["gpt_neox"][0]
     assert family_of("gpt_neox").unit_of("embed_out.weight", neox.config) == {num_units(neox.config) - 1}
+
+
+def test_tensors_transformers_skips_on_load_are_skipped_too(families, tmp_path):
+    """Old GPT-NeoX checkpoints (Pythia as published) carry each layer's causal-mask
+    buffers and rotary table; transformers' loader skips them, and so does a segment."""
+    checkpoint, expected_tokens, expected_logits = families["gpt_neox"]
+    tensors = checkpoint.load(checkpoint.names(), CPU)
+    for block in range(checkpoint.config.num_hidden_layers):
+        prefix = f"gpt_neox.layers.{block}.attention."
+        tensors[prefix + "bias"] = torch.ones(1, 1, 8, 8, dtype=torch.bool).tril()
+        tensors[prefix + "masked_bias"] = torch.tensor(-1e9)
+        tensors[prefix + "rotary_emb.inv_freq"] = torch.ones(2)
+    shutil.copy(checkpoint.dir / "config.json", tmp_path / "config.json")
+    save_file(tensors, tmp_path / "model.safetensors")
+    old = Checkpoint(tmp_path)
+    segments, states = _split(old, 3), []
+    states = [s.new_state() for s in segments]
+    tokens, logits, inputs = [], [], PROMPT
+    for _ in range(NEW_TOKENS):
+        logits.append(_step(segments, states, inputs))
+        tokens.append(int(logits[-1].argmax()))
+        inputs = [tokens[-1]]
+    assert tokens == expected_tokens
+    assert (torch.stack(logits) - expected_logits).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize(
