@@ -80,24 +80,31 @@ def _migrate(old_segments, old_states, new_segments, context: int) -> list:
     return states
 
 
+def _generate(segments: list, moved: list | None = None) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens and their logits through ``segments``: the prompt, then one token a
+    step; with ``moved``, the session migrates there after MIGRATE_AFTER tokens."""
+    states = [s.new_state() for s in segments]
+    tokens, logits, inputs = [], [], PROMPT
+    for step in range(NEW_TOKENS):
+        if moved is not None and step == MIGRATE_AFTER:
+            states = _migrate(segments, states, moved, len(PROMPT) + step - 1)
+            segments = moved
+        logits.append(_step(segments, states, inputs))
+        tokens.append(int(logits[-1].argmax()))
+        inputs = [tokens[-1]]
+    return tokens, torch.stack(logits)
+
+
 @pytest.mark.parametrize("pieces", [1, 2, 3, 4])
 @pytest.mark.parametrize("family", GENERIC_FAMILIES)
 def test_split_decode_and_migration_match_the_whole_model(families, family, pieces):
     checkpoint, expected_tokens, expected_logits = families[family]
     segments = _split(checkpoint, pieces)
     assert [s.lean_unavailable is not None and not s.batches_decode() for s in segments] == [True] * pieces
-    states = [s.new_state() for s in segments]
-    tokens, logits, inputs = [], [], PROMPT
-    for step in range(NEW_TOKENS):
-        if step == MIGRATE_AFTER:  # re-split into another number of segments
-            moved = _split(checkpoint, RESPLIT[pieces])
-            states = _migrate(segments, states, moved, len(PROMPT) + step - 1)
-            segments = moved
-        logits.append(_step(segments, states, inputs))
-        tokens.append(int(logits[-1].argmax()))
-        inputs = [tokens[-1]]
+    moved = _split(checkpoint, RESPLIT[pieces])  # re-split into another number of segments
+    tokens, logits = _generate(segments, moved)
     assert tokens == expected_tokens
-    assert (torch.stack(logits) - expected_logits).abs().max().item() <= 1e-4
+    assert (logits - expected_logits).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2-sliding", "mistral"])
@@ -114,14 +121,9 @@ def test_the_generic_decoder_serves_the_rotary_families_too(tiny_models, family)
     segments = [generic.build(config, a, b, t, CPU) for (a, b), t in zip(cuts, tensors, strict=True)]
     assert all(isinstance(s, DecoderSegment) for s in segments)
     expected_tokens, expected_logits = greedy(tiny_models[family], PROMPT, NEW_TOKENS)
-    states = [s.new_state() for s in segments]
-    tokens, logits, inputs = [], [], PROMPT
-    for _ in range(NEW_TOKENS):
-        logits.append(_step(segments, states, inputs))
-        tokens.append(int(logits[-1].argmax()))
-        inputs = [tokens[-1]]
+    tokens, logits = _generate(segments)
     assert tokens == expected_tokens
-    assert (torch.stack(logits) - expected_logits).abs().max().item() <= 1e-5
+    assert (logits - expected_logits).abs().max().item() <= 1e-5
     with pytest.raises(UnsupportedModelError, match="'gpt2': its base model holds \\['wpe', 'ln_f'\\]"):
         Decoder("gpt2")
 
@@ -156,15 +158,9 @@ def test_tensors_transformers_skips_on_load_are_skipped_too(families, tmp_path):
     shutil.copy(checkpoint.dir / "config.json", tmp_path / "config.json")
     save_file(tensors, tmp_path / "model.safetensors")
     old = Checkpoint(tmp_path)
-    segments, states = _split(old, 3), []
-    states = [s.new_state() for s in segments]
-    tokens, logits, inputs = [], [], PROMPT
-    for _ in range(NEW_TOKENS):
-        logits.append(_step(segments, states, inputs))
-        tokens.append(int(logits[-1].argmax()))
-        inputs = [tokens[-1]]
+    tokens, logits = _generate(_split(old, 3))
     assert tokens == expected_tokens
-    assert (torch.stack(logits) - expected_logits).abs().max().item() <= 1e-4
+    assert (logits - expected_logits).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize(
