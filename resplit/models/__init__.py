@@ -18,6 +18,7 @@ import importlib
 
 import torch
 
+from .arena import pack
 from .base import (
     Family,
     Segment,
@@ -87,8 +88,12 @@ def load_segment(
     family = family_of(checkpoint.config.model_type)
     device = device or default_device()
     names = family.tensor_names(checkpoint, start, end)
-    tensors = checkpoint.load(names, device, dtype or checkpoint.dtype, huge_pages=huge_pages)
-    return family.build(checkpoint.config, start, end, tensors, device)
+    in_place = huge_pages and family.loads_in_place
+    tensors = checkpoint.load(names, device, dtype or checkpoint.dtype, huge_pages=in_place)
+    segment = family.build(checkpoint.config, start, end, tensors, device)
+    if huge_pages and not in_place and device.type == "cpu":
+        pack(segment)
+    return segment
 
 
 __all__ = [

@@ -351,6 +351,8 @@ class Decoder(Family):
     def __init__(self, model_type: str) -> None:
         self.model_types = (model_type,)
         self.layout = check_type(model_type)
+        # a converter makes new tensors (fused experts) from the ones read
+        self.loads_in_place = not any(isinstance(c, WeightConverter) for c in self.layout.conversions)
 
     def unit_of(self, name: str, config: PretrainedConfig) -> set[int]:
         head = num_blocks(config) + 1
