@@ -20,6 +20,8 @@ What is handled here, once:
   mapping (Mixtral's per-expert ``w1``/``w3`` fused into ``gate_up_proj``,
   GPT-NeoX's ``embed_out`` -> ``lm_head``), so units are assigned and tensors
   loaded by the module that holds them, whatever the family calls it;
+* tensors transformers' loader skips (old checkpoints' per-layer rotary tables,
+  Pythia's saved causal-mask buffers) belong to no unit;
 * buffers that are computed, not saved (rotary tables, Gemma's embedding scale):
   materialized by the model's own ``_init_weights``;
 * the input scale a base model applies to whatever enters it
