@@ -25,6 +25,27 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def greedy(
+    model_dir, prompt: list[int], new_tokens: int, device: torch.device | None = None
+) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens and each step's raw logits [new_tokens, vocab] (on the CPU) of the whole
+    model, by transformers' ``generate``: the reference every split is compared with."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or torch.device("cpu")
+    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval().to(device)
+    out = whole.generate(
+        torch.tensor([prompt], device=device),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=whole.config.pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[0, len(prompt) :].tolist(), torch.stack(out.logits)[:, 0].cpu()
+
+
 def control_cycles(orchestrator) -> float:
     """How many control cycles the orchestrator's loop has run (its /metrics).
     ``orchestrator``: anything with its ``http_port`` (a ServiceProcess, a stack record)."""

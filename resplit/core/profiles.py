@@ -17,6 +17,12 @@ weight matrices plus attention's 4 * heads * head_dim per attended position):
   head carries the (tied) token embedding it multiplies by.
 * bert: encoder layers with biases and LayerNorms, no KV cache; the head unit
   is the pooler.
+* any other decoder (the generic family, ``resplit/models/decoder.py``): every
+  tensor of the model transformers builds from the config, counted on the meta
+  device (no memory, so a 70B model profiles anywhere), by the unit that holds
+  it; FLOPs are 2 per weight-matrix element a token passes through, so an MoE
+  block counts ``num_experts_per_tok`` of its experts; KV from the config's
+  key/value heads. Importing transformers makes this the slow path (seconds).
 """
 
 from __future__ import annotations
@@ -119,12 +125,10 @@ def dtype_bytes(config: dict[str, Any], dtype: str) -> tuple[str, int]:
 def profile(config: dict[str, Any], dtype: str = "", name: str = "") -> Model:
     """The unit profile of the model ``config`` describes (embedding, L blocks, head)."""
     family = str(config.get("model_type", "")).lower()
-    if family not in SUPPORTED:
-        raise ConfigError(
-            f"model_type {family or '(missing)'!r} is not supported (supported: {', '.join(SUPPORTED)})"
-        )
     dtype_name, width = dtype_bytes(config, dtype)
-    if family in GATED_DECODERS:
+    if family not in SUPPORTED:
+        units = _generic_decoder(config, family, width)
+    elif family in GATED_DECODERS:
         units = _gated_decoder(config, family, width)
     elif family == "gpt2":
         units = _gpt2(config, width)
@@ -204,3 +208,59 @@ def _bert(config: dict[str, Any], width: int) -> list[Unit]:
     embed = (((vocab + positions + types) * hidden + 2 * hidden) * width, 0.0)
     head = ((hidden * hidden + hidden) * width, 2.0 * hidden * hidden, hidden * width)
     return _units(embed, block, head, layers, hidden * width)
+
+
+def _generic_decoder(config: dict[str, Any], family: str, width: int) -> list[Unit]:
+    """Units of a decoder the generic family serves, counted on the model's meta skeleton."""
+    from resplit.models import UnsupportedModelError, family_of
+
+    try:
+        layout = family_of(family).layout  # refuses what the workers could not split
+    except (UnsupportedModelError, AttributeError):
+        raise ConfigError(f"model_type {family or '(missing)'!r} is not supported") from None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    try:
+        parsed = AutoConfig.for_model(family, **settings)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(parsed)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"cannot build a {family} model from its config: {exc}") from None
+    body = getattr(model, layout.body)
+    hidden, vocab = int(parsed.hidden_size), int(parsed.vocab_size)
+    heads = int(parsed.num_attention_heads)
+    head_dim = int(getattr(parsed, "head_dim", None) or hidden // heads)
+    kv_heads = getattr(parsed, "num_key_value_heads", None) or getattr(parsed, "num_kv_heads", None)
+    if getattr(parsed, "multi_query", False) and not getattr(parsed, "new_decoder_architecture", False):
+        kv_heads = 1  # Falcon-7B style: one shared key/value head
+    kv_heads = int(kv_heads or heads)
+    experts = next(
+        (
+            getattr(parsed, k)
+            for k in ("num_local_experts", "num_experts", "n_routed_experts")
+            if getattr(parsed, k, None)
+        ),
+        None,
+    )
+    active = (getattr(parsed, "num_experts_per_tok", None) or 1) / experts if experts else 1.0
+
+    def size(module) -> tuple[int, float]:
+        params, flops = 0, 0.0
+        for name, tensor in module.state_dict(keep_vars=True).items():  # parameters and saved buffers
+            params += tensor.numel()
+            if tensor.dim() >= 2:
+                flops += 2.0 * tensor.numel() * (active if "experts." in name else 1.0)
+        return params, flops
+
+    units = [Unit(0, "embedding", size(getattr(body, layout.embed))[0] * width, 0, 0.0, hidden * width, 0.0)]
+    for i, block in enumerate(getattr(body, layout.blocks), start=1):
+        params, flops = size(block)
+        kv = 2 * kv_heads * head_dim * width
+        units.append(Unit(i, "block", params * width, kv, flops, hidden * width, 4.0 * heads * head_dim))
+    norm = size(getattr(body, layout.norm))[0]
+    units.append(
+        Unit(len(units), "head", (norm + vocab * hidden) * width, 0, 2.0 * vocab * hidden, vocab * width)
+    )
+    return units

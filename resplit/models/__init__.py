@@ -1,10 +1,15 @@
 """Model adapters: a Hugging Face architecture mapped to units and segments.
 
-Adding a family is one small file with a :class:`~resplit.models.base.Family`
-subclass, registered in ``ADAPTERS`` below by the model types it serves.
-Adapters are imported when a model of theirs is first used: each pulls in its
-transformers model classes (BERT's alone cost two seconds), and a worker
-process should not pay for families it never hosts.
+Any decoder transformers ships whose base model holds an embedding, one list of
+blocks that run with a KV cache and a final norm is served by the generic
+:class:`~resplit.models.decoder.Decoder` with no declaration at all (Phi-3, Gemma
+2 and 3, Mixtral, Qwen3-MoE, OLMo 2, Granite, GPT-NeoX, ...); what does not fit
+is refused with the reason. ``ADAPTERS`` below names the families with an
+adapter of their own: the rotary decoders for their lean one-token step, GPT-2
+for its learned positions, BERT as an encoder. Adapters are imported when a
+model of theirs is first used: each pulls in its transformers model classes
+(BERT's alone cost two seconds), and a worker process should not pay for
+families it never hosts.
 """
 
 from __future__ import annotations
@@ -13,7 +18,17 @@ import importlib
 
 import torch
 
-from .base import Family, Segment, SegmentInputError, SessionState, StepOutput, num_blocks, num_units
+from .arena import pack
+from .base import (
+    Family,
+    Segment,
+    SegmentInputError,
+    SessionState,
+    StepOutput,
+    UnsupportedModelError,
+    num_blocks,
+    num_units,
+)
 from .checkpoint import Checkpoint, CheckpointError
 
 #: model types -> (module, Family subclass); each class's ``model_types`` must match.
@@ -23,10 +38,7 @@ ADAPTERS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bert",): ("bert", "Bert"),
 }
 _loaded: dict[str, Family] = {}
-
-
-class UnsupportedModelError(ValueError):
-    """No adapter knows this architecture."""
+_generic: dict[str, Family] = {}
 
 
 def family_of(model_type: str) -> Family:
@@ -35,8 +47,11 @@ def family_of(model_type: str) -> Family:
             if module not in _loaded:
                 _loaded[module] = getattr(importlib.import_module(f".{module}", __name__), name)()
             return _loaded[module]
-    known = sorted(t for types in ADAPTERS for t in types)
-    raise UnsupportedModelError(f"model type {model_type!r} is not supported (supported: {', '.join(known)})")
+    if model_type not in _generic:  # the generic decoder, or UnsupportedModelError saying why not
+        from .decoder import Decoder
+
+        _generic[model_type] = Decoder(model_type)
+    return _generic[model_type]
 
 
 def preload() -> None:
@@ -73,8 +88,12 @@ def load_segment(
     family = family_of(checkpoint.config.model_type)
     device = device or default_device()
     names = family.tensor_names(checkpoint, start, end)
-    tensors = checkpoint.load(names, device, dtype or checkpoint.dtype, huge_pages=huge_pages)
-    return family.build(checkpoint.config, start, end, tensors, device)
+    in_place = huge_pages and family.loads_in_place
+    tensors = checkpoint.load(names, device, dtype or checkpoint.dtype, huge_pages=in_place)
+    segment = family.build(checkpoint.config, start, end, tensors, device)
+    if huge_pages and not in_place and device.type == "cpu":
+        pack(segment)
+    return segment
 
 
 __all__ = [

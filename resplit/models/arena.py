@@ -73,6 +73,20 @@ class Arena:
         return out
 
 
+def pack(module: torch.nn.Module) -> None:
+    """Move every parameter of ``module`` (on the CPU) into one new arena, one at a time:
+    for weights a family made at load (MoE experts fused from per-expert tensors), which
+    the arena the checkpoint was read into would not hold. Shared weights stay shared."""
+    params = {p.data_ptr(): p for p in module.parameters()}
+    arena = Arena(sum(aligned(p.numel() * p.element_size()) for p in params.values()))
+    placed: dict[int, torch.Tensor] = {}
+    for param in module.parameters():
+        key = param.data_ptr()
+        if key not in placed:
+            placed[key] = arena.place(param.data)
+        param.data = placed[key]
+
+
 def huge_bytes_at(address: int) -> int | None:
     """Bytes of the mapping holding ``address`` that the kernel backs with huge pages now
     (``AnonHugePages`` in ``/proc/self/smaps``), or None where that cannot be read. Adjacent

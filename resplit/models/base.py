@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # transformers loads on first use: a worker that hosts nothin
     from transformers import PretrainedConfig
 
 
+class UnsupportedModelError(ValueError):
+    """No adapter can split this architecture; the message names it and says why."""
+
+
 class SegmentInputError(ValueError):
     """An activation or token input that does not fit this segment."""
 
@@ -130,6 +134,10 @@ class Family(ABC):
     model_types: tuple[str, ...] = ()
     #: True for decoders that generate; False for encoders that embed.
     generative: bool = True
+    #: The checkpoint's tensors become the segment's weights as read (so they are read
+    #: straight into the huge-page arena); False where the family makes new ones at load
+    #: (fused MoE experts): those segments are packed into an arena after they are built.
+    loads_in_place: bool = True
 
     @abstractmethod
     def unit_of(self, name: str, config: PretrainedConfig) -> set[int]:

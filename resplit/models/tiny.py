@@ -38,6 +38,57 @@ The quick brown fox jumps over the lazy dog. Hello world, hello edge, hello clou
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 FAMILIES = ("llama", "qwen2", "qwen2-sliding", "mistral", "gpt2", "bert")
+#: Families served by the generic decoder (``decoder.py``), each with what is special about
+#: it switched on: overrides on the decoder defaults of :func:`tiny_config`. Adding one
+#: here is what it takes to put a family under test.
+GENERIC = {
+    "phi3": {"partial_rotary_factor": 0.5},  # fused qkv and gate_up projections, half the head rotated
+    "gemma2": {  # sliding and global layers alternate; an 8-token window; soft-capped logits
+        "head_dim": 16,
+        "sliding_window": 8,
+        "tie_word_embeddings": True,
+        "final_logit_softcapping": 30.0,
+        "attn_logit_softcapping": 50.0,
+    },
+    "gemma3_text": {  # two sliding layers, a global one, a sliding one: a rotary table per kind
+        "head_dim": 16,
+        "sliding_window": 8,
+        "tie_word_embeddings": True,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        "final_logit_softcapping": 30.0,
+    },
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    # dense and MoE blocks alternate: the schedule is by global block index
+    "qwen3_moe": {
+        "head_dim": 16,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "decoder_sparse_step": 2,
+    },
+    "olmo2": {},  # norms after attention and MLP, q/k norms over all heads
+    "granite": {
+        "embedding_multiplier": 6.0,
+        "residual_multiplier": 0.5,
+        "attention_multiplier": 0.1,
+        "logits_scaling": 4.0,
+    },
+    "gpt_neox": {"rotary_pct": 0.25, "num_key_value_heads": None},  # parallel residual
+    "falcon": {},  # transformer.h, one shared key/value head, parallel attention and MLP
+    "stablelm": {},  # LayerNorm, a quarter of each head rotated
+    "glm4_moe": {  # DeepSeek-style MoE: the first block dense, a shared expert beside the routed ones
+        "head_dim": 16,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "first_k_dense_replace": 1,
+        "n_shared_experts": 1,
+        "n_group": 1,
+        "topk_group": 1,
+    },
+}
+#: Not in FAMILIES: the shared test fixture builds those for every run.
+GENERIC_FAMILIES = tuple(GENERIC)
 
 
 def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
@@ -99,6 +150,11 @@ def tiny_config(family: str, vocab_size: int, **overrides: Any):
                 **overrides,
             }
         )
+    elif family in GENERIC:
+        from transformers import AutoConfig
+
+        settings = {k: v for k, v in {**decoder, **GENERIC[family]}.items() if v is not None}
+        config = AutoConfig.for_model(family, **{**settings, **overrides})
     elif family == "bert":
         config = BertConfig(
             **{
@@ -113,7 +169,9 @@ def tiny_config(family: str, vocab_size: int, **overrides: Any):
             }
         )
     else:
-        raise ValueError(f"unknown tiny family {family!r}; choose from {', '.join(FAMILIES)}")
+        raise ValueError(
+            f"unknown tiny family {family!r}; choose from {', '.join(FAMILIES + GENERIC_FAMILIES)}"
+        )
     return config
 
 

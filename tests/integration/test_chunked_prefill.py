@@ -2,7 +2,7 @@
 
 Real tiny models of every generative family, split three ways, each hop fed what
 the one before it sent on the wire (the encoded activation). Chunks of 5 tokens
-cross the sliding windows of Qwen2 (8) and Mistral (16): the activations each hop
+cross the sliding windows of Qwen2, Gemma 2 and 3 (8) and Mistral (16): the activations each hop
 sends on are within 1e-4 of the whole prompt's (fp32), the token is the same, and
 the decode steps after it read the same cache.
 """
@@ -15,6 +15,7 @@ import torch
 from resplit.core.tensors import Assembler
 from resplit.models import Checkpoint, load_segment
 from resplit.models.sampling import Sampler
+from resplit.models.tiny import GENERIC_FAMILIES, build_tiny
 from services.worker.core import step
 from services.worker.core.errors import NotHosted
 from services.worker.core.hosting import Hosted
@@ -61,9 +62,16 @@ def _through(sessions: list[Session], ids: list[int], chunk: int) -> tuple[list[
     raise AssertionError("no head hop")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "mistral", "gpt2"])
-def test_a_prompt_in_chunks_gives_what_the_whole_prompt_gives(tiny_models, family):
-    whole, chunked = _sessions(tiny_models[family]), _sessions(tiny_models[family])
+@pytest.fixture(scope="module")
+def models(tiny_models, tmp_path_factory) -> dict[str, object]:
+    """The tiny models, and those of the generic decoder's families."""
+    root = tmp_path_factory.mktemp("chunked-generic")
+    return {**tiny_models, **{family: build_tiny(family, root / family) for family in GENERIC_FAMILIES}}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "mistral", "gpt2", *GENERIC_FAMILIES])
+def test_a_prompt_in_chunks_gives_what_the_whole_prompt_gives(models, family):
+    whole, chunked = _sessions(models[family]), _sessions(models[family])
     sent_whole, token_whole = _through(whole, PROMPT, 0)
     sent_chunked, token_chunked = _through(chunked, PROMPT, CHUNK)
     assert (

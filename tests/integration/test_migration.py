@@ -43,6 +43,9 @@ def models(tmp_path_factory):
     return {
         "llama": build_tiny("llama", root / "llama", num_hidden_layers=8),
         "sliding": build_tiny("qwen2-sliding", root / "sliding", num_hidden_layers=8),
+        # the generic decoder: sliding and global layers with a tied head, and MoE blocks
+        "gemma2": build_tiny("gemma2", root / "gemma2", num_hidden_layers=8),
+        "mixtral": build_tiny("mixtral", root / "mixtral", num_hidden_layers=8),
     }
 
 
@@ -145,17 +148,20 @@ def _drive_with_rollouts(stack, name, exchange, plans, every: int) -> list[int]:
     return tokens
 
 
-def test_sliding_window_layers_migrate_with_more_context_than_their_window(stack, models):
-    """qwen2-sliding keeps 8 positions per sliding layer; the session holds far more."""
-    stack.deploy("sliding", models["sliding"], START)
+@pytest.mark.parametrize("kind", ["sliding", "gemma2", "mixtral"])
+def test_sliding_window_layers_migrate_with_more_context_than_their_window(stack, models, kind):
+    """qwen2-sliding and gemma2 keep 8 positions per sliding layer; the session holds far
+    more. Mixtral's MoE blocks (the generic decoder, as gemma2) move their cache the same way."""
+    name = "sliding" if kind == "sliding" else f"sliding-{kind}"
+    stack.deploy(name, models[kind], START)
     prompt = _prompts(1)[0] * 3
     with Client(stack.orchestrator.address) as client:
         exchange = GenerateExchange(
-            client.route("sliding"), prompt, Sampling(max_new_tokens=40), server_loop=False
+            client.route(name), prompt, Sampling(max_new_tokens=40), server_loop=False
         )
     plans = [RECONFIGURATIONS[1], RECONFIGURATIONS[3]]
-    tokens = _drive_with_rollouts(stack, "sliding", exchange, plans, every=12)
-    assert tokens == _reference(models["sliding"], [prompt], 40)[0]
+    tokens = _drive_with_rollouts(stack, name, exchange, plans, every=12)
+    assert tokens == _reference(models[kind], [prompt], 40)[0]
     assert (exchange.migrations, exchange.replays) == (2, 0), exchange.recovered_from
 
 

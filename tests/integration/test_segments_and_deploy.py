@@ -112,7 +112,16 @@ def _seg(start: int, end: int, node: str) -> common_pb2.Segment:
 
 def test_deploy_refuses_bad_requests_clearly(stack, tiny_models, tmp_path):
     model_dir = str(tiny_models["llama"])
+    from transformers import MambaConfig
+
+    MambaConfig(num_hidden_layers=2).save_pretrained(tmp_path / "mamba")  # a family that cannot be split
     cases = [
+        (
+            common_pb2.Deployment(name="x", model_dir=str(tmp_path / "mamba")),
+            (),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "model type 'mamba': layers of type ['linear_attention'] keep state other than",
+        ),
         (
             common_pb2.Deployment(name="x", model_dir=str(tmp_path / "none")),
             (),

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
-from support import LocalStack, batch_rows, spread, wait_for, worker_sessions
+from support import LocalStack, batch_rows, greedy, spread, wait_for, worker_sessions
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
@@ -23,17 +23,7 @@ pytestmark = pytest.mark.integration
 
 def _greedy(model_dir, prompt: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
     """Greedy tokens and each step's raw logits [new_tokens, vocab] of the whole model."""
-    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    out = whole.generate(
-        torch.tensor([prompt]),
-        max_new_tokens=new_tokens,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=3,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    return out.sequences[0, len(prompt) :].tolist(), torch.stack(out.logits)[:, 0]
+    return greedy(model_dir, prompt, new_tokens)
 
 
 def _reference(model_dir, prompt: list[int], new_tokens: int) -> list[int]:

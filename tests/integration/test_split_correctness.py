@@ -12,10 +12,10 @@ import os
 
 import pytest
 import torch
-from support import WORKER_DEVICE, metric_sum, spread
-from transformers import AutoModelForCausalLM
+from support import WORKER_DEVICE, greedy, metric_sum, spread
 
 from resplit.models import Checkpoint, num_units
+from resplit.models.tiny import GENERIC_FAMILIES, build_tiny
 from resplit.rpc.channels import sync_channel
 from resplit.sdk import Client, Sampling
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -30,20 +30,7 @@ NEW_TOKENS = 33  # the prefill's token, then 32 decode steps
 @pytest.fixture(scope="module")
 def references(tiny_models):
     """Greedy tokens and raw logits of each whole model, by transformers."""
-    out = {}
-    for family in DECODERS:
-        model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval().to(WORKER_DEVICE)
-        result = model.generate(
-            torch.tensor([PROMPT], device=WORKER_DEVICE),
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            eos_token_id=None,
-            pad_token_id=model.config.pad_token_id,
-        )
-        out[family] = (result.sequences[0, len(PROMPT) :].tolist(), torch.stack(result.logits)[:, 0].cpu())
-    return out
+    return {family: greedy(tiny_models[family], PROMPT, NEW_TOKENS, WORKER_DEVICE) for family in DECODERS}
 
 
 @pytest.mark.skipif(
@@ -65,12 +52,9 @@ def test_the_workers_load_segments_on_the_gpu_where_there_is_one(stack, tiny_mod
     assert reply.device.startswith("cuda"), reply.device
 
 
-@pytest.mark.parametrize("pieces", [1, 2, 3, 4])
-@pytest.mark.parametrize("family", DECODERS)
-def test_decoder_split_matches_whole_model(stack, tiny_models, references, family, pieces):
-    units = num_units(Checkpoint(tiny_models[family]).config)
-    name = f"{family}-{pieces}"
-    plan = stack.deploy(name, tiny_models[family], spread(units, pieces))
+def _split_matches(stack, model_dir, name: str, pieces: int, expected, tolerance: float) -> None:
+    units = num_units(Checkpoint(model_dir).config)
+    plan = stack.deploy(name, model_dir, spread(units, pieces))
     assert len(plan.segments) == pieces and plan.epoch >= 1
     chunked = metric_sum(stack.worker_procs[:1], "resplit_worker_prefill_chunks_count")
     with Client(stack.orchestrator.address) as client:
@@ -84,12 +68,33 @@ def test_decoder_split_matches_whole_model(stack, tiny_models, references, famil
     assert metric_sum(stack.worker_procs[:1], "resplit_worker_prefill_chunks_count") == chunked + len(
         with_blocks
     )
-    expected_tokens, expected_logits = references[family]
+    expected_tokens, expected_logits = expected
     assert [t.token_id for t in tokens] == expected_tokens
     assert tokens[-1].finished and tokens[-1].finish_reason == "max_new_tokens"
     got = torch.stack([t.logits for t in tokens])
     assert got.shape == expected_logits.shape
-    assert (got - expected_logits).abs().max().item() <= 1e-5
+    assert (got - expected_logits).abs().max().item() <= tolerance
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 4])
+@pytest.mark.parametrize("family", DECODERS)
+def test_decoder_split_matches_whole_model(stack, tiny_models, references, family, pieces):
+    _split_matches(stack, tiny_models[family], f"{family}-{pieces}", pieces, references[family], 1e-5)
+
+
+@pytest.fixture(scope="module")
+def generic_models(tmp_path_factory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("generic")
+    return {family: build_tiny(family, root / family) for family in GENERIC_FAMILIES}
+
+
+@pytest.mark.parametrize("family", GENERIC_FAMILIES)
+def test_generic_family_split_four_ways_over_workers_matches_whole_model(stack, generic_models, family):
+    """The families of the generic decoder through real workers (four hops, one of them on
+    worker-3's thread settings); tests/integration/test_families.py splits them 1-4 ways
+    in process, with a KV migration."""
+    expected = greedy(generic_models[family], PROMPT, NEW_TOKENS, WORKER_DEVICE)
+    _split_matches(stack, generic_models[family], f"generic-{family}", 4, expected, 1e-4)
 
 
 @pytest.fixture(scope="module")

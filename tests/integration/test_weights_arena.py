@@ -41,9 +41,15 @@ def _decode(segment, steps: int = 6) -> list[torch.Tensor]:
     return outs
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen2-sliding"])
-def test_arena_weights_are_the_checkpoint_tensors_in_one_storage(tiny_models, family):
-    checkpoint = Checkpoint(tiny_models[family])
+@pytest.fixture(scope="module")
+def models(tiny_models, tmp_path_factory) -> dict[str, object]:
+    """The tiny models, and a Mixtral: its experts are fused at load, after the read."""
+    return {**tiny_models, "mixtral": build_tiny("mixtral", tmp_path_factory.mktemp("arena") / "mixtral")}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen2-sliding", "mixtral"])
+def test_arena_weights_are_the_checkpoint_tensors_in_one_storage(models, family):
+    checkpoint = Checkpoint(models[family])
     end = checkpoint.config.num_hidden_layers + (1 if family == "bert" else 2)
     plain = load_segment(checkpoint, 0, end, torch.device("cpu"), huge_pages=False)
     packed = load_segment(checkpoint, 0, end, torch.device("cpu"), huge_pages=True)

