@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .weights import WeightsError, check_family, embedding_bytes, matrix_bytes
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -122,11 +124,20 @@ def dtype_bytes(config: dict[str, Any], dtype: str) -> tuple[str, int]:
     return name, DTYPE_BYTES[name]
 
 
-def profile(config: dict[str, Any], dtype: str = "", name: str = "") -> Model:
-    """The unit profile of the model ``config`` describes (embedding, L blocks, head)."""
+def profile(config: dict[str, Any], dtype: str = "", name: str = "", weights: str = "") -> Model:
+    """The unit profile of the model ``config`` describes (embedding, L blocks, head).
+
+    ``weights``: the deployment's weight format (``resplit.core.weights``); parameter
+    bytes are what the workers hold in it. ConfigError when the family cannot run it."""
     family = str(config.get("model_type", "")).lower()
     dtype_name, width = dtype_bytes(config, dtype)
-    if family not in SUPPORTED:
+    try:
+        weights = check_family(weights, family)
+    except WeightsError as exc:
+        raise ConfigError(str(exc)) from None
+    if weights != "fp32":
+        units = _gated_decoder(config, family, width, weights)
+    elif family not in SUPPORTED:
         units = _generic_decoder(config, family, width)
     elif family in GATED_DECODERS:
         units = _gated_decoder(config, family, width)
@@ -153,7 +164,7 @@ def _units(
     return units
 
 
-def _gated_decoder(config: dict[str, Any], family: str, width: int) -> list[Unit]:
+def _gated_decoder(config: dict[str, Any], family: str, width: int, weights: str = "fp32") -> list[Unit]:
     hidden = _int(config, "hidden_size")
     layers = _int(config, "num_hidden_layers")
     heads = _int(config, "num_attention_heads")
@@ -173,9 +184,12 @@ def _gated_decoder(config: dict[str, Any], family: str, width: int) -> list[Unit
         extra += 2 * inter + hidden
     if family == "qwen3":
         extra += 2 * head_dim  # per-head q_norm and k_norm
-    block = ((matmul + extra) * width, 2.0 * matmul, 2 * kv * width, 4.0 * q)
-    embed = (vocab * hidden * width, 0.0)
-    head = ((hidden + vocab * hidden) * width, 2.0 * vocab * hidden, vocab * width)
+    shapes = [(q, hidden), (kv, hidden), (kv, hidden), (hidden, q), (inter, hidden), (inter, hidden)]
+    matrices = sum(matrix_bytes(rows, cols, weights, width) for rows, cols in [*shapes, (hidden, inter)])
+    block = (matrices + extra * width, 2.0 * matmul, 2 * kv * width, 4.0 * q)
+    embed = (embedding_bytes(vocab, hidden, weights, width), 0.0)
+    head_bytes = hidden * width + matrix_bytes(vocab, hidden, weights, width)
+    head = (head_bytes, 2.0 * vocab * hidden, vocab * width)
     return _units(embed, block, head, layers, hidden * width)
 
 

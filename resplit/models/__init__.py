@@ -18,6 +18,8 @@ import importlib
 
 import torch
 
+from resplit.core.weights import WeightsError, weights_name
+
 from .arena import pack
 from .base import (
     Family,
@@ -77,20 +79,29 @@ def load_segment(
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     huge_pages: bool = True,
+    weights: str = "fp32",
 ) -> Segment:
     """Build units [start, end) of the model from only their tensors.
 
     ``huge_pages``: on the CPU, the weights go into memory the kernel may back with 2 MiB
-    pages (``arena.py``: decode is 10-12 % faster where it does)."""
+    pages (``arena.py``: decode is 10-12 % faster where it does). ``weights``: the format
+    (``resplit.core.weights``) the segment quantizes its tensors to as it loads them;
+    WeightsError when the family cannot run it. Quantized segments are packed into an
+    arena after quantizing, so the full-width tensors they were made from are freed."""
+    weights = weights_name(weights)
+    device = device or default_device()
+    if weights in ("int8", "int4") and device.type != "cpu":
+        raise WeightsError(f"weights {weights} run on CPU kernels; this segment is for {device}")
     total = num_units(checkpoint.config)
     if not 0 <= start < end <= total:
         raise SegmentInputError(f"units [{start}, {end}) are outside the model's [0, {total})")
     family = family_of(checkpoint.config.model_type)
-    device = device or default_device()
     names = family.tensor_names(checkpoint, start, end)
-    in_place = huge_pages and family.loads_in_place
+    in_place = huge_pages and family.loads_in_place and weights == "fp32"
     tensors = checkpoint.load(names, device, dtype or checkpoint.dtype, huge_pages=in_place)
     segment = family.build(checkpoint.config, start, end, tensors, device)
+    del tensors
+    segment.set_weights(weights)
     if huge_pages and not in_place and device.type == "cpu":
         pack(segment)
     return segment

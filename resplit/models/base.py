@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from resplit.core.weights import WeightsError, weights_name
+
 from .checkpoint import Checkpoint
 
 if TYPE_CHECKING:  # transformers loads on first use: a worker that hosts nothing never pays for it
@@ -65,6 +67,9 @@ class Segment(nn.Module, ABC):
         self.lean_decode = True
         #: Why this segment's decode steps cannot take a lean step (None: they can).
         self.lean_unavailable: str | None = "no lean step for this family"
+        #: The dtype of activations and the KV cache when it differs from the first
+        #: parameter's (quantized weights: ``set_weights``); None: that parameter's.
+        self.activation_dtype: torch.dtype | None = None
 
     @property
     def has_embedding(self) -> bool:
@@ -80,7 +85,14 @@ class Segment(nn.Module, ABC):
         return range(max(self.start, 1) - 1, min(self.end, self.num_blocks_total + 1) - 1)
 
     def param_bytes(self) -> int:
+        """Bytes of the weights as held (quantized ones at their quantized size)."""
         return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def set_weights(self, weights: str) -> None:
+        """Quantize this segment's weights in place to ``weights`` (``resplit.core.weights``);
+        WeightsError when this family cannot run the format. Only fp32 (as loaded) here."""
+        if weights_name(weights) != "fp32":
+            raise WeightsError(f"weights {weights}: {type(self).__name__} runs fp32 weights only")
 
     @abstractmethod
     def new_state(self) -> SessionState: ...

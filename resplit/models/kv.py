@@ -81,7 +81,7 @@ def import_layers(
         if keys.dim() != 4 or keys.shape != values.shape:
             raise KvError(f"block {block}: keys {tuple(keys.shape)} and values {tuple(values.shape)} differ")
         device = next(segment.parameters()).device
-        dtype = next(segment.parameters()).dtype
+        dtype = segment.activation_dtype or next(segment.parameters()).dtype
         keys, values = keys.to(device=device, dtype=dtype), values.to(device=device, dtype=dtype)
         target.lazy_initialization(keys, values)
         target.keys, target.values = keys, values

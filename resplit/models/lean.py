@@ -37,6 +37,11 @@ class _Norm:
     eps: float
 
 
+#: A projection: (weight, bias) of an ``nn.Linear``, run as ``F.linear``; or a module
+#: that runs itself (``quant.QuantLinear``: a segment with quantized weights).
+_Proj = tuple[torch.Tensor, torch.Tensor | None] | Callable[[torch.Tensor], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class _Block:
     """One decoder layer's tensors, looked up once instead of on every step."""
@@ -49,13 +54,13 @@ class _Block:
     mlp_norm: _Norm
     q_norm: _Norm | None  # Qwen3 normalizes each query and key head
     k_norm: _Norm | None
-    q: tuple[torch.Tensor, torch.Tensor | None]
-    k: tuple[torch.Tensor, torch.Tensor | None]
-    v: tuple[torch.Tensor, torch.Tensor | None]
-    o: tuple[torch.Tensor, torch.Tensor | None]
-    gate: tuple[torch.Tensor, torch.Tensor | None]  # Llama's mlp_bias gives the MLP biases
-    up: tuple[torch.Tensor, torch.Tensor | None]
-    down: tuple[torch.Tensor, torch.Tensor | None]
+    q: _Proj
+    k: _Proj
+    v: _Proj
+    o: _Proj
+    gate: _Proj  # Llama's mlp_bias gives the MLP biases
+    up: _Proj
+    down: _Proj
     act: Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -83,8 +88,12 @@ def _norm(module) -> _Norm:
     return _Norm(module.weight, module.variance_epsilon)
 
 
-def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return module.weight, module.bias
+def _linear(module) -> _Proj:
+    return (module.weight, module.bias) if isinstance(module, torch.nn.Linear) else module
+
+
+def _proj(x: torch.Tensor, proj: _Proj) -> torch.Tensor:
+    return F.linear(x, *proj) if isinstance(proj, tuple) else proj(x)
 
 
 def _block(layer) -> _Block:
@@ -149,9 +158,9 @@ def _block_rows(
     causal, as transformers decides for one query."""
     rows = h.shape[0]
     x = _rms(h, block.attn_norm)
-    q = _heads(F.linear(x, *block.q), rows, block.head_dim, block.q_norm)
-    k = _heads(F.linear(x, *block.k), rows, block.head_dim, block.k_norm)
-    v = _heads(F.linear(x, *block.v), rows, block.head_dim, None)
+    q = _heads(_proj(x, block.q), rows, block.head_dim, block.q_norm)
+    k = _heads(_proj(x, block.k), rows, block.head_dim, block.k_norm)
+    v = _heads(_proj(x, block.v), rows, block.head_dim, None)
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
     outputs = []
     for i, cache in enumerate(caches):
@@ -160,9 +169,9 @@ def _block_rows(
             F.scaled_dot_product_attention(q[i : i + 1], k_i, v_i, scale=block.scaling, enable_gqa=block.gqa)
         )
     attn = outputs[0] if rows == 1 else torch.cat(outputs)
-    h = h + F.linear(attn.transpose(1, 2).reshape(rows, 1, -1), *block.o)
+    h = h + _proj(attn.transpose(1, 2).reshape(rows, 1, -1), block.o)
     x = _rms(h, block.mlp_norm)
-    return h + F.linear(block.act(F.linear(x, *block.gate)) * F.linear(x, *block.up), *block.down)
+    return h + _proj(block.act(_proj(x, block.gate)) * _proj(x, block.up), block.down)
 
 
 def decode_rows(blocks: list[_Block], h: torch.Tensor, position_embeddings, caches: list) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache, PretrainedConfig
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from . import lean
+from . import lean, quant
 from .base import (
     Family,
     Segment,
@@ -88,6 +88,13 @@ class RotaryDecoderSegment(Segment):
             else "no blocks"
         )
         self._lean = lean.lean_blocks(self.layers) if self.lean_unavailable is None else None
+
+    def set_weights(self, weights: str) -> None:
+        """Quantized projections (``quant.py``); the lean step runs them as modules."""
+        self.activation_dtype = next(self.parameters()).dtype
+        quant.quantize(self, weights)
+        if self._lean is not None:
+            self._lean = lean.lean_blocks(self.layers)
 
     def new_state(self) -> SessionState:
         return SessionState(cache=DynamicCache(config=self.local) if len(self.layers) else None)
