@@ -161,11 +161,15 @@ class LocalStack:
             proc.kill()
         self.redis.stop()
 
-    def deploy(self, name: str, model_dir, segments=(), compression: str = "none", policy=None):
+    def deploy(
+        self, name: str, model_dir, segments=(), compression: str = "none", policy=None, weights: str = ""
+    ):
         """Deploy over gRPC; ``segments`` are (start, end, worker index) triples."""
         from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
-        spec = common_pb2.Deployment(name=name, model_dir=str(model_dir), compression=compression)
+        spec = common_pb2.Deployment(
+            name=name, model_dir=str(model_dir), compression=compression, weights=weights
+        )
         if policy is not None:
             spec.policy.CopyFrom(policy)
         request = orchestrator_pb2.DeployRequest(

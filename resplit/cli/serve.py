@@ -66,12 +66,19 @@ def register(app: typer.Typer) -> None:
         split: Annotated[str, typer.Option(help="START:END@NODE,... (default: {S1,S2,S3})")] = "",
         compression: Annotated[str, typer.Option(help="none, fp16, bf16 or int8 between hops")] = "none",
         dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16; empty = checkpoint's")] = "",
+        weights: Annotated[
+            str, typer.Option(help="fp32, bf16, int8 or int4: weight format each worker quantizes to")
+        ] = "fp32",
         orchestrator: Orchestrator = None,
         state_dir: StateDir = Path(".resplit"),
     ) -> None:
         """Deploy a model: load its segments on workers and commit epoch 1."""
         spec = common_pb2.Deployment(
-            name=name, model_dir=str(model_dir.resolve()), compression=compression, dtype=dtype
+            name=name,
+            model_dir=str(model_dir.resolve()),
+            compression=compression,
+            dtype=dtype,
+            weights=weights,
         )
         request = orchestrator_pb2.DeployRequest(deployment=spec, segments=parse_split(split))
         with sync_channel(service_address("orchestrator", orchestrator, state_dir)) as channel:

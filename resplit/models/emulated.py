@@ -76,6 +76,7 @@ class EmulatedSegment(Segment):
         end: int,
         device: EmulatedDevice,
         dtype: torch.dtype | None = None,
+        weights: str = "fp32",
     ) -> None:
         from transformers import AutoConfig
 
@@ -91,7 +92,7 @@ class EmulatedSegment(Segment):
         self.dtype = dtype
         width = torch.finfo(dtype).bits // 8
         raw = load_config(str(model_dir))
-        self.model = profile(raw, {2: "float16", 4: "float32"}.get(width, "float16"))
+        self.model = profile(raw, {2: "float16", 4: "float32"}.get(width, "float16"), weights=weights)
         self.units = self.model.units[start:end]
         self.device = device
         self.hidden_size = int(config.hidden_size)

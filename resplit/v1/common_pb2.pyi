@@ -309,7 +309,7 @@ class Route(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model_dir", "policy", "num_units", "family", "compression", "dtype", "generative")
+    __slots__ = ("name", "model_dir", "policy", "num_units", "family", "compression", "dtype", "generative", "weights")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,7 @@ class Deployment(_message.Message):
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     GENERATIVE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_dir: str
     policy: Policy
@@ -326,4 +327,5 @@ class Deployment(_message.Message):
     compression: str
     dtype: str
     generative: bool
-    def __init__(self, name: _Optional[str] = ..., model_dir: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., num_units: _Optional[int] = ..., family: _Optional[str] = ..., compression: _Optional[str] = ..., dtype: _Optional[str] = ..., generative: _Optional[bool] = ...) -> None: ...
+    weights: str
+    def __init__(self, name: _Optional[str] = ..., model_dir: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., num_units: _Optional[int] = ..., family: _Optional[str] = ..., compression: _Optional[str] = ..., dtype: _Optional[str] = ..., generative: _Optional[bool] = ..., weights: _Optional[str] = ...) -> None: ...

@@ -131,11 +131,13 @@ class SolveResponse(_message.Message):
     def __init__(self, plan: _Optional[_Union[_common_pb2.Plan, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.CostBreakdown, _Mapping]] = ..., solve_ms: _Optional[float] = ..., solver: _Optional[_Union[SolverKind, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ProfileModelRequest(_message.Message):
-    __slots__ = ("model_dir", "config_json", "dtype")
+    __slots__ = ("model_dir", "config_json", "dtype", "weights")
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     model_dir: str
     config_json: str
     dtype: str
-    def __init__(self, model_dir: _Optional[str] = ..., config_json: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    weights: str
+    def __init__(self, model_dir: _Optional[str] = ..., config_json: _Optional[str] = ..., dtype: _Optional[str] = ..., weights: _Optional[str] = ...) -> None: ...

@@ -155,7 +155,7 @@ class ReturnAck(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadSegmentRequest(_message.Message):
-    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression", "private_depth")
+    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression", "private_depth", "weights")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,7 @@ class LoadSegmentRequest(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     epoch: int
     units: _common_pb2.UnitRange
@@ -170,7 +171,8 @@ class LoadSegmentRequest(_message.Message):
     dtype: str
     compression: _tensor_pb2.Compression
     private_depth: int
-    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ..., private_depth: _Optional[int] = ...) -> None: ...
+    weights: str
+    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ..., private_depth: _Optional[int] = ..., weights: _Optional[str] = ...) -> None: ...
 
 class LoadSegmentResponse(_message.Message):
     __slots__ = ("param_bytes", "load_ms", "device")

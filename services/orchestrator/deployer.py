@@ -22,6 +22,7 @@ import grpc
 
 from resplit.core.compression import COMPRESSIONS
 from resplit.core.units import PlanError
+from resplit.core.weights import WeightsError, check_family
 from resplit.state import StateStore
 from resplit.v1 import common_pb2
 
@@ -85,6 +86,10 @@ class Deployer:
         record.policy.CopyFrom(policy)
         record.num_units, record.family, record.generative = info.num_units, info.family, info.generative
         record.compression = compression
+        try:
+            record.weights = check_family(spec.weights, info.family)
+        except WeightsError as exc:
+            raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
         started = time.perf_counter()
         change = Change(record, common_pb2.Plan(segments=segments), reason="deploy", store_spec=True)

@@ -243,10 +243,12 @@ class ControlLoop:
 
     # -- the splitter (SR) ----------------------------------------------------
     async def model_profile(self, deployment: common_pb2.Deployment) -> splitter_pb2.ModelProfile:
-        key = (deployment.model_dir, deployment.dtype)
+        key = (deployment.model_dir, deployment.dtype, deployment.weights)
         if key not in self._profiles:
             stub = splitter_pb2_grpc.SplitterServiceStub(self._splitter)
-            request = splitter_pb2.ProfileModelRequest(model_dir=deployment.model_dir, dtype=deployment.dtype)
+            request = splitter_pb2.ProfileModelRequest(
+                model_dir=deployment.model_dir, dtype=deployment.dtype, weights=deployment.weights
+            )
             try:
                 self._profiles[key] = await stub.ProfileModel(
                     request, timeout=self.settings.control_rpc_timeout_s

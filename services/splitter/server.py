@@ -69,7 +69,7 @@ class SplitterServicer(splitter_pb2_grpc.SplitterServiceServicer):
                 config = profiles.load_config(request.model_dir)
             else:
                 config = profiles.parse_config(request.config_json)
-            model = profiles.profile(config, request.dtype)
+            model = profiles.profile(config, request.dtype, weights=request.weights)
         except profiles.ModelNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except profiles.ConfigError as exc:

@@ -103,6 +103,7 @@ class Segments:
                 self.emulated,
                 settings.lean_decode,
                 settings.huge_pages,
+                request.weights,
             )
         )
         hosted.private_depth = request.private_depth
@@ -132,7 +133,12 @@ class Segments:
         """The same units of the same model loaded at another epoch, re-filed under this one:
         preparing an unchanged segment costs nothing and both epochs share the weights."""
         same = self.hosting.same_weights(
-            request.deployment, request.units.start, request.units.end, request.model_dir, request.dtype
+            request.deployment,
+            request.units.start,
+            request.units.end,
+            request.model_dir,
+            request.dtype,
+            request.weights,
         )
         if same is None or request.epoch < 1:
             return None

@@ -37,6 +37,7 @@ from typing import Protocol, TypeVar
 from resplit.core.compression import COMPRESSIONS
 from resplit.core.privacy import check_placement
 from resplit.core.units import PlanError, check_segments, route_of
+from resplit.core.weights import WeightsError, weights_name
 from resplit.v1 import broadcaster_pb2, common_pb2, worker_pb2
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,10 @@ class Rollouts:
                 "INVALID_ARGUMENT", f"deployment {name!r} has unknown compression {spec.compression!r}"
             )
         try:
+            weights = weights_name(spec.weights)
+        except WeightsError as exc:
+            raise RolloutError("INVALID_ARGUMENT", f"deployment {name!r}: {exc}") from None
+        try:
             check_segments(plan.segments, spec.num_units)
         except PlanError as exc:
             raise RolloutError("INVALID_ARGUMENT", f"plan for {name!r}: {exc}") from None
@@ -331,6 +336,7 @@ class Rollouts:
                 dtype=spec.dtype,
                 compression=compression,
                 private_depth=policy.private_depth,
+                weights=weights,
             )
             for hop in route.hops
         ]

@@ -43,6 +43,8 @@ class Hosted:
     sessions: int = 0
     #: The deployment's private depth as LoadSegment said (units 0..private_depth are critical).
     private_depth: int = 0
+    #: The weight format the segment was quantized to at load (``resplit.core.weights``).
+    weights: str = "fp32"
 
     @property
     def key(self) -> Key:
@@ -70,14 +72,18 @@ class Hosting:
     def add(self, hosted: Hosted) -> None:
         self._segments[hosted.key] = hosted
 
-    def same_weights(self, deployment: str, start: int, end: int, model_dir: str, dtype_name: str):
-        """A segment of these units of this model already loaded at another epoch, if any."""
+    def same_weights(
+        self, deployment: str, start: int, end: int, model_dir: str, dtype_name: str, weights: str = ""
+    ):
+        """A segment of these units of this model already loaded at another epoch, in the
+        same dtype and weight format, if any."""
         for hosted in self._segments.values():
-            if (hosted.deployment, hosted.start, hosted.end, hosted.model_dir) == (
+            if (hosted.deployment, hosted.start, hosted.end, hosted.model_dir, hosted.weights) == (
                 deployment,
                 start,
                 end,
                 model_dir,
+                weights or "fp32",
             ) and (not dtype_name or str(hosted.dtype) == f"torch.{dtype_name}"):
                 return hosted
         return None

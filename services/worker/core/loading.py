@@ -8,6 +8,7 @@ import torch
 
 from resplit.core.compression import COMPRESSIONS
 from resplit.core.emulation import EmulatedDevice
+from resplit.core.weights import WeightsError, check_family, weights_name
 from resplit.models import (
     Checkpoint,
     CheckpointError,
@@ -45,15 +46,22 @@ def load_hosted(
     emulated: EmulatedDevice | None = None,
     lean_decode: bool = True,
     huge_pages: bool = True,
+    weights: str = "",
 ) -> Hosted:
     """Build the segment, or raise a WorkerError saying why not. With ``emulated``
-    only the model's config.json is read: the segment waits instead of computing."""
+    only the model's config.json is read: the segment waits instead of computing.
+    ``weights``: the format the segment quantizes its tensors to (INVALID_ARGUMENT for
+    one that does not exist or that the model's family cannot run)."""
     if not deployment:
         raise BadInput("a deployment name is required")
     if epoch < 1:
         raise BadInput(f"epoch must be >= 1, got {epoch}")
     if compression not in COMPRESSIONS.values():
         raise BadInput(f"unknown compression {compression}")
+    try:
+        weights = weights_name(weights)
+    except WeightsError as exc:
+        raise BadInput(str(exc)) from None
     if dtype_name and dtype_name not in DTYPES:
         raise BadInput(f"dtype must be one of {', '.join(DTYPES)} or empty, got {dtype_name!r}")
     try:
@@ -63,10 +71,14 @@ def load_hosted(
     if not is_dir:
         raise NotHosted(f"model directory {model_dir[:256]!r} does not exist on this worker")
     if emulated is None:
-        segment, generative, hidden_size, dtype = _real(start, end, model_dir, dtype_name, device, huge_pages)
+        segment, generative, hidden_size, dtype = _real(
+            start, end, model_dir, dtype_name, device, huge_pages, weights
+        )
         segment.lean_decode = lean_decode
     else:
-        segment, generative, hidden_size, dtype = _emulated(start, end, model_dir, dtype_name, emulated)
+        segment, generative, hidden_size, dtype = _emulated(
+            start, end, model_dir, dtype_name, emulated, weights
+        )
         device = torch.device("cpu")
     return Hosted(
         deployment=deployment,
@@ -80,6 +92,7 @@ def load_hosted(
         device=device,
         generative=generative,
         hidden_size=hidden_size,
+        weights=weights,
     )
 
 
@@ -103,7 +116,13 @@ def huge_page_share(segment: Segment) -> str:
 
 
 def _real(
-    start: int, end: int, model_dir: str, dtype_name: str, device: torch.device, huge_pages: bool = True
+    start: int,
+    end: int,
+    model_dir: str,
+    dtype_name: str,
+    device: torch.device,
+    huge_pages: bool = True,
+    weights: str = "fp32",
 ) -> tuple[Segment, bool, int, torch.dtype]:
     """(segment, generative, hidden size, dtype) with only the tensors of units [start, end)."""
     try:
@@ -116,18 +135,21 @@ def _real(
         raise BadInput(f"units [{start}, {end}) are outside the model's [0, {total})")
     dtype = DTYPES[dtype_name] if dtype_name else checkpoint.dtype
     try:
-        segment = load_segment(checkpoint, start, end, device, dtype, huge_pages=huge_pages)
+        check_family(weights, checkpoint.config.model_type)
+        segment = load_segment(checkpoint, start, end, device, dtype, huge_pages=huge_pages, weights=weights)
+    except WeightsError as exc:
+        raise BadInput(f"cannot load units [{start}, {end}) of {model_dir}: {exc}") from None
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise LoadFailed(f"cannot load units [{start}, {end}) from {model_dir}: {exc}") from None
     return segment, family.generative, int(checkpoint.config.hidden_size), dtype
 
 
 def _emulated(
-    start: int, end: int, model_dir: str, dtype_name: str, emulated: EmulatedDevice
+    start: int, end: int, model_dir: str, dtype_name: str, emulated: EmulatedDevice, weights: str = "fp32"
 ) -> tuple[Segment, bool, int, torch.dtype]:
     """The same from config.json alone: a segment that waits as long as ``emulated`` would compute."""
     try:
-        segment = EmulatedSegment(model_dir, start, end, emulated, DTYPES.get(dtype_name))
+        segment = EmulatedSegment(model_dir, start, end, emulated, DTYPES.get(dtype_name), weights)
         family = family_of(segment.config.model_type)
     except (OSError, ValueError) as exc:
         raise LoadFailed(f"cannot emulate units [{start}, {end}) of {model_dir}: {exc}") from None
