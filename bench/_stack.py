@@ -12,10 +12,13 @@ from resplit.rpc.channels import sync_channel
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 
-def deploy(address: str, name: str, model_dir: Path, segments: list[tuple[int, int, str]]) -> None:
-    """Deploy ``model_dir`` as ``name`` with ``segments`` (start, end, node id) via the orchestrator."""
+def deploy(
+    address: str, name: str, model_dir: Path, segments: list[tuple[int, int, str]], weights: str = ""
+) -> None:
+    """Deploy ``model_dir`` as ``name`` with ``segments`` (start, end, node id) via the orchestrator,
+    its workers quantizing to ``weights`` (empty: fp32)."""
     request = orchestrator_pb2.DeployRequest(
-        deployment=common_pb2.Deployment(name=name, model_dir=str(model_dir)),
+        deployment=common_pb2.Deployment(name=name, model_dir=str(model_dir), weights=weights),
         segments=[
             common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=n) for a, b, n in segments
         ],
