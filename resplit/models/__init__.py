@@ -20,7 +20,7 @@ import torch
 
 from resplit.core.weights import WeightsError, weights_name
 
-from .arena import pack
+from .arena import pack, release_freed
 from .base import (
     Family,
     Segment,
@@ -104,6 +104,8 @@ def load_segment(
     segment.set_weights(weights)
     if huge_pages and not in_place and device.type == "cpu":
         pack(segment)
+    if weights != "fp32" and device.type == "cpu":
+        release_freed()
     return segment
 
 
