@@ -90,7 +90,10 @@ class RotaryDecoderSegment(Segment):
         self._lean = lean.lean_blocks(self.layers) if self.lean_unavailable is None else None
 
     def set_weights(self, weights: str) -> None:
-        """Quantized projections (``quant.py``); the lean step runs them as modules."""
+        """Quantized projections (``quant.py``); the lean step runs them as modules. fp32
+        leaves the segment exactly as built."""
+        if quant.weights_name(weights) == "fp32":
+            return
         self.activation_dtype = next(self.parameters()).dtype
         quant.quantize(self, weights)
         if self._lean is not None:
