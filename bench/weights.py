@@ -14,8 +14,10 @@ default: the 193 M-parameter model of issue 30) and, for fp32, bf16, int8 and in
   whose greedy token is fp32's.
 
 Rounds alternate the formats, so a shared machine's drift hits them all alike;
-medians over rounds are printed. Usage:
-  python bench/weights.py [--blocks 15] [--tokens 16] [--rounds 5] [--rows 4] [--no-split]
+medians over rounds are printed. ``--kernels`` times instead the candidate engines of
+one projection, ``--compile`` one block's MLP eager and through torch.compile. Usage:
+  python bench/weights.py [--blocks 15] [--tokens 16] [--rounds 5] [--rows 4] [--no-split] [--threads N]
+  python bench/weights.py --kernels | --compile [--threads N]
 """
 
 from __future__ import annotations
@@ -133,6 +135,52 @@ def kernels(rows_list=(1, 4), trials: int = 15, calls: int = 50) -> Table:
     return table
 
 
+def _best_us(run, x, trials: int = 10, calls: int = 30) -> float:
+    with torch.inference_mode():
+        for _ in range(5):
+            run(x)
+        best = float("inf")
+        for _ in range(trials):
+            start = time.perf_counter()
+            for _ in range(calls):
+                run(x)
+            best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e6
+
+
+def compiled() -> Table:
+    """One block's MLP (RMSNorm, gate, up, SiLU, down, residual) at one row, eager and
+    through ``torch.compile`` (inductor), per format: what compiling the decode step
+    could gain, and what it costs at load."""
+    from torch.nn import functional as F
+
+    from resplit.models.quant import QuantLinear
+
+    table = Table(title=f"one block's MLP at 1 row, us (best of 10), {torch.get_num_threads()} threads")
+    for column in ("weights", "eager", "torch.compile", "compile s", "within 1e-4"):
+        table.add_column(column, justify="right")
+    norm = torch.ones(1024)
+    for name in FORMATS:
+        layers = [torch.nn.Linear(1024, 2816, bias=False) for _ in range(2)]
+        layers.append(torch.nn.Linear(2816, 1024, bias=False))
+        gate, up, down = layers if name == "fp32" else (QuantLinear(m, name) for m in layers)
+
+        def mlp(h, gate=gate, up=up, down=down):
+            x = norm * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+            return h + down(F.silu(gate(x)) * up(x))
+
+        x = torch.randn(1, 1, 1024)
+        start = time.perf_counter()
+        fast = torch.compile(mlp, dynamic=False)
+        with torch.inference_mode():
+            same = torch.allclose(fast(x), mlp(x), atol=1e-4, rtol=0)
+        seconds = time.perf_counter() - start
+        table.add_row(
+            name, f"{_best_us(mlp, x):.0f}", f"{_best_us(fast, x):.0f}", f"{seconds:.1f}", str(same)
+        )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=15)
@@ -143,13 +191,16 @@ def main() -> None:
     parser.add_argument(
         "--kernels", action="store_true", help="only time the candidate kernels of one projection"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="only time one block's MLP eager and with torch.compile"
+    )
     parser.add_argument("--threads", type=int, help="intra-op threads of this process (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=200)
-    if args.kernels:
-        console.print(kernels())
+    if args.kernels or args.compile:
+        console.print(kernels() if args.kernels else compiled())
         return
     work = Path(tempfile.mkdtemp(prefix="resplit-weights-"))
     model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
