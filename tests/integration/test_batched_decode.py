@@ -61,7 +61,7 @@ def _cache(states) -> list[torch.Tensor]:
     ]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "mistral", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral", "gpt2"])
 def test_sessions_decoding_in_a_batch_get_their_solo_results(tiny_models, family):
     segments = _segments(tiny_models[family])
     batched = [_prefill(segments, p) for p in PROMPTS]
@@ -86,7 +86,7 @@ def test_sessions_decoding_in_a_batch_get_their_solo_results(tiny_models, family
             assert torch.allclose(a, b, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral", "gpt2"])
 def test_a_batch_of_one_is_bitwise_the_solo_step(tiny_models, family):
     segments = _segments(tiny_models[family])
     one, solo = _prefill(segments, PROMPTS[1]), _prefill(segments, PROMPTS[1])
@@ -102,7 +102,7 @@ def test_a_batch_of_one_is_bitwise_the_solo_step(tiny_models, family):
 
 def test_the_lean_families_batch_and_the_others_run_row_by_row(tiny_models):
     batches = {family: [s.batches_decode() for s in _segments(tiny_models[family])] for family in tiny_models}
-    assert batches["llama"] == batches["qwen2"] == [True, True, True]
+    assert batches["llama"] == batches["qwen2"] == batches["qwen3"] == [True, True, True]
     assert batches["gpt2"] == [False, False, False]
     assert not any(batches["qwen2-sliding"]) or not all(batches["qwen2-sliding"])  # sliding layers: rows
     assert batches["bert"] == [False, False, False]
