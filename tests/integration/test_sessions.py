@@ -141,10 +141,10 @@ def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_rig
     stack, tiny_models, family, pieces
 ):
     """16 sessions of different prompt lengths and lengths of generation, started at
-    different times, through a split: the workers run their decode steps as batched
-    forwards where the family batches (more rows than forwards), every greedy session's
-    tokens are the whole model's for its own prompt, and the seeded sampling sessions
-    among them draw the tokens they draw alone."""
+    different times, through a split: the workers run their steps as batched forwards
+    where the family batches (more rows than forwards), every greedy session's tokens are
+    the whole model's for its own prompt and its logits within 1e-4 of them (fp32), and
+    the seeded sampling sessions among them draw the tokens they draw alone."""
     model_dir = tiny_models[family]
     name = f"batched-{family}-{pieces}"
     stack.deploy(name, model_dir, spread(num_units(Checkpoint(model_dir).config), pieces))
@@ -158,21 +158,26 @@ def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_rig
             return Sampling(max_new_tokens=lengths[i], temperature=1.3, top_k=40, seed=seeded[i])
         return Sampling(max_new_tokens=lengths[i])
 
+    logits: dict[int, torch.Tensor] = {}
+
     def run(i: int) -> list[int]:
         time.sleep(0.02 * (i % 5))  # joins at different times
         with Client(stack.orchestrator.address) as client:
             route = client.route(name)
-            return [t.token_id for t in client.generate_ids(prompts[i], route, sampling(i))]
+            tokens = list(client.generate_ids(prompts[i], route, sampling(i), return_logits=i not in seeded))
+        if i not in seeded:
+            logits[i] = torch.stack([t.logits for t in tokens])
+        return [t.token_id for t in tokens]
 
-    expected = [
-        run(i) if i in seeded else _reference(model_dir, p, n)  # a seeded session alone first
-        for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))
-    ]
+    references = {i: greedy(model_dir, prompts[i], lengths[i]) for i in range(16) if i not in seeded}
+    expected = [run(i) if i in seeded else references[i][0] for i in range(16)]  # seeded: alone first
     _all_closed(stack.worker_procs)
     rows_before, forwards_before = batch_rows(stack.worker_procs)
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(run, range(16)))
     assert got == expected
+    worst = max((logits[i] - references[i][1]).abs().max().item() for i in references)
+    assert worst <= 1e-4, worst
     rows, forwards = batch_rows(stack.worker_procs)
     if family not in ("gpt2", "mistral", "qwen2-sliding"):  # these step row by row (no lean step)
         assert rows - rows_before > forwards - forwards_before > 0, (rows, forwards)
