@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
-from support import LocalStack, batch_rows, greedy, spread, wait_for, worker_sessions
+from support import LocalStack, batch_rows, greedy, make_plan, spread, wait_for, worker_sessions
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
@@ -272,6 +272,7 @@ def limited(tiny_models):
         local.start()
         model_dir = tiny_models["llama"]
         local.deploy("limited", model_dir, spread(num_units(Checkpoint(model_dir).config), 2))
+        local.deployed_model = model_dir  # type: ignore[attr-defined]
         yield local
     finally:
         local.stop()
@@ -290,6 +291,26 @@ def test_session_limit_answers_resource_exhausted(limited):
         for session in held:
             assert len(list(session)) == 4  # the held sessions finish untouched
         assert len(list(client.generate_ids([5, 6], route, Sampling(max_new_tokens=2)))) == 2
+    _all_closed(limited.worker_procs)
+
+
+def test_sessions_at_the_session_limit_move_to_a_new_split_on_the_same_workers(limited):
+    """Both workers hold their limit of 2 sessions when the plan re-splits over the same
+    workers: each session opens its next epoch's segment beside its old one (counted once,
+    as the session it is), moves its cache and finishes with the tokens it would have."""
+    model_dir = limited.deployed_model  # type: ignore[attr-defined]
+    units = num_units(Checkpoint(model_dir).config)
+    expected = _reference(model_dir, [5, 6], 5)
+    with Client(limited.orchestrator.address) as client:
+        client.server_loop = False  # each step waits for the client: the sessions are mid-way
+        route = client.route("limited")
+        held = [client._run(client._generate_exchange([5, 6], route, Sampling(5), False)) for _ in range(2)]
+        firsts = [next(session).token_id for session in held]
+        cut = route.hops[0].units.end
+        moved = limited.rollout(make_plan("limited", [(0, cut + 1, 0), (cut + 1, units, 1)]))
+        assert moved.committed.epoch > route.epoch
+        got = [[first] + [t.token_id for t in session] for first, session in zip(firsts, held, strict=True)]
+    assert got == [expected, expected]
     _all_closed(limited.worker_procs)
 
 
