@@ -16,9 +16,9 @@ The same step runs a batch: the new tokens of several sessions packed along the
 sequence (:func:`rows`), one token each for decode steps or a whole prompt, the
 projections and MLP once over all of them and attention per session over its own
 cache (a prompt with a causal mask offset by what the cache holds); within 1e-4 of
-each session alone. A lone session's prompt, sliding-window layers, other
-attention implementations and unknown layer classes go through transformers' own
-layers.
+each session alone (a prompt longer than a chunk runs chunk by chunk through
+transformers' layers). Sliding-window layers, other attention implementations and
+unknown layer classes go through transformers' own layers.
 """
 
 from __future__ import annotations
