@@ -415,6 +415,9 @@ class RedisServer(Process):
     also_bind: list[str] = field(default_factory=list)
     #: ``requirepass``: clients must AUTH (the URL carries it).
     password: str = ""
+    #: Where the password goes, in a config file only its owner reads, so it never shows
+    #: on redis-server's command line (``ps``); None: next to its log.
+    config_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name or "redis"
@@ -434,8 +437,18 @@ class RedisServer(Process):
             raise LaunchError(REDIS_INSTALL_HINT)
         bind = ["--bind", "127.0.0.1", *self.also_bind]
         bind += ["--protected-mode", "no"] if self.also_bind else []
-        password = ["--requirepass", self.password] if self.password else []
-        return [binary, "--port", str(self.port), *bind, "--save", "", "--appendonly", "no", *password]
+        config = [str(self._password_config())] if self.password else []
+        return [binary, *config, "--port", str(self.port), *bind, "--save", "", "--appendonly", "no"]
+
+    def _password_config(self) -> Path:
+        """A config file holding ``requirepass``, readable by its owner only."""
+        folder = self.config_dir or self.log_dir or _scratch_log(self.name).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}-{self.port}.conf"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(f'requirepass "{self.password}"\n')
+        return path
 
     def start(self, timeout_s: float = 10.0) -> Self:
         """Start it and wait until it answers PING; LaunchError (it stopped again) otherwise."""

@@ -13,6 +13,7 @@ CLI and scripts that use the stack need nothing more.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -136,6 +137,8 @@ def load(state_dir: Path) -> Stack:
 def _save(state_dir: Path, stack: Stack) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = stack_file(state_dir).with_suffix(".tmp")
+    tmp.touch(mode=0o600)  # it holds Redis's password
+    tmp.chmod(0o600)
     tmp.write_text(stack.model_dump_json(indent=2))
     tmp.replace(stack_file(state_dir))
 
@@ -215,7 +218,12 @@ def up(
         tls_dir = make_dev_pki(state_dir / "tls", names)
     try:
         if redis_url is None:
-            redis_server = RedisServer(log_dir=logs, detach=True)
+            # A password of its own even on loopback: any local user could otherwise rewrite
+            # the plans. It lives in the stack file and a config file, both owner-only.
+            config_dir = tls_dir or state_dir
+            redis_server = RedisServer(
+                log_dir=logs, detach=True, password=secrets.token_urlsafe(24), config_dir=config_dir
+            )
             started.append(redis_server)
             redis_url = redis_server.start().url
         services: list[ServiceProcess] = []

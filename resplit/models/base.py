@@ -139,6 +139,37 @@ class Segment(nn.Module, ABC):
             }
         )
 
+    def batches_prompts(self) -> bool:
+        """Whether :meth:`step_packed` runs several sessions' prompts as one forward (else
+        it runs them one after another, each exactly as :meth:`step`)."""
+        return False
+
+    def step_packed(
+        self,
+        states: list[SessionState],
+        lengths: list[int],
+        input_ids: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """New tokens of several sessions packed one after another along the sequence
+        (session i: ``lengths[i]`` tokens; ``input_ids`` [1, T] or ``hidden`` [1, T, H],
+        T = sum of lengths): ``hidden`` packed the same way, or ``logits`` [N, V] of each
+        session's last token. This default runs the sessions one by one."""
+        outputs, start = [], 0
+        for state, length in zip(states, lengths, strict=True):
+            span = slice(start, start + length)
+            start += length
+            outputs.append(
+                self.step(
+                    state,
+                    input_ids=None if input_ids is None else input_ids[:, span],
+                    hidden=None if hidden is None else hidden[:, span],
+                )
+            )
+        if outputs[0].hidden is not None:
+            return StepOutput(hidden=torch.cat([o.hidden for o in outputs], dim=1))
+        return StepOutput(logits=torch.cat([o.logits for o in outputs]))
+
 
 class Family(ABC):
     """One model family: which tensors belong to which unit, and how to build a segment."""

@@ -121,25 +121,48 @@ class EmulatedSegment(Segment):
         hidden: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> StepOutput:
+        source = self._source(input_ids, hidden)
+        rows, tokens = int(source.shape[0]), int(source.shape[1])
+        return self._wait_for([state], rows, tokens)
+
+    def batches_decode(self) -> bool:
+        return True
+
+    def step_rows(self, states, input_ids=None, hidden=None) -> StepOutput:
+        """One token of each session, as long as the device takes for one forward of that
+        many rows (the roofline's batched step: the weights read once for all of them)."""
+        self._source(input_ids, hidden)
+        return self._wait_for(states, 1, 1)
+
+    def _source(self, input_ids: torch.Tensor | None, hidden: torch.Tensor | None) -> torch.Tensor:
         source = input_ids if self.has_embedding else hidden
         if source is None:
             raise SegmentInputError("the first segment takes input_ids, the others hidden states")
+        return source
+
+    def _wait_for(self, states: list[SessionState], rows: int, tokens: int) -> StepOutput:
+        """The step of ``states`` (each ``rows`` x ``tokens`` new positions), after waiting
+        what the device takes for all of them at once (the longest cache as every row's)."""
         started = time.perf_counter()
-        rows, tokens = int(source.shape[0]), int(source.shape[1])
-        self.last_predicted_s = self.device.step_seconds(self.units, tokens, state.seq_len, rows)
-        state.seq_len += tokens
-        if state.cache is not None:
-            for layer in state.cache.layers:
-                layer.grow(rows, tokens)
+        count = len(states) * rows
+        past = max(state.seq_len for state in states)
+        self.last_predicted_s = self.device.step_seconds(self.units, tokens, past, count)
+        for state in states:
+            state.seq_len += tokens
+            if state.cache is not None:
+                for layer in state.cache.layers:
+                    layer.grow(rows, tokens)
         if not self.has_head:
-            output = StepOutput(hidden=torch.zeros(rows, tokens, self.hidden_size, dtype=self.dtype))
+            output = StepOutput(hidden=torch.zeros(count, tokens, self.hidden_size, dtype=self.dtype))
         elif getattr(self.config, "model_type", "") == "bert":
-            pooled = torch.zeros(rows, self.hidden_size)
+            pooled = torch.zeros(count, self.hidden_size)
             pooled[:, 0] = 1.0  # unit norm, like the real pooled and normalized output
             output = StepOutput(embeddings=pooled)
         else:
-            logits = torch.zeros(rows, self.vocab)
-            logits[:, emulated_token(state.seq_len, self.vocab, self.avoid)] = PEAK
+            logits = torch.zeros(count, self.vocab)
+            for i, state in enumerate(states):
+                chosen = emulated_token(state.seq_len, self.vocab, self.avoid)
+                logits[i * rows : (i + 1) * rows, chosen] = PEAK
             output = StepOutput(logits=logits)
         # the step, bookkeeping included, takes what the device would take
         self.last_wait_s = self.device.run(self.last_predicted_s, started)

@@ -10,9 +10,15 @@ next to nothing: 1.75 ms per token back to back, 4.13 ms after idle gaps; this
 step: 1.04 and 2.83 ms). The step below issues the same tensor
 operations in the same order as transformers' decoder layer with SDPA attention
 does for one new token and no mask, so its results are bitwise equal; the
-tests check that for every family it accepts. Everything else (prefill,
-sliding-window layers, other attention implementations, unknown layer classes)
-goes through transformers' own layers.
+tests check that for every family it accepts.
+
+The same step runs a batch: the new tokens of several sessions packed along the
+sequence (:func:`rows`), one token each for decode steps or a whole prompt, the
+projections and MLP once over all of them and attention per session over its own
+cache (a prompt with a causal mask offset by what the cache holds); within 1e-4 of
+each session alone (a prompt longer than a chunk runs chunk by chunk through
+transformers' layers). Sliding-window layers, other attention implementations and
+unknown layer classes go through transformers' own layers.
 """
 
 from __future__ import annotations
@@ -132,53 +138,76 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _heads(x: torch.Tensor, rows: int, head_dim: int, norm: _Norm | None) -> torch.Tensor:
-    x = x.view(rows, 1, -1, head_dim)
+def _heads(x: torch.Tensor, head_dim: int, norm: _Norm | None) -> torch.Tensor:
+    """[1, T, heads x head_dim] -> [1, heads, T, head_dim], each head normalized if asked."""
+    x = x.view(*x.shape[:2], -1, head_dim)
     return (x if norm is None else _rms(x, norm)).transpose(1, 2)
 
 
 def decode(blocks: list[_Block], h: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
-    """Hidden states [rows, 1, H] of one new token through ``blocks``, appending to ``cache``.
+    """Hidden states [1, 1, H] of one new token through ``blocks``, appending to ``cache``.
 
     ``position_embeddings``: (cos, sin) from the model's rotary module for this position."""
-    cos, sin = (t.unsqueeze(1) for t in position_embeddings)
-    for block in blocks:
-        h = _block_rows(block, h, cos, sin, [cache])
-    return h
-
-
-def _block_rows(
-    block: _Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, caches: list
-) -> torch.Tensor:
-    """One decoder layer for one new token of each of several sessions (row i: session i,
-    its own cache and position), the same tensor operations in the same order as
-    transformers' layer with SDPA attention for one token and no mask. Every projection
-    and the MLP run once for all rows (the weights are read once: what makes a batched
-    decode step cheap); attention runs per row over that session's own cache, not
-    causal, as transformers decides for one query."""
-    rows = h.shape[0]
-    x = _rms(h, block.attn_norm)
-    q = _heads(_proj(x, block.q), rows, block.head_dim, block.q_norm)
-    k = _heads(_proj(x, block.k), rows, block.head_dim, block.k_norm)
-    v = _heads(_proj(x, block.v), rows, block.head_dim, None)
-    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    outputs = []
-    for i, cache in enumerate(caches):
-        k_i, v_i = cache.update(k[i : i + 1], v[i : i + 1], block.layer_idx)
-        outputs.append(
-            F.scaled_dot_product_attention(q[i : i + 1], k_i, v_i, scale=block.scaling, enable_gqa=block.gqa)
-        )
-    attn = outputs[0] if rows == 1 else torch.cat(outputs)
-    h = h + _proj(attn.transpose(1, 2).reshape(rows, 1, -1), block.o)
-    x = _rms(h, block.mlp_norm)
-    return h + _proj(block.act(_proj(x, block.gate)) * _proj(x, block.up), block.down)
+    return rows(blocks, h, position_embeddings, [cache], [1])
 
 
 def decode_rows(blocks: list[_Block], h: torch.Tensor, position_embeddings, caches: list) -> torch.Tensor:
     """Hidden states [N, 1, H] of one new token of each of N sessions through ``blocks``;
     row i appends to ``caches[i]``. ``position_embeddings``: (cos, sin) [N, 1, D], each
     row at its own session's position."""
+    count = h.shape[0]
+    cos, sin = (t.reshape(1, count, -1) for t in position_embeddings)
+    packed = rows(blocks, h.reshape(1, count, -1), (cos, sin), caches, [1] * count)
+    return packed.reshape(count, 1, -1)
+
+
+def rows(
+    blocks: list[_Block], h: torch.Tensor, position_embeddings, caches: list, lengths: list[int]
+) -> torch.Tensor:
+    """Hidden states [1, T, H] of several sessions' new tokens, packed one session after
+    another (session i: ``lengths[i]`` tokens, appended to ``caches[i]``), through ``blocks``.
+    ``position_embeddings``: (cos, sin) [1, T, D], each token at its own position in its
+    own session. A row of one token is a decode step; a longer one, a prompt."""
     cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+    spans = []
+    start = 0
+    for length, cache in zip(lengths, caches, strict=True):
+        past = cache.get_seq_length()
+        # A prompt attends causally, over its own cache; one token attends to everything.
+        mask = None
+        if length > 1:
+            mask = torch.ones(length, past + length, dtype=torch.bool, device=h.device).tril(past)
+        spans.append((slice(start, start + length), mask))
+        start += length
     for block in blocks:
-        h = _block_rows(block, h, cos, sin, caches)
+        h = _block_rows(block, h, cos, sin, caches, spans)
     return h
+
+
+def _block_rows(
+    block: _Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, caches: list, spans: list
+) -> torch.Tensor:
+    """One decoder layer for the new tokens of several sessions, packed along the sequence
+    (session i: its ``spans[i]`` of it, with its own cache, positions and mask), the same
+    tensor operations in the same order as transformers' layer with SDPA attention for
+    one session alone. Every projection and the MLP run once for all tokens (the weights
+    are read once: what makes a batched step cheap); attention runs per session over
+    that session's own cache."""
+    tokens = h.shape[1]
+    x = _rms(h, block.attn_norm)
+    q = _heads(_proj(x, block.q), block.head_dim, block.q_norm)
+    k = _heads(_proj(x, block.k), block.head_dim, block.k_norm)
+    v = _heads(_proj(x, block.v), block.head_dim, None)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    outputs = []
+    for cache, (span, mask) in zip(caches, spans, strict=True):
+        k_i, v_i = cache.update(k[:, :, span], v[:, :, span], block.layer_idx)
+        outputs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, span], k_i, v_i, attn_mask=mask, scale=block.scaling, enable_gqa=block.gqa
+            )
+        )
+    attn = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+    h = h + _proj(attn.transpose(1, 2).reshape(1, tokens, -1), block.o)
+    x = _rms(h, block.mlp_norm)
+    return h + _proj(block.act(_proj(x, block.gate)) * _proj(x, block.up), block.down)

@@ -22,6 +22,7 @@ from transformers import (
     MistralConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
 )
 
 CORPUS = (
@@ -37,7 +38,7 @@ The quick brown fox jumps over the lazy dog. Hello world, hello edge, hello clou
 )
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
-FAMILIES = ("llama", "qwen2", "qwen2-sliding", "mistral", "gpt2", "bert")
+FAMILIES = ("llama", "qwen2", "qwen2-sliding", "qwen3", "mistral", "gpt2", "bert")
 #: Families served by the generic decoder (``decoder.py``), each with what is special about
 #: it switched on: overrides on the decoder defaults of :func:`tiny_config`. Adding one
 #: here is what it takes to put a family under test.
@@ -136,6 +137,8 @@ def tiny_config(family: str, vocab_size: int, **overrides: Any):
                 **overrides,
             }
         )
+    elif family == "qwen3":  # q/k norms; head_dim set apart from hidden / heads
+        config = Qwen3Config(**{**decoder, "head_dim": 16, **overrides})
     elif family == "mistral":
         config = MistralConfig(**{**decoder, "sliding_window": 16, **overrides})
     elif family == "gpt2":

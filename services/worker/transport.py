@@ -75,6 +75,9 @@ PREFILL_CHUNKS = Histogram(
     buckets=(2, 4, 8, 16, 32, 64, 128),
 )
 
+#: With chunked prefill off, prompts up to this many tokens still share a batched forward.
+PROMPT_TOKENS_UNCHUNKED = 256
+
 _ADDRESS = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})")
 
 Compute = Callable[..., Awaitable[Any]]  # compute.Compute: (work, segment, tokens, session_steps=1)
@@ -149,7 +152,13 @@ class Forwarding:
         #: The sessions whose first hop runs here, waiting for their head hop's replies.
         self.ring = RingTable()
         #: Decode steps of many sessions on one segment, run as one forward (core/batch.py).
-        self.batcher: Batcher[step.Row] = Batcher(self._run_batch, max_batch, batch_gather_ms / 1000)
+        #: A prompt of at most this many tokens joins a batched forward whole (a longer one
+        #: runs in chunks of prefill_chunk_tokens, core/step.py); a batch takes prompts up
+        #: to this many new tokens in all (and max_batch decode steps).
+        self.prompt_tokens = prefill_chunk_tokens or PROMPT_TOKENS_UNCHUNKED
+        self.batcher: Batcher[step.Row] = Batcher(
+            self._run_batch, max_batch, batch_gather_ms / 1000, max(max_batch, self.prompt_tokens)
+        )
         #: Prompts longer than this run chunk by chunk (core/step.py Prefill); 0: whole.
         self.prefill_chunk_tokens = prefill_chunk_tokens
 
@@ -338,9 +347,12 @@ class Forwarding:
         given = await self._input(hop, request)
         self.sessions.begin_step(session, given.step, given.tokens if hosted.generative else 0)
         units = downstream.units if downstream is not None else None
-        if step.batchable(session, given):
+        if step.batchable(session, given, self.prompt_tokens):
             key = (hosted.key, given.assembler is None)
-            produced = await self.batcher.submit(key, step.Row(session, given, units), session.key)
+            # Only a decode step's session comes back to this segment for its next step.
+            member = session.key if given.tokens == 1 else None
+            row = step.Row(session, given, units)
+            produced = await self.batcher.submit(key, row, member, cost=given.tokens)
         elif step.chunkable(session, given, self.prefill_chunk_tokens):
             produced = await self._prefill(session, given, units)
         else:
@@ -397,14 +409,14 @@ class Forwarding:
         return produced
 
     async def _run_batch(self, key: object, rows: list[step.Row]) -> list[Any]:
-        """One batched forward of several sessions' decode steps on one segment."""
+        """One batched forward of several sessions' steps (decode steps, prompts) on one segment."""
         hosted = rows[0].session.hosted
         latest = self.hosting.latest_epoch(hosted.deployment)
         BATCH_ROWS.observe(len(rows))
         return await self.compute(
             lambda: step.run_rows(rows, self.chunk_bytes, latest),
             f"{hosted.start}-{hosted.end}",
-            len(rows),
+            sum(row.given.tokens for row in rows),
             session_steps=len(rows),
         )
 

@@ -61,7 +61,7 @@ def _cache(states) -> list[torch.Tensor]:
     ]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "mistral", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral", "gpt2"])
 def test_sessions_decoding_in_a_batch_get_their_solo_results(tiny_models, family):
     segments = _segments(tiny_models[family])
     batched = [_prefill(segments, p) for p in PROMPTS]
@@ -86,7 +86,7 @@ def test_sessions_decoding_in_a_batch_get_their_solo_results(tiny_models, family
             assert torch.allclose(a, b, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral", "gpt2"])
 def test_a_batch_of_one_is_bitwise_the_solo_step(tiny_models, family):
     segments = _segments(tiny_models[family])
     one, solo = _prefill(segments, PROMPTS[1]), _prefill(segments, PROMPTS[1])
@@ -102,7 +102,44 @@ def test_a_batch_of_one_is_bitwise_the_solo_step(tiny_models, family):
 
 def test_the_lean_families_batch_and_the_others_run_row_by_row(tiny_models):
     batches = {family: [s.batches_decode() for s in _segments(tiny_models[family])] for family in tiny_models}
-    assert batches["llama"] == batches["qwen2"] == [True, True, True]
+    assert batches["llama"] == batches["qwen2"] == batches["qwen3"] == [True, True, True]
     assert batches["gpt2"] == [False, False, False]
     assert not any(batches["qwen2-sliding"]) or not all(batches["qwen2-sliding"])  # sliding layers: rows
     assert batches["bert"] == [False, False, False]
+
+
+def _packed(segments, states_per_row: list[list], prompts: list[list[int]]) -> torch.Tensor:
+    lengths = [len(p) for p in prompts]
+    inputs = {"input_ids": torch.tensor([[t for p in prompts for t in p]])}
+    for k, segment in enumerate(segments):
+        out = segment.step_packed([states[k] for states in states_per_row], lengths, **inputs)
+        inputs = {"hidden": out.hidden}
+    return out.logits
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral", "gpt2"])
+def test_prompts_packed_in_one_forward_get_their_solo_results(tiny_models, family):
+    """Five sessions' prompts of different lengths as one packed forward (then, for
+    three of them, a second chunk over the cache the first filled: a causal mask offset
+    by the cache), against each prompt alone: logits within 1e-4, the same caches' worth
+    of tokens, and decode steps after it with the same tokens."""
+    segments = _segments(tiny_models[family])
+    packed = [[s.new_state() for s in segments] for _ in PROMPTS]
+    solo = [_prefill(segments, p) for p in PROMPTS]
+    logits = _packed(segments, packed, PROMPTS)
+    for i in range(len(PROMPTS)):
+        assert torch.allclose(logits[i], solo[i][1], atol=1e-4, rtol=0), (family, i)
+    more = [[70, 71, 72], [5], [80, 81]]
+    logits = _packed(segments, packed[:3], more)
+    for i in range(3):
+        expected = solo[i][1]
+        for token in more[i]:
+            expected = _solo(segments, solo[i][0], token)
+        assert torch.allclose(logits[i], expected, atol=1e-4, rtol=0), (family, i)
+    assert [s.seq_len for s in packed[0]] == [s.seq_len for s in solo[0][0]]
+
+
+def test_the_lean_families_pack_prompts_and_the_others_run_them_one_by_one(tiny_models):
+    packs = {family: [s.batches_prompts() for s in _segments(tiny_models[family])] for family in tiny_models}
+    assert packs["llama"] == packs["qwen3"] == [True, True, True]
+    assert packs["gpt2"] == packs["mistral"] == packs["bert"] == [False, False, False]

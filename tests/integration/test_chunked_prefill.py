@@ -95,9 +95,14 @@ def test_only_a_long_unpadded_prompt_of_one_row_is_cut(tiny_models):
     assert step.chunkable(session, long, 36) and not step.chunkable(session, long, 37)
     assert not step.chunkable(session, long, 0)  # 0: chunking off
     rows = step.StepInput(0, 37, 2, ids=torch.zeros(2, 37, dtype=torch.long))
-    padded = step.StepInput(0, 37, 1, ids=torch.zeros(1, 37, dtype=torch.long), mask=torch.ones(1, 37))
+    padded = step.StepInput(
+        0, 37, 1, ids=torch.zeros(1, 37, dtype=torch.long), mask=torch.ones(1, 37), padded=True
+    )
     assert not step.chunkable(session, rows, 8) and not step.chunkable(session, padded, 8)
     assert step.Prefill(session, long, 8, None, 1, 1).chunks == [8, 8, 8, 8, 5]
+    # a prompt up to the batch's limit shares a packed forward instead; never a padded one
+    assert step.batchable(session, long, 37) and not step.batchable(session, long, 36)
+    assert not step.batchable(session, padded, 64) and not step.batchable(session, rows, 64)
 
 
 def test_a_session_closed_between_two_chunks_stops_its_prefill(tiny_models):

@@ -89,8 +89,10 @@ def test_up_status_deploy_generate_embed_down_leave_no_process_behind(tmp_path, 
         assert set(nodes) == {"worker-0", "worker-1", "worker-2"}
         assert all(n["state"] == "UP" for n in nodes.values())
         assert [n["trusted"] for _, n in sorted(nodes.items())] == [True, False, False]
-        # Redis is our own, not the machine's shared one.
+        # Redis is our own, not the machine's shared one, and asks for a password of its own
+        # that shows neither on its command line nor in status (the stack file holds it).
         assert not report["redis_url"].endswith(":6379/0")
+        _redis_is_locked(Path(state), written, report)
         second = _cli("up", "--workers", "1", "--state-dir", state)
         assert second.returncode == 1 and "already running" in second.stderr
         _deploy_generate_embed(state, tiny_models)
@@ -154,6 +156,23 @@ def _deploy_generate_embed(state: str, tiny_models) -> None:
     missing = _cli("generate", "x", "--deployment", "nope", "--state-dir", state)
     assert missing.returncode == 1
     assert "deployment 'nope' is not deployed" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def _redis_is_locked(state: Path, written, report: dict) -> None:
+    import redis
+
+    password = redis.connection.parse_url(written.redis_url).get("password")
+    assert password and len(password) >= 24, "resplit up's Redis has no password"
+    assert password not in report["redis_url"] and "***" in report["redis_url"]
+    [record] = [r for r in written.processes if r.kind == "redis"]
+    port = int(record.address.rsplit(":", 1)[1])
+    assert password not in " ".join(psutil.Process(record.pid).cmdline())
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, socket_connect_timeout=2).ping()
+    assert redis.Redis.from_url(written.redis_url, socket_connect_timeout=2).ping()
+    for secret in (stack_mod.stack_file(state), *state.glob("tls/redis-*.conf")):
+        assert secret.stat().st_mode & 0o777 == 0o600, secret
+    assert list(state.glob("tls/redis-*.conf")), "the password's config file is not with the TLS material"
 
 
 def test_up_without_redis_server_says_how_to_install_it(tmp_path):

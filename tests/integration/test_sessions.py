@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
-from support import LocalStack, batch_rows, greedy, spread, wait_for, worker_sessions
+from support import LocalStack, batch_rows, greedy, make_plan, spread, wait_for, worker_sessions
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
@@ -134,32 +134,53 @@ def test_the_head_hop_returns_each_token_straight_to_the_first_hop(stack, tiny_m
                 assert returned == (local, network), (deployment, server_loop)
 
 
-def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_right(stack, tiny_models):
+@pytest.mark.parametrize(
+    ("family", "pieces"), [("llama", 3), ("qwen2-sliding", 2), ("qwen3", 1), ("mistral", 3), ("gpt2", 2)]
+)
+def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_right(
+    stack, tiny_models, family, pieces
+):
     """16 sessions of different prompt lengths and lengths of generation, started at
-    different times, through a 3-way split: the workers run their decode steps as batched
-    forwards (more rows than forwards), and every session's greedy tokens are the whole
-    model's for its own prompt."""
-    model_dir = tiny_models["llama"]
-    stack.deploy("batched", model_dir, spread(num_units(Checkpoint(model_dir).config), 3))
+    different times, through a split: the workers run their steps as batched forwards
+    where the family batches (more rows than forwards), every greedy session's tokens are
+    the whole model's for its own prompt and its logits within 1e-4 of them (fp32), and
+    the seeded sampling sessions among them draw the tokens they draw alone."""
+    model_dir = tiny_models[family]
+    name = f"batched-{family}-{pieces}"
+    stack.deploy(name, model_dir, spread(num_units(Checkpoint(model_dir).config), pieces))
     generator = torch.Generator().manual_seed(5)
     prompts = [torch.randint(4, 300, (2 + i % 7,), generator=generator).tolist() for i in range(16)]
     lengths = [8 + (5 * i) % 17 for i in range(16)]
-    expected = [_reference(model_dir, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    seeded = {3: 11, 10: 12}  # session -> its sampling seed; the others are greedy
+
+    def sampling(i: int) -> Sampling:
+        if i in seeded:
+            return Sampling(max_new_tokens=lengths[i], temperature=1.3, top_k=40, seed=seeded[i])
+        return Sampling(max_new_tokens=lengths[i])
+
+    logits: dict[int, torch.Tensor] = {}
 
     def run(i: int) -> list[int]:
         time.sleep(0.02 * (i % 5))  # joins at different times
         with Client(stack.orchestrator.address) as client:
-            route = client.route("batched")
-            sampling = Sampling(max_new_tokens=lengths[i])
-            return [t.token_id for t in client.generate_ids(prompts[i], route, sampling)]
+            route = client.route(name)
+            tokens = list(client.generate_ids(prompts[i], route, sampling(i), return_logits=i not in seeded))
+        if i not in seeded:
+            logits[i] = torch.stack([t.logits for t in tokens])
+        return [t.token_id for t in tokens]
 
+    references = {i: greedy(model_dir, prompts[i], lengths[i]) for i in range(16) if i not in seeded}
+    expected = [run(i) if i in seeded else references[i][0] for i in range(16)]  # seeded: alone first
     _all_closed(stack.worker_procs)
     rows_before, forwards_before = batch_rows(stack.worker_procs)
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(run, range(16)))
     assert got == expected
+    worst = max((logits[i] - references[i][1]).abs().max().item() for i in references)
+    assert worst <= 1e-4, worst
     rows, forwards = batch_rows(stack.worker_procs)
-    assert rows - rows_before > forwards - forwards_before > 0, (rows, forwards)
+    if family not in ("gpt2", "mistral", "qwen2-sliding"):  # these step row by row (no lean step)
+        assert rows - rows_before > forwards - forwards_before > 0, (rows, forwards)
     _all_closed(stack.worker_procs)
 
 
@@ -251,6 +272,7 @@ def limited(tiny_models):
         local.start()
         model_dir = tiny_models["llama"]
         local.deploy("limited", model_dir, spread(num_units(Checkpoint(model_dir).config), 2))
+        local.deployed_model = model_dir  # type: ignore[attr-defined]
         yield local
     finally:
         local.stop()
@@ -269,6 +291,26 @@ def test_session_limit_answers_resource_exhausted(limited):
         for session in held:
             assert len(list(session)) == 4  # the held sessions finish untouched
         assert len(list(client.generate_ids([5, 6], route, Sampling(max_new_tokens=2)))) == 2
+    _all_closed(limited.worker_procs)
+
+
+def test_sessions_at_the_session_limit_move_to_a_new_split_on_the_same_workers(limited):
+    """Both workers hold their limit of 2 sessions when the plan re-splits over the same
+    workers: each session opens its next epoch's segment beside its old one (counted once,
+    as the session it is), moves its cache and finishes with the tokens it would have."""
+    model_dir = limited.deployed_model  # type: ignore[attr-defined]
+    units = num_units(Checkpoint(model_dir).config)
+    expected = _reference(model_dir, [5, 6], 5)
+    with Client(limited.orchestrator.address) as client:
+        client.server_loop = False  # each step waits for the client: the sessions are mid-way
+        route = client.route("limited")
+        held = [client._run(client._generate_exchange([5, 6], route, Sampling(5), False)) for _ in range(2)]
+        firsts = [next(session).token_id for session in held]
+        cut = route.hops[0].units.end
+        moved = limited.rollout(make_plan("limited", [(0, cut + 1, 0), (cut + 1, units, 1)]))
+        assert moved.committed.epoch > route.epoch
+        got = [[first] + [t.token_id for t in session] for first, session in zip(firsts, held, strict=True)]
+    assert got == [expected, expected]
     _all_closed(limited.worker_procs)
 
 

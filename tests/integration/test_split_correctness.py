@@ -22,7 +22,7 @@ from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
-DECODERS = ["llama", "qwen2", "qwen2-sliding", "mistral", "gpt2"]
+DECODERS = ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral", "gpt2"]
 PROMPT = [5, 17, 33, 40, 41, 8, 99, 100, 12, 13, 7, 250]
 NEW_TOKENS = 33  # the prefill's token, then 32 decode steps
 

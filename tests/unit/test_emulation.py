@@ -75,3 +75,24 @@ def test_an_emulated_segment_takes_the_profiles_time_and_passes_real_shapes(unit
     assert took >= predicted * 0.99, (took, predicted)
     print(f"30 emulated decode steps: {took / predicted:.3f}x the profile's time")
     assert int(last.logits[0].argmax()) == emulated_token(s2.seq_len, 128256, frozenset({128001}))
+
+
+def test_an_emulated_batched_step_costs_one_forward_of_that_many_rows(units):
+    """Eight sessions' decode steps as one batch wait what the profile gives for 8 rows
+    (the weights read once), far less than 8 single steps, and each session gets its own
+    token and cache growth, as it would alone."""
+    device = EmulatedDevice(A100)
+    head = EmulatedSegment(LLAMA3, 17, 34, device, torch.float16)
+    states = [head.new_state() for _ in range(8)]
+    for i, state in enumerate(states):
+        head.step(state, hidden=torch.zeros(1, 3 + i, 4096, dtype=torch.float16))
+    solo = device.step_seconds(head.units, 1, 10, 1)
+    out = head.step_rows(states, hidden=torch.zeros(8, 1, 4096, dtype=torch.float16))
+    assert head.batches_decode()
+    assert head.last_predicted_s == device.step_seconds(head.units, 1, 10, 8)
+    assert solo < head.last_predicted_s < 2 * solo  # memory-bound: 8 rows cost about one
+    assert [s.seq_len for s in states] == [4 + i for i in range(8)]
+    assert [int(out.logits[i].argmax()) for i in range(8)] == [
+        emulated_token(4 + i, 128256, frozenset({128001})) for i in range(8)
+    ]
+    assert states[3].cache.layers[0].keys.shape == (1, 1, 7, 1024)

@@ -163,3 +163,23 @@ def test_a_member_that_does_not_come_back_holds_a_batch_at_most_a_few_forwards()
 def test_gather_must_not_be_negative():
     with pytest.raises(ValueError, match="gather_s"):
         Batcher(_Forward(), gather_s=-1)
+
+
+def test_a_batch_takes_steps_up_to_its_cost_and_the_rest_run_next():
+    """Prompts cost their tokens: a batch takes waiting steps in order while their cost fits
+    (its first step always), the rest wait for the next batch."""
+
+    async def run():
+        forward = _Forward()
+        batcher = Batcher(forward, max_rows=8, max_cost=10)
+        forward.hold = True
+        first = asyncio.create_task(batcher.submit("seg", "a", cost=1))
+        await asyncio.sleep(0.01)
+        costs = {"p6": 6, "p3": 3, "p4": 4, "d": 1, "huge": 50}
+        rest = [asyncio.create_task(batcher.submit("seg", name, cost=c)) for name, c in costs.items()]
+        await asyncio.sleep(0.01)
+        forward.release.set()
+        await asyncio.gather(first, *rest)
+        return forward.batches
+
+    assert asyncio.run(run()) == [["a"], ["p6", "p3"], ["p4", "d"], ["huge"]]

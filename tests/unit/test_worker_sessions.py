@@ -34,11 +34,16 @@ def test_a_session_open_on_two_segments_or_two_epochs_is_one_client():
     assert first.sessions == 1 and last.sessions == 1
 
 
-def test_the_session_limit_counts_open_segments():
+def test_the_session_limit_counts_sessions_and_never_refuses_one_already_here():
+    """At the limit a new session is refused, but one already open here still opens its
+    other segment or its next epoch's (a live move under a full worker must not fail)."""
     table = SessionTable(Limits(max_sessions=1))
     _open(table, "a", _hosted(0, 3))
-    with pytest.raises(Exhausted, match="limit 1"):
+    with pytest.raises(Exhausted, match="already serves 1 sessions \\(limit 1\\)"):
         _open(table, "b", _hosted(0, 3))
+    _open(table, "a", _hosted(5, 7))
+    _open(table, "a", _hosted(0, 3, epoch=2))
+    assert (len(table), table.clients()) == (3, 1)
 
 
 def test_closing_a_session_mid_step_leaves_the_cache_to_the_step_and_frees_it_otherwise():

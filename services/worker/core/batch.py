@@ -73,7 +73,9 @@ class _Members:
 class Batcher(Generic[Item]):
     """Collects steps per key (a hosted segment) and runs them in batches, one at a time per key."""
 
-    def __init__(self, run: RunBatch, max_rows: int = 64, gather_s: float = 0.2) -> None:
+    def __init__(
+        self, run: RunBatch, max_rows: int = 64, gather_s: float = 0.2, max_cost: int | None = None
+    ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if gather_s < 0:
@@ -81,7 +83,10 @@ class Batcher(Generic[Item]):
         self.run = run
         self.max_rows = max_rows
         self.gather_s = gather_s
-        self._waiting: dict[Hashable, list[tuple[Item, Hashable, asyncio.Future[Any]]]] = {}
+        #: The most cost (new tokens) one batch takes, beyond its first step; None: no bound.
+        self.max_cost = max_cost
+        #: Per key: (step, its session, its cost, its result to be) in arrival order.
+        self._waiting: dict[Hashable, list[tuple[Item, Hashable, int, asyncio.Future[Any]]]] = {}
         self._running: set[Hashable] = set()
         self._members: dict[Hashable, _Members] = {}
         self._drains: set[asyncio.Task[None]] = set()
@@ -96,12 +101,13 @@ class Batcher(Generic[Item]):
             members.seen.pop(member, None)
             members.arrived.set()
 
-    async def submit(self, key: Hashable, item: Item, member: Hashable | None = None) -> Any:
-        """Run ``item`` (a step of ``member``, its session) in the next batch of ``key``
-        (at once when ``key`` is idle and no member of its last batch is still to come
-        back); its result, or its own exception raised (never a batch mate's)."""
+    async def submit(self, key: Hashable, item: Item, member: Hashable | None = None, cost: int = 1) -> Any:
+        """Run ``item`` (a step of ``member``, its session; ``cost``: its new tokens) in
+        the next batch of ``key`` that has room for it (at once when ``key`` is idle and no
+        member is still to come back); its result, or its own exception raised (never a
+        batch mate's)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append((item, member, future))
+        self._waiting.setdefault(key, []).append((item, member, cost, future))
         members = self._members.setdefault(key, _Members())
         if member is not None:
             members.seen[member] = time.monotonic()
@@ -137,7 +143,7 @@ class Batcher(Generic[Item]):
         if members is None or self.gather_s == 0:
             return
         deadline = time.monotonic() + min(self.gather_s, GATHER_FORWARDS * members.forward_s)
-        while members.missing({m for _, m, _ in self._waiting.get(key, ())}, time.monotonic()):
+        while members.missing({m for _, m, _, _ in self._waiting.get(key, ())}, time.monotonic()):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -149,16 +155,22 @@ class Batcher(Generic[Item]):
     async def _next_batch(self, key: Hashable) -> None:
         await self._gather(key)
         waiting = self._waiting[key]
-        batch = waiting[: self.max_rows]
-        del waiting[: self.max_rows]
+        taken, cost = 0, 0
+        for _, _, step_cost, _ in waiting[: self.max_rows]:
+            cost += step_cost
+            if taken and self.max_cost is not None and cost > self.max_cost:
+                break
+            taken += 1
+        batch = waiting[:taken]
+        del waiting[:taken]
         if not waiting:
             del self._waiting[key]
-        batch = [(item, member, future) for item, member, future in batch if not future.done()]  # gone
+        batch = [entry for entry in batch if not entry[3].done()]  # gone meanwhile
         if not batch:
             return
         started = time.monotonic()
         try:
-            results = await self.run(key, [item for item, _, _ in batch])
+            results = await self.run(key, [entry[0] for entry in batch])
         except BaseException as exc:  # the batch itself failed: every step of it fails
             results = [exc] * len(batch)
             if not isinstance(exc, Exception):
@@ -168,8 +180,8 @@ class Batcher(Generic[Item]):
         _settle(batch, results)
 
 
-def _settle(batch: list[tuple[Any, Hashable, asyncio.Future[Any]]], results: list[Any]) -> None:
-    for (_, _, future), result in zip(batch, results, strict=True):
+def _settle(batch: list[tuple[Any, Hashable, int, asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, _, _, future), result in zip(batch, results, strict=True):
         if future.done():  # its session went away meanwhile
             continue
         if isinstance(result, asyncio.CancelledError):

@@ -76,10 +76,13 @@ class SessionTable:
             raise Duplicate(
                 f"session {session.session_id!r} is already open on units starting at {session.hosted.start}"
             )
-        if len(self._sessions) >= self.limits.max_sessions:
+        # The limit counts sessions, not their segments: one already here opening another
+        # segment (S1 and S3 on one worker) or crossing to a new epoch (a live move, while
+        # its old segment drains) is never refused, or a rollout under a full worker fails.
+        if session.session_id not in self._per_id and len(self._per_id) >= self.limits.max_sessions:
             limit = self.limits.max_sessions
             raise Exhausted(
-                f"this worker already serves {len(self._sessions)} sessions (limit {limit}); "
+                f"this worker already serves {len(self._per_id)} sessions (limit {limit}); "
                 "retry later or use another route"
             )
         self._sessions[session.key] = session

@@ -34,12 +34,14 @@ class StepInput:
     ids: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     assembler: Assembler | None = None
+    #: An attention mask came with it (padding): it runs alone, as one forward.
+    padded: bool = False
 
 
 def tokens_step(session: Session, tokens: worker_pb2.TokenInput) -> StepInput:
     """A step given as token ids (the hop holding the embedding)."""
     ids, mask = token_input(session.hosted, tokens)
-    return StepInput(tokens.step, ids.shape[1], ids.shape[0], ids=ids, mask=mask)
+    return StepInput(tokens.step, ids.shape[1], ids.shape[0], ids=ids, mask=mask, padded=mask is not None)
 
 
 def add_chunk(assembler: Assembler, chunk: tensor_pb2.TensorChunk) -> bool:
@@ -59,7 +61,11 @@ def activation_step(assembler: Assembler) -> StepInput:
     # A malformed shape counts 0 here and is refused with the full check in activation().
     shaped = len(header.shape) == 3
     return StepInput(
-        header.step, header.shape[1] if shaped else 0, header.shape[0] if shaped else 0, assembler=assembler
+        header.step,
+        header.shape[1] if shaped else 0,
+        header.shape[0] if shaped else 0,
+        assembler=assembler,
+        padded=bool(header.attention_mask),
     )
 
 
@@ -94,7 +100,7 @@ def chunkable(session: Session, given: StepInput, chunk_tokens: int) -> bool:
         chunk_tokens > 0
         and given.rows == 1
         and given.tokens > chunk_tokens
-        and given.mask is None
+        and not given.padded
         and hosted.generative
         and len(hosted.segment.block_range) > 0
     )
@@ -156,17 +162,17 @@ class Prefill:
         return sample(session, self.given.step, output.logits[0], self.chunk_bytes, self.latest_epoch)
 
 
-def batchable(session: Session, given: StepInput) -> bool:
-    """Whether this step may share a batched forward with other sessions' steps: one new
-    token of one row (a decode step) of a generative segment that has a batched step."""
+def batchable(session: Session, given: StepInput, max_tokens: int) -> bool:
+    """Whether this step may share a batched forward with other sessions' steps: one row,
+    unpadded, of a generative segment, either one new token (a decode step, on a segment
+    with a batched step) or a prompt of at most ``max_tokens`` (on a segment that packs
+    prompts; a longer one runs in chunks, :class:`Prefill`)."""
     hosted = session.hosted
-    return (
-        given.rows == 1
-        and given.tokens == 1
-        and hosted.generative
-        and given.mask is None
-        and hosted.segment.batches_decode()
-    )
+    if given.rows != 1 or given.padded or not hosted.generative:
+        return False
+    if given.tokens == 1:
+        return hosted.segment.batches_decode()
+    return 1 < given.tokens <= max_tokens and hosted.segment.batches_prompts()
 
 
 @dataclass
@@ -179,9 +185,10 @@ class Row:
 
 
 def run_rows(rows: list[Row], chunk_bytes: int, latest_epoch: int) -> list[Any]:
-    """Several sessions' one-token steps on one segment as one batched forward
-    (``Segment.step_rows``): per row what :func:`run` returns, or the row's own refusal
-    (a malformed activation fails its session, never its batch mates)."""
+    """Several sessions' steps on one segment as one batched forward: one-token steps
+    (``Segment.step_rows``), or, when prompts are among them, every step's tokens packed
+    along the sequence (``Segment.step_packed``). Per row what :func:`run` returns, or the
+    row's own refusal (a malformed activation fails its session, never its batch mates)."""
     out: list[Any] = [None] * len(rows)
     ready: list[int] = []
     inputs: list[torch.Tensor] = []
@@ -203,13 +210,22 @@ def run_rows(rows: list[Row], chunk_bytes: int, latest_epoch: int) -> list[Any]:
     if not ready:
         return out
     segment = rows[ready[0]].session.hosted.segment
-    stacked = torch.cat(inputs)
+    states = [rows[i].session.state for i in ready]
+    lengths = [rows[i].given.tokens for i in ready]
     from_ids = rows[ready[0]].given.assembler is None
-    output = segment.step_rows(
-        [rows[i].session.state for i in ready],
-        input_ids=stacked if from_ids else None,
-        hidden=None if from_ids else stacked,
-    )
+    if max(lengths) == 1:
+        stacked = torch.cat(inputs)  # [N, 1] ids or [N, 1, H]
+        output = segment.step_rows(
+            states, input_ids=stacked if from_ids else None, hidden=None if from_ids else stacked
+        )
+        spans = [(slice(j, j + 1), slice(None)) for j in range(len(ready))]
+    else:
+        packed = torch.cat(inputs, dim=1)  # [1, T] ids or [1, T, H]
+        output = segment.step_packed(
+            states, lengths, input_ids=packed if from_ids else None, hidden=None if from_ids else packed
+        )
+        ends = torch.tensor(lengths).cumsum(0).tolist()
+        spans = [(slice(None), slice(end - n, end)) for n, end in zip(lengths, ends, strict=True)]
     for j, i in enumerate(ready):
         row = rows[i]
         session, step_no = row.session, row.given.step
@@ -219,7 +235,8 @@ def run_rows(rows: list[Row], chunk_bytes: int, latest_epoch: int) -> list[Any]:
             except BadInput as exc:
                 out[i] = exc
         else:
-            out[i] = forwarded(session, step_no, output.hidden[j : j + 1], row.next_units, None, chunk_bytes)
+            hidden = output.hidden[spans[j]]
+            out[i] = forwarded(session, step_no, hidden, row.next_units, None, chunk_bytes)
     return out
 
 
