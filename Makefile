@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The throw-away environment of `make lock` and `make test-latest`.
 LATEST ?= .venv-latest
 
-.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs clean
+.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs k8s-check clean
 
 setup: $(STAMP) redis
 
@@ -87,6 +87,11 @@ demo: setup
 # (0644) because the containers run as another user: development only.
 certs: $(STAMP)
 	$(BIN)/resplit certs certs --readable-keys
+
+# deploy/k8s rendered offline, validated against the Kubernetes schemas and checked for
+# its invariants (docs/KUBERNETES.md); the suite runs the same (tests/unit/test_k8s_manifests.py).
+k8s-check: $(STAMP)
+	$(BIN)/python tools/k8s.py
 
 # Every benchmark under bench/ (but the paper sweep) and the testbed's quick scenario
 # (root), one at a time; their tables collected in results/BENCHMARKS.md (~15 min on 2 cores).

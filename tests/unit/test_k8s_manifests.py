@@ -1,0 +1,161 @@
+"""deploy/k8s renders offline, passes the Kubernetes schemas and keeps its invariants;
+and the check that says so fails on a broken copy (tools/k8s.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))
+import k8s  # tools/ is not a package: imported from its folder
+
+
+def test_manifests_validate_and_keep_their_invariants():
+    objects = k8s.render()
+    kinds = {(obj["kind"], obj["metadata"]["name"]) for obj in objects}
+    assert ("StatefulSet", "redis") in kinds
+    assert {
+        ("Deployment", name) for name in ("monitor", "splitter", "broadcaster", "orchestrator", "gateway")
+    } <= kinds
+    assert {("DaemonSet", name) for name in ("worker", "worker-trusted", "worker-gpu")} <= kinds
+    assert all(obj["metadata"].get("namespace") == "resplit" for obj in objects if obj["kind"] != "Namespace")
+    assert k8s.problems_in() == []
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl binary to compare with")
+def test_the_renderer_agrees_with_kubectl_kustomize():
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(k8s.DEFAULT_DIR)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+    def key(obj: dict[str, Any]) -> tuple[str, str]:
+        return obj["kind"], obj["metadata"]["name"]
+
+    theirs = sorted(yaml.safe_load_all(out), key=key)
+    assert sorted(k8s.render(), key=key) == theirs
+
+
+# --------------------------------------------------------------------------- broken copies
+
+Obj = dict[str, Any]
+
+
+def _container(obj: Obj) -> Obj:
+    return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+def _drop_readiness_probe(obj: Obj) -> None:
+    del _container(obj)["readinessProbe"]
+
+
+def _tcp_liveness(obj: Obj) -> None:
+    _container(obj)["livenessProbe"] = {"tcpSocket": {"port": 50051}}
+
+
+def _no_limits(obj: Obj) -> None:
+    del _container(obj)["resources"]["limits"]
+
+
+def _trust_untrusted_pool(obj: Obj) -> None:
+    _container(obj)["env"].append({"name": "RESPLIT_TRUSTED", "value": "true"})
+
+
+def _trust_by_flag(obj: Obj) -> None:
+    _container(obj)["args"] = ["--trusted"]
+
+
+def _drop_trust_label(obj: Obj) -> None:
+    for term in obj["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]:
+        term["matchExpressions"] = [e for e in term["matchExpressions"] if e["key"] != k8s.TRUST_LABEL]
+
+
+def _trust_from_pod_annotation(obj: Obj) -> None:
+    env = _container(obj)["env"]
+    env[:] = [item for item in env if item["name"] != "RESPLIT_TRUSTED"]
+    field = {"fieldRef": {"fieldPath": "metadata.annotations['resplit.io/trusted']"}}
+    env.append({"name": "RESPLIT_TRUSTED", "valueFrom": field})
+
+
+def _open_worker_port(obj: Obj) -> None:
+    del obj["spec"]["ingress"][0]["from"]
+
+
+def _tls_from_host(obj: Obj) -> None:
+    for item in _container(obj)["env"]:
+        if item["name"] == "RESPLIT_TLS_KEY":
+            item["value"] = "/etc/resplit/tls.key"
+
+
+def _unknown_field(obj: Obj) -> None:
+    _container(obj)["livenesProbe"] = _container(obj)["livenessProbe"]
+
+
+BROKEN = {
+    "probe removed": ("control.yaml", "Deployment", "monitor", _drop_readiness_probe, "no readinessProbe"),
+    "probe not gRPC": ("control.yaml", "Deployment", "monitor", _tcp_liveness, "not a native gRPC probe"),
+    "no limits": ("workers.yaml", "DaemonSet", "worker", _no_limits, "no limits for cpu, memory"),
+    "trust without label": ("workers.yaml", "DaemonSet", "worker", _trust_untrusted_pool, "trusted, but not"),
+    "--trusted without label": (
+        "workers.yaml",
+        "DaemonSet",
+        "worker-gpu",
+        _trust_by_flag,
+        "trusted, but not",
+    ),
+    "label dropped from trusted": (
+        "workers.yaml",
+        "DaemonSet",
+        "worker-trusted",
+        _drop_trust_label,
+        "trusted, but",
+    ),
+    "trust from the pod": (
+        "workers.yaml",
+        "DaemonSet",
+        "worker-trusted",
+        _trust_from_pod_annotation,
+        "not set by the manifest",
+    ),
+    "worker port open": ("network-policy.yaml", "NetworkPolicy", "worker-grpc", _open_worker_port, "opens"),
+    "key not from a Secret": (
+        "gateway.yaml",
+        "Deployment",
+        "gateway",
+        _tls_from_host,
+        "not a file from a Secret",
+    ),
+    "schema": ("control.yaml", "Deployment", "splitter", _unknown_field, "schema"),
+}
+
+
+def _broken_copy(tmp_path: Path, file: str, kind: str, name: str, change: Callable[[Obj], None]) -> Path:
+    copy = tmp_path / "k8s"
+    shutil.copytree(k8s.DEFAULT_DIR, copy)
+    docs = list(yaml.safe_load_all((copy / file).read_text()))
+    [target] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    change(target)
+    (copy / file).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return copy
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_copy_fails(tmp_path, case):
+    file, kind, name, change, expected = BROKEN[case]
+    problems = k8s.problems_in(_broken_copy(tmp_path, file, kind, name, change))
+    assert any(expected in line for line in problems), problems
+
+
+def test_the_command_line_exits_1_on_a_broken_copy(tmp_path, capsys):
+    file, kind, name, change, expected = BROKEN["trust without label"]
+    assert k8s.main([str(_broken_copy(tmp_path, file, kind, name, change))]) == 1
+    assert expected in capsys.readouterr().err
