@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".compose-test"
 PROJECT = "resplit"
 DEPLOYMENT = "tiny-llama"
-PROMPT = [5, 17, 42, 7, 99, 3]
+PROMPT = [5, 17, 42, 7, 99, 13]  # no special token (ids 0-3): transformers masks the pad id
 NEW_TOKENS = 24
 TRUSTED = "edge-1"
 
@@ -42,10 +42,13 @@ from resplit import Client
 with Client("orchestrator:50052") as client:
     route = client.route(sys.argv[1])
     print(json.dumps({"hops": [hop.node_id for hop in route.hops]}), flush=True)
-    for token in client.generate(
+    tokens = client.generate(
         json.loads(sys.argv[2]), deployment=sys.argv[1], max_new_tokens=int(sys.argv[3]), stop_token_ids=[]
-    ):
+    )
+    for i, token in enumerate(tokens):
         print(json.dumps({"token": token.token_id}), flush=True)
+        if i == 3 and sys.argv[4] == "pause":
+            sys.stdin.readline()  # the session waits here while a worker is killed
 """
 
 
@@ -61,11 +64,12 @@ def compose(*args: str, check: bool = True, capture: bool = False) -> subprocess
     return subprocess.run(command, cwd=ROOT, env=env, check=check, text=True, capture_output=capture)
 
 
-def client_command(new_tokens: int) -> list[str]:
+def client_command(new_tokens: int, pause: bool) -> list[str]:
     return [
         compose_binary(),
         *("-p", PROJECT, "-f", str(ROOT / "docker-compose.yml")),
         *("exec", "-T", "gateway", "python", "-c", CLIENT, DEPLOYMENT, json.dumps(PROMPT), str(new_tokens)),
+        "pause" if pause else "-",
     ]
 
 
@@ -100,8 +104,10 @@ def prepare() -> list[int]:
 def generate(kill: bool) -> tuple[list[str], list[int], str | None]:
     """(hops, tokens, the worker killed) of one session, run in the gateway's container."""
     env = {**os.environ, "RESPLIT_MODELS": str(WORK / "models")}
-    proc = subprocess.Popen(client_command(NEW_TOKENS), cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
+    command = client_command(NEW_TOKENS, pause=kill)
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=pipe, stdout=pipe, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
     hops: list[str] = []
     tokens: list[int] = []
     killed = None
@@ -114,8 +120,11 @@ def generate(kill: bool) -> tuple[list[str], list[int], str | None]:
         if kill and killed is None and len(tokens) == 4:
             killed = next(node for node in hops if node != TRUSTED)
             started = time.perf_counter()
-            compose("kill", killed)
-            print(f"  killed {killed} after 4 tokens ({time.perf_counter() - started:.1f} s)")
+            compose("kill", killed)  # SIGKILL: the container is gone when this returns
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            took = time.perf_counter() - started
+            print(f"  killed {killed} after 4 tokens ({took:.1f} s); the session goes on")
     if proc.wait() != 0:
         raise SystemExit(f"the client failed (exit {proc.returncode})")
     return hops, tokens, killed
@@ -142,19 +151,18 @@ def main() -> int:
         compose("exec", "-T", "orchestrator", *deploy, "--orchestrator", "127.0.0.1:50052")
         phase("deploy", started)
 
-        started = time.perf_counter()
-        hops, tokens, _ = generate(kill=False)
-        phase("generate", started)
-        print(f"  route {hops}; tokens equal the whole model's: {tokens == expected}")
-        if tokens != expected:
-            raise SystemExit(f"tokens differ from the whole model:\n  {tokens}\n  {expected}")
-
-        started = time.perf_counter()
-        hops, tokens, killed = generate(kill=True)
-        phase("generate, a worker killed", started)
-        print(f"  route {hops}, {killed} killed; tokens equal the whole model's: {tokens == expected}")
-        if tokens != expected:
-            raise SystemExit(f"tokens differ after killing {killed}:\n  {tokens}\n  {expected}")
+        for kill, name in ((False, "generate"), (True, "generate, a worker killed")):
+            started = time.perf_counter()
+            hops, tokens, killed = generate(kill=kill)
+            phase(name, started)
+            print(f"  route {hops}, killed {killed}; tokens equal the whole model's: {tokens == expected}")
+            if killed:
+                status = "{{.State.Status}}, restarts {{.RestartCount}}"
+                inspect = ["docker", "inspect", "-f", status, f"{PROJECT}-{killed}-1"]
+                state = subprocess.run(inspect, capture_output=True, text=True, check=False).stdout.strip()
+                print(f"  {killed} now: {state or 'gone'}")
+            if tokens != expected:
+                raise SystemExit(f"tokens differ from the whole model's:\n  {tokens}\n  {expected}")
     except BaseException:
         compose("logs", "--no-color", "--tail", "15", check=False)
         raise
