@@ -3,6 +3,7 @@ and the check that says so fails on a broken copy (tools/k8s.py)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,91 @@ def test_the_command_line_exits_1_on_a_broken_copy(tmp_path, capsys):
     file, kind, name, change, expected = BROKEN["trust without label"]
     assert k8s.main([str(_broken_copy(tmp_path, file, kind, name, change))]) == 1
     assert expected in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the settings the pods get
+
+POD = {"metadata.name": "worker-trusted-x7k2p", "metadata.namespace": "resplit", "spec.nodeName": "box-1"}
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+# Where a service that dials another is told to find it: the Service names.
+DIALS = {p: f"{p}:{port}" for p, port in (("monitor", 50051), ("orchestrator", 50052), ("splitter", 50053))}
+DIALS["broadcaster"] = "broadcaster:50054"
+
+
+def _quantity(text: str) -> int:
+    return int(text[:-2]) * UNITS[text[-2:]] if text[-2:] in UNITS else int(text)
+
+
+def _pod_env(container: Obj) -> dict[str, str]:
+    """The container's environment as the kubelet makes it (valueFrom resolved, $(VAR) expanded)."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        source = item.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            value = "s3cr3t"
+        elif "fieldRef" in source:
+            value = POD[source["fieldRef"]["fieldPath"]]
+        elif "resourceFieldRef" in source:
+            value = str(
+                _quantity(container["resources"]["limits"][source["resourceFieldRef"]["resource"][7:]])
+            )
+        else:
+            value = item["value"]
+            for name, known in env.items():
+                value = value.replace(f"$({name})", known)
+        env[item["name"]] = value
+    return env
+
+
+def test_every_pod_environment_parses_into_the_settings_meant(monkeypatch):
+    """What the manifests set reaches each service's settings as meant (a typo in a RESPLIT_
+    name or value would be ignored or refused at start on a real cluster)."""
+    from resplit.config import parse_settings, transport_problem
+
+    classes = {
+        "resplit-monitor": "services.monitor.config:MonitorSettings",
+        "resplit-splitter": "services.splitter.config:SplitterSettings",
+        "resplit-broadcaster": "services.broadcaster.config:BroadcasterSettings",
+        "resplit-orchestrator": "services.orchestrator.config:OrchestratorSettings",
+        "resplit-gateway": "services.gateway.config:GatewaySettings",
+        "resplit-worker": "services.worker.config:WorkerSettings",
+    }
+    seen = set()
+    for obj in k8s.render():
+        for container in k8s._containers(obj):
+            if not k8s._is_resplit(container):
+                continue
+            command = container["command"][0]
+            module, name = classes[command].split(":")
+            cls = getattr(__import__(module, fromlist=[name]), name)
+            for key in [k for k in os.environ if k.startswith("RESPLIT_")]:
+                monkeypatch.delenv(key)
+            env = _pod_env(container)
+            for key, value in env.items():
+                monkeypatch.setenv(key, value)
+            settings = parse_settings(cls, [])
+            where = k8s._id(obj)
+            assert transport_problem(settings) is None, where
+            assert settings.host == "0.0.0.0" and settings.health_port == 50099, where
+            assert settings.redis_url == "redis://:s3cr3t@redis:6379/0", where
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert (settings.port, settings.http_port) == (ports["grpc"], ports["http"]), where
+            if command == "resplit-worker":
+                assert settings.trusted == (obj["metadata"]["name"] == "worker-trusted"), where
+                assert settings.node_id == "box-1", where
+                assert settings.advertise_host == "worker-trusted-x7k2p.worker.resplit.svc.cluster.local", (
+                    where
+                )
+                assert settings.memory_bytes == _quantity(container["resources"]["limits"]["memory"]), where
+            else:
+                assert settings.advertise_host == obj["metadata"]["name"], where
+            dials = {
+                "monitor": "monitor:50051",
+                "splitter": "splitter:50053",
+                "broadcaster": "broadcaster:50054",
+            }
+            dials["orchestrator"] = "orchestrator:50052"
+            for peer, address in dials.items():
+                assert getattr(settings, f"{peer}_address", address) == address, (where, peer)
+            seen.add(command)
+    assert seen == set(classes)
