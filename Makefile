@@ -116,6 +116,10 @@ docker:
 
 IMAGE ?= resplit:dev
 BASE_IMAGE ?=
+# cpu: the CPU torch wheel pip's find-links hold goes into the build. cuda: none, so pip
+# takes PyPI's torch, the CUDA build with its CUDA libraries (the GPU image for nodes
+# with the NVIDIA container runtime): make image TORCH_BUILD=cuda IMAGE=resplit:cuda
+TORCH_BUILD ?= cpu
 # The CA bundle pip's package index needs (default: $PIP_CERT, else pip's `cert` setting).
 CA_BUNDLE ?=
 LOCAL_BASE := resplit-base:bookworm
@@ -128,8 +132,8 @@ image: docker
 		else tools/base_image.sh $(LOCAL_BASE) && base=$(LOCAL_BASE); fi; \
 	fi; \
 	rm -rf wheels ca-bundle.crt; mkdir -p wheels; \
-	for dir in $$($(PYTHON) -m pip config get global.find-links 2>/dev/null); do \
-		cp $$dir/torch-*+cpu-*.whl wheels/ 2>/dev/null || true; done; \
+	if [ "$(TORCH_BUILD)" = cpu ]; then for dir in $${PIP_FIND_LINKS:-$$($(PYTHON) -m pip config get global.find-links 2>/dev/null)}; do \
+		cp $$dir/torch-*+cpu-*.whl wheels/ 2>/dev/null || true; done; fi; \
 	cert="$(CA_BUNDLE)"; [ -n "$$cert" ] || cert="$${PIP_CERT:-$$($(PYTHON) -m pip config get global.cert 2>/dev/null || true)}"; \
 	if [ -n "$$cert" ] && [ -f "$$cert" ]; then cp "$$cert" ca-bundle.crt; fi; \
 	echo "building $(IMAGE) on $$base"; \
