@@ -248,3 +248,59 @@ def test_every_pod_environment_parses_into_the_settings_meant(monkeypatch):
                 assert getattr(settings, f"{peer}_address", address) == address, (where, peer)
             seen.add(command)
     assert seen == set(classes)
+
+
+FAKE_KUBECTL = """#!/bin/bash
+# Offline stand-in: what would be applied is appended to $APPLIED; nothing exists yet.
+case " $* " in
+  *" apply "*) { echo "---"; cat; } >> "$APPLIED" ;;
+  *" get secret "*) exit 1 ;;
+  *" create secret generic resplit-redis "*)
+    { echo "---"; "$KUBECTL" "$@" --dry-run=client -o yaml; } >> "$APPLIED" ;;
+  *) exec "$KUBECTL" "$@" ;;
+esac
+"""
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="secrets.sh needs kubectl (client side only)")
+def test_secrets_sh_makes_the_secrets_the_manifests_read(tmp_path):
+    """deploy/k8s/secrets.sh, against a kubectl that applies nothing: every Secret a pod reads
+    is made, with the keys it reads, and the worker certificate names every worker pod."""
+    fake = tmp_path / "bin" / "kubectl"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_KUBECTL)
+    fake.chmod(0o755)
+    applied = tmp_path / "applied.yaml"
+    env = {
+        **os.environ,
+        "PATH": f"{fake.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "KUBECTL": shutil.which("kubectl"),
+        "APPLIED": str(applied),
+        "CERTS": str(tmp_path / "certs"),
+    }
+    script = k8s.DEFAULT_DIR / "secrets.sh"
+    subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    made = {
+        d["metadata"]["name"]: set(d.get("data", {})) for d in yaml.safe_load_all(applied.read_text()) if d
+    }
+    read: dict[str, set[str]] = {}
+    for obj in k8s.render():
+        for volume in obj.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+            if "secret" in volume:
+                read.setdefault(volume["secret"]["secretName"], set())
+        for container in k8s._containers(obj):
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    read.setdefault(ref["name"], set()).add(ref["key"])
+    for name, keys in read.items():
+        assert name in made, f"no Secret {name}"
+        assert keys <= made[name], (name, keys, made[name])
+    for name in read:
+        if name.startswith("resplit-tls-"):
+            assert made[name] == {"tls.crt", "tls.key", "ca.crt"}, name
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((tmp_path / "certs" / "worker.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "*.worker.resplit.svc.cluster.local" in names.get_values_for_type(x509.DNSName)
