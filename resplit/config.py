@@ -34,6 +34,12 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the gRPC server binds to")
     port: Port = Field(50051, description="gRPC port")
     http_port: Port = Field(9100, description="HTTP side port serving /healthz and /metrics")
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="plaintext gRPC port serving grpc.health.v1 alone, for kubelet gRPC probes (0: none)",
+    )
     advertise_host: str = Field(
         "", description="host other processes use to reach this one (default: host, or 127.0.0.1 for 0.0.0.0)"
     )

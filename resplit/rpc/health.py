@@ -11,6 +11,9 @@ from __future__ import annotations
 from grpc_health.v1 import health, health_pb2
 
 OVERALL = ""
+#: Always SERVING while the process runs (a liveness probe's name): unlike readiness,
+#: it does not drop when a dependency such as Redis stops answering.
+LIVENESS = "liveness"
 
 
 class Readiness:
@@ -25,6 +28,10 @@ class Readiness:
     @property
     def serving(self) -> bool:
         return self._serving
+
+    async def alive(self) -> None:
+        """Mark the process alive (:data:`LIVENESS`); called once, at start."""
+        await self.servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
 
     async def set(self, serving: bool, reason: str = "") -> None:
         """Publish the state to every registered service name."""

@@ -99,6 +99,7 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
     SERVICE_INFO.info({"service": service.name})
     readiness = Readiness(service.service_names)
     await readiness.set(False, "starting")
+    await readiness.alive()
     security = current()  # configured from ``settings`` by load_settings
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
     if security.token:
@@ -124,6 +125,7 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
         raise StartupError(str(exc)) from None
     except RuntimeError as exc:
         raise StartupError(f"cannot listen for gRPC on {bind} (port in use or host invalid): {exc}") from None
+    health_server = _health_only_server(readiness, settings)
     try:
         runner = await start_side_port(build_app(service.name, readiness), settings.host, settings.http_port)
     except OSError as exc:
@@ -137,6 +139,8 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     mode = (
         ("mutual TLS" if settings.tls_client_auth else "TLS") + (" + bearer token" if security.token else "")
         if security.tls
@@ -177,7 +181,27 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
             log.warning("%s: stopping background work took over %.1f s; exiting anyway", service.name,
                         settings.shutdown_grace_s + 1.0)  # fmt: skip
         await runner.cleanup()
+        if health_server is not None:
+            await health_server.stop(0)
     log.info("%s stopped", service.name)
+
+
+def _health_only_server(readiness: Readiness, settings: ServiceSettings) -> grpc.aio.Server | None:
+    """A plaintext gRPC server with grpc.health.v1 alone on ``--health-port`` (None: not asked for).
+
+    Kubernetes' native gRPC probes speak no TLS, and the service port demands mutual TLS;
+    this port tells what /healthz already tells in plain HTTP, and serves nothing else.
+    """
+    if not settings.health_port:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)
+    bind = f"{settings.host}:{settings.health_port}"
+    try:
+        server.add_insecure_port(bind)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen for gRPC health on {bind} (port in use?): {exc}") from None
+    return server
 
 
 class ServiceType(Protocol):

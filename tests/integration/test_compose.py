@@ -17,7 +17,7 @@ import json
 import os
 import re
 import subprocess
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -242,12 +242,18 @@ def test_every_resplit_service_has_a_grpc_health_check() -> None:
             assert check["test"] == ["CMD", "redis-cli", "ping"]
             continue
         port = CONTROL.get(name, WORKER_PORT)
-        assert check["test"] == ["CMD", "resplit", "health", f"127.0.0.1:{port}"], name
+        assert check["test"] == ["CMD", "python", "-m", "resplit.rpc.probe", f"127.0.0.1:{port}"], name
 
 
-def test_health_command_is_a_console_script() -> None:
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert "resplit" in scripts, "the healthchecks run `resplit health`"
+def test_health_command_exits_by_the_state() -> None:
+    """The healthchecks' `python -m resplit.rpc.probe`: 1 and the state when not SERVING, 2 on misuse."""
+    from resplit.launcher.processes import free_port
+
+    probe = [sys.executable, "-m", "resplit.rpc.probe"]
+    address = f"127.0.0.1:{free_port()}"
+    down = subprocess.run([*probe, address], capture_output=True, text=True, env=_clean_env())
+    assert down.returncode == 1 and "UNREACHABLE" in down.stdout, down
+    assert subprocess.run(probe, capture_output=True, env=_clean_env()).returncode == 2
 
 
 def test_dependencies_wait_for_health() -> None:
@@ -290,7 +296,13 @@ def test_published_ports() -> None:
 
 def test_dockerfile_basics() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    # The base is a build argument (default: the official slim image); two stages, and the
+    # runtime stage takes the built environment alone: no pip, no CA bundle of the build.
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+    assert re.findall(r"^FROM (.*)$", text, re.MULTILINE) == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    runtime = text.split("\nFROM ${BASE_IMAGE}\n", 1)[1]
+    assert "pip install" not in runtime and "ca-bundle" not in runtime
+    assert "COPY --from=build /opt/venv /opt/venv" in runtime
     assert re.search(r'^ARG TORCH_SPEC="?torch==2\.13\.0"?$', text, re.MULTILINE)
     assert re.search(r"^ARG PIP_EXTRA_INDEX_URL\b", text, re.MULTILINE)
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)

@@ -65,17 +65,19 @@ def _call(address: str, security: Security) -> tuple[grpc.StatusCode, str]:
 def test_tls_refuses_clients_without_a_valid_certificate_or_token(pki, services, tmp_path):
     """Also: the token from $RESPLIT_TOKEN, and a Redis password that is wrong shows masked."""
     redis = RedisServer(password=REDIS_PASSWORD).start()
+    health_port = free_port()
     try:
         service = ServiceProcess(
             "broadcaster",
             redis.url.replace(REDIS_PASSWORD, REDIS_PASSWORD + "-wrong"),
-            [*_tls_flags(pki, "broadcaster"), "--log-level", "DEBUG"],
+            [*_tls_flags(pki, "broadcaster"), "--log-level", "DEBUG", "--health-port", str(health_port)],
             security=Security.from_pki_dir(pki),
             env={"RESPLIT_TOKEN": ENV_TOKEN},
         )
         services.append(service.start())
         service.wait_health("NOT_SERVING")  # Redis refuses the password
         _check_refusals(service, pki, tmp_path)
+        _check_plaintext_health_port(f"127.0.0.1:{health_port}")
         service.log.wait_for("redis://:***@127.0.0.1")  # the masked URL, logged as Redis refuses
         assert service.terminate() == 0
     finally:
@@ -83,6 +85,14 @@ def test_tls_refuses_clients_without_a_valid_certificate_or_token(pki, services,
     log = service.output()
     assert "redis://:***@127.0.0.1" in log
     assert REDIS_PASSWORD not in log and ENV_TOKEN not in log
+
+
+def _check_plaintext_health_port(address: str) -> None:
+    """--health-port (kubelet gRPC probes speak no TLS): health in plaintext, and nothing else."""
+    plaintext = Security.insecure()
+    assert grpc_health(address, security=plaintext) == "NOT_SERVING"  # readiness: Redis refuses
+    assert grpc_health(address, "liveness", security=plaintext) == "SERVING"  # but the process lives
+    assert _call(address, plaintext)[0] == grpc.StatusCode.UNIMPLEMENTED
 
 
 def _check_refusals(service: ServiceProcess, pki, tmp_path) -> None:
