@@ -9,6 +9,7 @@ on 6379: tests that stop or restart Redis must own the one they stop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -25,15 +26,21 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@functools.lru_cache(maxsize=16)
+def _whole_model(model_dir: str, device: str):
+    """The whole model, loaded once per test process (generate does not change it)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval().to(device)
+
+
 def greedy(
     model_dir, prompt: list[int], new_tokens: int, device: torch.device | None = None
 ) -> tuple[list[int], torch.Tensor]:
     """Greedy tokens and each step's raw logits [new_tokens, vocab] (on the CPU) of the whole
     model, by transformers' ``generate``: the reference every split is compared with."""
-    from transformers import AutoModelForCausalLM
-
     device = device or torch.device("cpu")
-    whole = AutoModelForCausalLM.from_pretrained(model_dir).eval().to(device)
+    whole = _whole_model(str(model_dir), str(device))
     out = whole.generate(
         torch.tensor([prompt], device=device),
         max_new_tokens=new_tokens,
