@@ -172,10 +172,11 @@ def rows(
     spans = []
     start = 0
     for length, cache in zip(lengths, caches, strict=True):
-        past = cache.get_seq_length()
-        # A prompt attends causally, over its own cache; one token attends to everything.
+        # A prompt attends causally, over its own cache; one token attends to everything
+        # (no mask, nothing to look up on the decode path).
         mask = None
         if length > 1:
+            past = cache.get_seq_length()
             mask = torch.ones(length, past + length, dtype=torch.bool, device=h.device).tril(past)
         spans.append((slice(start, start + length), mask))
         start += length
