@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from resplit.kernels.linear import linear_fp32
+
 #: Decoder layers whose one-token forward ``_block_rows`` reproduces op for op.
 LAYER_CLASSES = frozenset(
     {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
@@ -43,7 +45,8 @@ class _Norm:
     eps: float
 
 
-#: A projection: (weight, bias) of an ``nn.Linear``, run as ``F.linear``; or a module
+#: A projection: (weight, bias) of an ``nn.Linear``, run as ``F.linear`` (through the native
+#: kernels for few rows, ``resplit/kernels``); or a module
 #: that runs itself (``quant.QuantLinear``: a segment with quantized weights).
 _Proj = tuple[torch.Tensor, torch.Tensor | None] | Callable[[torch.Tensor], torch.Tensor]
 
@@ -99,7 +102,7 @@ def _linear(module) -> _Proj:
 
 
 def _proj(x: torch.Tensor, proj: _Proj) -> torch.Tensor:
-    return F.linear(x, *proj) if isinstance(proj, tuple) else proj(x)
+    return linear_fp32(x, *proj) if isinstance(proj, tuple) else proj(x)
 
 
 def _block(layer) -> _Block:

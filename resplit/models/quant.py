@@ -2,17 +2,23 @@
 
 Each worker quantizes its own segment's tensors as it loads them: every
 ``nn.Linear`` of the blocks and the head becomes a :class:`QuantLinear`, the
-embedding a bf16 table. The engine of each format was picked by measurement on
-the 2-core development CPU (``bench/weights.py``; docs/BENCHMARKS.md): a
-1024 x 2816 projection at batch 1 takes ~300-400 us as an fp32 GEMV, ~220 us as a
-bf16 one, ~70 us through ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``
-when the activation is bf16, but 1.7-2.7 ms through the same two kernels with an
-fp32 activation (the slow path the issue measured). So every quantized projection
-casts its input row to bf16, runs the kernel, and casts the result back to the
-deployment's dtype: activations, the KV cache and everything between hops keep
-that dtype. Each row of a batch is computed on its own (weight-only: no
-activation statistics are shared across rows), so a batched decode step and a
-split give the same tokens as one session on the whole model with the same format.
+embedding a bf16 table. Which code runs a projection was picked by measurement on
+the 2-core development CPU (``bench/weights.py``, ``bench/vs_llamacpp.py``;
+docs/BENCHMARKS.md):
+
+* int8 and int4 decode steps (few rows) run on resplit's native kernels
+  (``resplit/kernels``) where they build: fp32 activations, the weights widened
+  in registers, streaming at close to the memory bandwidth; a prefill dequantizes
+  the matrix to fp32 for the call and runs one GEMM.
+* Elsewhere (no C compiler, ``RESPLIT_NATIVE_KERNELS=0``) and for bf16, torch's
+  kernels run: ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` are fast
+  only with a bf16 activation (1.7-2.7 ms with an fp32 one against ~70 us for a
+  1024 x 2816 projection), so the input row is cast to bf16 and the result back.
+
+Activations, the KV cache and everything between hops keep the deployment's dtype.
+Each row of a batch is computed on its own (no activation statistics are shared
+across rows), so a batched decode step and a split give the same tokens as one
+session on the whole model with the same format.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from resplit.core.weights import INT4_GROUP, WeightsError, weights_name
+from resplit.kernels import linear as kernels
+from resplit.kernels import native
+
+#: Input sizes each format's native kernel takes (multiples of).
+NATIVE_ALIGN = {"int8": native.ALIGN, "int4": 2 * INT4_GROUP}
 
 
 class QuantLinear(nn.Module):
@@ -35,6 +46,14 @@ class QuantLinear(nn.Module):
         self.weights = weights
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bias = linear.bias
+        #: Whether the native kernels run this projection's decode steps (resplit/kernels);
+        #: int4 is then packed for them alone and a prefill dequantizes per call.
+        self.native = (
+            weights in ("int8", "int4")
+            and self.in_features % NATIVE_ALIGN[weights] == 0
+            and linear.weight.device.type == "cpu"
+            and native.active()
+        )
         w = linear.weight.detach().to(torch.float32)
         if weights == "bf16":
             tensors = {"weight": w.to(torch.bfloat16)}
@@ -43,13 +62,16 @@ class QuantLinear(nn.Module):
             q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
             tensors = {"qweight": q, "scales": scale.to(torch.bfloat16)}
         elif weights == "int4":
-            tensors = _int4(w)
+            tensors = _int4(w, self.native)
         else:
             raise WeightsError(f"QuantLinear has no format {weights!r}")
         for name, tensor in tensors.items():
             self.register_parameter(name, nn.Parameter(tensor.contiguous(), requires_grad=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            out = self._native(x)
+            return out if self.bias is None else out + self.bias
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if self.weights == "bf16":
@@ -61,13 +83,39 @@ class QuantLinear(nn.Module):
         out = out.to(x.dtype).view(*shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
+    def _native(self, x: torch.Tensor) -> torch.Tensor:
+        """A decode step through the kernels; more rows (a prefill) through torch, int8 with
+        the same scales in fp32, int4 dequantized for the call."""
+        lib, dtype = native.library(), x.dtype
+        x32 = x.to(torch.float32)
+        if not kernels.takes(x32, self.in_features):
+            weight = (
+                self.qweight.float() * self.scales.float()[:, None]
+                if self.weights == "int8"
+                else self._int4_weight()
+            )
+            return F.linear(x32, weight).to(dtype)
+        if self.weights == "int8":
+            call = lambda rows: native.gemv_int8(lib, rows, self.qweight, self.scales)  # noqa: E731
+        else:
+            call = lambda rows: native.gemv_int4(lib, rows, self.packed, self.scales, self.zeros)  # noqa: E731
+        return kernels.rows_through(x32, self.out_features, call).to(dtype)
+
+    def _int4_weight(self) -> torch.Tensor:
+        """The fp32 weight the native int4 tensors stand for."""
+        low, high = self.packed & 15, self.packed >> 4
+        rows, groups = self.packed.shape[0], self.in_features // INT4_GROUP
+        q = torch.cat([low.view(rows, groups, 16), high.view(rows, groups, 16)], dim=2).float()
+        scale, zero = self.scales.float()[..., None], self.zeros.float()[..., None]
+        return ((q - 8) * scale + zero).view(rows, self.in_features)
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, weights={self.weights}"
 
 
-def _int4(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Asymmetric 4-bit groups of INT4_GROUP columns, packed for the CPU int4 kernel:
-    w ~= (q - 8) * scale + zero, q in 0..15."""
+def _int4(w: torch.Tensor, for_native: bool) -> dict[str, torch.Tensor]:
+    """Asymmetric 4-bit groups of INT4_GROUP columns, packed for torch's CPU int4 kernel or,
+    ``for_native``, for resplit's (the same values): w ~= (q - 8) * scale + zero, q in 0..15."""
     rows, cols = w.shape
     if cols % INT4_GROUP:
         raise WeightsError(f"int4 needs input sizes divisible by {INT4_GROUP}, a projection has {cols}")
@@ -77,6 +125,8 @@ def _int4(w: torch.Tensor) -> dict[str, torch.Tensor]:
     zero = (low + scale.float() * 8).to(torch.bfloat16)
     start = zero.float() - scale.float() * 8
     q = ((groups - start[..., None]) / scale.float()[..., None]).round().clamp(0, 15).to(torch.int32)
+    if for_native:
+        return {"packed": native.pack_int4(q.reshape(rows, cols)), "scales": scale, "zeros": zero}
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(rows, cols), 1)
     qscales = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous()  # [groups, rows, 2]
     return {"qweight": packed, "qscales": qscales}

@@ -25,6 +25,7 @@ from prometheus_client import Gauge
 
 from resplit.core.devices import lookup
 from resplit.core.emulation import EmulatedDevice
+from resplit.kernels.native import describe as decode_kernels
 from resplit.models import preload
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -163,10 +164,11 @@ class WorkerService:
         )
         log.info(
             "compute thread: %d torch intra-op threads (%d for decode steps), 1 elsewhere; "
-            "a lone session's single-threaded decode steps %s",
+            "a lone session's single-threaded decode steps %s; decode projections on %s kernels",
             self.compute.threads,
             self.compute.step_threads.decode,
             "on the event loop" if self.compute.inline_decode else "on the compute thread too",
+            decode_kernels(),
         )
         self.segments = Segments(
             self.hosting, settings, resolve_device(settings.device), self.emulated, self.refresh_hosted

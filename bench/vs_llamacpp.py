@@ -1,0 +1,234 @@
+"""resplit against llama.cpp on this CPU: the same Llama, decode tok/s per weight format.
+
+Issue 30's comparison. The benchmark's random Llama (hidden 1024, intermediate 2816,
+``--blocks`` blocks, 193 M parameters at 15) is written once as safetensors and, for
+llama.cpp, as a GGUF of the same tensors (``bench/_gguf.py``), quantized by
+``llama-quantize`` to Q8_0 and Q4_0. Then, in rounds that alternate the engines so a
+shared machine's drift hits them all alike:
+
+* llama.cpp: ``llama-bench -p 0 -n TOKENS -t THREADS`` (text generation, one sequence);
+* resplit whole: resplit's segment code runs every unit in this process (``--threads``);
+* resplit split: ``resplit up`` with three workers (their default settings, or
+  ``--worker-arg``), the model deployed S1 | S2 | S3 in the format, greedy tokens
+  streamed by the SDK and checked equal to the whole run's.
+
+Pairs: fp32 and bf16 against llama.cpp F32, int8 against Q8_0, int4 against Q4_0
+(llama.cpp's own recipes: Q4_0 keeps the output matrix at Q6_K, resplit keeps the
+embedding in bf16 and quantizes the head). Then each format gets a stack of its own and
+every worker's resident memory is read against the bytes of the segment it holds
+(issue 30: RSS <= 1.2 x quantized segment bytes + 300 MB).
+
+llama.cpp is not a dependency: point ``--llama-cpp`` at a source tree built with its
+CMake (``cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target
+llama-bench llama-quantize``); docs/BENCHMARKS.md says which commit was measured.
+
+Usage:
+  python bench/vs_llamacpp.py --llama-cpp ~/llama.cpp [--blocks 15] [--tokens 32] [--rounds 3]
+      [--threads 2] [--worker-arg=--decode-threads=2 ...] [--formats fp32,int8,int4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _gguf import write_gguf
+from _sizing import HIDDEN, segment_run
+from _stack import deploy
+from pipeline_overhead import split_run, three_segments
+from rich.console import Console
+from rich.table import Table
+
+from resplit.launcher import stack as stack_mod
+from resplit.models import Checkpoint, load_segment
+from resplit.models.tiny import build_tiny
+from resplit.sdk import Client
+
+#: resplit's weight format -> (llama.cpp's type it is compared with, issue 30's target ratio).
+PAIRS = {"fp32": ("F32", 0.9), "bf16": ("F32", 0.9), "int8": ("Q8_0", 0.8), "int4": ("Q4_0", 0.7)}
+PROMPT = [5 + (i * 7) % 300 for i in range(12)]
+MB = 1 << 20
+
+
+def gguf_models(model_dir: Path, work: Path, llama_cpp: Path, build: Path) -> dict[str, Path]:
+    """llama.cpp type -> GGUF file of the benchmark model."""
+    f32 = write_gguf(model_dir, work / "model-F32.gguf", llama_cpp)
+    files = {"F32": f32}
+    for kind in ("Q8_0", "Q4_0"):
+        out = work / f"model-{kind}.gguf"
+        subprocess.run(
+            [str(build / "bin" / "llama-quantize"), str(f32), str(out), kind],
+            check=True,
+            capture_output=True,
+        )
+        files[kind] = out
+    return files
+
+
+def llama_bench(build: Path, model: Path, tokens: int, threads: int) -> float:
+    """llama.cpp's text-generation tok/s for ``model`` (one llama-bench repetition)."""
+    argv = [str(build / "bin" / "llama-bench"), "-m", str(model), "-p", "0", "-n", str(tokens)]
+    argv += ["-t", str(threads), "-r", "1", "-o", "json"]
+    done = subprocess.run(argv, check=True, capture_output=True, text=True)
+    return float(json.loads(done.stdout)[0]["avg_ts"])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, MiB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def worker_memory(model_dir: Path, work: Path, blocks: int, weights: str, args: list[str]) -> list[tuple]:
+    """(worker, segment MiB, RSS MiB, bound MiB) of each worker of a stack holding one format."""
+    state = work / f"rss-{weights}"
+    segments = three_segments(blocks)
+    sizes = {
+        node: load_segment(Checkpoint(model_dir), a, b, torch.device("cpu"), weights=weights).param_bytes()
+        / MB
+        for a, b, node in segments
+    }
+    stack = stack_mod.up(state, workers=3, trusted=3, extra_args={"worker": args})
+    try:
+        stack.use()
+        address = stack.by_name("orchestrator").address
+        deploy(address, f"m-{weights}", model_dir, segments, weights=weights)
+        with Client(address) as client:
+            split_run(client, client.route(f"m-{weights}"), PROMPT, 8)
+        rows = []
+        for node, size in sizes.items():
+            rss = rss_mb(stack.by_name(node).pid)
+            rows.append((node, size, rss, 1.2 * size + 300))
+        return rows
+    finally:
+        stack_mod.down(state)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llama-cpp", type=Path, required=True, help="llama.cpp source tree, built")
+    parser.add_argument("--build", type=Path, help="its CMake build folder (default: <llama-cpp>/build)")
+    parser.add_argument("--blocks", type=int, default=15)
+    parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads and this process's")
+    parser.add_argument("--formats", default="fp32,bf16,int8,int4")
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="a flag for every worker, e.g. --worker-arg=--decode-threads=2",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-format RSS stacks")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    formats = [f for f in args.formats.split(",") if f]
+    unknown = sorted(set(formats) - set(PAIRS))
+    if unknown:
+        raise SystemExit(f"unknown formats {unknown}; choose from {sorted(PAIRS)}")
+    build = args.build or args.llama_cpp / "build"
+    if not (build / "bin" / "llama-bench").exists():
+        raise SystemExit(f"{build / 'bin' / 'llama-bench'} not found: build llama.cpp first (see --help)")
+    console = Console(width=200)
+    work = Path(tempfile.mkdtemp(prefix="resplit-vs-llamacpp-"))
+    model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
+    with console.status("writing GGUF files and quantizing them with llama-quantize"):
+        ggufs = gguf_models(model_dir, work, args.llama_cpp, build)
+    engines = {
+        f: load_segment(Checkpoint(model_dir), 0, args.blocks + 2, torch.device("cpu"), weights=f)
+        for f in formats
+    }
+    kinds = sorted({PAIRS[f][0] for f in formats})
+    llama: dict[str, list[float]] = {k: [] for k in kinds}
+    whole: dict[str, list[float]] = {f: [] for f in formats}
+    split: dict[str, list[float]] = {f: [] for f in formats}
+    state = work / "stack"
+    with console.status("starting the stack and deploying every format"):
+        stack = stack_mod.up(state, workers=3, trusted=3, extra_args={"worker": args.worker_arg})
+    try:
+        stack.use()
+        address = stack.by_name("orchestrator").address
+        for f in formats:
+            deploy(address, f"w-{f}", model_dir, three_segments(args.blocks), weights=f)
+        with Client(address) as client:
+            routes = {f: client.route(f"w-{f}") for f in formats}
+            for f in formats:  # warm-up
+                segment_run(engines[f], PROMPT, 4)
+                split_run(client, routes[f], PROMPT, 4)
+            for k in kinds:
+                llama_bench(build, ggufs[k], 8, args.threads)
+            for r in range(args.rounds):
+                console.log(f"round {r + 1}/{args.rounds}")
+                for k in kinds:
+                    llama[k].append(llama_bench(build, ggufs[k], args.tokens, args.threads))
+                for f in formats:
+                    alone = segment_run(engines[f], PROMPT, args.tokens + 1)
+                    whole[f].append(1 / statistics.median(alone[1]))
+                    through = split_run(client, routes[f], PROMPT, args.tokens + 1)
+                    if through[2] != alone[2]:
+                        raise SystemExit(f"{f}: the split generated {through[2]}, the whole run {alone[2]}")
+                    split[f].append(1 / statistics.median(through[1]))
+    finally:
+        stack_mod.down(state)
+
+    worker_args = " ".join(args.worker_arg) or "defaults"
+    table = Table(
+        title=f"decode tok/s, {args.blocks}-block Llama (hidden 1024), {args.threads} threads, "
+        f"median of {args.rounds} rounds; workers: {worker_args}"
+    )
+    for column in (
+        "resplit",
+        "llama.cpp",
+        "llama.cpp tok/s",
+        "resplit whole",
+        "resplit split",
+        "split / llama.cpp",
+        "target",
+        "split / whole (time)",
+    ):
+        table.add_column(column, justify="right")
+    for f in formats:
+        kind, target = PAIRS[f]
+        ref, w, s = (statistics.median(v) for v in (llama[kind], whole[f], split[f]))
+        met = "met" if s / ref >= target else "NOT met"
+        table.add_row(
+            f,
+            kind,
+            f"{ref:.1f}",
+            f"{w:.1f}",
+            f"{s:.1f}",
+            f"{s / ref:.2f}",
+            f">= {target} {met}",
+            f"{w / s:.3f}",
+        )
+    console.print(table)
+    console.print(
+        "rounds: "
+        + "; ".join(f"llama.cpp {k} {', '.join(f'{v:.1f}' for v in llama[k])}" for k in kinds)
+        + "; "
+        + "; ".join(f"split {f} {', '.join(f'{v:.1f}' for v in split[f])}" for f in formats)
+    )
+    if args.no_memory:
+        return
+    memory = Table(title="worker resident memory, one format deployed (MiB); bound 1.2 x segment + 300")
+    for column in ("weights", "worker", "segment", "RSS", "bound", "within"):
+        memory.add_column(column, justify="right")
+    for f in formats:
+        for node, size, rss, bound in worker_memory(model_dir, work, args.blocks, f, args.worker_arg):
+            memory.add_row(
+                f, node, f"{size:.0f}", f"{rss:.0f}", f"{bound:.0f}", "yes" if rss <= bound else "NO"
+            )
+        time.sleep(0.5)
+    console.print(memory)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Projections of a decode step through the native kernels, torch's beyond their reach.
+
+A step of at most ``native.MAX_ROWS`` activation rows goes to the kernels in one call; up
+to ``CHUNKED_ROWS`` rows (a batched decode step) in calls of ``MAX_ROWS`` rows, each
+streaming the weights once, which for a matrix-vector-bound step still beats one torch
+GEMM; more rows (a prefill) are compute-bound and go to torch. Every row is computed on
+its own either way, so a session's tokens do not depend on its batch mates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from . import native
+
+#: Steps of up to this many rows take the kernels (in calls of native.MAX_ROWS rows).
+CHUNKED_ROWS = 32
+
+
+def takes(x: torch.Tensor, in_features: int) -> bool:
+    """Whether ``x`` (fp32 on the CPU, ``[..., in_features]``) goes to the native kernels."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or in_features % native.ALIGN:
+        return False
+    rows = x.numel() // in_features
+    return 0 < rows <= CHUNKED_ROWS and native.active()
+
+
+def rows_through(x: torch.Tensor, out_features: int, one_call) -> torch.Tensor:
+    """``one_call(rows)`` -> [rows, out] over ``x``'s rows in chunks of MAX_ROWS, shaped back."""
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1]).contiguous()
+    if flat.shape[0] <= native.MAX_ROWS:
+        out = one_call(flat)
+    else:
+        out = torch.cat(
+            [one_call(flat[i : i + native.MAX_ROWS]) for i in range(0, flat.shape[0], native.MAX_ROWS)]
+        )
+    return out.view(*shape[:-1], out_features)
+
+
+def linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` for fp32 weights, through the kernels where :func:`takes` says so."""
+    if weight.dtype != torch.float32 or not weight.is_contiguous() or not takes(x, weight.shape[1]):
+        return F.linear(x, weight, bias)
+    lib = native.library()
+    out = rows_through(x, weight.shape[0], lambda rows: native.gemv_fp32(lib, rows, weight))
+    return out if bias is None else out + bias

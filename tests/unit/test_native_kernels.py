@@ -1,0 +1,116 @@
+"""The native decode kernels (resplit/kernels) against torch on the same weights.
+
+Each kernel is compared with ``F.linear`` on the weights it stands for (fp32 as given;
+int8 and int4 dequantized in torch), for one to eight activation rows at once and for
+more rows in chunks, through the AVX-512 bodies where this CPU has them and through
+the portable ones. A row's result must not depend on the rows beside it: a batch of one
+is bitwise the call alone, and every row of a batch is within float rounding of it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from resplit.kernels import linear, native
+
+LIB = native.library()
+pytestmark = pytest.mark.skipif(LIB is None, reason="native kernels could not be built here (no C compiler?)")
+
+BODIES = ["portable"] + (["avx512"] if LIB is not None and LIB.resplit_simd() == 512 else [])
+
+
+@pytest.fixture(params=BODIES)
+def body(request):
+    LIB.resplit_force_portable(request.param == "portable")
+    yield request.param
+    LIB.resplit_force_portable(0)
+
+
+def _int4(n: int, k: int, generator: torch.Generator):
+    q = torch.randint(0, 16, (n, k), generator=generator)
+    scale = (torch.rand(n, k // 32, generator=generator) * 0.02).to(torch.bfloat16)
+    zero = (torch.randn(n, k // 32, generator=generator) * 0.01).to(torch.bfloat16)
+    groups = (q.float().view(n, k // 32, 32) - 8) * scale.float()[..., None] + zero.float()[..., None]
+    return native.pack_int4(q), scale, zero, groups.view(n, k)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("shape", [(96, 64), (200, 320)])
+def test_each_kernel_matches_torch_on_the_weights_it_stands_for(body, rows, shape):
+    n, k = shape
+    g = torch.Generator().manual_seed(rows * 1000 + n)
+    x = torch.randn(rows, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    got = native.gemv_fp32(LIB, x, w)
+    assert torch.allclose(got, F.linear(x, w), atol=1e-4, rtol=1e-5), body
+
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    scale = (torch.rand(n, generator=g) * 0.01).to(torch.bfloat16)
+    expected = F.linear(x, q.float() * scale.float()[:, None])
+    got = native.gemv_int8(LIB, x, q, scale)
+    # int16 activations: an error of at most 1/65534 of the row's largest value per term
+    assert torch.allclose(got, expected, atol=1e-3 * expected.abs().max().item(), rtol=1e-3), body
+
+    packed, s4, o4, w4 = _int4(n, k, g)
+    expected = F.linear(x, w4)
+    got = native.gemv_int4(LIB, x, packed, s4, o4)
+    assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3), body
+
+
+def test_a_row_gets_the_same_result_whatever_rows_it_is_batched_with():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 128, generator=g)
+    w = torch.randn(64, 128, generator=g)
+    q = torch.randint(-127, 128, (64, 128), generator=g, dtype=torch.int8)
+    scale = torch.rand(64, generator=g).to(torch.bfloat16)
+    packed, s4, o4, _ = _int4(64, 128, g)
+    calls = {
+        "fp32": lambda rows: native.gemv_fp32(LIB, rows, w),
+        "int8": lambda rows: native.gemv_int8(LIB, rows, q, scale),
+        "int4": lambda rows: native.gemv_int4(LIB, rows, packed, s4, o4),
+    }
+    for name, call in calls.items():
+        alone = torch.cat([call(x[i : i + 1]) for i in range(8)])
+        assert torch.equal(call(x[:1]), alone[:1]), name  # a batch of one is the call alone
+        assert torch.allclose(call(x), alone, atol=1e-4, rtol=1e-5), name
+        other = x.clone()
+        other[1:] = torch.randn(7, 128, generator=g) * 100  # different batch mates, larger values
+        assert torch.allclose(call(other)[0], alone[0], atol=1e-4, rtol=1e-5), name
+
+
+def test_linear_takes_few_rows_in_chunks_and_leaves_a_prefill_to_torch(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    for rows in (1, 8, 9, linear.CHUNKED_ROWS, linear.CHUNKED_ROWS + 1):
+        x = torch.randn(1, rows, 64, generator=g)
+        out = linear.linear_fp32(x, w, b)
+        assert out.shape == (1, rows, 96)
+        assert torch.allclose(out, F.linear(x, w, b), atol=1e-4, rtol=1e-5), rows
+    assert linear.takes(torch.zeros(1, 64), 64)
+    assert not linear.takes(torch.zeros(linear.CHUNKED_ROWS + 1, 64), 64)  # a prefill: torch
+    assert not linear.takes(torch.zeros(1, 48), 48)  # not a multiple of 32
+    assert not linear.takes(torch.zeros(1, 64, dtype=torch.bfloat16), 64)
+    monkeypatch.setenv("RESPLIT_NATIVE_KERNELS", "0")
+    assert not linear.takes(torch.zeros(1, 64), 64)
+
+
+def test_a_kernel_refuses_what_it_cannot_take():
+    with pytest.raises(ValueError, match="refused"):
+        native.gemv_fp32(LIB, torch.zeros(native.MAX_ROWS + 1, 64), torch.zeros(8, 64))
+    with pytest.raises(ValueError, match="refused"):
+        native.gemv_int4(
+            LIB,
+            torch.zeros(1, 32),
+            torch.zeros(8, 16, dtype=torch.uint8),
+            *torch.zeros(2, 8, 1, dtype=torch.bfloat16),
+        )
+
+
+def test_pack_int4_puts_column_i_and_i_plus_16_in_one_byte():
+    q = torch.arange(32).remainder(16).view(1, 32)
+    packed = native.pack_int4(q)
+    assert packed.shape == (1, 16)
+    assert [int(b) & 15 for b in packed[0]] == q[0, :16].tolist()
+    assert [int(b) >> 4 for b in packed[0]] == q[0, 16:].tolist()
