@@ -76,7 +76,7 @@ static void int4_rows_ref(const float *x, const float *xsum, const uint8_t *p, c
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 
-T512 static void fp32_rows_512(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
+T512 static inline __attribute__((always_inline)) void fp32_rows_512_body(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
     if (R == 1) { /* one row at a time, four chains along it: the weights stream in order */
         for (int n = n0; n < n1; n++) {
             const float *wn = w + (int64_t)n * K;
@@ -105,6 +105,20 @@ T512 static void fp32_rows_512(const float *x, const float *w, float *y, int R, 
     }
 }
 
+/* One copy of the body per row count, so its per-row accumulators live in registers. */
+T512 static void fp32_rows_512(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
+    switch (R) {
+    case 1: fp32_rows_512_body(x, w, y, 1, K, N, n0, n1); break;
+    case 2: fp32_rows_512_body(x, w, y, 2, K, N, n0, n1); break;
+    case 3: fp32_rows_512_body(x, w, y, 3, K, N, n0, n1); break;
+    case 4: fp32_rows_512_body(x, w, y, 4, K, N, n0, n1); break;
+    case 5: fp32_rows_512_body(x, w, y, 5, K, N, n0, n1); break;
+    case 6: fp32_rows_512_body(x, w, y, 6, K, N, n0, n1); break;
+    case 7: fp32_rows_512_body(x, w, y, 7, K, N, n0, n1); break;
+    case 8: fp32_rows_512_body(x, w, y, 8, K, N, n0, n1); break;
+    }
+}
+
 /* int8 and int4 multiply int16 activations (each row scaled to +-32767 on its own) with
  * the weights widened to int16, two products summed per int32 lane by one VNNI
  * instruction (vpdpwssd): per 32 weights one widening load and one multiply-add, where
@@ -118,7 +132,7 @@ TVNNI static inline __m512i w8(const int8_t *p) {
     return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
 }
 
-TVNNI static void int8_rows_512(const int16_t *x, const float *sx, const int8_t *q, const bf16 *s, float *y, int R,
+TVNNI static inline __attribute__((always_inline)) void int8_rows_512_body(const int16_t *x, const float *sx, const int8_t *q, const bf16 *s, float *y, int R,
                                 int K, int N, int n0, int n1) {
     int n = n0;
     if (R == 1) /* one row at a time, four chains along it: the weights stream in order */
@@ -159,6 +173,20 @@ TVNNI static void int8_rows_512(const int16_t *x, const float *sx, const int8_t 
     }
 }
 
+/* One copy of the body per row count, so its per-row accumulators live in registers. */
+TVNNI static void int8_rows_512(const int16_t *x, const float *sx, const int8_t *q, const bf16 *s, float *y, int R, int K, int N, int n0, int n1) {
+    switch (R) {
+    case 1: int8_rows_512_body(x, sx, q, s, y, 1, K, N, n0, n1); break;
+    case 2: int8_rows_512_body(x, sx, q, s, y, 2, K, N, n0, n1); break;
+    case 3: int8_rows_512_body(x, sx, q, s, y, 3, K, N, n0, n1); break;
+    case 4: int8_rows_512_body(x, sx, q, s, y, 4, K, N, n0, n1); break;
+    case 5: int8_rows_512_body(x, sx, q, s, y, 5, K, N, n0, n1); break;
+    case 6: int8_rows_512_body(x, sx, q, s, y, 6, K, N, n0, n1); break;
+    case 7: int8_rows_512_body(x, sx, q, s, y, 7, K, N, n0, n1); break;
+    case 8: int8_rows_512_body(x, sx, q, s, y, 8, K, N, n0, n1); break;
+    }
+}
+
 /* Two groups' bf16 scales as fp32: lanes 0-7 the first, lanes 8-15 the second. */
 TVNNI static inline __m512 pair_scales(const bf16 *two, __m512i top) {
     uint32_t bits;
@@ -171,7 +199,7 @@ TVNNI static inline __m512 pair_scales(const bf16 *two, __m512i top) {
  * the 32 values matching the low nibbles of their 32 bytes, then the 32 matching the
  * high ones. One 32-byte load widened to 32 words covers two groups; dword lanes 0-7 of
  * the products belong to group g and 8-15 to group g + 1, scaled per group in fp32. */
-TVNNI static void int4_rows_512(const int16_t *x, const float *sx, const float *xsum, const uint8_t *p, const bf16 *s,
+TVNNI static inline __attribute__((always_inline)) void int4_rows_512_body(const int16_t *x, const float *sx, const float *xsum, const uint8_t *p, const bf16 *s,
                                 const bf16 *z, float *y, int R, int K, int N, int n0, int n1) {
     const int G = K / 32;
     const __m512i low = _mm512_set1_epi16(15);
@@ -227,6 +255,20 @@ TVNNI static void int4_rows_512(const int16_t *x, const float *sx, const float *
             for (int g = 0; g < G; g++) extra += (widen(zn[g]) - 8.f * widen(sn[g])) * xsum[(int64_t)r * G + g];
             y[(int64_t)r * N + n] = _mm512_reduce_add_ps(f[r]) * sx[r] + extra;
         }
+    }
+}
+
+/* One copy of the body per row count, so its per-row accumulators live in registers. */
+TVNNI static void int4_rows_512(const int16_t *x, const float *sx, const float *xsum, const uint8_t *p, const bf16 *s, const bf16 *z, float *y, int R, int K, int N, int n0, int n1) {
+    switch (R) {
+    case 1: int4_rows_512_body(x, sx, xsum, p, s, z, y, 1, K, N, n0, n1); break;
+    case 2: int4_rows_512_body(x, sx, xsum, p, s, z, y, 2, K, N, n0, n1); break;
+    case 3: int4_rows_512_body(x, sx, xsum, p, s, z, y, 3, K, N, n0, n1); break;
+    case 4: int4_rows_512_body(x, sx, xsum, p, s, z, y, 4, K, N, n0, n1); break;
+    case 5: int4_rows_512_body(x, sx, xsum, p, s, z, y, 5, K, N, n0, n1); break;
+    case 6: int4_rows_512_body(x, sx, xsum, p, s, z, y, 6, K, N, n0, n1); break;
+    case 7: int4_rows_512_body(x, sx, xsum, p, s, z, y, 7, K, N, n0, n1); break;
+    case 8: int4_rows_512_body(x, sx, xsum, p, s, z, y, 8, K, N, n0, n1); break;
     }
 }
 

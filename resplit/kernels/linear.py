@@ -1,10 +1,14 @@
 """Projections of a decode step through the native kernels, torch's beyond their reach.
 
-A step of at most ``native.MAX_ROWS`` activation rows goes to the kernels in one call; up
-to ``CHUNKED_ROWS`` rows (a batched decode step) in calls of ``MAX_ROWS`` rows, each
-streaming the weights once, which for a matrix-vector-bound step still beats one torch
-GEMM; more rows (a prefill) are compute-bound and go to torch. Every row is computed on
-its own either way, so a session's tokens do not depend on its batch mates.
+fp32: a step of at most ``native.MAX_ROWS`` activation rows goes to the kernels in one
+call (1.5-3.5x torch's GEMV/GEMM for 1-8 rows of a 2816 x 1024 matrix on the
+development CPU); more rows run about as fast or faster on torch's GEMM (measured: equal
+at 16 rows, 0.84x at 32), so they go there.
+int8 / int4 (``QuantLinear``): torch's alternative for many rows is dequantizing the
+matrix for the call, so the kernels take up to ``QUANTIZED_ROWS`` rows, in calls of
+``MAX_ROWS`` rows, each streaming the weights once; a prefill dequantizes.
+Every row is computed on its own either way, so a session's tokens do not depend on
+its batch mates beyond float rounding.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ from torch.nn import functional as F
 
 from . import native
 
-#: Steps of up to this many rows take the kernels (in calls of native.MAX_ROWS rows).
-CHUNKED_ROWS = 32
+#: Quantized steps of up to this many rows take the kernels (in calls of MAX_ROWS rows).
+QUANTIZED_ROWS = 64
 
 
-def takes(x: torch.Tensor, in_features: int) -> bool:
-    """Whether ``x`` (fp32 on the CPU, ``[..., in_features]``) goes to the native kernels."""
+def takes(x: torch.Tensor, in_features: int, most_rows: int = native.MAX_ROWS) -> bool:
+    """Whether ``x`` (fp32 on the CPU, ``[..., in_features]``, at most ``most_rows`` rows)
+    goes to the native kernels."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or in_features % native.ALIGN:
         return False
     rows = x.numel() // in_features
-    return 0 < rows <= CHUNKED_ROWS and native.active()
+    return 0 < rows <= most_rows and native.active()
 
 
 def rows_through(x: torch.Tensor, out_features: int, one_call) -> torch.Tensor:

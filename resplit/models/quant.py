@@ -88,7 +88,7 @@ class QuantLinear(nn.Module):
         the same scales in fp32, int4 dequantized for the call."""
         lib, dtype = native.library(), x.dtype
         x32 = x.to(torch.float32)
-        if not kernels.takes(x32, self.in_features):
+        if not kernels.takes(x32, self.in_features, kernels.QUANTIZED_ROWS):
             weight = (
                 self.qweight.float() * self.scales.float()[:, None]
                 if self.weights == "int8"

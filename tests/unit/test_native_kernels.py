@@ -80,16 +80,18 @@ def test_a_row_gets_the_same_result_whatever_rows_it_is_batched_with():
         assert torch.allclose(call(other)[0], alone[0], atol=1e-4, rtol=1e-5), name
 
 
-def test_linear_takes_few_rows_in_chunks_and_leaves_a_prefill_to_torch(monkeypatch):
+def test_linear_takes_few_rows_and_leaves_more_to_torch(monkeypatch):
     g = torch.Generator().manual_seed(3)
     w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
-    for rows in (1, 8, 9, linear.CHUNKED_ROWS, linear.CHUNKED_ROWS + 1):
+    for rows in (1, 8, 9, 33):
         x = torch.randn(1, rows, 64, generator=g)
         out = linear.linear_fp32(x, w, b)
         assert out.shape == (1, rows, 96)
         assert torch.allclose(out, F.linear(x, w, b), atol=1e-4, rtol=1e-5), rows
     assert linear.takes(torch.zeros(1, 64), 64)
-    assert not linear.takes(torch.zeros(linear.CHUNKED_ROWS + 1, 64), 64)  # a prefill: torch
+    assert not linear.takes(torch.zeros(native.MAX_ROWS + 1, 64), 64)  # fp32: torch's GEMM
+    assert linear.takes(torch.zeros(linear.QUANTIZED_ROWS, 64), 64, linear.QUANTIZED_ROWS)
+    assert not linear.takes(torch.zeros(linear.QUANTIZED_ROWS + 1, 64), 64, linear.QUANTIZED_ROWS)
     assert not linear.takes(torch.zeros(1, 48), 48)  # not a multiple of 32
     assert not linear.takes(torch.zeros(1, 64, dtype=torch.bfloat16), 64)
     monkeypatch.setenv("RESPLIT_NATIVE_KERNELS", "0")
@@ -114,3 +116,22 @@ def test_pack_int4_puts_column_i_and_i_plus_16_in_one_byte():
     assert packed.shape == (1, 16)
     assert [int(b) & 15 for b in packed[0]] == q[0, :16].tolist()
     assert [int(b) >> 4 for b in packed[0]] == q[0, 16:].tolist()
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_a_quantized_projection_takes_a_batch_in_chunks_and_a_prefill_dequantized(weights):
+    from resplit.models.quant import QuantLinear
+
+    g = torch.Generator().manual_seed(11)
+    dense = torch.nn.Linear(128, 48)
+    with torch.no_grad():
+        dense.weight.copy_(torch.randn(48, 128, generator=g))
+    projection = QuantLinear(dense, weights)
+    assert projection.native
+    x = torch.randn(1, 2 * native.MAX_ROWS + 3, 128, generator=g)  # three kernel calls
+    alone = torch.cat([projection(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
+    batched = projection(x)
+    assert torch.allclose(batched, alone, atol=1e-5, rtol=1e-5)
+    prefill = projection(torch.cat([x] * 4, dim=1))  # more rows than the kernels take
+    assert prefill.shape[1] > linear.QUANTIZED_ROWS
+    assert torch.allclose(prefill[:, : x.shape[1]], alone, atol=1e-2 * alone.abs().max().item())
