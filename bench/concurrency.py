@@ -24,7 +24,7 @@ that is not cut into chunks holds every decoding session for about its whole
 length at each hop.
 
 Usage: python bench/concurrency.py [--sessions 1 4 16 64] [--tokens 32] [--blocks N | --target-ms 35]
-       [--long-prompt 2048] [--decoders 15]
+       [--long-prompt 2048] [--decoders 15] [--worker-arg=--torch-threads=1 ...]
 """
 
 from __future__ import annotations
@@ -168,6 +168,12 @@ def main() -> None:
         "--long-prompt", type=int, default=2048, help="tokens of the prompt that arrives (0: skip)"
     )
     parser.add_argument("--decoders", type=int, default=15, help="sessions decoding while it is prefilled")
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="a flag for every worker, e.g. --worker-arg=--torch-threads=1",
+    )
     args = parser.parse_args()
     console = Console(width=200)
     work = Path(tempfile.mkdtemp(prefix="resplit-concurrency-"))
@@ -177,7 +183,7 @@ def main() -> None:
     split = [(0, first, "worker-0"), (first, second, "worker-1"), (second, blocks + 2, "worker-2")]
     rows = []
     with console.status("starting the stack"):
-        stack = stack_mod.up(work / "stack", workers=3, trusted=3)
+        stack = stack_mod.up(work / "stack", workers=3, trusted=3, extra_args={"worker": args.worker_arg})
     try:
         address = stack.by_name("orchestrator").address
         deploy(address, "split", model_dir, split)
