@@ -6,7 +6,9 @@ llama.cpp, as a GGUF of the same tensors (``bench/_gguf.py``), quantized by
 ``llama-quantize`` to Q8_0 and Q4_0. Then, in rounds that alternate the engines so a
 shared machine's drift hits them all alike:
 
-* llama.cpp: ``llama-bench -p 0 -n TOKENS -t THREADS`` (text generation, one sequence);
+* llama.cpp: ``llama-bench -p 0 -n TOKENS -t THREADS`` (text generation, one sequence),
+  locally and over three ``ggml-rpc-server`` processes on this host (``-rpc``, every
+  layer offloaded: llama.cpp's own split inference), when its build has RPC;
 * resplit whole: resplit's segment code runs every unit in this process (``--threads``);
 * resplit split: ``resplit up`` with three workers (their default settings, or
   ``--worker-arg``), the model deployed S1 | S2 | S3 in the format, greedy tokens
@@ -19,8 +21,9 @@ every worker's resident memory is read against the bytes of the segment it holds
 (issue 30: RSS <= 1.2 x quantized segment bytes + 300 MB).
 
 llama.cpp is not a dependency: point ``--llama-cpp`` at a source tree built with its
-CMake (``cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target
-llama-bench llama-quantize``); docs/BENCHMARKS.md says which commit was measured.
+CMake (``cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_RPC=ON && cmake --build build
+--target llama-bench llama-quantize ggml-rpc-server``); docs/BENCHMARKS.md says which
+commit was measured.
 
 Usage:
   python bench/vs_llamacpp.py --llama-cpp ~/llama.cpp [--blocks 15] [--tokens 32] [--rounds 3]
@@ -30,11 +33,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import socket
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -71,12 +77,52 @@ def gguf_models(model_dir: Path, work: Path, llama_cpp: Path, build: Path) -> di
     return files
 
 
-def llama_bench(build: Path, model: Path, tokens: int, threads: int) -> float:
-    """llama.cpp's text-generation tok/s for ``model`` (one llama-bench repetition)."""
+def llama_bench(build: Path, model: Path, tokens: int, threads: int, rpc: list[str] | None = None) -> float:
+    """llama.cpp's text-generation tok/s for ``model`` (one llama-bench repetition), over
+    the ``rpc`` servers (host:port) when given."""
     argv = [str(build / "bin" / "llama-bench"), "-m", str(model), "-p", "0", "-n", str(tokens)]
     argv += ["-t", str(threads), "-r", "1", "-o", "json"]
+    argv += ["-rpc", ",".join(rpc), "-ngl", "99"] if rpc else []
     done = subprocess.run(argv, check=True, capture_output=True, text=True)
     return float(json.loads(done.stdout)[0]["avg_ts"])
+
+
+@contextlib.contextmanager
+def rpc_servers(build: Path, count: int, threads: int) -> Iterator[list[str]]:
+    """``count`` ggml-rpc-server processes on loopback (``threads`` each); their endpoints."""
+    binary = build / "bin" / "ggml-rpc-server"
+    if not binary.exists():
+        yield []
+        return
+    ports = [free_port() for _ in range(count)]
+    servers = [
+        subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:  # listening before llama-bench connects
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ggml-rpc-server on port {port} did not start")
+                time.sleep(0.1)
+        yield [f"127.0.0.1:{port}" for port in ports]
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -128,6 +174,7 @@ def main() -> None:
         help="a flag for every worker, e.g. --worker-arg=--decode-threads=2",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-format RSS stacks")
+    parser.add_argument("--rpc-threads", type=int, default=1, help="threads of each ggml-rpc-server")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     formats = [f for f in args.formats.split(",") if f]
@@ -148,6 +195,7 @@ def main() -> None:
     }
     kinds = sorted({PAIRS[f][0] for f in formats})
     llama: dict[str, list[float]] = {k: [] for k in kinds}
+    llama_rpc: dict[str, list[float]] = {k: [] for k in kinds}
     whole: dict[str, list[float]] = {f: [] for f in formats}
     split: dict[str, list[float]] = {f: [] for f in formats}
     state = work / "stack"
@@ -158,7 +206,7 @@ def main() -> None:
         address = stack.by_name("orchestrator").address
         for f in formats:
             deploy(address, f"w-{f}", model_dir, three_segments(args.blocks), weights=f)
-        with Client(address) as client:
+        with Client(address) as client, rpc_servers(build, 3, args.rpc_threads) as rpc:
             routes = {f: client.route(f"w-{f}") for f in formats}
             for f in formats:  # warm-up
                 segment_run(engines[f], PROMPT, 4)
@@ -169,6 +217,8 @@ def main() -> None:
                 console.log(f"round {r + 1}/{args.rounds}")
                 for k in kinds:
                     llama[k].append(llama_bench(build, ggufs[k], args.tokens, args.threads))
+                    if rpc:
+                        llama_rpc[k].append(llama_bench(build, ggufs[k], args.tokens, args.threads, rpc))
                 for f in formats:
                     alone = segment_run(engines[f], PROMPT, args.tokens + 1)
                     whole[f].append(1 / statistics.median(alone[1]))
@@ -188,6 +238,7 @@ def main() -> None:
         "resplit",
         "llama.cpp",
         "llama.cpp tok/s",
+        "llama.cpp RPC x3 / local (time)",
         "resplit whole",
         "resplit split",
         "split / llama.cpp",
@@ -199,10 +250,12 @@ def main() -> None:
         kind, target = PAIRS[f]
         ref, w, s = (statistics.median(v) for v in (llama[kind], whole[f], split[f]))
         met = "met" if s / ref >= target else "NOT met"
+        remote = f"{ref / statistics.median(llama_rpc[kind]):.3f}" if llama_rpc[kind] else "no RPC build"
         table.add_row(
             f,
             kind,
             f"{ref:.1f}",
+            remote,
             f"{w:.1f}",
             f"{s:.1f}",
             f"{s / ref:.2f}",
