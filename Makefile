@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The throw-away environment of `make lock` and `make test-latest`.
 LATEST ?= .venv-latest
 
-.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper certs k8s-check docker image compose-up compose-test compose-down clean
+.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper bench-peers certs k8s-check docker image compose-up compose-test compose-down clean
 
 setup: $(STAMP) redis
 
@@ -171,6 +171,12 @@ bench: setup
 # results/paper/table2.md and results/paper/latency_vs_bandwidth.png.
 bench-paper: setup
 	$(BIN)/python bench/paper.py
+
+# resplit against llama.cpp on this CPU, the same model (issue 30; not in CI, not in `bench`):
+# LLAMA_CPP is a llama.cpp source tree built with RPC, see bench/vs_llamacpp.py.
+bench-peers: setup
+	@test -n "$(LLAMA_CPP)" || { echo "set LLAMA_CPP=/path/to/llama.cpp (built; see bench/vs_llamacpp.py)"; exit 2; }
+	$(BIN)/python bench/vs_llamacpp.py --llama-cpp $(LLAMA_CPP)
 
 clean:
 	-@test -x $(BIN)/resplit && $(BIN)/resplit down >/dev/null 2>&1 || true
