@@ -1,4 +1,4 @@
-"""The native decode kernels (``gemv.c``): built once per machine, called through ctypes.
+"""The native decode kernels (``gemv.c``, ``block.c``): built once per machine, called through ctypes.
 
 Why C and not torch: a decode step's projections are matrix-vector products bound by
 memory bandwidth, and on the development CPU torch's fp32 GEMV and its packed int8/int4
@@ -32,7 +32,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("gemv.c")
+#: The sources, built as one library: block.c includes gemv.c.
+SOURCES = (Path(__file__).with_name("gemv.c"), Path(__file__).with_name("block.c"))
 #: Most activation rows one call takes (``MAX_ROWS`` in gemv.c); more go to torch.
 MAX_ROWS = 8
 #: Inner sizes must be multiples of this (the int4 group, two AVX-512 vectors of fp32).
@@ -58,7 +59,7 @@ def _build(target: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        argv = [compiler, "-O3", "-fPIC", "-shared", "-fopenmp", str(SOURCE), "-o", str(partial)]
+        argv = [compiler, "-O3", "-fPIC", "-shared", "-fopenmp", str(SOURCES[-1]), "-o", str(partial)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
@@ -74,7 +75,7 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("RESPLIT_NATIVE_KERNELS", "1") == "0":
         log.info("native decode kernels turned off (RESPLIT_NATIVE_KERNELS=0): torch's kernels run")
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:16]
     target = cache_dir() / f"resplit-gemv-{digest}.so"
     try:
         if not target.exists():
@@ -88,6 +89,9 @@ def library() -> ctypes.CDLL | None:
     lib.resplit_gemv_int4.argtypes = [_F, _F, _F, _F, _F, _I, _I, _I, _I]
     for fn in (lib.resplit_gemv_fp32, lib.resplit_gemv_int8, lib.resplit_gemv_int4, lib.resplit_simd):
         fn.restype = _I
+    lib.resplit_block_qkv.argtypes = [_F] * 7 + [_I]
+    lib.resplit_block_out.argtypes = [_F] * 5 + [_I, _F, _I]
+    lib.resplit_block_qkv.restype = lib.resplit_block_out.restype = _I
     lib.resplit_force_portable.argtypes = [_I]
     lib.resplit_force_portable.restype = None
     return lib

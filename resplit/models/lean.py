@@ -24,11 +24,13 @@ unknown layer classes go through transformers' own layers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 
+from resplit.kernels import block as native_block
+from resplit.kernels import native
 from resplit.kernels.linear import linear_fp32
 
 #: Decoder layers whose one-token forward ``_block_rows`` reproduces op for op.
@@ -71,6 +73,9 @@ class _Block:
     up: _Proj
     down: _Proj
     act: Callable[[torch.Tensor], torch.Tensor]
+    #: The block's native step for a lone session (``resplit/kernels/block.py``), made on
+    #: first use: {"engine": Engine} or {"why_not": reason}.
+    native: dict = field(default_factory=dict, compare=False)
 
 
 def why_not(layers, types: list[str], attn_implementation: str | None) -> str | None:
@@ -171,6 +176,8 @@ def rows(
     another (session i: ``lengths[i]`` tokens, appended to ``caches[i]``), through ``blocks``.
     ``position_embeddings``: (cos, sin) [1, T, D], each token at its own position in its
     own session. A row of one token is a decode step; a longer one, a prompt."""
+    if lengths == [1] and h.device.type == "cpu" and h.dtype == torch.float32 and native.active():
+        return _lone_token(blocks, h, position_embeddings, caches[0])
     cos, sin = (t.unsqueeze(1) for t in position_embeddings)
     spans = []
     start = 0
@@ -185,6 +192,34 @@ def rows(
         start += length
     for block in blocks:
         h = _block_rows(block, h, cos, sin, caches, spans)
+    return h
+
+
+def _engine(block: _Block) -> native_block.Engine | None:
+    engine = block.native.get("engine")
+    if engine is not None and engine.current():
+        return engine
+    if "why_not" in block.native:
+        return None
+    reason = native_block.why_not(block)
+    if reason is not None:
+        block.native["why_not"] = reason
+        return None
+    block.native["engine"] = engine = native_block.Engine(block)
+    return engine
+
+
+def _lone_token(blocks: list[_Block], h: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
+    """One session's one token [1, 1, H] through ``blocks``: each on its native step
+    where it has one (``resplit/kernels/block.c``), else on the torch operations below."""
+    cos, sin = (t.reshape(-1).contiguous() for t in position_embeddings)
+    span = [(slice(0, 1), None)]
+    for block in blocks:
+        engine = _engine(block)
+        if engine is not None:
+            h = engine.step(h.reshape(-1).contiguous(), cos, sin, cache).view(1, 1, -1)
+        else:
+            h = _block_rows(block, h, cos.view(1, 1, 1, -1), sin.view(1, 1, 1, -1), [cache], span)
     return h
 
 

@@ -1,0 +1,174 @@
+"""A lone session's decode step through a block on the native kernels (``block.c``).
+
+``lean.py`` hands a block here when one session steps one token on the CPU in fp32 and
+every projection is one the kernels run (fp32 weights, or int8/int4 ``QuantLinear`` on
+the native kernels) with a SiLU MLP; anything else stays on lean's torch operations.
+The session's KV cache stays transformers' ``DynamicCache``: k and v are appended with
+its ``update`` between the two native calls, so migration, replay and batching find the
+cache as they always did.
+
+The engine reads the weights through raw pointers, so it is made on a block's first
+step (after loading has packed the weights where they stay) and made again if the first
+weight ever moves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+
+from . import native
+
+FORMATS = {"fp32": 0, "int8": 1, "int4": 2}
+
+
+class _Proj(ctypes.Structure):
+    _fields_ = [
+        ("format", ctypes.c_int),
+        ("n", ctypes.c_int),
+        ("k", ctypes.c_int),
+        ("w", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("zero", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+    ]
+
+
+class _Block(ctypes.Structure):
+    _fields_ = [
+        ("hidden", ctypes.c_int),
+        ("heads", ctypes.c_int),
+        ("kv_heads", ctypes.c_int),
+        ("head_dim", ctypes.c_int),
+        ("eps", ctypes.c_float),
+        ("qk_eps", ctypes.c_float),
+        ("scaling", ctypes.c_float),
+        ("attn_norm", ctypes.c_void_p),
+        ("mlp_norm", ctypes.c_void_p),
+        ("q_norm", ctypes.c_void_p),
+        ("k_norm", ctypes.c_void_p),
+        *((name, _Proj) for name in ("q", "k", "v", "o", "gate", "up", "down")),
+    ]
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _fp32(tensor: torch.Tensor | None) -> bool:
+    return tensor is None or (
+        tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
+    )
+
+
+def _proj(proj: Any) -> tuple[_Proj, list[torch.Tensor]] | str:
+    """The kernels' view of one lean projection, with the tensors it points into; or why not."""
+    if isinstance(proj, tuple):
+        weight, bias = proj
+        if not (_fp32(weight) and _fp32(bias)) or weight.shape[1] % native.ALIGN:
+            return "an fp32 projection the kernels cannot take"
+        return _Proj(0, weight.shape[0], weight.shape[1], weight.data_ptr(), None, None, _ptr(bias)), [weight]
+    if not getattr(proj, "native", False) or not _fp32(proj.bias):
+        return f"a {getattr(proj, 'weights', type(proj).__name__)} projection off the native kernels"
+    if proj.weights == "int8":
+        tensors = [proj.qweight, proj.scales]
+        view = _Proj(1, proj.out_features, proj.in_features, proj.qweight.data_ptr(), proj.scales.data_ptr())
+    else:
+        tensors = [proj.packed, proj.scales, proj.zeros]
+        view = _Proj(2, proj.out_features, proj.in_features, *(t.data_ptr() for t in tensors), None)
+    view.bias = _ptr(proj.bias)
+    return view, tensors
+
+
+def why_not(block) -> str | None:
+    """Why ``block`` (lean's ``_Block``) cannot take the native step, or None."""
+    if native.library() is None:
+        return "no native kernels here"
+    if type(block.act).__name__ not in ("SiLU", "SiLUActivation"):
+        return f"activation {type(block.act).__name__}"
+    if block.head_dim % 2:
+        return "an odd head size"
+    norms = [block.attn_norm, block.mlp_norm, block.q_norm, block.k_norm]
+    if not all(_fp32(n.weight) for n in norms if n is not None):
+        return "norm weights that are not fp32 on the CPU"
+    for proj in (block.q, block.k, block.v, block.o, block.gate, block.up, block.down):
+        made = _proj(proj)
+        if isinstance(made, str):
+            return made
+    return None
+
+
+class Engine:
+    """One block's native decode step for one session."""
+
+    def __init__(self, block) -> None:
+        views, self._tensors = {}, []
+        for name in ("q", "k", "v", "o", "gate", "up", "down"):
+            made = _proj(getattr(block, name))
+            if isinstance(made, str):
+                raise ValueError(made)
+            views[name], tensors = made
+            self._tensors += tensors
+        self.head_dim = block.head_dim
+        self.heads, self.kv_heads = views["q"].n // block.head_dim, views["k"].n // block.head_dim
+        self.layer_idx = block.layer_idx
+        q_norm, k_norm = block.q_norm, block.k_norm
+        self._struct = _Block(
+            views["q"].k,
+            self.heads,
+            self.kv_heads,
+            block.head_dim,
+            block.attn_norm.eps,
+            q_norm.eps if q_norm is not None else 0.0,
+            block.scaling,
+            block.attn_norm.weight.data_ptr(),
+            block.mlp_norm.weight.data_ptr(),
+            _ptr(q_norm.weight if q_norm is not None else None),
+            _ptr(k_norm.weight if k_norm is not None else None),
+            *(views[name] for name in ("q", "k", "v", "o", "gate", "up", "down")),
+        )
+        self._norms = [n.weight for n in (block.attn_norm, block.mlp_norm, q_norm, k_norm) if n is not None]
+        self._first = self._tensors[0].data_ptr()
+
+    def current(self) -> bool:
+        """Whether the weights are still where this engine points."""
+        return self._tensors[0].data_ptr() == self._first
+
+    def step(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
+        """``h`` [H] (one token's hidden state) through the block; appends to ``cache``."""
+        lib, threads = native.library(), torch.get_num_threads()
+        d = self.head_dim
+        q = torch.empty(self.heads * d)
+        k, v = torch.empty(self.kv_heads * d), torch.empty(self.kv_heads * d)
+        code = lib.resplit_block_qkv(
+            ctypes.byref(self._struct),
+            h.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            q.data_ptr(),
+            k.data_ptr(),
+            v.data_ptr(),
+            threads,
+        )
+        if code != 0:
+            raise MemoryError(f"native block step: code {code}")
+        keys, values = cache.update(
+            k.view(1, self.kv_heads, 1, d), v.view(1, self.kv_heads, 1, d), self.layer_idx
+        )
+        keys, values = keys.contiguous(), values.contiguous()
+        out = torch.empty_like(h)
+        code = lib.resplit_block_out(
+            ctypes.byref(self._struct),
+            h.data_ptr(),
+            q.data_ptr(),
+            keys.data_ptr(),
+            values.data_ptr(),
+            keys.shape[2],
+            out.data_ptr(),
+            threads,
+        )
+        if code != 0:
+            raise MemoryError(f"native block step: code {code}")
+        return out
