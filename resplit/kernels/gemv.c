@@ -195,6 +195,22 @@ TVNNI static inline __m512 pair_scales(const bf16 *two, __m512i top) {
     return _mm512_castsi512_ps(_mm512_mask_blend_epi32(0xFF00, _mm512_slli_epi32(both, 16), _mm512_and_si512(both, top)));
 }
 
+/* sum over groups of (zero - 8 * scale) * (sum of the group's activations): the part of
+ * a row's product that W's offsets contribute, sixteen groups at a time. */
+TVNNI static inline __m512 widen16(const bf16 *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+TVNNI static inline float offsets_dot(const bf16 *s, const bf16 *z, const float *xsum, int G) {
+    __m512 acc = _mm512_setzero_ps(), eight = _mm512_set1_ps(8.f);
+    int g = 0;
+    for (; g + 16 <= G; g += 16)
+        acc = _mm512_fmadd_ps(_mm512_fnmadd_ps(eight, widen16(s + g), widen16(z + g)), _mm512_loadu_ps(xsum + g), acc);
+    float rest = 0.f;
+    for (; g < G; g++) rest += (widen(z[g]) - 8.f * widen(s[g])) * xsum[g];
+    return _mm512_reduce_add_ps(acc) + rest;
+}
+
 /* x here is the int16 row in pair-of-groups order (see quantize_rows): for groups g, g+1,
  * the 32 values matching the low nibbles of their 32 bytes, then the 32 matching the
  * high ones. One 32-byte load widened to 32 words covers two groups; dword lanes 0-7 of
@@ -204,6 +220,8 @@ TVNNI static inline __attribute__((always_inline)) void int4_rows_512_body(const
     const int G = K / 32;
     const __m512i low = _mm512_set1_epi16(15);
     const __m512i top = _mm512_set1_epi32((int)0xFFFF0000u);
+    const __m512i first_pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i second_pair = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
     for (int n = n0; n < n1; n++) {
         const uint8_t *pn = p + (int64_t)n * (K / 2);
         const bf16 *sn = s + (int64_t)n * G, *zn = z + (int64_t)n * G;
@@ -219,22 +237,20 @@ TVNNI static inline __attribute__((always_inline)) void int4_rows_512_body(const
                                                  _mm512_loadu_si512(x + g * 32 + 64));
                 a0 = _mm512_dpwssd_epi32(a0, _mm512_srli_epi16(b0, 4), _mm512_loadu_si512(x + g * 32 + 32));
                 a1 = _mm512_dpwssd_epi32(a1, _mm512_srli_epi16(b1, 4), _mm512_loadu_si512(x + g * 32 + 96));
-                __m512 s0 = pair_scales(sn + g, top);
-                __m512 s1 = pair_scales(sn + g + 2, top);
-                f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), s0, f0);
-                f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), s1, f1);
+                /* four groups' scales widened at once, then spread: lanes 0-7 one group, 8-15 the next */
+                __m512 four = _mm512_castps128_ps512(_mm_castsi128_ps(
+                    _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(sn + g))), 16)));
+                f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_permutexvar_ps(first_pair, four), f0);
+                f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_permutexvar_ps(second_pair, four), f1);
             }
             for (; g < G; g += 2) {
                 __m512i b0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(pn + g * 16)));
                 __m512i a0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b0, low),
                                                  _mm512_loadu_si512(x + g * 32));
                 a0 = _mm512_dpwssd_epi32(a0, _mm512_srli_epi16(b0, 4), _mm512_loadu_si512(x + g * 32 + 32));
-                __m512 s0 = pair_scales(sn + g, top);
-                f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), s0, f0);
+                f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), pair_scales(sn + g, top), f0);
             }
-            float extra = 0.f;
-            for (int j = 0; j < G; j++) extra += (widen(zn[j]) - 8.f * widen(sn[j])) * xsum[j];
-            y[n] = _mm512_reduce_add_ps(_mm512_add_ps(f0, f1)) * sx[0] + extra;
+            y[n] = _mm512_reduce_add_ps(_mm512_add_ps(f0, f1)) * sx[0] + offsets_dot(sn, zn, xsum, G);
             continue;
         }
         __m512 f[MAX_ROWS];
@@ -251,9 +267,7 @@ TVNNI static inline __attribute__((always_inline)) void int4_rows_512_body(const
             }
         }
         for (int r = 0; r < R; r++) {
-            float extra = 0.f;
-            for (int g = 0; g < G; g++) extra += (widen(zn[g]) - 8.f * widen(sn[g])) * xsum[(int64_t)r * G + g];
-            y[(int64_t)r * N + n] = _mm512_reduce_add_ps(f[r]) * sx[r] + extra;
+            y[(int64_t)r * N + n] = _mm512_reduce_add_ps(f[r]) * sx[r] + offsets_dot(sn, zn, xsum + (int64_t)r * G, G);
         }
     }
 }
