@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -119,6 +120,19 @@ def rpc_servers(build: Path, count: int, threads: int) -> Iterator[list[str]]:
             server.wait(10)
 
 
+@contextlib.contextmanager
+def worker_env(pairs: list[str]) -> Iterator[None]:
+    """``pairs`` (KEY=VALUE) in the environment while the stack starts: its processes
+    inherit them, this process's own runs and llama.cpp's do not."""
+    saved = dict(os.environ)
+    os.environ.update(pair.split("=", 1) for pair in pairs)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -173,6 +187,13 @@ def main() -> None:
         default=[],
         help="a flag for every worker, e.g. --worker-arg=--decode-threads=2",
     )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the workers only, e.g. OMP_WAIT_POLICY=PASSIVE",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-format RSS stacks")
     parser.add_argument("--rpc-threads", type=int, default=1, help="threads of each ggml-rpc-server")
     args = parser.parse_args()
@@ -199,7 +220,7 @@ def main() -> None:
     whole: dict[str, list[float]] = {f: [] for f in formats}
     split: dict[str, list[float]] = {f: [] for f in formats}
     state = work / "stack"
-    with console.status("starting the stack and deploying every format"):
+    with console.status("starting the stack and deploying every format"), worker_env(args.worker_env):
         stack = stack_mod.up(state, workers=3, trusted=3, extra_args={"worker": args.worker_arg})
     try:
         stack.use()
@@ -229,7 +250,7 @@ def main() -> None:
     finally:
         stack_mod.down(state)
 
-    worker_args = " ".join(args.worker_arg) or "defaults"
+    worker_args = " ".join(args.worker_arg + args.worker_env) or "defaults"
     table = Table(
         title=f"decode tok/s, {args.blocks}-block Llama (hidden 1024), {args.threads} threads, "
         f"median of {args.rounds} rounds; workers: {worker_args}"
