@@ -72,7 +72,7 @@ static void release(input_t *in) {
 static void rows_of(const proj_t *p, const input_t *in, float *y, int n0, int n1) {
     int fast = use_512();
     if (p->format == 0) {
-        if (fast) fp32_rows_512(in->x, p->w, y, 1, p->k, p->n, n0, n1);
+        if (fast) fp32_row_512(in->x, p->w, y, p->k, n0, n1);
         else fp32_rows_ref(in->x, p->w, y, 1, p->k, p->n, n0, n1);
     } else if (p->format == 1) {
         if (fast) int8_rows_512(in->x8, &in->s8, p->w, p->scale, y, 1, p->k, p->n, n0, n1);

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 
 #define MAX_ROWS 8
+/* fp32 takes more rows at once: its tiles keep the weights in L1 for every row. */
+#define MAX_FP32_ROWS 16
 
 typedef uint16_t bf16;
 
@@ -76,46 +78,59 @@ static void int4_rows_ref(const float *x, const float *xsum, const uint8_t *p, c
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 
-T512 static inline __attribute__((always_inline)) void fp32_rows_512_body(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
-    if (R == 1) { /* one row at a time, four chains along it: the weights stream in order */
-        for (int n = n0; n < n1; n++) {
-            const float *wn = w + (int64_t)n * K;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int k = 0;
-            for (; k + 64 <= K; k += 64) {
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k), _mm512_loadu_ps(x + k), a0);
-                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 48), _mm512_loadu_ps(x + k + 48), a3);
-            }
-            for (; k < K; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k), _mm512_loadu_ps(x + k), a0);
-            y[n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+/* Several activation rows (a batched decode step): tiles of four weight rows by up to four
+ * activation rows, sixteen accumulators, so each loaded vector feeds four FMAs (the one
+ * row at a time loop above loads a weight vector and every activation row for each FMA).
+ * The four weight rows stay in L1 while every group of activation rows passes over them,
+ * so the matrix still streams from memory once. */
+T512 static inline __attribute__((always_inline)) void fp32_tile(const float *x, const float *w, float *y, int RR,
+                                                                 int K, int N, int n) {
+    __m512 acc[4][4];
+    for (int r = 0; r < RR; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    const float *w0 = w + (int64_t)n * K;
+    for (int k = 0; k < K; k += 16) {
+        __m512 wv[4];
+        for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(w0 + (int64_t)j * K + k);
+        for (int r = 0; r < RR; r++) {
+            __m512 xv = _mm512_loadu_ps(x + (int64_t)r * K + k);
+            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(wv[j], xv, acc[r][j]);
         }
-        return;
     }
-    for (int n = n0; n < n1; n++) {
-        __m512 acc[MAX_ROWS];
-        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-        const float *wn = w + (int64_t)n * K;
-        for (int k = 0; k < K; k += 16) {
-            __m512 wv = _mm512_loadu_ps(wn + k);
-            for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (int64_t)r * K + k), acc[r]);
-        }
-        for (int r = 0; r < R; r++) y[(int64_t)r * N + n] = _mm512_reduce_add_ps(acc[r]);
-    }
+    for (int r = 0; r < RR; r++)
+        for (int j = 0; j < 4; j++) y[(int64_t)r * N + n + j] = _mm512_reduce_add_ps(acc[r][j]);
 }
 
-/* One copy of the body per row count, so its per-row accumulators live in registers. */
-T512 static void fp32_rows_512(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
-    switch (R) {
-    case 1: fp32_rows_512_body(x, w, y, 1, K, N, n0, n1); break;
-    case 2: fp32_rows_512_body(x, w, y, 2, K, N, n0, n1); break;
-    case 3: fp32_rows_512_body(x, w, y, 3, K, N, n0, n1); break;
-    case 4: fp32_rows_512_body(x, w, y, 4, K, N, n0, n1); break;
-    case 5: fp32_rows_512_body(x, w, y, 5, K, N, n0, n1); break;
-    case 6: fp32_rows_512_body(x, w, y, 6, K, N, n0, n1); break;
-    case 7: fp32_rows_512_body(x, w, y, 7, K, N, n0, n1); break;
-    case 8: fp32_rows_512_body(x, w, y, 8, K, N, n0, n1); break;
+T512 static void fp32_multi_512(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
+    int n = n0;
+    for (; n + 4 <= n1; n += 4)
+        for (int r0 = 0; r0 < R; r0 += 4) {
+            const float *xr = x + (int64_t)r0 * K;
+            float *yr = y + (int64_t)r0 * N;
+            switch (R - r0 < 4 ? R - r0 : 4) {
+            case 1: fp32_tile(xr, w, yr, 1, K, N, n); break;
+            case 2: fp32_tile(xr, w, yr, 2, K, N, n); break;
+            case 3: fp32_tile(xr, w, yr, 3, K, N, n); break;
+            default: fp32_tile(xr, w, yr, 4, K, N, n); break;
+            }
+        }
+    fp32_rows_ref(x, w, y, R, K, N, n, n1);
+}
+
+/* One row: read start to end with four chains along it, so the weights stream in order. */
+T512 static void fp32_row_512(const float *x, const float *w, float *y, int K, int n0, int n1) {
+    for (int n = n0; n < n1; n++) {
+        const float *wn = w + (int64_t)n * K;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int k = 0;
+        for (; k + 64 <= K; k += 64) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k), _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+        }
+        for (; k < K; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k), _mm512_loadu_ps(x + k), a0);
+        y[n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
     }
 }
 
@@ -339,9 +354,11 @@ int resplit_simd(void) { return use_512() ? 512 : 0; }
 void resplit_force_portable(int portable) { (void)use_512(); forced_portable = portable; }
 
 int resplit_gemv_fp32(const float *x, const float *w, float *y, int R, int K, int N, int threads) {
-    if (R < 1 || R > MAX_ROWS || K % 32) return -1;
+    if (R < 1 || R > MAX_FP32_ROWS || K % 32) return -1;
     int fast = use_512();
-    SPLIT(if (fast) fp32_rows_512(x, w, y, R, K, N, n0, n1); else fp32_rows_ref(x, w, y, R, K, N, n0, n1))
+    SPLIT(if (!fast) fp32_rows_ref(x, w, y, R, K, N, n0, n1);
+          else if (R == 1) fp32_row_512(x, w, y, K, n0, n1);
+          else fp32_multi_512(x, w, y, R, K, N, n0, n1))
     return 0;
 }
 

@@ -1,9 +1,9 @@
 """Projections of a decode step through the native kernels, torch's beyond their reach.
 
-fp32: a step of at most ``native.MAX_ROWS`` activation rows goes to the kernels in one
-call (1.5-3.5x torch's GEMV/GEMM for 1-8 rows of a 2816 x 1024 matrix on the
-development CPU); more rows run about as fast or faster on torch's GEMM (measured: equal
-at 16 rows, 0.84x at 32), so they go there.
+fp32: a step of at most ``native.MAX_FP32_ROWS`` (16) activation rows goes to the kernels
+in one call: 1.4-3.8x torch's GEMV/GEMM for 1-16 rows of a 2816 x 1024 matrix on the
+development CPU (the rows in tiles of four against four weight rows); more rows (a
+prefill) are compute-bound work for torch's GEMM.
 int8 / int4 (``QuantLinear``): torch's alternative for many rows is dequantizing the
 matrix for the call, so the kernels take up to ``QUANTIZED_ROWS`` rows, in calls of
 ``MAX_ROWS`` rows, each streaming the weights once; a prefill dequantizes.
@@ -46,8 +46,13 @@ def rows_through(x: torch.Tensor, out_features: int, one_call) -> torch.Tensor:
 
 def linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear`` for fp32 weights, through the kernels where :func:`takes` says so."""
-    if weight.dtype != torch.float32 or not weight.is_contiguous() or not takes(x, weight.shape[1]):
+    if (
+        weight.dtype != torch.float32
+        or not weight.is_contiguous()
+        or not takes(x, weight.shape[1], native.MAX_FP32_ROWS)
+    ):
         return F.linear(x, weight, bias)
     lib = native.library()
-    out = rows_through(x, weight.shape[0], lambda rows: native.gemv_fp32(lib, rows, weight))
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = native.gemv_fp32(lib, flat, weight).view(*x.shape[:-1], weight.shape[0])
     return out if bias is None else out + bias

@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 
 #: The sources, built as one library: block.c includes gemv.c.
 SOURCES = (Path(__file__).with_name("gemv.c"), Path(__file__).with_name("block.c"))
-#: Most activation rows one call takes (``MAX_ROWS`` in gemv.c); more go to torch.
+#: Most activation rows one int8/int4 call takes (``MAX_ROWS`` in gemv.c).
 MAX_ROWS = 8
+#: Most activation rows one fp32 call takes (``MAX_FP32_ROWS``): its tiles of four weight
+#: rows by four activation rows keep a batch's weights in L1.
+MAX_FP32_ROWS = 16
 #: Inner sizes must be multiples of this (the int4 group, two AVX-512 vectors of fp32).
 ALIGN = 32
 GROUP = 32
@@ -128,7 +131,7 @@ def _check(code: int, what: str) -> None:
 
 
 def gemv_fp32(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` for fp32 ``x`` [R, K] (contiguous, R <= MAX_ROWS) and ``w`` [N, K]."""
+    """``x @ w.T`` for fp32 ``x`` [R, K] (contiguous, R <= MAX_FP32_ROWS) and ``w`` [N, K]."""
     (rows, k), n = x.shape, w.shape[0]
     y = _out(x, n)
     code = lib.resplit_gemv_fp32(

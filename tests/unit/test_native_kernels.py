@@ -45,6 +45,9 @@ def test_each_kernel_matches_torch_on_the_weights_it_stands_for(body, rows, shap
     w = torch.randn(n, k, generator=g)
     got = native.gemv_fp32(LIB, x, w)
     assert torch.allclose(got, F.linear(x, w), atol=1e-4, rtol=1e-5), body
+    wide = torch.randn(native.MAX_FP32_ROWS - rows, k, generator=g)  # fp32 takes up to 16 rows
+    both = torch.cat([x, wide])
+    assert torch.allclose(native.gemv_fp32(LIB, both, w), F.linear(both, w), atol=1e-4, rtol=1e-5), body
 
     q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     scale = (torch.rand(n, generator=g) * 0.01).to(torch.bfloat16)
@@ -100,7 +103,7 @@ def test_linear_takes_few_rows_and_leaves_more_to_torch(monkeypatch):
 
 def test_a_kernel_refuses_what_it_cannot_take():
     with pytest.raises(ValueError, match="refused"):
-        native.gemv_fp32(LIB, torch.zeros(native.MAX_ROWS + 1, 64), torch.zeros(8, 64))
+        native.gemv_fp32(LIB, torch.zeros(native.MAX_FP32_ROWS + 1, 64), torch.zeros(8, 64))
     with pytest.raises(ValueError, match="refused"):
         native.gemv_int4(
             LIB,
@@ -164,3 +167,9 @@ def test_the_native_block_step_matches_lean_torch_operations(tmp_path, weights):
     off = run(False)
     assert torch.equal(on.argmax(-1), off.argmax(-1))
     assert torch.allclose(on, off, atol=1e-4, rtol=0)
+
+
+def test_a_quantized_kernel_refuses_more_rows_than_it_takes():
+    q, scale = torch.zeros(8, 64, dtype=torch.int8), torch.zeros(8).bfloat16()
+    with pytest.raises(ValueError, match="refused"):
+        native.gemv_int8(LIB, torch.zeros(native.MAX_ROWS + 1, 64), q, scale)
