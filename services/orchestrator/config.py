@@ -45,6 +45,9 @@ class OrchestratorSettings(ServiceSettings):
     failure_check_timeout_s: float = Field(
         1.0, gt=0, description="deadline of the Ping that checks a node a session reported lost"
     )
+    flap_cycles: int = Field(
+        10, ge=0, description="a plan that returns to one in force within this many cycles is held (flapping)"
+    )
     measure_after_s: float = Field(
         5.0, ge=0, description="wait after a change before its measured latency goes into the decision log"
     )

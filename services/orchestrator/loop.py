@@ -47,9 +47,18 @@ from resplit.v1 import (
 )
 
 from .commit import Change, Commits
-from .core.decide import PROTO_TO_OUTCOME, Candidate, Decision, Measured, Outcome, decide
-from .core.policy import effective_thresholds, interval_of
+from .core.decide import (
+    PROTO_TO_OUTCOME,
+    Candidate,
+    Decision,
+    Measured,
+    Outcome,
+    decide,
+    recent_plans,
+)
+from .core.policy import effective_thresholds, interval_of, latency_bounds
 from .core.problem import WorkloadDefaults, build_problem
+from .core.switching import live_tokens, moved_bytes, switch_cost
 from .core.triggers import describe, latest_links, node_utilization, should_reconfigure
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,9 @@ RECONFIGURATIONS = Counter(
 )
 CYCLE_SECONDS = Histogram("resplit_control_cycle_seconds", "Duration of one control cycle of one deployment")
 TRIGGERS = Counter("resplit_triggers_total", "Triggers of Alg. 1 that fired", ["trigger"])
+
+#: Requests per second are counted over this span of the first hops' samples.
+RATE_WINDOW_S = 30.0
 
 MODES = {"placement-only": splitter_pb2.SOLVE_MODE_PLACEMENT_ONLY, "resplit": splitter_pb2.SOLVE_MODE_RESPLIT}
 
@@ -157,10 +169,11 @@ class ControlLoop:
         plan = await self.store.get_plan(name)
         if plan is None:
             return None
-        await self.follow_up_change(name)
+        bounds = latency_bounds(deployment.policy, deployment.generative)
+        await self.follow_up_change(name, bounds[0][0])
         thresholds = effective_thresholds(deployment.policy)
         settling = await self.store.registry_age_s() < self.settings.registry_grace_s
-        triggers = should_reconfigure(env, name, plan, thresholds, settling)
+        triggers = should_reconfigure(env, name, plan, thresholds, settling, bounds)
         if not triggers:
             return None
         for trigger in triggers:
@@ -204,6 +217,18 @@ class ControlLoop:
         problem = build_problem(env, deployment, plan, model, self.defaults)
         current_phi = await self.evaluate_current(problem)
         last = await self.store.last_change(deployment.name)
+        now = time.time()
+        interval = max(interval_of(deployment.policy), self.settings.control_interval_floor_s)
+        events = await self.store.read_events(deployment.name, limit=32)
+        measured = measured_of(env)
+        tokens = live_tokens(env, deployment.name, plan)
+        ahead = await self.request_rate(deployment) * max(thresholds.t_cool_s, interval)
+        alpha = deployment.policy.alpha or 1.0
+
+        def switch(chosen: common_pb2.Plan):
+            moved = moved_bytes(plan, chosen, tokens, model.units)
+            return switch_cost(moved, measured.bandwidth_mbps, alpha, ahead)
+
         return await decide(
             triggers,
             plan,
@@ -212,10 +237,23 @@ class ControlLoop:
             resplit=lambda: self.solve(problem, "resplit"),
             thresholds=thresholds,
             hysteresis=deployment.policy.hysteresis,
-            measured=measured_of(env),
+            measured=measured,
             last_change=last[0] if last else None,
-            now=time.time(),
+            now=now,
+            bounds=latency_bounds(deployment.policy, deployment.generative),
+            switch=switch,
+            recent=recent_plans(events, now, interval, self.settings.flap_cycles),
         )
+
+    async def request_rate(self, deployment: common_pb2.Deployment) -> float:
+        """Requests per second of ``deployment`` lately: its first hops' TTFT samples (a
+        decoder) or request samples (an encoder, or clients' reports), one per request."""
+        since = time.time() - RATE_WINDOW_S
+        signal = "ttft" if deployment.generative else "request"
+        samples = await self.store.latency_samples(deployment.name, since=since, signal=signal)
+        if not samples and deployment.generative:
+            samples = await self.store.latency_samples(deployment.name, since=since, signal="request")
+        return len(samples) / RATE_WINDOW_S
 
     def as_change(
         self, deployment: common_pb2.Deployment, decision: Decision, triggers: list[common_pb2.Trigger]
@@ -232,12 +270,13 @@ class ControlLoop:
         chosen = decision.chosen if decision.outcome is not Outcome.KEEP else None
         return Change(deployment, chosen, reason, event)
 
-    async def follow_up_change(self, name: str) -> None:
-        """Measured latency after the last change: the mean of the requests since, once settled."""
+    async def follow_up_change(self, name: str, signal: str = "request") -> None:
+        """Measured latency after the last change: the mean of the samples of the deployment's
+        latency signal since, once settled."""
         last = await self.store.last_change(name)
         if last is None or last[2] or time.time() - last[0] < self.settings.measure_after_s:
             return
-        samples = await self.store.latency_samples(name, since=last[0])
+        samples = await self.store.latency_samples(name, since=last[0], signal=signal)
         if samples:
             await self.store.put_measured_latency(name, last[1], sum(samples) / len(samples))
 
