@@ -158,7 +158,7 @@ class Node(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., trusted: _Optional[bool] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat: _Optional[float] = ..., role: _Optional[str] = ..., hosted: _Optional[_Iterable[_Union[UnitRange, _Mapping]]] = ...) -> None: ...
 
 class NodeMetrics(_message.Message):
-    __slots__ = ("node_id", "timestamp", "cpu_utilization", "gpu_utilization", "memory_utilization", "rss_bytes", "gpu_memory_used_bytes", "requests_in_flight", "queue_depth", "segment_compute_ms", "has_gpu", "kv_reserved_tokens", "kv_budget_tokens", "segment_kv_tokens")
+    __slots__ = ("node_id", "timestamp", "cpu_utilization", "gpu_utilization", "memory_utilization", "rss_bytes", "gpu_memory_used_bytes", "requests_in_flight", "queue_depth", "segment_compute_ms", "has_gpu", "kv_reserved_tokens", "kv_budget_tokens", "segment_kv_tokens", "segment_load")
     class SegmentComputeMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,13 @@ class NodeMetrics(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SegmentLoadEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     CPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +194,7 @@ class NodeMetrics(_message.Message):
     KV_RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_KV_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_LOAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     timestamp: float
     cpu_utilization: float
@@ -201,7 +209,8 @@ class NodeMetrics(_message.Message):
     kv_reserved_tokens: int
     kv_budget_tokens: int
     segment_kv_tokens: _containers.ScalarMap[str, int]
-    def __init__(self, node_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., cpu_utilization: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., memory_utilization: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., gpu_memory_used_bytes: _Optional[int] = ..., requests_in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., segment_compute_ms: _Optional[_Mapping[str, float]] = ..., has_gpu: _Optional[bool] = ..., kv_reserved_tokens: _Optional[int] = ..., kv_budget_tokens: _Optional[int] = ..., segment_kv_tokens: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    segment_load: _containers.ScalarMap[str, float]
+    def __init__(self, node_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., cpu_utilization: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., memory_utilization: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., gpu_memory_used_bytes: _Optional[int] = ..., requests_in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., segment_compute_ms: _Optional[_Mapping[str, float]] = ..., has_gpu: _Optional[bool] = ..., kv_reserved_tokens: _Optional[int] = ..., kv_budget_tokens: _Optional[int] = ..., segment_kv_tokens: _Optional[_Mapping[str, int]] = ..., segment_load: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Link(_message.Message):
     __slots__ = ("src", "dst", "bandwidth_mbps", "rtt_ms", "timestamp")

@@ -57,7 +57,8 @@ from .core.decide import (
     recent_plans,
 )
 from .core.policy import effective_thresholds, interval_of, latency_bounds
-from .core.problem import WorkloadDefaults, build_problem
+from .core.problem import Shared, WorkloadDefaults, build_problem, own_load
+from .core.sharing import Claims, moved_load, other_memory
 from .core.switching import live_tokens, moved_bytes, switch_cost
 from .core.triggers import describe, latest_links, node_utilization, should_reconfigure
 
@@ -97,6 +98,8 @@ class ControlLoop:
         self._due: dict[str, float] = {}
         self._task: asyncio.Task | None = None
         self._woken = asyncio.Event()
+        #: Load moved by recent changes, counted for the other deployments (core/sharing.py).
+        self.claims = Claims(self.settings.claim_hold_s)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -189,6 +192,8 @@ class ControlLoop:
 
         event = (await self.commits.commit(name, propose, fallback=plan)).event
         assert event is not None  # every change the loop proposes is logged
+        if event.outcome != common_pb2.DECISION_OUTCOME_KEEP:
+            self.claims.add(time.time(), name, moved_load(event.previous, event.chosen, own_load(env, name)))
         RECONFIGURATIONS.labels(PROTO_TO_OUTCOME[event.outcome].value).inc()
         return event
 
@@ -214,15 +219,19 @@ class ControlLoop:
     ) -> Decision:
         """Evaluate d_t, then migration first and split revision if needed (core/decide.py)."""
         model = await self.model_profile(deployment)
-        problem = build_problem(env, deployment, plan, model, self.defaults)
+        now = time.time()
+        rate = await self.request_rate(deployment)
+        shared = Shared(
+            await self.others_memory(deployment.name), self.claims.for_others_of(deployment.name, now), rate
+        )
+        problem = build_problem(env, deployment, plan, model, self.defaults, shared)
         current_phi = await self.evaluate_current(problem)
         last = await self.store.last_change(deployment.name)
-        now = time.time()
         interval = max(interval_of(deployment.policy), self.settings.control_interval_floor_s)
         events = await self.store.read_events(deployment.name, limit=32)
         measured = measured_of(env)
         tokens = live_tokens(env, deployment.name, plan)
-        ahead = await self.request_rate(deployment) * max(thresholds.t_cool_s, interval)
+        ahead = rate * max(thresholds.t_cool_s, interval)
         alpha = deployment.policy.alpha or 1.0
 
         def switch(chosen: common_pb2.Plan):
@@ -244,6 +253,20 @@ class ControlLoop:
             switch=switch,
             recent=recent_plans(events, now, interval, self.settings.flap_cycles),
         )
+
+    async def others_memory(self, name: str) -> dict[str, int]:
+        """node -> bytes every other deployment's plan in force holds there (core/sharing.py)."""
+        plans = []
+        for other in await self.store.list_deployments():
+            if other.name == name:
+                continue
+            plan = await self.store.get_plan(other.name)
+            if plan is None:
+                continue
+            units = (await self.model_profile(other)).units
+            context = self.defaults.prompt_tokens + (self.defaults.generate_tokens if other.generative else 0)
+            plans.append((plan, units, context))
+        return other_memory(plans)
 
     async def request_rate(self, deployment: common_pb2.Deployment) -> float:
         """Requests per second of ``deployment`` lately: its first hops' TTFT samples (a

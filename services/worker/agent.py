@@ -29,11 +29,18 @@ from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 from .config import WorkerSettings
 from .core.latency import FirstHopLatency
-from .core.metrics import ComputeTimes, CpuSampler, Gpu, collect
+from .core.metrics import ComputeTimes, CpuSampler, Gpu, collect, segment_load
 from .core.passive import PassiveLinks
 from .core.probing import probe_mbps
 
 log = logging.getLogger(__name__)
+
+
+def node_utilization_of(report: common_pb2.NodeMetrics) -> float:
+    """The node's utilization as the orchestrator reads it: the busier of CPU and GPU."""
+    return max(report.cpu_utilization, report.gpu_utilization)
+
+
 CHUNK = 64 * 1024
 CALL_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 2.0  # an RTT above this is no link to route over; do not hold the cycle longer
@@ -91,8 +98,13 @@ class Agent:
 
     async def cycle(self) -> None:
         report = collect(self.node_id, self.cpu, self.gpu, self.compute, self.queue_depth)
+        busy = self.compute.drain_busy()
         if self.utilization is not None:
             report.cpu_utilization = self.utilization()
+            own = sum(busy.values())  # an emulated device is busy exactly while its steps run
+        else:
+            own = self.cpu.own()
+        report.segment_load.update(segment_load(busy, min(own, node_utilization_of(report))))
         if self.kv_reserved is not None:
             report.kv_reserved_tokens = self.kv_reserved()
         report.kv_budget_tokens = self.settings.kv_budget_tokens

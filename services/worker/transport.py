@@ -373,6 +373,7 @@ class Forwarding:
                 lambda: step.run(session, given, units, self.chunk_bytes, latest),
                 f"{hosted.start}-{hosted.end}",
                 given.rows * given.tokens,
+                deployment=hosted.deployment,
             )
         self.sessions.end_step(session)
         if downstream is not None:
@@ -415,7 +416,9 @@ class Forwarding:
         label = f"{hosted.start}-{hosted.end}"
         produced = None
         for index, tokens in enumerate(prefill.chunks):
-            produced = await self.compute(lambda index=index: prefill.run_chunk(index), label, tokens)
+            produced = await self.compute(
+                lambda index=index: prefill.run_chunk(index), label, tokens, deployment=hosted.deployment
+            )
         PREFILL_CHUNKS.observe(len(prefill.chunks))
         assert produced is not None
         return produced
@@ -430,6 +433,7 @@ class Forwarding:
             f"{hosted.start}-{hosted.end}",
             sum(row.given.tokens for row in rows),
             session_steps=len(rows),
+            deployment=hosted.deployment,
         )
 
     async def _input(self, hop: OpenHop, request: worker_pb2.ForwardRequest) -> step.StepInput:
