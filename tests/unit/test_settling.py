@@ -176,3 +176,30 @@ def test_recent_plans_are_those_a_change_replaced_within_n_cycles():
     events = [change(50.0, MIGRATED, 2), change(95.0, CURRENT, 3), keep]
     found = recent_plans(events, now=100.0, interval_s=1.0, cycles=10)
     assert [(r.epoch, r.layout, r.cycles_ago) for r in found] == [(3, layout(CURRENT), 5.0)]
+
+
+def test_other_deployments_memory_and_claimed_load_are_taken_off_each_node():
+    from services.orchestrator.core.problem import Shared, node_profiles
+    from services.orchestrator.core.sharing import Claims, moved_load, other_memory
+
+    units = [splitter_pb2.UnitProfile(param_bytes=100, kv_bytes_per_token=1) for _ in range(8)]
+    held = other_memory([(CURRENT, units, 10)])
+    assert held == {"edge": 4 * 110, "mec": 4 * 110}
+    env = _env()
+    for node in ("edge", "mec", "cloud"):
+        env.nodes[[n.node_id for n in env.nodes].index(node)].capacity.memory_bytes = 1000
+        report = env.metrics.add(node_id=node, cpu_utilization=0.5)
+        report.segment_load[segment_key("d", 2, 6)] = 0.3 if node == "mec" else 0.0
+    claims = Claims(hold_s=5.0)
+    # d's change moves its own load (0.3 on mec) to the cloud: another deployment counts it there
+    claims.add(100.0, "d", moved_load(CURRENT, MIGRATED, {"mec": 0.3}))
+    assert claims.for_others_of("d", 101.0) == {}
+    claimed = claims.for_others_of("e", 101.0)
+    assert claimed == pytest.approx({"mec": -0.3, "cloud": 0.3})
+    assert claims.for_others_of("e", 106.0) == {}  # measured by then
+    nodes = {n.node_id: n for n in node_profiles(env, "e", Shared(held, claimed))}
+    assert {k: n.memory_bytes for k, n in nodes.items()} == {"cloud": 1000, "edge": 560, "mec": 560}
+    assert {k: round(n.utilization, 6) for k, n in nodes.items()} == {"cloud": 0.8, "edge": 0.5, "mec": 0.2}
+    # d itself: its own load on mec does not count against mec (it moves with its plan)
+    own = {n.node_id: round(n.utilization, 6) for n in node_profiles(env, "d", Shared())}
+    assert own == {"cloud": 0.5, "edge": 0.5, "mec": 0.2}
