@@ -321,7 +321,7 @@ class Trigger(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class DecisionEvent(_message.Message):
-    __slots__ = ("deployment", "timestamp", "triggers", "outcome", "previous", "chosen", "candidates", "reason", "measured_latency_ms")
+    __slots__ = ("deployment", "timestamp", "triggers", "outcome", "previous", "chosen", "candidates", "reason", "measured_latency_ms", "latency_signal")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +331,7 @@ class DecisionEvent(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MEASURED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     timestamp: float
     triggers: _containers.RepeatedCompositeFieldContainer[Trigger]
@@ -340,7 +341,8 @@ class DecisionEvent(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[Plan]
     reason: str
     measured_latency_ms: float
-    def __init__(self, deployment: _Optional[str] = ..., timestamp: _Optional[float] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., previous: _Optional[_Union[Plan, _Mapping]] = ..., chosen: _Optional[_Union[Plan, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., reason: _Optional[str] = ..., measured_latency_ms: _Optional[float] = ...) -> None: ...
+    latency_signal: str
+    def __init__(self, deployment: _Optional[str] = ..., timestamp: _Optional[float] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., previous: _Optional[_Union[Plan, _Mapping]] = ..., chosen: _Optional[_Union[Plan, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., reason: _Optional[str] = ..., measured_latency_ms: _Optional[float] = ..., latency_signal: _Optional[str] = ...) -> None: ...
 
 class Hop(_message.Message):
     __slots__ = ("units", "node_id", "address")

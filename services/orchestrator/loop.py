@@ -288,6 +288,7 @@ class ControlLoop:
             triggers=triggers,
             candidates=[c.plan for c in decision.candidates if c.plan is not None],
             reason=decision.reason,
+            latency_signal=latency_bounds(deployment.policy, deployment.generative)[0][0],
         )
         reason = f"{decision.outcome.value}: " + ", ".join(describe(t) for t in triggers)
         chosen = decision.chosen if decision.outcome is not Outcome.KEEP else None
