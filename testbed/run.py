@@ -137,6 +137,9 @@ class Runner:
             relay = "delay/jitter/loss by the userspace relay (testbed/relay.py; no netem on this kernel)"
             if delayed and network.delay_mode == "relay" and relay not in self.notes:
                 self.notes.append(relay)
+            elif delayed:  # netem: the delay on the host side too, both ways as the relay does
+                for command in tc_commands(host_end, shape):
+                    sh(*command, check=command[2] != "del")
         except EmulationUnavailable as exc:
             note = (
                 f"{node}: no netem on this kernel, so delay/jitter/loss are not emulated (rate only): {exc}"
