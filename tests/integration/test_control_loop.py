@@ -226,6 +226,7 @@ def test_the_loop_logs_a_decision_when_latency_exceeds_l_max(adaptive):
         lambda: _latency_events(local, NAME), 30, 0.25, what="a decision event with a latency trigger"
     )[0]
     (trigger,) = [t for t in event.triggers if t.name == "latency"]
+    assert trigger.subject == "ttft"  # the first hop reported it, not the client
     assert trigger.threshold == pytest.approx(L_MAX_MS) and trigger.value > L_MAX_MS
     assert "failed" not in event.reason, event.reason
     assert event.candidates, "the splitter answered at least the migration candidate"
@@ -254,7 +255,7 @@ def test_the_loop_logs_a_decision_when_latency_exceeds_l_max(adaptive):
         assert followed.timestamp == changes[-1].timestamp
 
     table = _cli(local, "events", NAME, "--limit", "50")
-    assert f"latency {trigger.value:.4g} > 0.001" in table
+    assert f"latency ttft {trigger.value:.4g} > 0.001" in table  # a decoder's signal: the first hop's TTFT
     assert "keep" in table or "migrate" in table or "resplit" in table
 
     with urllib.request.urlopen(f"http://127.0.0.1:{local.orchestrator.http_port}/metrics", timeout=5) as r:
