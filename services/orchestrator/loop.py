@@ -34,7 +34,7 @@ import math
 import time
 
 import grpc
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
@@ -54,6 +54,7 @@ from .core.decide import (
     Measured,
     Outcome,
     decide,
+    predicted_ms,
     recent_plans,
 )
 from .core.policy import effective_thresholds, interval_of, latency_bounds
@@ -71,6 +72,11 @@ RECONFIGURATIONS = Counter(
 )
 CYCLE_SECONDS = Histogram("resplit_control_cycle_seconds", "Duration of one control cycle of one deployment")
 TRIGGERS = Counter("resplit_triggers_total", "Triggers of Alg. 1 that fired", ["trigger"])
+PREDICTION_ERROR = Gauge(
+    "resplit_prediction_error_ratio",
+    "(measured - predicted) / predicted latency signal of the last committed plan, once measured",
+    ["deployment", "signal"],
+)
 
 #: Requests per second are counted over this span of the first hops' samples.
 RATE_WINDOW_S = 30.0
@@ -302,7 +308,12 @@ class ControlLoop:
             return
         samples = await self.store.latency_samples(name, since=last[0], signal=signal)
         if samples:
-            await self.store.put_measured_latency(name, last[1], sum(samples) / len(samples))
+            measured = sum(samples) / len(samples)
+            await self.store.put_measured_latency(name, last[1], measured)
+            plan = await self.store.get_plan(name)
+            predicted = predicted_ms(plan.predicted, signal) if plan is not None else 0.0
+            if predicted > 0:  # the committed plan's prediction of what was measured
+                PREDICTION_ERROR.labels(name, signal).set((measured - predicted) / predicted)
 
     # -- the splitter (SR) ----------------------------------------------------
     async def model_profile(self, deployment: common_pb2.Deployment) -> splitter_pb2.ModelProfile:

@@ -213,6 +213,18 @@ def test_a_latency_trigger_changes_the_plan_only_for_a_gain_above_hysteresis(
         )
         assert event.chosen.epoch == plan.epoch > event.previous.epoch == 1
         assert event.chosen.predicted.phi == pytest.approx(best)
+        # once measured, the committed plan's predicted TTFT against the first hop's
+        _report_latency(local, name)
+        line = f'resplit_prediction_error_ratio{{deployment="{name}",signal="ttft"}} '
+
+        def error() -> list[float]:
+            url = f"http://127.0.0.1:{local.orchestrator.http_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                text = reply.read().decode()
+            return [float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line)]
+
+        (value,) = wait_for(error, 15, 0.25, what="the prediction error of the committed plan")
+        assert value > -1.0  # a measured TTFT > 0; how large the error is is the cost model's
     else:
         assert event.outcome == common_pb2.DECISION_OUTCOME_KEEP, event.reason
         assert "hysteresis: predicted Phi" in event.reason and "below 100% of the current Phi" in event.reason
