@@ -51,11 +51,13 @@ test-latest: redis
 	RESPLIT_UNLOCKED=1 $(LATEST)/bin/python -m pytest
 
 # redis-server is needed by `resplit up` and the tests (they start their own);
-# iproute2 (ip, tc) by the testbed's network namespaces and link shaping.
+# iproute2 (ip, tc) by the testbed's network namespaces and link shaping; iptables by
+# its delay relay (RTT, jitter, loss on kernels without netem: testbed/relay.py).
 redis:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v tc >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v iptables >/dev/null 2>&1 || missing="$$missing iptables"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing$$missing from Debian's packages"; \

@@ -4,7 +4,7 @@ For each backhaul in {20, 50, 100, 200} Mb/s, plays scenarios/paper-bwN.yaml
 twice with the same seed and workload: static {S1, S2, S3} (orchestrator
 --no-adaptive) and adaptive (Alg. 1). Emulated compute (A100-40GB / H100
 device profiles, Llama-3-8B config only), real services, real gRPC data path,
-tc-shaped links (rate only where the kernel has no netem). Writes
+tc-shaped links (their RTT by the delay relay where the kernel has no netem). Writes
 results/paper/table2.md (measured next to the paper's own Table II values)
 and results/paper/latency_vs_bandwidth.png; each run's folder has its raw
 requests.csv, summary.md and timeline.png.
@@ -75,8 +75,9 @@ def table(rows: dict[int, tuple[dict, dict]], duration: float) -> str:
         "",
         f"Measured: `make bench-paper` ({duration:g} s per run, same seed and workload for static and "
         "adaptive; "
-        "emulated A100-40GB / H100 compute, real services and gRPC data path, tc-shaped backhaul, rate only: "
-        "no netem on this kernel, so the scenario's 20 ms backhaul RTT is not emulated). "
+        "emulated A100-40GB / H100 compute, real services and gRPC data path, tc-shaped backhaul rate; "
+        "the scenario's 20 ms backhaul RTT by netem, or by the testbed's userspace delay relay where the "
+        "kernel has no netem: testbed/relay.py). "
         "Latency = time to first token (TTFT); SLA = TTFT <= 150 ms, failed requests count as missed. "
         "Throughput ratio = adaptive / static generated tokens per second (open-loop Poisson arrivals, so "
         "it is bound by the offered load) and, in brackets, the ratio of per-request decode speed "

@@ -9,7 +9,10 @@ Shaping is on a node's egress (``eth0`` inside its namespace): ``tbf`` for
 the rate, ``netem`` for delay, jitter and loss (netem at the root with tbf
 under it when both are asked for). ``shape`` uses ``tc qdisc replace``, so a
 rate changes while traffic flows. Some kernels (the 2-core development VMs)
-lack the netem qdisc: asking for delay, jitter or loss there raises
+lack the netem qdisc: there delay, jitter and loss come from a transparent
+userspace relay in every node's namespace instead (``relay.py``: an iptables
+REDIRECT of inbound TCP; ``delay_via="relay"`` asks for it where netem exists
+too). Without netem and without iptables, asking for them raises
 :class:`EmulationUnavailable` saying so; rates still work.
 """
 
@@ -18,8 +21,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import json
 import os
-from dataclasses import dataclass, field
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .system import EmulationUnavailable, sh
 
@@ -52,6 +61,16 @@ class Shape:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss_pct: float = 0.0
+
+
+#: The relay's port inside each node's namespace (its own port space).
+RELAY_PORT = 15999
+
+
+def relay_rule(action: str = "-A") -> list[str]:
+    """The iptables rule that hands every inbound TCP connection to the node's relay."""
+    match = ["PREROUTING", "-i", "eth0", "-p", "tcp"]
+    return ["iptables", "-t", "nat", action, *match, "-j", "REDIRECT", "--to-ports", str(RELAY_PORT)]
 
 
 #: The least a shaped link queues before tbf drops (see tc_commands).
@@ -98,6 +117,12 @@ class Network:
     veths: list[str] = field(default_factory=list)  # root-namespace ends, for cleanup after a half-made node
     host_ends: dict[str, str] = field(default_factory=dict)  # node -> its veth's root-namespace end
     bridge: str = ""
+    #: How delay, jitter and loss are made: "auto" (netem where the kernel has it, else
+    #: the relay), "netem" or "relay". ``delay_mode`` says what "auto" found.
+    delay_via: str = "auto"
+    delay_mode: str = ""
+    relays: dict[str, subprocess.Popen] = field(default_factory=dict)
+    relay_dir: Path | None = None
 
     @property
     def bridge_address(self) -> str:
@@ -135,10 +160,67 @@ class Network:
         # probe measures the link's rate rather than TCP's ramp (per-namespace sysctl).
         sh(*ns, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_slow_start_after_idle", check=False)
         self.addresses[name] = address
+        if self.delay_mode == "relay":  # relays apply the peers' delays on every node
+            self._start_relay(name)
         return address
 
     def shape(self, name: str, shape: Shape) -> None:
         """Give node ``name``'s egress this shape (replaces the previous one in place)."""
+        delayed = shape.delay_ms > 0 or shape.jitter_ms > 0 or shape.loss_pct > 0
+        if self.delay_mode == "relay" or (delayed and self.delay_via == "relay"):
+            self._shape_with_relay(name, shape)
+            return
+        try:
+            self._shape_with_tc(name, shape)
+        except EmulationUnavailable:
+            if self.delay_via == "netem":
+                raise
+            self._shape_with_relay(name, shape)
+
+    def _shape_with_relay(self, name: str, shape: Shape) -> None:
+        """Rate by tbf, delay/jitter/loss by the relays (started in every node at once)."""
+        if self.delay_mode != "relay":
+            if shutil.which("iptables") is None:
+                raise EmulationUnavailable(
+                    "no netem qdisc on this kernel and no iptables for the userspace delay relay, "
+                    "so delay, jitter and loss cannot be emulated here (rate shaping with tbf works)"
+                )
+            self.delay_mode = "relay"
+            self.relay_dir = Path(tempfile.mkdtemp(prefix="resplit-relay-"))
+            for node in list(self.namespaces):
+                previous = self.shapes.get(node)
+                if previous is not None and (previous.delay_ms > 0 or previous.loss_pct > 0):
+                    ns = ["ip", "netns", "exec", self.namespaces[node]]
+                    sh(*ns, "tc", "qdisc", "del", "dev", "eth0", "root")
+                self._start_relay(node)
+        self._shape_with_tc(name, Shape(shape.rate_mbit))
+        self.shapes[name] = shape
+        self._write_relay_shapes()
+
+    def _start_relay(self, name: str) -> None:
+        assert self.relay_dir is not None
+        sh("ip", "netns", "exec", self.namespaces[name], *relay_rule())
+        argv = [sys.executable, "-m", "testbed.relay", "--port", str(RELAY_PORT)]
+        argv += ["--address", self.addresses[name], "--config", str(self.relay_dir / "shapes.json")]
+        root = Path(__file__).resolve().parent.parent
+        proc = subprocess.Popen([*self.exec_prefix(name), *argv], cwd=root, stdout=subprocess.PIPE, text=True)
+        self.relays[name] = proc
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "relay ready":  # it died: say so, not a silent no-delay
+            raise RuntimeError(f"the delay relay of {name} did not start (exit {proc.poll()})")
+
+    def _write_relay_shapes(self) -> None:
+        """Every node's one-way shape by its address, replaced atomically (relays re-read it)."""
+        assert self.relay_dir is not None
+        shapes = {
+            self.addresses[n]: {k: v for k, v in asdict(s).items() if k != "rate_mbit"}
+            for n, s in self.shapes.items()
+        }
+        temporary = self.relay_dir / "shapes.json.tmp"
+        temporary.write_text(json.dumps(shapes))
+        os.replace(temporary, self.relay_dir / "shapes.json")
+
+    def _shape_with_tc(self, name: str, shape: Shape) -> None:
         netns = self.namespaces[name]
         previous = self.shapes.get(name)
         structure_changed = previous is not None and (previous.delay_ms > 0 or previous.loss_pct > 0) != (
@@ -172,6 +254,15 @@ class Network:
         return ["nsenter", f"--net=/var/run/netns/{self.namespaces[name]}"]
 
     def close(self) -> None:
+        for proc in self.relays.values():
+            proc.kill()
+        for proc in self.relays.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        self.relays.clear()
+        if self.relay_dir is not None:
+            shutil.rmtree(self.relay_dir, ignore_errors=True)
+            self.relay_dir = None
         for netns in self.namespaces.values():
             with contextlib.suppress(RuntimeError):
                 sh("ip", "netns", "del", netns)

@@ -9,8 +9,9 @@ load. Every request is a row of ``requests.csv``; ``report.py`` makes the
 summary and the plots.
 
 What is emulated and how: rate with tc tbf on the node's egress; delay,
-jitter and loss with netem where the kernel has it — where it does not (this
-machine) the runner notes it in the summary and shapes the rate alone.
+jitter and loss with netem where the kernel has it, else with the userspace
+delay relay in every node's namespace (testbed/relay.py; the summary says
+which) — with neither (no iptables) the runner notes it and shapes the rate alone.
 Background load on an emulated node is the device's load file (the worker
 stretches steps by 1/(1-u) and reports the utilization); on a real node it is
 a duty-cycled CPU hog in the node's cgroup.
@@ -132,6 +133,13 @@ class Runner:
             sh(*command, check=command[2] != "del")
         try:
             network.shape(node, shape)
+            delayed = shape.delay_ms > 0 or shape.jitter_ms > 0 or shape.loss_pct > 0
+            relay = "delay/jitter/loss by the userspace relay (testbed/relay.py; no netem on this kernel)"
+            if delayed and network.delay_mode == "relay" and relay not in self.notes:
+                self.notes.append(relay)
+            elif delayed:  # netem: the delay on the host side too, both ways as the relay does
+                for command in tc_commands(host_end, shape):
+                    sh(*command, check=command[2] != "del")
         except EmulationUnavailable as exc:
             note = (
                 f"{node}: no netem on this kernel, so delay/jitter/loss are not emulated (rate only): {exc}"

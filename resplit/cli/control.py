@@ -60,7 +60,8 @@ def trigger_text(trigger: common_pb2.Trigger) -> str:
     if trigger.name == "node_down":
         return f"node_down {trigger.subject}"
     relation = "<" if trigger.name == "bandwidth" else ">"
-    subject = "" if trigger.name == "latency" else f" {trigger.subject}"
+    signal = trigger.subject in ("ttft", "tpot", "request")
+    subject = f" {trigger.subject}" if trigger.name != "latency" or signal else ""
     return f"{trigger.name}{subject} {trigger.value:.4g} {relation} {trigger.threshold:.4g}"
 
 
@@ -70,6 +71,18 @@ def _ms(value: float) -> str:
     return f"{value:.3g} ms" if value < 100 else f"{value:,.0f} ms"
 
 
+def predicted_ms(cost: common_pb2.CostBreakdown, signal: str) -> float:
+    """The splitter's prediction of the signal an event measured (TTFT: the prefill)."""
+    return {"ttft": cost.prefill_ms, "tpot": cost.decode_ms_per_token}.get(signal, cost.latency_ms)
+
+
+def _error(predicted: float, measured: float) -> str:
+    """How far the prediction was off: (measured - predicted) / predicted."""
+    if predicted <= 0 or measured <= 0:
+        return "-"
+    return f"{(measured - predicted) / predicted:+.0%}"
+
+
 def events_view(deployment: str, events: list[common_pb2.DecisionEvent]) -> Table:
     table = Table(title=f"decisions of {deployment!r} ({len(events)})")
     # Short cells never wrap: a long plan or reason folds within its own column
@@ -77,18 +90,21 @@ def events_view(deployment: str, events: list[common_pb2.DecisionEvent]) -> Tabl
     for column in ("time", "outcome", "triggers"):
         table.add_column(column, no_wrap=True)
     table.add_column("chosen plan", overflow="fold")
-    for column in ("predicted", "measured"):
+    for column in ("signal", "predicted", "measured", "error"):
         table.add_column(column, no_wrap=True)
     table.add_column("reason", overflow="fold", max_width=60)
     for event in events:
         chosen = event.chosen if event.HasField("chosen") else None
+        predicted = predicted_ms(chosen.predicted, event.latency_signal) if chosen is not None else 0.0
         table.add_row(
             datetime.datetime.fromtimestamp(event.timestamp).strftime("%H:%M:%S"),
             OUTCOMES.get(event.outcome, "?"),
             "\n".join(trigger_text(t) for t in event.triggers) or "-",
             f"epoch {chosen.epoch}: {segments_text(chosen)}" if chosen is not None else "-",
-            _ms(chosen.predicted.latency_ms) if chosen is not None else "-",
+            event.latency_signal or "request",
+            _ms(predicted) if chosen is not None else "-",
             _ms(event.measured_latency_ms),
+            _error(predicted, event.measured_latency_ms) if chosen is not None else "-",
             event.reason,
         )
     return table

@@ -14,9 +14,10 @@ bridge), so a link is its first node's access link, shaped both ways (the
 node's egress and the host side of its veth): ``between: [cloud, mec1]`` at
 50 Mb/s makes every path into and out of ``cloud`` a 50 Mb/s backhaul, and
 leaves the MEC nodes' paths to each other unshaped. One link per node.
-Delay (``rtt_ms``, ``jitter_ms``) and ``loss_pct`` need netem, which not
-every kernel has; where it is missing the runner says so and shapes the rate
-alone.
+Delay (``rtt_ms``, ``jitter_ms``) and ``loss_pct`` use netem where the kernel
+has it, else the testbed's userspace delay relay (testbed/relay.py: the access
+link's RTT on every connection into or out of the node); with neither (no
+iptables) the runner says so and shapes the rate alone.
 """
 
 from __future__ import annotations

@@ -80,13 +80,20 @@ def link_series(src: str, dst: str) -> str:
 
 
 def latency_ewma() -> str:
-    """Hash deployment -> end-to-end latency EWMA in ms."""
+    """Hash deployment -> end-to-end latency EWMA in ms ("deployment|signal" for the
+    other latency signals: ttft, tpot)."""
     return f"{PREFIX}:latency_ewma"
 
 
 def latency_series(name: str) -> str:
     """Redis stream of one deployment's end-to-end latency samples."""
     return f"{PREFIX}:deploy:{name}:latency:ts"
+
+
+def first_hop_latency() -> str:
+    """Redis stream of the first hops' latency samples (deployment, signal, ms, time),
+    folded into the per-signal EWMAs by the monitor."""
+    return f"{PREFIX}:latency:first_hop:ts"
 
 
 def environment_series() -> str:

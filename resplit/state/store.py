@@ -261,17 +261,42 @@ class StateStore:
         return [common_pb2.Link.FromString(fields[b"l"]) for _, fields in rows]
 
     async def put_latency(
-        self, deployment: str, sample_ms: float, ewma_ms: float, retention_s: float
+        self, deployment: str, sample_ms: float, ewma_ms: float, retention_s: float, signal: str = "request"
     ) -> None:
+        field = deployment if signal == "request" else f"{deployment}|{signal}"
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.latency_ewma(), deployment, repr(ewma_ms))
+            pipe.hset(keys.latency_ewma(), field, repr(ewma_ms))
             pipe.xadd(
                 keys.latency_series(deployment),
-                {"ms": repr(sample_ms)},
+                {"ms": repr(sample_ms), "s": signal},
                 minid=self._min_id(retention_s),
                 approximate=False,
             )
             await pipe.execute()
+
+    async def put_first_hop_latency(
+        self, samples: list[tuple[str, str, float, float]], retention_s: float
+    ) -> None:
+        """A first hop's (deployment, signal, ms, unix time) samples, for the monitor to fold."""
+        if not samples:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for deployment, signal, ms, t in samples:
+                pipe.xadd(
+                    keys.first_hop_latency(),
+                    {"d": deployment, "s": signal, "ms": repr(ms), "t": repr(t)},
+                    minid=self._min_id(retention_s),
+                    approximate=True,
+                )
+            await pipe.execute()
+
+    async def first_hop_latency(
+        self, after: str, count: int = 10_000
+    ) -> tuple[list[tuple[str, str, float, float]], str]:
+        """First-hop samples after stream id ``after`` (``"0"``: all), and the last id read."""
+        rows = await self.redis.xrange(keys.first_hop_latency(), min=f"({after}", count=count)
+        samples = [(f[b"d"].decode(), f[b"s"].decode(), float(f[b"ms"]), float(f[b"t"])) for _, f in rows]
+        return samples, (rows[-1][0].decode() if rows else after)
 
     async def latency_ewma(self) -> dict[str, float]:
         raw = await self.redis.hgetall(keys.latency_ewma())
@@ -400,10 +425,17 @@ class StateStore:
 
         await self._transact(write)
 
-    async def latency_samples(self, deployment: str, since: float = 0.0) -> list[float]:
-        """End-to-end latency samples (ms) of ``deployment`` reported since unix time ``since``."""
+    async def latency_samples(
+        self, deployment: str, since: float = 0.0, signal: str | None = None
+    ) -> list[float]:
+        """Latency samples (ms) of ``deployment`` reported since unix time ``since``: of one
+        signal (``ttft``, ``tpot``, ``request``: a sample without one is a request's), or all."""
         rows = await self.redis.xrange(keys.latency_series(deployment), min=str(int(since * 1000) + 1))
-        return [float(fields[b"ms"]) for _, fields in rows]
+        return [
+            float(fields[b"ms"])
+            for _, fields in rows
+            if signal is None or fields.get(b"s", b"request").decode() == signal
+        ]
 
     # -- route publication -------------------------------------------------
     async def publish_route(self, route: common_pb2.Route) -> int:

@@ -13,6 +13,14 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_STATE_UP: _ClassVar[NodeState]
     NODE_STATE_DOWN: _ClassVar[NodeState]
 
+class LatencySignal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LATENCY_SIGNAL_UNSPECIFIED: _ClassVar[LatencySignal]
+    LATENCY_SIGNAL_TTFT: _ClassVar[LatencySignal]
+    LATENCY_SIGNAL_TPOT: _ClassVar[LatencySignal]
+    LATENCY_SIGNAL_TTFT_AND_TPOT: _ClassVar[LatencySignal]
+    LATENCY_SIGNAL_REQUEST: _ClassVar[LatencySignal]
+
 class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
@@ -28,6 +36,11 @@ class DecisionOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 NODE_STATE_UNSPECIFIED: NodeState
 NODE_STATE_UP: NodeState
 NODE_STATE_DOWN: NodeState
+LATENCY_SIGNAL_UNSPECIFIED: LatencySignal
+LATENCY_SIGNAL_TTFT: LatencySignal
+LATENCY_SIGNAL_TPOT: LatencySignal
+LATENCY_SIGNAL_TTFT_AND_TPOT: LatencySignal
+LATENCY_SIGNAL_REQUEST: LatencySignal
 OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_LATENCY: Objective
 OBJECTIVE_THROUGHPUT: Objective
@@ -145,8 +158,22 @@ class Node(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., trusted: _Optional[bool] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat: _Optional[float] = ..., role: _Optional[str] = ..., hosted: _Optional[_Iterable[_Union[UnitRange, _Mapping]]] = ...) -> None: ...
 
 class NodeMetrics(_message.Message):
-    __slots__ = ("node_id", "timestamp", "cpu_utilization", "gpu_utilization", "memory_utilization", "rss_bytes", "gpu_memory_used_bytes", "requests_in_flight", "queue_depth", "segment_compute_ms", "has_gpu", "kv_reserved_tokens", "kv_budget_tokens")
+    __slots__ = ("node_id", "timestamp", "cpu_utilization", "gpu_utilization", "memory_utilization", "rss_bytes", "gpu_memory_used_bytes", "requests_in_flight", "queue_depth", "segment_compute_ms", "has_gpu", "kv_reserved_tokens", "kv_budget_tokens", "segment_kv_tokens", "segment_load")
     class SegmentComputeMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SegmentKvTokensEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SegmentLoadEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +193,8 @@ class NodeMetrics(_message.Message):
     HAS_GPU_FIELD_NUMBER: _ClassVar[int]
     KV_RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_KV_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_LOAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     timestamp: float
     cpu_utilization: float
@@ -179,7 +208,9 @@ class NodeMetrics(_message.Message):
     has_gpu: bool
     kv_reserved_tokens: int
     kv_budget_tokens: int
-    def __init__(self, node_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., cpu_utilization: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., memory_utilization: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., gpu_memory_used_bytes: _Optional[int] = ..., requests_in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., segment_compute_ms: _Optional[_Mapping[str, float]] = ..., has_gpu: _Optional[bool] = ..., kv_reserved_tokens: _Optional[int] = ..., kv_budget_tokens: _Optional[int] = ...) -> None: ...
+    segment_kv_tokens: _containers.ScalarMap[str, int]
+    segment_load: _containers.ScalarMap[str, float]
+    def __init__(self, node_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., cpu_utilization: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., memory_utilization: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., gpu_memory_used_bytes: _Optional[int] = ..., requests_in_flight: _Optional[int] = ..., queue_depth: _Optional[int] = ..., segment_compute_ms: _Optional[_Mapping[str, float]] = ..., has_gpu: _Optional[bool] = ..., kv_reserved_tokens: _Optional[int] = ..., kv_budget_tokens: _Optional[int] = ..., segment_kv_tokens: _Optional[_Mapping[str, int]] = ..., segment_load: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Link(_message.Message):
     __slots__ = ("src", "dst", "bandwidth_mbps", "rtt_ms", "timestamp")
@@ -196,7 +227,7 @@ class Link(_message.Message):
     def __init__(self, src: _Optional[str] = ..., dst: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class Environment(_message.Message):
-    __slots__ = ("timestamp", "nodes", "metrics", "links", "latency_ewma_ms")
+    __slots__ = ("timestamp", "nodes", "metrics", "links", "latency_ewma_ms", "latency_signals")
     class LatencyEwmaMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -204,32 +235,53 @@ class Environment(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LatencySignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: LatencySignals
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[LatencySignals, _Mapping]] = ...) -> None: ...
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_EWMA_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     timestamp: float
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     metrics: _containers.RepeatedCompositeFieldContainer[NodeMetrics]
     links: _containers.RepeatedCompositeFieldContainer[Link]
     latency_ewma_ms: _containers.ScalarMap[str, float]
-    def __init__(self, timestamp: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[NodeMetrics, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[Link, _Mapping]]] = ..., latency_ewma_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    latency_signals: _containers.MessageMap[str, LatencySignals]
+    def __init__(self, timestamp: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[NodeMetrics, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[Link, _Mapping]]] = ..., latency_ewma_ms: _Optional[_Mapping[str, float]] = ..., latency_signals: _Optional[_Mapping[str, LatencySignals]] = ...) -> None: ...
+
+class LatencySignals(_message.Message):
+    __slots__ = ("ttft_ms", "tpot_ms", "request_ms")
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_MS_FIELD_NUMBER: _ClassVar[int]
+    ttft_ms: float
+    tpot_ms: float
+    request_ms: float
+    def __init__(self, ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., request_ms: _Optional[float] = ...) -> None: ...
 
 class Thresholds(_message.Message):
-    __slots__ = ("l_max_ms", "u_max", "b_min_mbps", "t_cool_s")
+    __slots__ = ("l_max_ms", "u_max", "b_min_mbps", "t_cool_s", "tpot_max_ms")
     L_MAX_MS_FIELD_NUMBER: _ClassVar[int]
     U_MAX_FIELD_NUMBER: _ClassVar[int]
     B_MIN_MBPS_FIELD_NUMBER: _ClassVar[int]
     T_COOL_S_FIELD_NUMBER: _ClassVar[int]
+    TPOT_MAX_MS_FIELD_NUMBER: _ClassVar[int]
     l_max_ms: float
     u_max: float
     b_min_mbps: float
     t_cool_s: float
-    def __init__(self, l_max_ms: _Optional[float] = ..., u_max: _Optional[float] = ..., b_min_mbps: _Optional[float] = ..., t_cool_s: _Optional[float] = ...) -> None: ...
+    tpot_max_ms: float
+    def __init__(self, l_max_ms: _Optional[float] = ..., u_max: _Optional[float] = ..., b_min_mbps: _Optional[float] = ..., t_cool_s: _Optional[float] = ..., tpot_max_ms: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("alpha", "beta", "gamma", "thresholds", "trusted_node_ids", "private_depth", "objective", "soft_privacy", "interval_s", "hysteresis", "migration_weight")
+    __slots__ = ("alpha", "beta", "gamma", "thresholds", "trusted_node_ids", "private_depth", "objective", "soft_privacy", "interval_s", "hysteresis", "migration_weight", "latency_signal")
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     BETA_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +293,7 @@ class Policy(_message.Message):
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     HYSTERESIS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     alpha: float
     beta: float
     gamma: float
@@ -252,7 +305,8 @@ class Policy(_message.Message):
     interval_s: float
     hysteresis: float
     migration_weight: float
-    def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ..., gamma: _Optional[float] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., trusted_node_ids: _Optional[_Iterable[str]] = ..., private_depth: _Optional[int] = ..., objective: _Optional[_Union[Objective, str]] = ..., soft_privacy: _Optional[bool] = ..., interval_s: _Optional[float] = ..., hysteresis: _Optional[float] = ..., migration_weight: _Optional[float] = ...) -> None: ...
+    latency_signal: LatencySignal
+    def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ..., gamma: _Optional[float] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., trusted_node_ids: _Optional[_Iterable[str]] = ..., private_depth: _Optional[int] = ..., objective: _Optional[_Union[Objective, str]] = ..., soft_privacy: _Optional[bool] = ..., interval_s: _Optional[float] = ..., hysteresis: _Optional[float] = ..., migration_weight: _Optional[float] = ..., latency_signal: _Optional[_Union[LatencySignal, str]] = ...) -> None: ...
 
 class Trigger(_message.Message):
     __slots__ = ("name", "value", "threshold", "subject")
@@ -267,7 +321,7 @@ class Trigger(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class DecisionEvent(_message.Message):
-    __slots__ = ("deployment", "timestamp", "triggers", "outcome", "previous", "chosen", "candidates", "reason", "measured_latency_ms")
+    __slots__ = ("deployment", "timestamp", "triggers", "outcome", "previous", "chosen", "candidates", "reason", "measured_latency_ms", "latency_signal")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +331,7 @@ class DecisionEvent(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MEASURED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     timestamp: float
     triggers: _containers.RepeatedCompositeFieldContainer[Trigger]
@@ -286,7 +341,8 @@ class DecisionEvent(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[Plan]
     reason: str
     measured_latency_ms: float
-    def __init__(self, deployment: _Optional[str] = ..., timestamp: _Optional[float] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., previous: _Optional[_Union[Plan, _Mapping]] = ..., chosen: _Optional[_Union[Plan, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., reason: _Optional[str] = ..., measured_latency_ms: _Optional[float] = ...) -> None: ...
+    latency_signal: str
+    def __init__(self, deployment: _Optional[str] = ..., timestamp: _Optional[float] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., previous: _Optional[_Union[Plan, _Mapping]] = ..., chosen: _Optional[_Union[Plan, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., reason: _Optional[str] = ..., measured_latency_ms: _Optional[float] = ..., latency_signal: _Optional[str] = ...) -> None: ...
 
 class Hop(_message.Message):
     __slots__ = ("units", "node_id", "address")

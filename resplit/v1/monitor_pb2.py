@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as resplit_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18resplit/v1/monitor.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"(\n\x10ListNodesRequest\x12\x14\n\x0cinclude_down\x18\x01 \x01(\x08\"4\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.resplit.v1.Node\"\x17\n\x15GetEnvironmentRequest\"-\n\x17WatchEnvironmentRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"Z\n\rLatencySample\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\"\x0b\n\tReportAck2\x80\x03\n\x0eMonitorService\x12H\n\tListNodes\x12\x1c.resplit.v1.ListNodesRequest\x1a\x1d.resplit.v1.ListNodesResponse\x12L\n\x0eGetEnvironment\x12!.resplit.v1.GetEnvironmentRequest\x1a\x17.resplit.v1.Environment\x12R\n\x10WatchEnvironment\x12#.resplit.v1.WatchEnvironmentRequest\x1a\x17.resplit.v1.Environment0\x01\x12?\n\rReportMetrics\x12\x17.resplit.v1.NodeMetrics\x1a\x15.resplit.v1.ReportAck\x12\x41\n\rReportLatency\x12\x19.resplit.v1.LatencySample\x1a\x15.resplit.v1.ReportAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18resplit/v1/monitor.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"(\n\x10ListNodesRequest\x12\x14\n\x0cinclude_down\x18\x01 \x01(\x08\"4\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.resplit.v1.Node\"\x17\n\x15GetEnvironmentRequest\"-\n\x17WatchEnvironmentRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"j\n\rLatencySample\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\x0e\n\x06signal\x18\x05 \x01(\t\"\x0b\n\tReportAck2\x80\x03\n\x0eMonitorService\x12H\n\tListNodes\x12\x1c.resplit.v1.ListNodesRequest\x1a\x1d.resplit.v1.ListNodesResponse\x12L\n\x0eGetEnvironment\x12!.resplit.v1.GetEnvironmentRequest\x1a\x17.resplit.v1.Environment\x12R\n\x10WatchEnvironment\x12#.resplit.v1.WatchEnvironmentRequest\x1a\x17.resplit.v1.Environment0\x01\x12?\n\rReportMetrics\x12\x17.resplit.v1.NodeMetrics\x1a\x15.resplit.v1.ReportAck\x12\x41\n\rReportLatency\x12\x19.resplit.v1.LatencySample\x1a\x15.resplit.v1.ReportAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,9 +41,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHENVIRONMENTREQUEST']._serialized_start=186
   _globals['_WATCHENVIRONMENTREQUEST']._serialized_end=231
   _globals['_LATENCYSAMPLE']._serialized_start=233
-  _globals['_LATENCYSAMPLE']._serialized_end=323
-  _globals['_REPORTACK']._serialized_start=325
-  _globals['_REPORTACK']._serialized_end=336
-  _globals['_MONITORSERVICE']._serialized_start=339
-  _globals['_MONITORSERVICE']._serialized_end=723
+  _globals['_LATENCYSAMPLE']._serialized_end=339
+  _globals['_REPORTACK']._serialized_start=341
+  _globals['_REPORTACK']._serialized_end=352
+  _globals['_MONITORSERVICE']._serialized_start=355
+  _globals['_MONITORSERVICE']._serialized_end=739
 # @@protoc_insertion_point(module_scope)

@@ -30,16 +30,18 @@ class WatchEnvironmentRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class LatencySample(_message.Message):
-    __slots__ = ("deployment", "latency_ms", "tokens", "timestamp")
+    __slots__ = ("deployment", "latency_ms", "tokens", "timestamp", "signal")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     latency_ms: float
     tokens: int
     timestamp: float
-    def __init__(self, deployment: _Optional[str] = ..., latency_ms: _Optional[float] = ..., tokens: _Optional[int] = ..., timestamp: _Optional[float] = ...) -> None: ...
+    signal: str
+    def __init__(self, deployment: _Optional[str] = ..., latency_ms: _Optional[float] = ..., tokens: _Optional[int] = ..., timestamp: _Optional[float] = ..., signal: _Optional[str] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ()

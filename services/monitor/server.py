@@ -21,7 +21,7 @@ from resplit.state import StateStore
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
 
 from .config import MonitorSettings
-from .core.environment import assemble, validate_latency, validate_metrics
+from .core.environment import SIGNALS, assemble, validate_latency, validate_metrics
 
 log = logging.getLogger(__name__)
 MIN_WATCH_INTERVAL_S = 0.05
@@ -34,8 +34,10 @@ class MonitorService:
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
         self.store = StateStore(settings.redis_url)
-        self.latency: dict[str, Ewma] = {}
+        self.latency: dict[tuple[str, str], Ewma] = {}
         self.last_cycle_ms = 0.0
+        #: The first hops' samples are read from this stream id on (start: from now).
+        self._first_hop_after = f"{int(time.time() * 1000)}-0"
         self._task: asyncio.Task[None] | None = None
 
     async def environment(self) -> common_pb2.Environment:
@@ -50,21 +52,32 @@ class MonitorService:
     async def cycle(self) -> common_pb2.Environment:
         """One monitoring cycle: assemble E(t) and append it to its series."""
         start = time.perf_counter()
+        await self.fold_first_hops()
         env = await self.environment()
         await self.store.put_environment(env, self.settings.environment_keep)
         self.last_cycle_ms = (time.perf_counter() - start) * 1000
         return env
 
-    async def add_latency(self, deployment: str, latency_ms: float, t: float) -> float:
-        ewma = self.latency.get(deployment)
+    async def add_latency(
+        self, deployment: str, latency_ms: float, t: float, signal: str = "request"
+    ) -> float:
+        ewma = self.latency.get((deployment, signal))
         if ewma is None:
-            ewma = self.latency[deployment] = Ewma(self.settings.latency_window_s)
-            seed = (await self.store.latency_ewma()).get(deployment)
+            ewma = self.latency[(deployment, signal)] = Ewma(self.settings.latency_window_s)
+            field = deployment if signal == "request" else f"{deployment}|{signal}"
+            seed = (await self.store.latency_ewma()).get(field)
             if seed is not None:  # a restarted monitor continues the average it left in Redis
                 ewma.update(seed, t)
         value = ewma.update(latency_ms, t)
-        await self.store.put_latency(deployment, latency_ms, value, self.settings.retention_s)
+        await self.store.put_latency(deployment, latency_ms, value, self.settings.retention_s, signal)
         return value
+
+    async def fold_first_hops(self) -> None:
+        """The first hops' TTFT / TPOT / request samples since the last cycle, into the EWMAs."""
+        samples, self._first_hop_after = await self.store.first_hop_latency(self._first_hop_after)
+        for deployment, signal, ms, t in samples:
+            if signal in SIGNALS and not validate_latency(deployment, ms):
+                await self.add_latency(deployment, ms, t, signal)
 
     async def _loop(self) -> None:
         while True:
@@ -127,7 +140,11 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
 
     async def ReportLatency(self, request: monitor_pb2.LatencySample, context) -> monitor_pb2.ReportAck:
         problem = validate_latency(request.deployment, request.latency_ms)
+        signal = request.signal or "request"
+        if not problem and signal not in SIGNALS:
+            problem = f"signal must be one of {', '.join(SIGNALS)} (or empty: request), got {signal!r}"
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        await self.core.add_latency(request.deployment, request.latency_ms, request.timestamp or time.time())
+        t = request.timestamp or time.time()
+        await self.core.add_latency(request.deployment, request.latency_ms, t, signal)
         return monitor_pb2.ReportAck()

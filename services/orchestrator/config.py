@@ -45,6 +45,15 @@ class OrchestratorSettings(ServiceSettings):
     failure_check_timeout_s: float = Field(
         1.0, gt=0, description="deadline of the Ping that checks a node a session reported lost"
     )
+    flap_cycles: int = Field(
+        10, ge=0, description="a plan that returns to one in force within this many cycles is held (flapping)"
+    )
+    claim_hold_s: float = Field(
+        5.0,
+        ge=0,
+        description="how long the load a change moved counts for the other deployments' decisions "
+        "(until the node agents measure it)",
+    )
     measure_after_s: float = Field(
         5.0, ge=0, description="wait after a change before its measured latency goes into the decision log"
     )

@@ -34,7 +34,7 @@ import math
 import time
 
 import grpc
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
@@ -47,9 +47,20 @@ from resplit.v1 import (
 )
 
 from .commit import Change, Commits
-from .core.decide import PROTO_TO_OUTCOME, Candidate, Decision, Measured, Outcome, decide
-from .core.policy import effective_thresholds, interval_of
-from .core.problem import WorkloadDefaults, build_problem
+from .core.decide import (
+    PROTO_TO_OUTCOME,
+    Candidate,
+    Decision,
+    Measured,
+    Outcome,
+    decide,
+    predicted_ms,
+    recent_plans,
+)
+from .core.policy import effective_thresholds, interval_of, latency_bounds
+from .core.problem import Shared, WorkloadDefaults, build_problem, own_load
+from .core.sharing import Claims, moved_load, other_memory
+from .core.switching import live_tokens, moved_bytes, switch_cost
 from .core.triggers import describe, latest_links, node_utilization, should_reconfigure
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,14 @@ RECONFIGURATIONS = Counter(
 )
 CYCLE_SECONDS = Histogram("resplit_control_cycle_seconds", "Duration of one control cycle of one deployment")
 TRIGGERS = Counter("resplit_triggers_total", "Triggers of Alg. 1 that fired", ["trigger"])
+PREDICTION_ERROR = Gauge(
+    "resplit_prediction_error_ratio",
+    "(measured - predicted) / predicted latency signal of the last committed plan, once measured",
+    ["deployment", "signal"],
+)
+
+#: Requests per second are counted over this span of the first hops' samples.
+RATE_WINDOW_S = 30.0
 
 MODES = {"placement-only": splitter_pb2.SOLVE_MODE_PLACEMENT_ONLY, "resplit": splitter_pb2.SOLVE_MODE_RESPLIT}
 
@@ -85,6 +104,8 @@ class ControlLoop:
         self._due: dict[str, float] = {}
         self._task: asyncio.Task | None = None
         self._woken = asyncio.Event()
+        #: Load moved by recent changes, counted for the other deployments (core/sharing.py).
+        self.claims = Claims(self.settings.claim_hold_s)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -157,10 +178,11 @@ class ControlLoop:
         plan = await self.store.get_plan(name)
         if plan is None:
             return None
-        await self.follow_up_change(name)
+        bounds = latency_bounds(deployment.policy, deployment.generative)
+        await self.follow_up_change(name, bounds[0][0])
         thresholds = effective_thresholds(deployment.policy)
         settling = await self.store.registry_age_s() < self.settings.registry_grace_s
-        triggers = should_reconfigure(env, name, plan, thresholds, settling)
+        triggers = should_reconfigure(env, name, plan, thresholds, settling, bounds)
         if not triggers:
             return None
         for trigger in triggers:
@@ -176,6 +198,8 @@ class ControlLoop:
 
         event = (await self.commits.commit(name, propose, fallback=plan)).event
         assert event is not None  # every change the loop proposes is logged
+        if event.outcome != common_pb2.DECISION_OUTCOME_KEEP:
+            self.claims.add(time.time(), name, moved_load(event.previous, event.chosen, own_load(env, name)))
         RECONFIGURATIONS.labels(PROTO_TO_OUTCOME[event.outcome].value).inc()
         return event
 
@@ -201,9 +225,25 @@ class ControlLoop:
     ) -> Decision:
         """Evaluate d_t, then migration first and split revision if needed (core/decide.py)."""
         model = await self.model_profile(deployment)
-        problem = build_problem(env, deployment, plan, model, self.defaults)
+        now = time.time()
+        rate = await self.request_rate(deployment)
+        shared = Shared(
+            await self.others_memory(deployment.name), self.claims.for_others_of(deployment.name, now), rate
+        )
+        problem = build_problem(env, deployment, plan, model, self.defaults, shared)
         current_phi = await self.evaluate_current(problem)
         last = await self.store.last_change(deployment.name)
+        interval = max(interval_of(deployment.policy), self.settings.control_interval_floor_s)
+        events = await self.store.read_events(deployment.name, limit=32)
+        measured = measured_of(env)
+        tokens = live_tokens(env, deployment.name, plan)
+        ahead = rate * max(thresholds.t_cool_s, interval)
+        alpha = deployment.policy.alpha or 1.0
+
+        def switch(chosen: common_pb2.Plan):
+            moved = moved_bytes(plan, chosen, tokens, model.units)
+            return switch_cost(moved, measured.bandwidth_mbps, alpha, ahead)
+
         return await decide(
             triggers,
             plan,
@@ -212,10 +252,37 @@ class ControlLoop:
             resplit=lambda: self.solve(problem, "resplit"),
             thresholds=thresholds,
             hysteresis=deployment.policy.hysteresis,
-            measured=measured_of(env),
+            measured=measured,
             last_change=last[0] if last else None,
-            now=time.time(),
+            now=now,
+            bounds=latency_bounds(deployment.policy, deployment.generative),
+            switch=switch,
+            recent=recent_plans(events, now, interval, self.settings.flap_cycles),
         )
+
+    async def others_memory(self, name: str) -> dict[str, int]:
+        """node -> bytes every other deployment's plan in force holds there (core/sharing.py)."""
+        plans = []
+        for other in await self.store.list_deployments():
+            if other.name == name:
+                continue
+            plan = await self.store.get_plan(other.name)
+            if plan is None:
+                continue
+            units = (await self.model_profile(other)).units
+            context = self.defaults.prompt_tokens + (self.defaults.generate_tokens if other.generative else 0)
+            plans.append((plan, units, context))
+        return other_memory(plans)
+
+    async def request_rate(self, deployment: common_pb2.Deployment) -> float:
+        """Requests per second of ``deployment`` lately: its first hops' TTFT samples (a
+        decoder) or request samples (an encoder, or clients' reports), one per request."""
+        since = time.time() - RATE_WINDOW_S
+        signal = "ttft" if deployment.generative else "request"
+        samples = await self.store.latency_samples(deployment.name, since=since, signal=signal)
+        if not samples and deployment.generative:
+            samples = await self.store.latency_samples(deployment.name, since=since, signal="request")
+        return len(samples) / RATE_WINDOW_S
 
     def as_change(
         self, deployment: common_pb2.Deployment, decision: Decision, triggers: list[common_pb2.Trigger]
@@ -227,19 +294,26 @@ class ControlLoop:
             triggers=triggers,
             candidates=[c.plan for c in decision.candidates if c.plan is not None],
             reason=decision.reason,
+            latency_signal=latency_bounds(deployment.policy, deployment.generative)[0][0],
         )
         reason = f"{decision.outcome.value}: " + ", ".join(describe(t) for t in triggers)
         chosen = decision.chosen if decision.outcome is not Outcome.KEEP else None
         return Change(deployment, chosen, reason, event)
 
-    async def follow_up_change(self, name: str) -> None:
-        """Measured latency after the last change: the mean of the requests since, once settled."""
+    async def follow_up_change(self, name: str, signal: str = "request") -> None:
+        """Measured latency after the last change: the mean of the samples of the deployment's
+        latency signal since, once settled."""
         last = await self.store.last_change(name)
         if last is None or last[2] or time.time() - last[0] < self.settings.measure_after_s:
             return
-        samples = await self.store.latency_samples(name, since=last[0])
+        samples = await self.store.latency_samples(name, since=last[0], signal=signal)
         if samples:
-            await self.store.put_measured_latency(name, last[1], sum(samples) / len(samples))
+            measured = sum(samples) / len(samples)
+            await self.store.put_measured_latency(name, last[1], measured)
+            plan = await self.store.get_plan(name)
+            predicted = predicted_ms(plan.predicted, signal) if plan is not None else 0.0
+            if predicted > 0:  # the committed plan's prediction of what was measured
+                PREDICTION_ERROR.labels(name, signal).set((measured - predicted) / predicted)
 
     # -- the splitter (SR) ----------------------------------------------------
     async def model_profile(self, deployment: common_pb2.Deployment) -> splitter_pb2.ModelProfile:

@@ -28,11 +28,19 @@ from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 from .config import WorkerSettings
-from .core.metrics import ComputeTimes, CpuSampler, Gpu, collect
+from .core.latency import FirstHopLatency
+from .core.metrics import ComputeTimes, CpuSampler, Gpu, collect, segment_load
 from .core.passive import PassiveLinks
 from .core.probing import probe_mbps
 
 log = logging.getLogger(__name__)
+
+
+def node_utilization_of(report: common_pb2.NodeMetrics) -> float:
+    """The node's utilization as the orchestrator reads it: the busier of CPU and GPU."""
+    return max(report.cpu_utilization, report.gpu_utilization)
+
+
 CHUNK = 64 * 1024
 CALL_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 2.0  # an RTT above this is no link to route over; do not hold the cycle longer
@@ -51,6 +59,8 @@ class Agent:
         utilization: Callable[[], float] | None = None,
         passive: PassiveLinks | None = None,
         kv_reserved: Callable[[], int] | None = None,
+        latency: FirstHopLatency | None = None,
+        segment_kv_tokens: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -59,6 +69,10 @@ class Agent:
         self.queue_depth = queue_depth
         #: Tokens of KV cache the open sessions have reserved (the budget is a setting).
         self.kv_reserved = kv_reserved
+        #: The first hop's TTFT / TPOT / request samples, written to Redis each cycle.
+        self.latency = latency or FirstHopLatency()
+        #: KV tokens of the live sessions per hosted segment (what a plan change moves).
+        self.segment_kv_tokens = segment_kv_tokens
         #: An emulated device's utilization, reported as the node's (its CPU is idle).
         self.utilization = utilization
         #: Real activation transfers to the next hops, drained into the link estimates each cycle.
@@ -84,13 +98,22 @@ class Agent:
 
     async def cycle(self) -> None:
         report = collect(self.node_id, self.cpu, self.gpu, self.compute, self.queue_depth)
+        busy = self.compute.drain_busy()
         if self.utilization is not None:
             report.cpu_utilization = self.utilization()
+            own = sum(busy.values())  # an emulated device is busy exactly while its steps run
+        else:
+            own = self.cpu.own()
+        report.segment_load.update(segment_load(busy, min(own, node_utilization_of(report))))
         if self.kv_reserved is not None:
             report.kv_reserved_tokens = self.kv_reserved()
         report.kv_budget_tokens = self.settings.kv_budget_tokens
+        if self.segment_kv_tokens is not None:
+            report.segment_kv_tokens.update(self.segment_kv_tokens())
         retention = self.settings.metrics_retention_s
         await asyncio.wait_for(self.store.put_metrics(report, retention), CALL_TIMEOUT_S)
+        samples = [(x.deployment, x.signal, x.ms, x.timestamp) for x in self.latency.drain()]
+        await asyncio.wait_for(self.store.put_first_hop_latency(samples, retention), CALL_TIMEOUT_S)
         await self.passive_links()
         if self.settings.probe_interval_s > 0:
             await self.probe_peers()

@@ -48,11 +48,17 @@ class Compute:
         return self._executor._work_queue.qsize()
 
     async def __call__(
-        self, fn: Callable[[], Any], segment: str = "all", tokens: int = 0, session_steps: int = 1
+        self,
+        fn: Callable[[], Any],
+        segment: str = "all",
+        tokens: int = 0,
+        session_steps: int = 1,
+        deployment: str = "",
     ) -> Any:
         """Run one step's torch work; ``segment`` ("start-end") labels its time,
         ``tokens`` is the step's new tokens in all, ``session_steps`` the sessions' steps it runs
-        (a batched forward runs several)."""
+        (a batched forward runs several); ``deployment`` also counts it as that deployment's load."""
+        owner = f"{deployment}/{segment}" if deployment else ""
         times, steps = self.times, self.step_threads
         inline = self.inline_decode and runs_inline(
             steps, tokens, sessions=self.sessions.clients(), in_flight=times.in_flight
@@ -65,7 +71,7 @@ class Compute:
             try:
                 return fn()
             finally:
-                times.record(segment, (time.perf_counter() - start) * 1000)
+                times.record(segment, (time.perf_counter() - start) * 1000, owner)
 
         (_ON_LOOP if inline else _ON_COMPUTE).inc(session_steps)
         times.in_flight += 1

@@ -232,6 +232,8 @@ class WorkerService:
                 self.emulated.utilization if self.emulated else None,
                 passive=self.passive,
                 kv_reserved=lambda: self.sessions.reserved,
+                latency=self.forwarding.latency,
+                segment_kv_tokens=self.sessions.segment_kv_tokens,
             )
             self._agent_task = asyncio.create_task(self._agent.run())
 

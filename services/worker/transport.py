@@ -40,6 +40,7 @@ from .core import errors, step
 from .core.batch import Batcher
 from .core.hosting import Hosted, Hosting
 from .core.inbox import ENDED, Inbox
+from .core.latency import FirstHopLatency
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted
 from .core.ring import RingTable
@@ -161,6 +162,8 @@ class Forwarding:
         )
         #: Prompts longer than this run chunk by chunk (core/step.py Prefill); 0: whole.
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        #: TTFT / TPOT / request latency of the sessions answered here (core/latency.py).
+        self.latency = FirstHopLatency()
 
     # -- the Forward stream ------------------------------------------------------
     async def run(
@@ -192,10 +195,13 @@ class Forwarding:
                         await replies.flush()
                         return
                 token = None
+                began = time.perf_counter()
                 async for reply in self._step(hop, request):
                     if reply.HasField("token"):
                         token = reply.token
                     await replies.send(reply)
+                if hop.first:
+                    self._observe(hop.session, request, began)
                 request = step.fed_back(hop.session, request, token) if server_loop else None
         except Closed:
             await replies.flush()
@@ -211,6 +217,12 @@ class Forwarding:
             replies.discard()
             if hop is not None:
                 await self._close(hop)
+
+    def _observe(self, session: Session, request: worker_pb2.ForwardRequest, began: float) -> None:
+        """A step this first hop answered: a latency sample (core/latency.py)."""
+        prompt = request.HasField("tokens") and request.tokens.step == 0
+        ms = (time.perf_counter() - began) * 1000
+        self.latency.step(session.hosted.deployment, session.hosted.generative, prompt, ms, time.time())
 
     async def _request(self, inbox: Inbox[Any, Any]) -> worker_pb2.ForwardRequest | None:
         """The caller's next request (None: it ended the stream)."""
@@ -361,6 +373,7 @@ class Forwarding:
                 lambda: step.run(session, given, units, self.chunk_bytes, latest),
                 f"{hosted.start}-{hosted.end}",
                 given.rows * given.tokens,
+                deployment=hosted.deployment,
             )
         self.sessions.end_step(session)
         if downstream is not None:
@@ -403,7 +416,9 @@ class Forwarding:
         label = f"{hosted.start}-{hosted.end}"
         produced = None
         for index, tokens in enumerate(prefill.chunks):
-            produced = await self.compute(lambda index=index: prefill.run_chunk(index), label, tokens)
+            produced = await self.compute(
+                lambda index=index: prefill.run_chunk(index), label, tokens, deployment=hosted.deployment
+            )
         PREFILL_CHUNKS.observe(len(prefill.chunks))
         assert produced is not None
         return produced
@@ -418,6 +433,7 @@ class Forwarding:
             f"{hosted.start}-{hosted.end}",
             sum(row.given.tokens for row in rows),
             session_steps=len(rows),
+            deployment=hosted.deployment,
         )
 
     async def _input(self, hop: OpenHop, request: worker_pb2.ForwardRequest) -> step.StepInput:

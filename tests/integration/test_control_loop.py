@@ -213,6 +213,18 @@ def test_a_latency_trigger_changes_the_plan_only_for_a_gain_above_hysteresis(
         )
         assert event.chosen.epoch == plan.epoch > event.previous.epoch == 1
         assert event.chosen.predicted.phi == pytest.approx(best)
+        # once measured, the committed plan's predicted TTFT against the first hop's
+        _report_latency(local, name)
+        line = f'resplit_prediction_error_ratio{{deployment="{name}",signal="ttft"}} '
+
+        def error() -> list[float]:
+            url = f"http://127.0.0.1:{local.orchestrator.http_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                text = reply.read().decode()
+            return [float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line)]
+
+        (value,) = wait_for(error, 15, 0.25, what="the prediction error of the committed plan")
+        assert value > -1.0  # a measured TTFT > 0; how large the error is is the cost model's
     else:
         assert event.outcome == common_pb2.DECISION_OUTCOME_KEEP, event.reason
         assert "hysteresis: predicted Phi" in event.reason and "below 100% of the current Phi" in event.reason
@@ -226,6 +238,7 @@ def test_the_loop_logs_a_decision_when_latency_exceeds_l_max(adaptive):
         lambda: _latency_events(local, NAME), 30, 0.25, what="a decision event with a latency trigger"
     )[0]
     (trigger,) = [t for t in event.triggers if t.name == "latency"]
+    assert trigger.subject == "ttft"  # the first hop reported it, not the client
     assert trigger.threshold == pytest.approx(L_MAX_MS) and trigger.value > L_MAX_MS
     assert "failed" not in event.reason, event.reason
     assert event.candidates, "the splitter answered at least the migration candidate"
@@ -254,7 +267,7 @@ def test_the_loop_logs_a_decision_when_latency_exceeds_l_max(adaptive):
         assert followed.timestamp == changes[-1].timestamp
 
     table = _cli(local, "events", NAME, "--limit", "50")
-    assert f"latency {trigger.value:.4g} > 0.001" in table
+    assert f"latency ttft {trigger.value:.4g} > 0.001" in table  # a decoder's signal: the first hop's TTFT
     assert "keep" in table or "migrate" in table or "resplit" in table
 
     with urllib.request.urlopen(f"http://127.0.0.1:{local.orchestrator.http_port}/metrics", timeout=5) as r:

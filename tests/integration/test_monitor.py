@@ -225,18 +225,26 @@ def test_sdk_latency_compute_time_and_passive_bandwidth_reach_e_t(tiny_models):
                 return len([t async for t in client.generate_ids([5, 6], route, Sampling(max_new_tokens=4))])
 
         assert asyncio.run(generate_async()) == 4
-        client = redis.Redis(port=local.redis.port)
+        store = redis.Redis(port=local.redis.port)
+
+        def series(signal: str) -> list[float]:
+            rows = store.xrange(keys.latency_series("mon-llama"))
+            return [float(f[b"ms"]) for _, f in rows if f.get(b"s", b"request").decode() == signal]
+
         samples = wait_for(
-            lambda: (
-                client.xlen(keys.latency_series("mon-llama")) >= 3
-                and client.xrange(keys.latency_series("mon-llama"))
-            ),
+            lambda: len(series("request")) >= 3 and series("request"),
             10,
             0.1,
             what="three latency samples (sync, sync, async)",
         )
-        client.close()
-        assert len(samples) == 3 and all(float(fields[b"ms"]) > 0 for _, fields in samples)
+        assert len(samples) == 3 and all(ms > 0 for ms in samples)
+        # The first hop saw the same three requests, whoever the client: one TTFT each,
+        # one TPOT per later token (5 + 5 + 3), in E(t) per signal.
+        wait_for(lambda: len(series("ttft")) == 3 and len(series("tpot")) == 13, 10, 0.1, "first-hop samples")
+        # each request's first token came before its end (both series in request order)
+        assert all(0 < ttft < whole for ttft, whole in zip(series("ttft"), samples, strict=True))
+        signals = _env(monitor.address).latency_signals["mon-llama"]
+        assert min(signals.ttft_ms, signals.tpot_ms, signals.request_ms) > 0, signals
         expected = {f"worker-{w}": f"{a}-{b}" for a, b, w in segments}
 
         def timed() -> bool:
@@ -257,6 +265,10 @@ def test_sdk_latency_compute_time_and_passive_bandwidth_reach_e_t(tiny_models):
 
         links = wait_for(passive, 10, 0.1, what="a passively measured link")
         assert [(x.src, x.dst) for x in links] == [("worker-0", "worker-1")]
+        # that client reported nothing (no monitor given): its TTFT still came from the first hop
+        wait_for(lambda: len(series("ttft")) == 4, 10, 0.1, "the uncooperative client's TTFT")
+        assert len(series("request")) == 3
+        store.close()
     finally:
         if monitor is not None:
             monitor.kill()

@@ -56,3 +56,23 @@ def test_without_root_it_refuses_or_falls_back_and_says_why(monkeypatch, capsys)
         with pytest.raises(EmulationUnavailable, match="cannot shape"):
             node.shape(rate_mbit=10)
     assert "falling back" in capsys.readouterr().err
+
+
+def test_the_delay_relay_holds_each_chunk_in_order_with_jitter_and_loss():
+    import random
+
+    from testbed.relay import OneWay, both_links, deliver_at
+
+    way = both_links(OneWay(10.0, 1.0, 0.0), OneWay(0.0, 0.0, 0.0))
+    assert way == OneWay(10.0, 1.0, 0.0)
+    assert both_links(OneWay(loss_pct=50), OneWay(loss_pct=50)).loss_pct == pytest.approx(75)
+    rng = random.Random(1)
+    times, previous = [], 0.0
+    for i in range(200):
+        previous = deliver_at(previous, 100.0 + i * 0.0001, way, 0.02, rng)
+        times.append(previous)
+    assert times == sorted(times)  # a stream stays in order, jitter or not
+    assert all(t - (100.0 + i * 0.0001) >= 0.009 - 1e-9 for i, t in enumerate(times))
+    assert deliver_at(0.0, 5.0, OneWay(20.0), 0.04, rng) == pytest.approx(5.02)
+    lost = deliver_at(0.0, 5.0, OneWay(20.0, 0.0, 100.0), 0.04, rng)
+    assert lost == pytest.approx(5.06)  # held one round trip more

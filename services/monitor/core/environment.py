@@ -2,6 +2,9 @@
 
 Why pure: the orchestrator decides from this snapshot, so what counts as a
 live node, a stale metric or a usable link must be testable without Redis.
+Latency: the EWMA hash holds the whole-request EWMA under the deployment's name
+and the others under ``"deployment|ttft"`` / ``"deployment|tpot"``; each lands in
+``latency_signals`` (and the request EWMA also in ``latency_ewma_ms``, as before).
 Rules: a node is DOWN when its heartbeat expired (the registry says so) or
 when it was UP but its last metrics are older than ``stale_after_s`` (its agent
 stopped while the process still beats). Metrics and links of DOWN nodes are
@@ -13,6 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from resplit.v1 import common_pb2
+
+#: The latency signals a deployment's EWMAs are kept for (policy.latency_signal).
+SIGNALS = ("ttft", "tpot", "request")
 
 
 def is_stale(metrics: common_pb2.NodeMetrics | None, now: float, stale_after_s: float) -> bool:
@@ -50,8 +56,14 @@ def assemble(
     for link in links:
         if link.src in up and link.dst in up:
             env.links.add().CopyFrom(link)
-    for deployment, value in sorted(latency_ewma_ms.items()):
-        env.latency_ewma_ms[deployment] = value
+    for field, value in sorted(latency_ewma_ms.items()):
+        deployment, _, signal = field.partition("|")
+        signals = env.latency_signals[deployment]
+        if signal in SIGNALS[:2]:
+            setattr(signals, f"{signal}_ms", value)
+        else:
+            env.latency_ewma_ms[deployment] = value
+            signals.request_ms = value
     return env
 
 

@@ -47,3 +47,31 @@ def effective_thresholds(policy: common_pb2.Policy) -> common_pb2.Thresholds:
 def interval_of(policy: common_pb2.Policy) -> float:
     """Delta t of a deployment: its policy's, else 5 s."""
     return policy.interval_s if policy.interval_s > 0 else INTERVAL_S
+
+
+TPOT_MAX_MS = 50.0
+TTFT, TPOT, REQUEST = "ttft", "tpot", "request"
+
+
+def latency_bounds(policy: common_pb2.Policy, generative: bool) -> list[tuple[str, float]]:
+    """The latency signals the L_max trigger compares, each with its bound.
+
+    Why one named signal: the SLA is stated on one quantity (TTFT for a chat-like
+    decoder, one embedding call for an encoder), and a trigger that compares another
+    one (the whole request, always longer) fires on every cycle. Unspecified: TTFT
+    for decoders, the whole request for encoders. TPOT alone is bounded by L_max;
+    with both, TTFT by L_max and TPOT by ``tpot_max_ms`` (50 ms when unset).
+    """
+    theta = effective_thresholds(policy)
+    tpot_max = policy.thresholds.tpot_max_ms or TPOT_MAX_MS
+    signal = policy.latency_signal
+    if signal == common_pb2.LATENCY_SIGNAL_UNSPECIFIED:
+        signal = common_pb2.LATENCY_SIGNAL_TTFT if generative else common_pb2.LATENCY_SIGNAL_REQUEST
+    if not generative:  # an encoder has no first token of its own: its request is the signal
+        signal = common_pb2.LATENCY_SIGNAL_REQUEST
+    return {
+        common_pb2.LATENCY_SIGNAL_TTFT: [(TTFT, theta.l_max_ms)],
+        common_pb2.LATENCY_SIGNAL_TPOT: [(TPOT, theta.l_max_ms)],
+        common_pb2.LATENCY_SIGNAL_TTFT_AND_TPOT: [(TTFT, theta.l_max_ms), (TPOT, tpot_max)],
+        common_pb2.LATENCY_SIGNAL_REQUEST: [(REQUEST, theta.l_max_ms)],
+    }[signal]

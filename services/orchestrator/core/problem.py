@@ -15,16 +15,25 @@
 * **policy**: the deployment's, with trusted ids limited to nodes present
   (the splitter rejects unknown ids) and ``private_depth`` within the model.
 * **workload**: one request of ``prompt_tokens`` + ``generate_tokens`` (no
-  generation for encoders), no request rate of our own: measured utilization
-  already contains it.
+  generation for encoders) at the deployment's measured request rate.
+* **sharing** (``Shared``): a node's utilization is what it measures *minus this
+  deployment's own load* (``NodeMetrics.segment_load``: the load moves with the
+  plan, and the splitter adds it back per candidate from the request rate), plus
+  the load that changes committed earlier in this cycle put there (``claimed``:
+  not measured yet). Its memory is what every other deployment's segments on it
+  leave free (``other_memory``). So the plan in force and a candidate are
+  compared on the same footing, and two deployments never count the same free
+  capacity twice.
 * **current**: the plan in force (PLACEMENT_ONLY keeps its boundaries and the
   migration term counts what moves away from it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from resplit.core import devices
 from resplit.v1 import common_pb2, splitter_pb2
 
 from .triggers import latest_links, node_utilization
@@ -41,18 +50,46 @@ class WorkloadDefaults:
     assumed_rtt_ms: float = 1.0
 
 
-def node_profiles(env: common_pb2.Environment) -> list[splitter_pb2.NodeProfile]:
+@dataclass(frozen=True)
+class Shared:
+    """What the other deployments on the nodes take, and this one's request rate."""
+
+    #: node -> bytes other deployments' segments hold there.
+    other_memory: Mapping[str, int] = field(default_factory=dict)
+    #: node -> utilization changes committed earlier in this cycle move there (+) or away (-).
+    claimed: Mapping[str, float] = field(default_factory=dict)
+    request_rate: float = 0.0
+
+
+def own_load(env: common_pb2.Environment, deployment: str) -> dict[str, float]:
+    """node -> the utilization ``deployment``'s own segments cause there (segment_load)."""
+    prefix = f"{deployment}/"
+    return {m.node_id: sum(v for k, v in m.segment_load.items() if k.startswith(prefix)) for m in env.metrics}
+
+
+def node_profiles(
+    env: common_pb2.Environment, deployment: str = "", shared: Shared | None = None
+) -> list[splitter_pb2.NodeProfile]:
     metrics = {m.node_id: m for m in env.metrics}
+    shared = shared or Shared()
+    own = own_load(env, deployment) if deployment else {}
     profiles = []
     for node in sorted(env.nodes, key=lambda n: n.node_id):
         if node.state != common_pb2.NODE_STATE_UP or node.role not in ("", "worker"):
             continue
         report = metrics.get(node.node_id)
         utilization = node_utilization(report) if report is not None else 0.0
+        utilization += shared.claimed.get(node.node_id, 0.0) - own.get(node.node_id, 0.0)
+        memory = node.capacity.memory_bytes
+        taken = shared.other_memory.get(node.node_id, 0)
+        if taken:
+            device = devices.lookup(node.capacity.device_profile or CPU_PROFILE)
+            total = memory or (device.memory_bytes if device is not None else 0)
+            memory = max(total - taken, 1) if total else 0  # 1 byte: full (0 would mean "the profile's")
         profiles.append(
             splitter_pb2.NodeProfile(
                 node_id=node.node_id,
-                memory_bytes=node.capacity.memory_bytes,
+                memory_bytes=memory,
                 utilization=min(max(utilization, 0.0), MAX_UTILIZATION),
                 trusted=node.trusted,
                 device_profile=node.capacity.device_profile or CPU_PROFILE,
@@ -100,9 +137,11 @@ def build_problem(
     plan: common_pb2.Plan,
     model: splitter_pb2.ModelProfile,
     defaults: WorkloadDefaults = WorkloadDefaults(),
+    shared: Shared | None = None,
 ) -> splitter_pb2.Problem:
     """The Problem the splitter solves (or evaluates) for ``deployment`` now."""
-    nodes = node_profiles(env)
+    shared = shared or Shared()
+    nodes = node_profiles(env, deployment.name, shared)
     node_ids = [n.node_id for n in nodes]
     return splitter_pb2.Problem(
         model=model,
@@ -112,6 +151,7 @@ def build_problem(
         workload=splitter_pb2.Workload(
             prompt_tokens=defaults.prompt_tokens,
             generate_tokens=defaults.generate_tokens if deployment.generative else 0,
+            request_rate=shared.request_rate,
         ),
         current=plan,
     )

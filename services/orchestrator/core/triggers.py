@@ -2,7 +2,9 @@
 
 A trigger fires for the deployment's plan only, never for the cluster at large:
 
-* ``latency``: the deployment's end-to-end EWMA latency > L_max;
+* ``latency`` (subject: the signal): the EWMA of the deployment's latency signal
+  (``ttft``, ``tpot`` or ``request``, as its policy names it: policy.latency_bounds)
+  > its bound; without bounds, the whole-request EWMA > L_max;
 * ``utilization`` (subject: the node): max(CPU, GPU) utilization of a node the
   plan uses > U_max;
 * ``bandwidth`` (subject: ``"a->b"``): bandwidth of a link the plan sends
@@ -19,12 +21,15 @@ that is gone cannot serve at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from resplit.v1 import common_pb2
 
 LATENCY = "latency"
 UTILIZATION = "utilization"
 BANDWIDTH = "bandwidth"
 NODE_DOWN = "node_down"
+SIGNALS = ("ttft", "tpot", "request")
 
 
 def node_utilization(metrics: common_pb2.NodeMetrics) -> float:
@@ -57,13 +62,26 @@ def latest_links(env: common_pb2.Environment) -> dict[tuple[str, str], common_pb
     return found
 
 
-def _latency(env, deployment, thresholds) -> list[common_pb2.Trigger]:
-    ewma = env.latency_ewma_ms.get(deployment, 0.0)
-    if ewma > 0 and ewma > thresholds.l_max_ms:
-        return [
-            common_pb2.Trigger(name=LATENCY, value=ewma, threshold=thresholds.l_max_ms, subject=deployment)
-        ]
-    return []
+def signal_ms(env: common_pb2.Environment, deployment: str, signal: str) -> float:
+    """The EWMA of one latency signal of ``deployment`` in E(t) (0: no sample yet)."""
+    if deployment not in env.latency_signals:
+        return env.latency_ewma_ms.get(deployment, 0.0) if signal == "request" else 0.0
+    return getattr(env.latency_signals[deployment], f"{signal}_ms")
+
+
+def _latency(env, deployment, thresholds, bounds) -> list[common_pb2.Trigger]:
+    if bounds is None:
+        ewma = env.latency_ewma_ms.get(deployment, 0.0)
+        if ewma > 0 and ewma > thresholds.l_max_ms:
+            theta = thresholds.l_max_ms
+            return [common_pb2.Trigger(name=LATENCY, value=ewma, threshold=theta, subject=deployment)]
+        return []
+    fired = []
+    for signal, bound in bounds:
+        value = signal_ms(env, deployment, signal)
+        if value > 0 and value > bound:
+            fired.append(common_pb2.Trigger(name=LATENCY, value=value, threshold=bound, subject=signal))
+    return fired
 
 
 def _utilization(env, plan, thresholds) -> list[common_pb2.Trigger]:
@@ -111,12 +129,14 @@ def should_reconfigure(
     plan: common_pb2.Plan,
     thresholds: common_pb2.Thresholds,
     settling: bool = False,
+    bounds: Sequence[tuple[str, float]] | None = None,
 ) -> list[common_pb2.Trigger]:
     """Every trigger that fires for ``plan`` of ``deployment`` under E(t); empty: keep.
-    ``settling``: the registry is younger than a heartbeat (see the module's docstring)."""
+    ``settling``: the registry is younger than a heartbeat (see the module's docstring);
+    ``bounds``: the latency signals and their bounds (policy.latency_bounds)."""
     return [
         *_node_down(env, plan, settling),
-        *_latency(env, deployment, thresholds),
+        *_latency(env, deployment, thresholds, bounds),
         *_utilization(env, plan, thresholds),
         *_bandwidth(env, plan, thresholds),
     ]
@@ -127,5 +147,5 @@ def describe(trigger: common_pb2.Trigger) -> str:
     if trigger.name == NODE_DOWN:
         return f"node_down {trigger.subject}"
     relation = "<" if trigger.name == BANDWIDTH else ">"
-    subject = "" if trigger.name == LATENCY else f" {trigger.subject}"
+    subject = f" {trigger.subject}" if trigger.name != LATENCY or trigger.subject in SIGNALS else ""
     return f"{trigger.name}{subject} {trigger.value:.4g} {relation} {trigger.threshold:.4g}"

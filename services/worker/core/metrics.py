@@ -86,6 +86,15 @@ class CpuSampler:
         self._last = (busy, now)
         return utilization(busy - last_busy, now - last_t, self.cores)
 
+    def own(self) -> float:
+        """This process's CPU alone over the node's cores since the last call: the
+        worker's own load (a cgroup's figure also holds other tenants')."""
+        times = self._process.cpu_times()
+        busy, now = times.user + times.system, time.monotonic()
+        last_busy, last_t = getattr(self, "_own_last", (busy, now))
+        self._own_last = (busy, now)
+        return utilization(busy - last_busy, now - last_t, self.cores) if now > last_t else 0.0
+
 
 def memory_utilization(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT) -> float:
     """Memory in use over the memory this node has: its memory cgroup's usage and
@@ -149,12 +158,27 @@ class ComputeTimes:
     _last: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
+    #: Busy ms per "deployment/start-end" since the last drain_busy, and when that was.
+    _busy: dict[str, float] = field(default_factory=dict)
+    _busy_since: float = field(default_factory=time.monotonic)
 
-    def record(self, key: str, ms: float) -> None:
+    def record(self, key: str, ms: float, owner: str = "") -> None:
         with self._lock:
             entry = self._sums.setdefault(key, [0.0, 0.0])
             entry[0] += ms
             entry[1] += 1
+            if owner:
+                self._busy[owner] = self._busy.get(owner, 0.0) + ms
+
+    def drain_busy(self) -> dict[str, float]:
+        """Share of the wall time since the last call each owner's steps ran (0..1 each)."""
+        with self._lock:
+            now = time.monotonic()
+            wall_ms = max((now - self._busy_since) * 1000, 1e-6)
+            shares = {key: min(ms / wall_ms, 1.0) for key, ms in self._busy.items()}
+            self._busy.clear()
+            self._busy_since = now
+            return shares
 
     def drain(self) -> dict[str, float]:
         with self._lock:
@@ -163,6 +187,16 @@ class ComputeTimes:
                     self._last[key] = total / count
             self._sums.clear()
             return dict(self._last)
+
+
+def segment_load(busy: dict[str, float], own_utilization: float) -> dict[str, float]:
+    """Split this worker's own utilization (its process's, or an emulated device's busy
+    time) over its segments by their busy time: each deployment's own load on the node,
+    which the orchestrator subtracts before it compares nodes (the load moves with the plan)."""
+    total = sum(busy.values())
+    if total <= 0:
+        return {}
+    return {key: own_utilization * share / total for key, share in busy.items()}
 
 
 def collect(

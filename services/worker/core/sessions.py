@@ -90,6 +90,15 @@ class SessionTable:
         session.hosted.sessions += 1
         return session
 
+    def segment_kv_tokens(self) -> dict[str, int]:
+        """Tokens the open sessions hold per hosted segment, keyed "deployment/start-end":
+        what a plan change moving that segment would pull (the orchestrator's change cost)."""
+        held: Counter[str] = Counter()
+        for session in self._sessions.values():
+            hosted = session.hosted
+            held[f"{hosted.deployment}/{hosted.start}-{hosted.end}"] += session.state.seq_len
+        return dict(held)
+
     def sessions_of(self, session_id: str, deployment: str, epoch: int) -> list[Session]:
         return [
             s
