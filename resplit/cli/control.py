@@ -89,7 +89,7 @@ def events_view(deployment: str, events: list[common_pb2.DecisionEvent]) -> Tabl
             f"epoch {chosen.epoch}: {segments_text(chosen)}" if chosen is not None else "-",
             _ms(chosen.predicted.latency_ms) if chosen is not None else "-",
             _ms(event.measured_latency_ms),
-            event.reason,
+            event.reason + (f" (asked by {event.requested_by})" if event.requested_by else ""),
         )
     return table
 

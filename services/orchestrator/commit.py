@@ -128,7 +128,7 @@ class Commits:
             plan = committed = failure = None
             if change.proposed is not None:
                 epoch = await self.store.next_epoch(name, floor=previous.epoch)
-                plan = stamped(change.proposed, name, epoch, change.reason, time.time())
+                plan = stamped(change.proposed, name, epoch, change.reason, time.time(), previous)
                 committed, failure = await self._roll_out(plan, change)
             event = None
             if change.event is not None:
