@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 def _check_source(spec: common_pb2.Deployment, units: list[int], source_dir: str) -> None:
     """Raise CommitError unless ``source_dir`` can stand in for the deployment's weights at ``units``."""
-    if not Path(source_dir).is_dir():
+    try:
+        is_dir = Path(source_dir).is_dir()
+    except (OSError, ValueError):  # a name too long for the file system
+        is_dir = False
+    if not is_dir:
         raise CommitError(
             grpc.StatusCode.NOT_FOUND, f"checkpoint directory {source_dir[:256]!r} does not exist here"
         )

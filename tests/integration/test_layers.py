@@ -206,6 +206,10 @@ def test_swaps_that_cannot_work_are_refused_naming_why(stack, models):
         ((8, 10), models["other"], grpc.StatusCode.INVALID_ARGUMENT, "not all transformer blocks"),
         ((2, 3), "relative/dir", grpc.StatusCode.INVALID_ARGUMENT, "absolute"),
         ((2, 3), models["root"] / "missing", grpc.StatusCode.NOT_FOUND, "does not exist"),
+        ((2, 3), "/" + "x" * 5000, grpc.StatusCode.NOT_FOUND, "does not exist"),
+        ((2, 3), "/a\0b", grpc.StatusCode.INVALID_ARGUMENT, "absolute"),
+        ((5, 2**32 - 1), models["other"], grpc.StatusCode.INVALID_ARGUMENT, "not all transformer blocks"),
+        ((5, 5), models["other"], grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     ]
     for units, source, code, says in cases:
         with pytest.raises(grpc.RpcError) as refused:
@@ -214,6 +218,9 @@ def test_swaps_that_cannot_work_are_refused_naming_why(stack, models):
     with pytest.raises(grpc.RpcError) as refused:
         _swap(stack, "no-such-deployment", (2, 3), models["other"])
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as refused:
+        _swap(stack, name, (2, 3), models["other"], sessions=99)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "policy" in refused.value.details()
     with sync_channel(stack.orchestrator.address) as channel:
         plan = _stub(stack, channel).GetPlan(orchestrator_pb2.GetPlanRequest(deployment=name), timeout=30)
     assert plan.epoch == epoch and not _events(stack, name)  # nothing rolled out, nothing logged
