@@ -14,8 +14,10 @@ weights) and replay (each is rebuilt on the new ones at its next token by replay
 its history). Measured in one run: the broadcaster's prepare and commit, the whole
 SwapLayers call, and the stall of the live sessions: the slowest token of any session
 from the moment the change is asked for until one second after it committed, less the
-median token before it, also as a ratio to that median. Sessions that fail: counted
-(the SDK survives a lost hop, so a failure is a session that raised). Each cell is the
+median token of the two seconds before it; and, as the reference, that slowest token
+over the slowest token of those two seconds (the same sessions, no change under them).
+Sessions that fail: counted (the SDK survives a lost hop, so a failure is a session
+that raised). The sessions stop one second after the change committed. Each cell is the
 median over ``--rounds`` runs (a fresh deployment each), with the range where it matters.
 Usage: python bench/layer_swap.py [--sessions 4] [--rounds 3]
 """
@@ -29,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from _stack import deploy, median_range
+from _stack import deploy
 from rich.console import Console
 from rich.table import Table
 
@@ -51,19 +53,20 @@ MODEL = {
     "intermediate_size": 1408,
     "num_attention_heads": 8,
     "num_key_value_heads": 8,
+    "max_position_embeddings": 4096,
 }
 SPLIT = [(0, 3, "worker-0"), (3, 7, "worker-1"), (7, 10, "worker-0")]
 CASES = [("reference (same plan)", None), ("1 block", (4, 5)), ("half the model", (1, 5))]
 POLICIES = {"drain": common_pb2.SESSION_POLICY_DRAIN, "replay": common_pb2.SESSION_POLICY_REPLAY}
-PROMPT_TOKENS, NEW_TOKENS, WARM_TOKENS, SETTLE_S = 64, 160, 8, 1.0
+PROMPT_TOKENS, NEW_TOKENS, WARM_S, SETTLE_S = 64, 3000, 2.0, 1.0
 
 
 class Session(threading.Thread):
     """One live session: (arrival time, latency) of every token, and whether it failed."""
 
-    def __init__(self, address: str, name: str, seed: int) -> None:
+    def __init__(self, address: str, name: str, seed: int, stop: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.address, self.name = address, name
+        self.address, self.name, self.stop = address, name, stop
         self.prompt = [4 + (seed * 31 + i * 37) % 300 for i in range(PROMPT_TOKENS)]
         self.tokens: list[tuple[float, float]] = []
         self.error: BaseException | None = None
@@ -74,6 +77,8 @@ class Session(threading.Thread):
                 route = client.route(self.name)
                 for token in client.generate_ids(self.prompt, route, Sampling(max_new_tokens=NEW_TOKENS)):
                     self.tokens.append((time.perf_counter(), token.latency_s))
+                    if self.stop.is_set():
+                        break  # closes the session
         except BaseException as exc:  # counted as a failed session
             self.error = exc
 
@@ -106,22 +111,27 @@ def _times(broadcaster: str, name: str) -> broadcaster_pb2.RolloutTimes:
 def run_one(stack, model: Path, other: Path, name: str, units, policy: int, sessions: int) -> dict:
     orchestrator = stack.by_name("orchestrator").address
     deploy(orchestrator, name, model, SPLIT)
-    live = [Session(orchestrator, name, i) for i in range(sessions)]
+    stop = threading.Event()
+    live = [Session(orchestrator, name, i, stop) for i in range(sessions)]
     for session in live:
         session.start()
-    while not all(len(s.tokens) >= WARM_TOKENS or s.error or not s.is_alive() for s in live):
+    while not all(s.tokens or s.error for s in live):  # every prompt is in
         time.sleep(0.01)
+    time.sleep(WARM_S)
     asked = time.perf_counter()
     _change(orchestrator, name, units, other, policy)
     done = time.perf_counter()
+    time.sleep(SETTLE_S)
+    stop.set()
     for session in live:
         session.join(600)
-    before = [lat for s in live for at, lat in s.tokens if at < asked]
+    before = [lat for s in live for at, lat in s.tokens[1:] if asked - WARM_S <= at < asked]
     during = [lat for s in live for at, lat in s.tokens if asked <= at <= done + SETTLE_S]
     times = _times(stack.by_name("broadcaster").address, name)
     steady = statistics.median(before) * 1e3
-    stall = (max(during) * 1e3 - steady) if during else float("nan")
+    stall = max(during) * 1e3 - steady
     return {
+        "reference": max(during) / max(before),
         "prepare_ms": times.prepare_ms,
         "commit_ms": times.commit_ms,
         "call_ms": (done - asked) * 1e3,
@@ -132,12 +142,17 @@ def run_one(stack, model: Path, other: Path, name: str, units, policy: int, sess
     }
 
 
+def spread(values: list[float]) -> str:
+    """A table cell: the median over rounds, with the range."""
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    console = Console(width=160)
+    console = Console(width=200)
     work = Path(tempfile.mkdtemp(prefix="resplit-bench-"))
     with console.status("building the models"):
         model = build_tiny("llama", work / "model", **MODEL)
@@ -175,7 +190,7 @@ def main() -> None:
         "SwapLayers ms",
         "decode ms/token",
         "stall ms",
-        "stall / token",
+        "slowest token vs before",
         "live at swap",
         "failed",
     ):
@@ -189,12 +204,12 @@ def main() -> None:
         table.add_row(
             r["case"],
             r["policy"],
-            median_range([run["prepare_ms"] for run in runs]),
+            spread([run["prepare_ms"] for run in runs]),
             cell("commit_ms"),
             cell("call_ms"),
             cell("decode_ms"),
-            median_range([run["stall_ms"] for run in runs]),
-            f"{statistics.median(run['stall_ms'] / run['decode_ms'] for run in runs):.1f}x",
+            spread([run["stall_ms"] for run in runs]),
+            f"{statistics.median(run['reference'] for run in runs):.1f}x",
             f"{min(run['live'] for run in runs)}",
             str(sum(run["failed"] for run in runs)),
         )
