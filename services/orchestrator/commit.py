@@ -4,6 +4,8 @@ rollout -> event here, whoever proposed it.
 * the control loop (loop.py): a decision of Alg. 1, logged as a decision event;
 * an operator's ApplyPlan (deployer.py): logged as an ``operator: ...`` event;
 * Deploy (deployer.py): not logged; the deployment record is stored once committed;
+* SwapLayers (layers.py): the same segments with new weights for some blocks, logged as
+  an ``operator: swap ...`` event naming who asked; the record is stored once committed;
 * Undeploy (deployer.py): ``release`` - the broadcaster frees the plan's segments
   on its workers, then the deployment and its plan are forgotten.
 
