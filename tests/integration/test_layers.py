@@ -151,6 +151,18 @@ def test_a_swap_drains_sessions_in_flight_and_new_sessions_run_the_swapped_block
     assert event.requested_by.startswith("pytest (") and "swap blocks 4-5 from" in event.reason
     assert event.chosen.epoch == answer.plan.epoch
 
+    # A later plan change (S2 moves to worker-3, which never held it) keeps the swapped blocks.
+    moved = [
+        common_pb2.Segment(units=common_pb2.UnitRange(start=a, end=b), node_id=f"worker-{w}")
+        for a, b, w in SPLIT
+    ]
+    moved[1].node_id = "worker-3"
+    with sync_channel(stack.orchestrator.address) as channel:
+        request = orchestrator_pb2.ApplyPlanRequest(deployment="swap-drain", segments=moved, reason="move S2")
+        plan = _stub(stack, channel).ApplyPlan(request, timeout=120)
+    assert plan.layers == answer.plan.layers
+    assert _fresh(stack, "swap-drain") == fresh
+
 
 def test_replay_moves_sessions_at_their_next_token_and_a_swap_back_restores_the_model(stack, models):
     """Half the blocks (1-4: two segments, block 1 privacy-critical on a trusted worker)
