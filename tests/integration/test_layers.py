@@ -233,6 +233,18 @@ def test_swaps_that_cannot_work_are_refused_naming_why(stack, models):
     with pytest.raises(grpc.RpcError) as refused:
         _swap(stack, name, (2, 3), models["other"], sessions=99)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "policy" in refused.value.details()
+    cli = [
+        "layers",
+        "swap",
+        name,
+        "--from",
+        str(models["other"]),
+        "--orchestrator",
+        stack.orchestrator.address,
+    ]
+    refused_cli = CliRunner().invoke(app, [*cli, "--units", "0:2"])
+    assert refused_cli.exit_code == 1 and "INVALID_ARGUMENT" in refused_cli.output, refused_cli.output
+    assert CliRunner().invoke(app, [*cli, "--units", "2-3"]).exit_code == 2  # not A:B: a usage error
     with sync_channel(stack.orchestrator.address) as channel:
         plan = _stub(stack, channel).GetPlan(orchestrator_pb2.GetPlanRequest(deployment=name), timeout=30)
     assert plan.epoch == epoch and not _events(stack, name)  # nothing rolled out, nothing logged
