@@ -1,4 +1,4 @@
-"""``resplit`` commands: up, status, down, health, demo, events; plan solve/show/apply."""
+"""``resplit`` commands: up, status, down, health, demo, events; plan solve/show/apply; layers swap/merge."""
 
 from __future__ import annotations
 
@@ -174,6 +174,7 @@ from .top import top  # noqa: E402
 app.command()(top)
 
 from .control import apply, events, show, watch  # noqa: E402
+from .layers import layers_app  # noqa: E402
 from .plan import plan_app  # noqa: E402
 from .testbed import testbed_app  # noqa: E402
 
@@ -183,3 +184,4 @@ plan_app.command()(apply)
 plan_app.command()(watch)
 app.add_typer(plan_app, name="plan")
 app.add_typer(testbed_app, name="testbed")
+app.add_typer(layers_app, name="layers")

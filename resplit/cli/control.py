@@ -105,7 +105,7 @@ def events_view(deployment: str, events: list[common_pb2.DecisionEvent]) -> Tabl
             _ms(predicted) if chosen is not None else "-",
             _ms(event.measured_latency_ms),
             _error(predicted, event.measured_latency_ms) if chosen is not None else "-",
-            event.reason,
+            event.reason + (f" (asked by {event.requested_by})" if event.requested_by else ""),
         )
     return table
 

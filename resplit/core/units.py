@@ -43,9 +43,13 @@ def check_segments(segments: Sequence[common_pb2.Segment], num_units: int) -> No
 
 
 def route_of(plan: common_pb2.Plan, nodes: Iterable[common_pb2.Node]) -> common_pb2.Route:
-    """The hops of ``plan`` with each node's address; every node must be UP."""
+    """The hops of ``plan`` with each node's address; every node must be UP. The plan's
+    last change of layer weights goes with it: a session decides from it whether its
+    cache may move to the new hops."""
     by_id: Mapping[str, common_pb2.Node] = {n.node_id: n for n in nodes}
     route = common_pb2.Route(deployment=plan.deployment, epoch=plan.epoch)
+    if plan.HasField("layers"):
+        route.layers.CopyFrom(plan.layers)
     for segment in plan.segments:
         node = by_id.get(segment.node_id)
         where = f"node {segment.node_id!r} of units [{segment.units.start}, {segment.units.end})"

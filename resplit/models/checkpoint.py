@@ -62,6 +62,12 @@ class Checkpoint:
     def names(self) -> list[str]:
         return sorted(self._files)
 
+    def file_of(self, name: str) -> Path:
+        """The file holding tensor ``name``."""
+        if name not in self._files:
+            raise CheckpointError(f"tensor {name!r} is not in the checkpoint at {self.dir}")
+        return self._files[name]
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the model was saved in (config ``dtype``), fp32 if unset."""

@@ -149,7 +149,7 @@ class AsyncClient(ClientBase):
             if not outcome:
                 return
             previous, route = outcome
-            messages = exchange.migrate(route) if self.move_cache else exchange.replay(route)
+            messages = exchange.move(route, self.move_cache)
 
     @staticmethod
     async def _write(call, message) -> None:

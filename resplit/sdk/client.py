@@ -155,7 +155,7 @@ class Client(ClientBase):
             if switch is None:
                 return
             previous, route = switch
-            messages = exchange.migrate(route) if self.move_cache else exchange.replay(route)
+            messages = exchange.move(route, self.move_cache)
 
     def _stream(self, exchange, messages: list, previous: _Call | None):
         """One Forward stream: yields tokens; returns None when the session is done, or

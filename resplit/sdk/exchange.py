@@ -149,6 +149,13 @@ class GenerateExchange:
         first hop's server loop stops at exactly such a token, so the session can move)."""
         return self.latest_epoch > self.route.epoch
 
+    def move(self, route: common_pb2.Route, move_cache: bool = True) -> list[worker_pb2.ForwardRequest]:
+        """Cross to ``route`` at this token boundary: with the cache pulled (``move_cache``)
+        unless the weights changed since this session's epoch (a layer swap: its cache of
+        the changed units and every later one is invalid), else by replaying its history."""
+        changed = route.HasField("layers") and route.layers.epoch > self.route.epoch
+        return self.migrate(route) if move_cache and not changed else self.replay(route)
+
     def migrate(self, route: common_pb2.Route) -> list[worker_pb2.ForwardRequest]:
         """Open on ``route`` at this token boundary, pulling the cache from the old hops."""
         if not self.generated:

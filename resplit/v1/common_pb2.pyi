@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SessionPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_POLICY_UNSPECIFIED: _ClassVar[SessionPolicy]
+    SESSION_POLICY_DRAIN: _ClassVar[SessionPolicy]
+    SESSION_POLICY_REPLAY: _ClassVar[SessionPolicy]
+
 class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     NODE_STATE_UNSPECIFIED: _ClassVar[NodeState]
@@ -33,6 +39,9 @@ class DecisionOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECISION_OUTCOME_KEEP: _ClassVar[DecisionOutcome]
     DECISION_OUTCOME_MIGRATE: _ClassVar[DecisionOutcome]
     DECISION_OUTCOME_RESPLIT: _ClassVar[DecisionOutcome]
+SESSION_POLICY_UNSPECIFIED: SessionPolicy
+SESSION_POLICY_DRAIN: SessionPolicy
+SESSION_POLICY_REPLAY: SessionPolicy
 NODE_STATE_UNSPECIFIED: NodeState
 NODE_STATE_UP: NodeState
 NODE_STATE_DOWN: NodeState
@@ -106,20 +115,40 @@ class CostBreakdown(_message.Message):
     def __init__(self, phi: _Optional[float] = ..., latency_ms: _Optional[float] = ..., utilization: _Optional[float] = ..., privacy: _Optional[float] = ..., compute_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., queueing_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., decode_ms_per_token: _Optional[float] = ..., throughput_tps: _Optional[float] = ..., migration_gib: _Optional[float] = ..., bottleneck_ms: _Optional[float] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("deployment", "epoch", "segments", "predicted", "created_at", "reason")
+    __slots__ = ("deployment", "epoch", "segments", "predicted", "created_at", "reason", "layers")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     epoch: int
     segments: _containers.RepeatedCompositeFieldContainer[Segment]
     predicted: CostBreakdown
     created_at: float
     reason: str
-    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., predicted: _Optional[_Union[CostBreakdown, _Mapping]] = ..., created_at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    layers: LayerChange
+    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., predicted: _Optional[_Union[CostBreakdown, _Mapping]] = ..., created_at: _Optional[float] = ..., reason: _Optional[str] = ..., layers: _Optional[_Union[LayerChange, _Mapping]] = ...) -> None: ...
+
+class LayerChange(_message.Message):
+    __slots__ = ("epoch", "first_unit", "sessions")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FIRST_UNIT_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    first_unit: int
+    sessions: SessionPolicy
+    def __init__(self, epoch: _Optional[int] = ..., first_unit: _Optional[int] = ..., sessions: _Optional[_Union[SessionPolicy, str]] = ...) -> None: ...
+
+class UnitSource(_message.Message):
+    __slots__ = ("unit", "model_dir")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
+    unit: int
+    model_dir: str
+    def __init__(self, unit: _Optional[int] = ..., model_dir: _Optional[str] = ...) -> None: ...
 
 class NodeCapacity(_message.Message):
     __slots__ = ("memory_bytes", "cpu_cores", "gpu_count", "gpu_memory_bytes", "device_profile", "network_mbps")
@@ -321,7 +350,7 @@ class Trigger(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class DecisionEvent(_message.Message):
-    __slots__ = ("deployment", "timestamp", "triggers", "outcome", "previous", "chosen", "candidates", "reason", "measured_latency_ms", "latency_signal")
+    __slots__ = ("deployment", "timestamp", "triggers", "outcome", "previous", "chosen", "candidates", "reason", "measured_latency_ms", "latency_signal", "requested_by")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +361,7 @@ class DecisionEvent(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     MEASURED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     timestamp: float
     triggers: _containers.RepeatedCompositeFieldContainer[Trigger]
@@ -342,7 +372,8 @@ class DecisionEvent(_message.Message):
     reason: str
     measured_latency_ms: float
     latency_signal: str
-    def __init__(self, deployment: _Optional[str] = ..., timestamp: _Optional[float] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., previous: _Optional[_Union[Plan, _Mapping]] = ..., chosen: _Optional[_Union[Plan, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., reason: _Optional[str] = ..., measured_latency_ms: _Optional[float] = ..., latency_signal: _Optional[str] = ...) -> None: ...
+    requested_by: str
+    def __init__(self, deployment: _Optional[str] = ..., timestamp: _Optional[float] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., previous: _Optional[_Union[Plan, _Mapping]] = ..., chosen: _Optional[_Union[Plan, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., reason: _Optional[str] = ..., measured_latency_ms: _Optional[float] = ..., latency_signal: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class Hop(_message.Message):
     __slots__ = ("units", "node_id", "address")
@@ -355,17 +386,19 @@ class Hop(_message.Message):
     def __init__(self, units: _Optional[_Union[UnitRange, _Mapping]] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("deployment", "epoch", "hops")
+    __slots__ = ("deployment", "epoch", "hops", "layers")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     epoch: int
     hops: _containers.RepeatedCompositeFieldContainer[Hop]
-    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ...) -> None: ...
+    layers: LayerChange
+    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., layers: _Optional[_Union[LayerChange, _Mapping]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model_dir", "policy", "num_units", "family", "compression", "dtype", "generative", "weights")
+    __slots__ = ("name", "model_dir", "policy", "num_units", "family", "compression", "dtype", "generative", "weights", "unit_sources")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -375,6 +408,7 @@ class Deployment(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     GENERATIVE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_dir: str
     policy: Policy
@@ -384,4 +418,5 @@ class Deployment(_message.Message):
     dtype: str
     generative: bool
     weights: str
-    def __init__(self, name: _Optional[str] = ..., model_dir: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., num_units: _Optional[int] = ..., family: _Optional[str] = ..., compression: _Optional[str] = ..., dtype: _Optional[str] = ..., generative: _Optional[bool] = ..., weights: _Optional[str] = ...) -> None: ...
+    unit_sources: _containers.RepeatedCompositeFieldContainer[UnitSource]
+    def __init__(self, name: _Optional[str] = ..., model_dir: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., num_units: _Optional[int] = ..., family: _Optional[str] = ..., compression: _Optional[str] = ..., dtype: _Optional[str] = ..., generative: _Optional[bool] = ..., weights: _Optional[str] = ..., unit_sources: _Optional[_Iterable[_Union[UnitSource, _Mapping]]] = ...) -> None: ...

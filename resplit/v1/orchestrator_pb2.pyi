@@ -123,3 +123,27 @@ class ReportFailureResponse(_message.Message):
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
     verdicts: _containers.RepeatedCompositeFieldContainer[FailureVerdict]
     def __init__(self, verdicts: _Optional[_Iterable[_Union[FailureVerdict, _Mapping]]] = ...) -> None: ...
+
+class SwapLayersRequest(_message.Message):
+    __slots__ = ("deployment", "units", "source_dir", "sessions", "requested_by", "reason")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DIR_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    units: _containers.RepeatedCompositeFieldContainer[_common_pb2.UnitRange]
+    source_dir: str
+    sessions: _common_pb2.SessionPolicy
+    requested_by: str
+    reason: str
+    def __init__(self, deployment: _Optional[str] = ..., units: _Optional[_Iterable[_Union[_common_pb2.UnitRange, _Mapping]]] = ..., source_dir: _Optional[str] = ..., sessions: _Optional[_Union[_common_pb2.SessionPolicy, str]] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SwapLayersResponse(_message.Message):
+    __slots__ = ("plan", "units")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    plan: _common_pb2.Plan
+    units: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, plan: _Optional[_Union[_common_pb2.Plan, _Mapping]] = ..., units: _Optional[_Iterable[int]] = ...) -> None: ...

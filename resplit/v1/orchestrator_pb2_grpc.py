@@ -80,6 +80,11 @@ class OrchestratorServiceStub:
                 request_serializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureRequest.SerializeToString,
                 response_deserializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureResponse.FromString,
                 _registered_method=True)
+        self.SwapLayers = channel.unary_unary(
+                '/resplit.v1.OrchestratorService/SwapLayers',
+                request_serializer=resplit_dot_v1_dot_orchestrator__pb2.SwapLayersRequest.SerializeToString,
+                response_deserializer=resplit_dot_v1_dot_orchestrator__pb2.SwapLayersResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -146,6 +151,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SwapLayers(self, request, context):
+        """Replace the weights of some transformer blocks with those of another
+        checkpoint of the same architecture (or back with the deployment's own),
+        as a plan change through the two-phase rollout: same segments, next epoch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +207,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ReportFailure,
                     request_deserializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureRequest.FromString,
                     response_serializer=resplit_dot_v1_dot_orchestrator__pb2.ReportFailureResponse.SerializeToString,
+            ),
+            'SwapLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwapLayers,
+                    request_deserializer=resplit_dot_v1_dot_orchestrator__pb2.SwapLayersRequest.FromString,
+                    response_serializer=resplit_dot_v1_dot_orchestrator__pb2.SwapLayersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +457,33 @@ class OrchestratorService:
             '/resplit.v1.OrchestratorService/ReportFailure',
             resplit_dot_v1_dot_orchestrator__pb2.ReportFailureRequest.SerializeToString,
             resplit_dot_v1_dot_orchestrator__pb2.ReportFailureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwapLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resplit.v1.OrchestratorService/SwapLayers',
+            resplit_dot_v1_dot_orchestrator__pb2.SwapLayersRequest.SerializeToString,
+            resplit_dot_v1_dot_orchestrator__pb2.SwapLayersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -155,7 +155,7 @@ class ReturnAck(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadSegmentRequest(_message.Message):
-    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression", "private_depth", "weights")
+    __slots__ = ("deployment", "epoch", "units", "model_dir", "dtype", "compression", "private_depth", "weights", "unit_sources")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class LoadSegmentRequest(_message.Message):
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     epoch: int
     units: _common_pb2.UnitRange
@@ -172,7 +173,8 @@ class LoadSegmentRequest(_message.Message):
     compression: _tensor_pb2.Compression
     private_depth: int
     weights: str
-    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ..., private_depth: _Optional[int] = ..., weights: _Optional[str] = ...) -> None: ...
+    unit_sources: _containers.RepeatedCompositeFieldContainer[_common_pb2.UnitSource]
+    def __init__(self, deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., units: _Optional[_Union[_common_pb2.UnitRange, _Mapping]] = ..., model_dir: _Optional[str] = ..., dtype: _Optional[str] = ..., compression: _Optional[_Union[_tensor_pb2.Compression, str]] = ..., private_depth: _Optional[int] = ..., weights: _Optional[str] = ..., unit_sources: _Optional[_Iterable[_Union[_common_pb2.UnitSource, _Mapping]]] = ...) -> None: ...
 
 class LoadSegmentResponse(_message.Message):
     __slots__ = ("param_bytes", "load_ms", "device")

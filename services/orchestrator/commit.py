@@ -4,6 +4,8 @@ rollout -> event here, whoever proposed it.
 * the control loop (loop.py): a decision of Alg. 1, logged as a decision event;
 * an operator's ApplyPlan (deployer.py): logged as an ``operator: ...`` event;
 * Deploy (deployer.py): not logged; the deployment record is stored once committed;
+* SwapLayers (layers.py): the same segments with new weights for some blocks, logged as
+  an ``operator: swap ...`` event naming who asked; the record is stored once committed;
 * Undeploy (deployer.py): ``release`` - the broadcaster frees the plan's segments
   on its workers, then the deployment and its plan are forgotten.
 
@@ -23,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -128,8 +130,8 @@ class Commits:
             plan = committed = failure = None
             if change.proposed is not None:
                 epoch = await self.store.next_epoch(name, floor=previous.epoch)
-                plan = stamped(change.proposed, name, epoch, change.reason, time.time())
-                committed, failure = await self._roll_out(plan, change)
+                plan = stamped(change.proposed, name, epoch, change.reason, time.time(), previous)
+                committed, failure = await self._roll_out(plan, await self._with_sources(change))
             event = None
             if change.event is not None:
                 event = logged(change.event, previous, time.time(), plan, committed, str(failure or ""))
@@ -137,6 +139,22 @@ class Commits:
                 if committed is not None:
                     await self.store.record_change(name, event.timestamp, event_id)
         return Committed(committed, event, failure)
+
+    async def _with_sources(self, change: Change) -> Change:
+        """``change`` with the unit sources (swapped layers) of the deployment record in
+        force, read under the lock: a proposer that read the record before a swap committed
+        (the loop, ApplyPlan) must not roll the old weights out again. A change that stores
+        its own record (Deploy, SwapLayers) is the record."""
+        if change.store_spec:
+            return change
+        stored = await self.store.get_deployment(change.spec.name)
+        if stored is None or list(stored.unit_sources) == list(change.spec.unit_sources):
+            return change
+        spec = common_pb2.Deployment()
+        spec.CopyFrom(change.spec)
+        del spec.unit_sources[:]
+        spec.unit_sources.extend(stored.unit_sources)
+        return replace(change, spec=spec)
 
     async def _roll_out(
         self, plan: common_pb2.Plan, change: Change

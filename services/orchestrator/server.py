@@ -1,5 +1,5 @@
-"""Orchestrator transport: Deploy, ApplyPlan and Undeploy (deployer.py, through
-the one commit path of commit.py), the read path (deployments, plans, routes,
+"""Orchestrator transport: Deploy, ApplyPlan and Undeploy (deployer.py) and SwapLayers
+(layers.py), through the one commit path of commit.py, the read path (deployments, plans, routes,
 events), ReportFailure (a session's lost hop, checked and acted on in
 failures.py) and, with ``adaptive``, the Alg. 1 control loop (loop.py, through
 the same commit path). Ready while Redis answers."""
@@ -17,6 +17,7 @@ from .commit import CommitError, Commits
 from .config import OrchestratorSettings
 from .deployer import Deployer
 from .failures import MAX_REPORTED_NODES, FailureChecks
+from .layers import LayerSwaps
 from .loop import ControlLoop
 from .memory import LastKnown
 from .rollouts import Broadcaster
@@ -26,6 +27,14 @@ async def _require_name(name: str, context: grpc.aio.ServicerContext) -> str:
     if not name:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
     return name
+
+
+def _who(claimed: str, context: grpc.aio.ServicerContext) -> str:
+    """Who asked, for the decision log: the name the request gives, where it came from,
+    and the client certificate's name under mutual TLS."""
+    names = context.auth_context().get("x509_common_name") or []
+    certificate = f", certificate {names[0].decode(errors='replace')}" if names else ""
+    return f"{claimed[:128] or 'unnamed'} ({context.peer()}{certificate})"
 
 
 def _peer_host(peer: str) -> str:
@@ -40,9 +49,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         deployer: Deployer,
         memory: LastKnown,
         failures: FailureChecks,
+        swaps: LayerSwaps,
     ) -> None:
         self.store = store
         self.deployer = deployer
+        self.swaps = swaps
         self.memory = memory
         self.failures = failures
 
@@ -96,6 +107,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             await context.abort(exc.code, str(exc))
         self.memory.remember(None, committed)
         return committed
+
+    async def SwapLayers(
+        self, request: orchestrator_pb2.SwapLayersRequest, context
+    ) -> orchestrator_pb2.SwapLayersResponse:
+        """An operator's layer swap: checked, committed like any change (commit.py), logged."""
+        try:
+            swapped = await self.swaps.swap(request, _who(request.requested_by, context))
+        except CommitError as exc:
+            await context.abort(exc.code, str(exc))
+        self.memory.remember(swapped.record, swapped.plan if swapped.units else None)
+        return orchestrator_pb2.SwapLayersResponse(plan=swapped.plan, units=swapped.units)
 
     async def ListDeployments(self, request, context) -> orchestrator_pb2.ListDeploymentsResponse:
         return orchestrator_pb2.ListDeploymentsResponse(deployments=await self.store.list_deployments())
@@ -178,7 +200,8 @@ class OrchestratorService:
 
     def register(self, server: grpc.aio.Server) -> None:
         deployer = Deployer(self.store, self.commits)
-        servicer = OrchestratorServicer(self.store, deployer, self.memory, self.failures)
+        swaps = LayerSwaps(self.store, self.commits)
+        servicer = OrchestratorServicer(self.store, deployer, self.memory, self.failures, swaps)
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:

@@ -104,6 +104,7 @@ class Segments:
                 settings.lean_decode,
                 settings.huge_pages,
                 request.weights,
+                _sources(request),
             )
         )
         hosted.private_depth = request.private_depth
@@ -139,6 +140,7 @@ class Segments:
             request.model_dir,
             request.dtype,
             request.weights,
+            tuple(sorted(_sources(request).items())),
         )
         if same is None or request.epoch < 1:
             return None
@@ -162,3 +164,9 @@ class Segments:
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+def _sources(request: worker_pb2.LoadSegmentRequest) -> dict[int, str]:
+    """The request's swapped blocks inside its units: block unit -> checkpoint directory."""
+    units = request.units
+    return {s.unit: s.model_dir for s in request.unit_sources if units.start <= s.unit < units.end}

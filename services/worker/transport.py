@@ -368,7 +368,7 @@ class Forwarding:
         elif step.chunkable(session, given, self.prefill_chunk_tokens):
             produced = await self._prefill(session, given, units)
         else:
-            latest = self.hosting.latest_epoch(hosted.deployment)
+            latest = self.hosting.epoch_for(hosted.deployment, hosted.epoch)
             produced = await self.compute(
                 lambda: step.run(session, given, units, self.chunk_bytes, latest),
                 f"{hosted.start}-{hosted.end}",
@@ -411,7 +411,7 @@ class Forwarding:
             self.prefill_chunk_tokens,
             units,
             self.chunk_bytes,
-            self.hosting.latest_epoch(hosted.deployment),
+            self.hosting.epoch_for(hosted.deployment, hosted.epoch),
         )
         label = f"{hosted.start}-{hosted.end}"
         produced = None
@@ -426,7 +426,7 @@ class Forwarding:
     async def _run_batch(self, key: object, rows: list[step.Row]) -> list[Any]:
         """One batched forward of several sessions' steps (decode steps, prompts) on one segment."""
         hosted = rows[0].session.hosted
-        latest = self.hosting.latest_epoch(hosted.deployment)
+        latest = self.hosting.epoch_for(hosted.deployment, hosted.epoch)
         BATCH_ROWS.observe(len(rows))
         return await self.compute(
             lambda: step.run_rows(rows, self.chunk_bytes, latest),
@@ -472,7 +472,7 @@ class Forwarding:
     def _stamp(self, session: Session, token: worker_pb2.TokenOutput) -> None:
         """The newest epoch this worker knows, with its route when the session is behind it."""
         deployment = session.hosted.deployment
-        token.latest_epoch = max(token.latest_epoch, self.hosting.latest_epoch(deployment))
+        token.latest_epoch = max(token.latest_epoch, self.hosting.epoch_for(deployment, session.hosted.epoch))
         if token.latest_epoch > session.hosted.epoch:
             route = self.hosting.route(deployment)
             if route is not None and route.epoch == token.latest_epoch:

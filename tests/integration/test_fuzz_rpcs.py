@@ -18,7 +18,7 @@ deployment still generates exactly its tokens; at the end the workers host
 exactly what they hosted before with no session left and their memory has not
 run away.
 
-Mutating control RPCs (Deploy, Undeploy, ApplyPlan, Rollout, Release, CommitEpoch,
+Mutating control RPCs (Deploy, Undeploy, ApplyPlan, SwapLayers, Rollout, Release, CommitEpoch,
 ReleaseSegment, LoadSegment) only ever name deployments this module owns
 ("fuzz-" prefix, never the live one); nothing else sharing the stack is touched.
 """
@@ -31,6 +31,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -892,6 +893,32 @@ def test_orchestrator_get_plan(env):
 def test_orchestrator_apply_plan(env):
     good = lambda: _good_deployment(env, then=lambda name: _apply_two_segments(env, name))  # noqa: E731
     _orchestrator_unary(env, "ApplyPlan", orchestrator_pb2.ApplyPlanRequest, good=good, owned=True)
+
+
+def _swap_one_block(env: Env, name: str) -> None:
+    """Block 1 from the same checkpoint under another path (a link): a real swap, same weights."""
+    link = Path(env.model).parent / "llama-swap-link"
+    if not link.exists():
+        link.symlink_to(env.model, target_is_directory=True)
+    request = orchestrator_pb2.SwapLayersRequest(
+        deployment=name,
+        units=[common_pb2.UnitRange(start=1, end=2)],
+        source_dir=str(link),
+        requested_by="fuzz",
+    )
+    reply = env.orchestrator.SwapLayers(request, timeout=60)
+    assert list(reply.units) == [1] and reply.plan.epoch == 2, reply
+
+
+def test_orchestrator_swap_layers(env):
+    def request_for(fuzz: Fuzz):
+        request = fuzz.message(orchestrator_pb2.SwapLayersRequest)
+        if fuzz.rng.random() < 0.05:  # a real checkpoint: the checks behind the path's
+            request.source_dir = env.model
+        return env.orchestrator.SwapLayers, request
+
+    good = lambda: _good_deployment(env, then=lambda name: _swap_one_block(env, name))  # noqa: E731
+    _fuzz_unary("orchestrator.SwapLayers", request_for, good=good, owned=True)
 
 
 def test_orchestrator_list_events(env):

@@ -42,6 +42,7 @@ EXPECTED_RPCS = {
             "ApplyPlan",
             "ListEvents",
             "ReportFailure",
+            "SwapLayers",
         },
     ),
     broadcaster_pb2: ("BroadcasterService", {"Rollout", "GetRollout", "Release"}),

@@ -94,6 +94,9 @@ class FakeStore:
     async def put_deployment(self, spec):
         self.deployments[spec.name] = spec
 
+    async def get_deployment(self, name):
+        return self.deployments.get(name)
+
     async def delete_deployment(self, name):
         self.deleted.append(name)
         self.deployments.pop(name, None)
@@ -111,6 +114,7 @@ class FakeBroadcaster:
 
     async def rollout(self, plan, deployment, prepare_deadline_s, drain_deadline_s=0.0):
         self.rolled.append(plan)
+        self.spec = deployment
         self.deadlines = (prepare_deadline_s, drain_deadline_s)
         self.rolling.set()
         if self.gate is not None:
@@ -283,3 +287,24 @@ def test_logged_keeps_the_proposers_candidates_and_triggers():
     assert list(event.candidates) == [candidate] and [t.name for t in event.triggers] == ["latency"]
     assert (event.timestamp, event.outcome, event.reason, event.chosen) == (6.0, RESPLIT, "L > L_max", plan)
     assert template.timestamp == 0 and not template.HasField("previous")
+
+
+async def test_a_change_after_a_swap_rolls_out_the_swapped_blocks_and_says_so(commits):
+    """The loop read the record before a swap committed: its change still rolls out the
+    swapped blocks (the record's unit sources, read under the lock), and its plan carries
+    the swap's LayerChange forward, so every later route says the weights changed."""
+    commits, store, broadcaster = commits
+    store.plans["d"] = _plan((0, 6, "edge"), epoch=1)
+    swapped = common_pb2.Deployment()
+    swapped.CopyFrom(SPEC)
+    swapped.unit_sources.add(unit=2, model_dir="/other")
+    layers = common_pb2.LayerChange(first_unit=2, sessions=common_pb2.SESSION_POLICY_REPLAY)
+    swap = Change(
+        swapped, common_pb2.Plan(segments=_segments((0, 6, "edge")), layers=layers), "swap", _operator(), True
+    )
+    first = (await commits.commit("d", swap)).plan
+    assert first.layers.epoch == first.epoch == 2 and store.deployments["d"] == swapped
+    later = Change(SPEC, _plan((0, 3, "edge"), (3, 6, "cloud")), "migrate", _operator())
+    second = (await commits.commit("d", later)).plan
+    assert list(broadcaster.spec.unit_sources) == list(swapped.unit_sources)
+    assert second.epoch == 3 and second.layers == first.layers

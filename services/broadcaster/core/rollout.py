@@ -337,6 +337,7 @@ class Rollouts:
                 compression=compression,
                 private_depth=policy.private_depth,
                 weights=weights,
+                unit_sources=[s for s in spec.unit_sources if hop.units.start <= s.unit < hop.units.end],
             )
             for hop in route.hops
         ]
@@ -518,8 +519,10 @@ class Rollouts:
         releases = _releases(old, addresses_of) if old is not None else []
         # An old segment with the same node and units as a new one is the same
         # weights under another epoch: its session count covers both, so it is
-        # not waited for (its old-epoch entry is still released).
-        reused = {(s.node_id, s.units.start, s.units.end) for s in new.segments}
+        # not waited for (its old-epoch entry is still released). Not after a change
+        # of layer weights: then the old epoch's sessions drain on the old weights.
+        swapped = new.HasField("layers") and new.layers.epoch == new.epoch
+        reused = set() if swapped else {(s.node_id, s.units.start, s.units.end) for s in new.segments}
         waiting = [
             (address, release)
             for segment, address, release in releases

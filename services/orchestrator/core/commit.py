@@ -16,11 +16,22 @@ def outcome_of(previous: common_pb2.Plan, plan: common_pb2.Plan) -> Outcome:
 
 
 def stamped(
-    proposed: common_pb2.Plan, deployment: str, epoch: int, reason: str, now: float
+    proposed: common_pb2.Plan,
+    deployment: str,
+    epoch: int,
+    reason: str,
+    now: float,
+    previous: common_pb2.Plan | None = None,
 ) -> common_pb2.Plan:
-    """``proposed`` (its segments, and a solver's predicted cost) as ``deployment``'s plan of ``epoch``."""
+    """``proposed`` (its segments, and a solver's predicted cost) as ``deployment``'s plan of
+    ``epoch``. The last change of layer weights (``layers``) carries over from ``previous``
+    unless the change is one (a swap, its epoch this one): every later route must still say it."""
     plan = common_pb2.Plan()
     plan.CopyFrom(proposed)
+    if plan.HasField("layers"):
+        plan.layers.epoch = epoch
+    elif previous is not None and previous.HasField("layers"):
+        plan.layers.CopyFrom(previous.layers)
     plan.deployment = deployment
     plan.epoch = epoch
     plan.created_at = now

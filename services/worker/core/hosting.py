@@ -45,6 +45,8 @@ class Hosted:
     private_depth: int = 0
     #: The weight format the segment was quantized to at load (``resplit.core.weights``).
     weights: str = "fp32"
+    #: (block unit, directory) of the blocks read from another checkpoint (swapped layers).
+    sources: tuple[tuple[int, str], ...] = ()
 
     @property
     def key(self) -> Key:
@@ -73,18 +75,27 @@ class Hosting:
         self._segments[hosted.key] = hosted
 
     def same_weights(
-        self, deployment: str, start: int, end: int, model_dir: str, dtype_name: str, weights: str = ""
+        self,
+        deployment: str,
+        start: int,
+        end: int,
+        model_dir: str,
+        dtype_name: str,
+        weights: str = "",
+        sources: tuple[tuple[int, str], ...] = (),
     ):
         """A segment of these units of this model already loaded at another epoch, in the
-        same dtype and weight format, if any."""
+        same dtype and weight format, with the same blocks swapped, if any."""
+        wanted = (deployment, start, end, model_dir, weights or "fp32", sources)
         for hosted in self._segments.values():
-            if (hosted.deployment, hosted.start, hosted.end, hosted.model_dir, hosted.weights) == (
-                deployment,
-                start,
-                end,
-                model_dir,
-                weights or "fp32",
-            ) and (not dtype_name or str(hosted.dtype) == f"torch.{dtype_name}"):
+            if (
+                hosted.deployment,
+                hosted.start,
+                hosted.end,
+                hosted.model_dir,
+                hosted.weights,
+                hosted.sources,
+            ) == wanted and (not dtype_name or str(hosted.dtype) == f"torch.{dtype_name}"):
                 return hosted
         return None
 
@@ -94,6 +105,18 @@ class Hosting:
     def latest_epoch(self, deployment: str) -> int:
         """The newest epoch of ``deployment`` this worker has heard of."""
         return max(self._latest.get(deployment, 0), self.active_epoch(deployment))
+
+    def epoch_for(self, deployment: str, session_epoch: int) -> int:
+        """The newest epoch to tell a session running on ``session_epoch``: the latest,
+        except for a session that began before the last change of layer weights when
+        that change drains (SESSION_POLICY_DRAIN): it is told of nothing newer, so it
+        finishes on its epoch with the weights it began with."""
+        route = self._routes.get(deployment)
+        if route is not None and route.HasField("layers"):
+            change = route.layers
+            if session_epoch < change.epoch and change.sessions != common_pb2.SESSION_POLICY_REPLAY:
+                return session_epoch
+        return self.latest_epoch(deployment)
 
     def route(self, deployment: str) -> common_pb2.Route | None:
         """The route of the newest epoch this worker has heard of, when its commit said it."""

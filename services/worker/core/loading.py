@@ -10,7 +10,6 @@ from resplit.core.compression import COMPRESSIONS
 from resplit.core.emulation import EmulatedDevice
 from resplit.core.weights import WeightsError, check_family, weights_name
 from resplit.models import (
-    Checkpoint,
     CheckpointError,
     Segment,
     UnsupportedModelError,
@@ -21,6 +20,7 @@ from resplit.models import (
 from resplit.models.arena import huge_bytes_at, thp_mode
 from resplit.models.checkpoint import DTYPES
 from resplit.models.emulated import EmulatedSegment
+from resplit.models.layers import LayerSourceError, open_sourced
 
 from .errors import BadInput, LoadFailed, NotHosted
 from .hosting import Hosted
@@ -47,11 +47,15 @@ def load_hosted(
     lean_decode: bool = True,
     huge_pages: bool = True,
     weights: str = "",
+    sources: dict[int, str] | None = None,
 ) -> Hosted:
     """Build the segment, or raise a WorkerError saying why not. With ``emulated``
     only the model's config.json is read: the segment waits instead of computing.
     ``weights``: the format the segment quantizes its tensors to (INVALID_ARGUMENT for
-    one that does not exist or that the model's family cannot run)."""
+    one that does not exist or that the model's family cannot run). ``sources``: blocks
+    of the segment read from another checkpoint directory (a swapped layer): NOT_FOUND
+    when it is not on this worker, INVALID_ARGUMENT naming a tensor that does not fit."""
+    sources = {u: d for u, d in (sources or {}).items() if start <= u < end}
     if not deployment:
         raise BadInput("a deployment name is required")
     if epoch < 1:
@@ -64,15 +68,12 @@ def load_hosted(
         raise BadInput(str(exc)) from None
     if dtype_name and dtype_name not in DTYPES:
         raise BadInput(f"dtype must be one of {', '.join(DTYPES)} or empty, got {dtype_name!r}")
-    try:
-        is_dir = Path(model_dir).is_dir()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
-        is_dir = False
-    if not is_dir:
-        raise NotHosted(f"model directory {model_dir[:256]!r} does not exist on this worker")
+    for directory in [model_dir, *sources.values()]:
+        if not _is_dir(directory):
+            raise NotHosted(f"model directory {directory[:256]!r} does not exist on this worker")
     if emulated is None:
         segment, generative, hidden_size, dtype = _real(
-            start, end, model_dir, dtype_name, device, huge_pages, weights
+            start, end, model_dir, dtype_name, device, huge_pages, weights, sources
         )
         segment.lean_decode = lean_decode
     else:
@@ -93,7 +94,15 @@ def load_hosted(
         generative=generative,
         hidden_size=hidden_size,
         weights=weights,
+        sources=tuple(sorted(sources.items())),
     )
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def decode_path(segment: Segment) -> str:
@@ -123,11 +132,15 @@ def _real(
     device: torch.device,
     huge_pages: bool = True,
     weights: str = "fp32",
+    sources: dict[int, str] | None = None,
 ) -> tuple[Segment, bool, int, torch.dtype]:
-    """(segment, generative, hidden size, dtype) with only the tensors of units [start, end)."""
+    """(segment, generative, hidden size, dtype) with only the tensors of units [start, end),
+    the blocks in ``sources`` read from their own directories."""
     try:
-        checkpoint = Checkpoint(model_dir)
+        checkpoint = open_sourced(model_dir, sources or {})
         family = family_of(checkpoint.config.model_type)
+    except LayerSourceError as exc:
+        raise BadInput(f"cannot swap blocks of units [{start}, {end}): {exc}") from None
     except (CheckpointError, UnsupportedModelError, OSError, ValueError) as exc:
         raise LoadFailed(f"cannot read the model at {model_dir}: {exc}") from None
     total = num_units(checkpoint.config)
