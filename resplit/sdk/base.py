@@ -19,7 +19,15 @@ import grpc
 from ..rpc.security import Security
 from ..v1 import common_pb2, orchestrator_pb2
 from .exchange import GenerateExchange, Sampling
-from .requests import SessionFailed, backoff_s, describe, recoverable, suspects
+from .requests import (
+    SessionFailed,
+    backoff_s,
+    describe,
+    overload_hint_ms,
+    overload_wait_s,
+    recoverable,
+    suspects,
+)
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
 #: A session asks the orchestrator for its route at most this often while a move is announced.
@@ -97,6 +105,15 @@ class ClientBase:
         #: One channel per address (grpc.Channel, or grpc.aio.Channel).
         self._channels: dict = {}
 
+    def _overload_wait_s(self, error: grpc.RpcError, attempt: int, started: float) -> float | None:
+        """How long to wait before trying a control-plane call again that ``error`` refused as
+        overloaded, or None: not an overload, or the client's ``timeout_s`` would pass."""
+        hint_ms = overload_hint_ms(error)
+        if hint_ms is None:
+            return None
+        wait = overload_wait_s(attempt, hint_ms, jitter=random.uniform(1.0, 2.0))
+        return None if time.monotonic() - started + wait >= self.timeout_s else wait
+
     def _pushed_route(self, exchange) -> common_pb2.Route | None:
         """The newer route the first hop sent with the last token, if any: the session moves
         there without asking the orchestrator."""
@@ -132,10 +149,14 @@ class ClientBase:
         :class:`SessionFailed` once the session's deadline (``timeout_s`` from its start)
         would pass during the wait, or past ``recoveries``. Records why, in
         ``exchange.recovered_from``."""
-        if not recoverable(error):
+        hint_ms = overload_hint_ms(error)
+        if hint_ms is None and not recoverable(error):
             raise error
         elapsed = time.monotonic() - exchange.started
-        wait = backoff_s(attempt, jitter=random.uniform(0.5, 1.0))
+        if hint_ms is not None:  # overloaded: the same route, again after the hint (jittered)
+            wait = overload_wait_s(attempt, hint_ms, jitter=random.uniform(1.0, 2.0))
+        else:
+            wait = backoff_s(attempt, jitter=random.uniform(0.5, 1.0))
         if self.recoveries is not None and attempt > self.recoveries:
             why = f"recoveries={self.recoveries} used up"
             raise SessionFailed(error, exchange.recovered_from, elapsed, why)

@@ -45,7 +45,7 @@ from .core.privacy import check_trusted
 from .core.ring import RingTable
 from .core.sessions import Session, SessionTable
 from .migration import Migrator
-from .replies import Replies
+from .replies import ReaderStalled, Replies
 from .statuses import HopError, refusal
 from .streams import Channels, Downstream, ReturnLink
 
@@ -113,7 +113,7 @@ async def _pump(requests: AsyncIterator[worker_pb2.ForwardRequest], inbox: Inbox
     breaks: the hop then ends the session instead of waiting out its idle timeout)."""
     try:
         async for request in requests:
-            inbox.put(request)
+            await inbox.offer(request)
     finally:
         inbox.end()
 
@@ -136,6 +136,8 @@ class Forwarding:
         max_batch: int = 64,
         prefill_chunk_tokens: int = 0,
         batch_gather_ms: float = 200.0,
+        max_queued_requests: int = 64,
+        stalled_write_timeout_s: float = 0.0,
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -161,15 +163,19 @@ class Forwarding:
         )
         #: Prompts longer than this run chunk by chunk (core/step.py Prefill); 0: whole.
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        #: A session's requests read ahead of its steps (core/inbox.py ``offer``).
+        self.max_queued_requests = max_queued_requests
+        #: A reply unsent this long (its caller stopped reading) cuts the session off (replies.py).
+        self.stalled_write_timeout_s = stalled_write_timeout_s
 
     # -- the Forward stream ------------------------------------------------------
     async def run(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        inbox: Inbox[Any, Any] = Inbox()
+        inbox: Inbox[Any, Any] = Inbox(self.max_queued_requests)
         pump = asyncio.create_task(_pump(requests, inbox))
         hop: OpenHop | None = None
-        replies = Replies(context)
+        replies = Replies(context, self.stalled_write_timeout_s)
         try:
             first = await self._request(inbox)
             if first is None:
@@ -198,7 +204,10 @@ class Forwarding:
                     await replies.send(reply)
                 request = step.fed_back(hop.session, request, token) if server_loop else None
         except Closed:
-            await replies.flush()
+            await replies.settle()
+        except ReaderStalled as exc:  # the write in flight never ends: no settle, just end the call
+            log.warning("session %s cut off: %s", hop.session.session_id[:64] if hop else "?", exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (errors.WorkerError, HopError, TimeoutError) as exc:
             await replies.settle()
             await context.abort(*refusal(exc))
