@@ -69,6 +69,7 @@ class ClientBase:
         move_cache: bool = True,
         step_timeout_s: float = 10.0,
         server_loop: bool = True,
+        retry_overload: bool = True,
     ) -> None:
         """``monitor``: host:port of the monitor; when set, each finished request's
         end-to-end latency is reported to it (fire and forget, never an error here).
@@ -83,7 +84,11 @@ class ClientBase:
         may take ``prefill_timeout_s``.
         ``server_loop``: the first hop feeds each token back as the next step itself (one
         round trip less per token); False sends every step from here, so a consumer that
-        stops reading also stops the session's compute."""
+        stops reading also stops the session's compute.
+        ``retry_overload``: a call refused RESOURCE_EXHAUSTED with a retry hint (a service over
+        its RPC caps, a worker full of sessions or KV budget) is tried again after the hint,
+        with jittered, capped backoff, until ``timeout_s``; False: the caller sees it at once
+        (the gateway, which answers 429 and lets its own client retry)."""
         self.orchestrator = orchestrator
         #: TLS material and token of this client; None: the process default
         #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
@@ -97,6 +102,7 @@ class ClientBase:
         #: Who reports a lost hop to the orchestrator (its log names it; never trusted).
         self.reporter = f"sdk {socket.gethostname()} pid {os.getpid()}"
         self.server_loop = server_loop
+        self.retry_overload = retry_overload
         self._route_checked = 0.0
         #: Deployments by name, as first listed (the tokenizer's model directory).
         self._deployments: dict[str, common_pb2.Deployment] = {}
@@ -108,7 +114,7 @@ class ClientBase:
     def _overload_wait_s(self, error: grpc.RpcError, attempt: int, started: float) -> float | None:
         """How long to wait before trying a control-plane call again that ``error`` refused as
         overloaded, or None: not an overload, or the client's ``timeout_s`` would pass."""
-        hint_ms = overload_hint_ms(error)
+        hint_ms = overload_hint_ms(error) if self.retry_overload else None
         if hint_ms is None:
             return None
         wait = overload_wait_s(attempt, hint_ms, jitter=random.uniform(1.0, 2.0))
@@ -149,7 +155,7 @@ class ClientBase:
         :class:`SessionFailed` once the session's deadline (``timeout_s`` from its start)
         would pass during the wait, or past ``recoveries``. Records why, in
         ``exchange.recovered_from``."""
-        hint_ms = overload_hint_ms(error)
+        hint_ms = overload_hint_ms(error) if self.retry_overload else None
         if hint_ms is None and not recoverable(error):
             raise error
         elapsed = time.monotonic() - exchange.started

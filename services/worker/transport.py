@@ -191,9 +191,13 @@ class Forwarding:
             )
             server_loop = first.open.server_loop and hosted.generative and hop.first
             request: worker_pb2.ForwardRequest | None = None
+            finished = False
             while True:
                 if request is None:
-                    request = await self._request(inbox)
+                    # After its last token a session only waits for the caller's close: one that
+                    # never comes (a caller that stopped reading) frees the slot after the stall
+                    # timeout, not the idle timeout.
+                    request = await self._request(inbox, self._closing_s if finished else None)
                     if request is None or request.HasField("close"):
                         await replies.flush()
                         return
@@ -202,12 +206,15 @@ class Forwarding:
                     if reply.HasField("token"):
                         token = reply.token
                     await replies.send(reply)
+                finished = token is not None and token.finished
                 request = step.fed_back(hop.session, request, token) if server_loop else None
         except Closed:
             await replies.settle()
-        except ReaderStalled as exc:  # the write in flight never ends: no settle, just end the call
+        except ReaderStalled as exc:
+            # A status would queue behind the unsent replies and never leave either: the call
+            # is dropped instead (gRPC resets the stream once the handler ends unanswered).
             log.warning("session %s cut off: %s", hop.session.session_id[:64] if hop else "?", exc)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise asyncio.CancelledError(str(exc)) from None
         except (errors.WorkerError, HopError, TimeoutError) as exc:
             await replies.settle()
             await context.abort(*refusal(exc))
@@ -221,10 +228,18 @@ class Forwarding:
             if hop is not None:
                 await self._close(hop)
 
-    async def _request(self, inbox: Inbox[Any, Any]) -> worker_pb2.ForwardRequest | None:
-        """The caller's next request (None: it ended the stream)."""
+    @property
+    def _closing_s(self) -> float | None:
+        """How long a finished session waits for its caller's close (None: the idle timeout)."""
+        return self.stalled_write_timeout_s or None
+
+    async def _request(
+        self, inbox: Inbox[Any, Any], timeout_s: float | None = None
+    ) -> worker_pb2.ForwardRequest | None:
+        """The caller's next request (None: it ended the stream) within ``timeout_s`` (None:
+        the idle timeout)."""
         while True:
-            item = await inbox.get(self.sessions.limits.idle_timeout_s, "request")
+            item = await inbox.get(timeout_s or self.sessions.limits.idle_timeout_s, "request")
             if item is ENDED:
                 return None
             if isinstance(item, worker_pb2.ForwardRequest):
