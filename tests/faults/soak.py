@@ -488,9 +488,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--out", default="results/soak.md")
     args = parser.parse_args()
-    import tempfile
-
     import faulthandler
+    import tempfile
 
     # A run that hangs tells where: every thread's stack, then every 60 s.
     faulthandler.dump_traceback_later(args.duration_s + 120, repeat=True)
