@@ -67,6 +67,8 @@ OPERATOR_SPLITS = [
 ]
 EMBED_TOLERANCE = 1e-4
 VOCAB = 200  # prompt ids are drawn below this
+PROMPTS, SEEDS, MAX_NEW = 32, 3, 24
+ROUTE_WAIT_S = 30.0  # the pools requests draw from, the longest generation
 
 
 @dataclass
@@ -81,7 +83,9 @@ class Request:
     vector: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
     error: str = ""
-    recoveries: int = 0
+    #: How long the request waited for a route (UNAVAILABLE: e.g. workers registering again
+    #: after Redis came back empty), as an application retrying within its deadline does.
+    route_wait_s: float = 0.0
 
 
 @dataclass
@@ -106,6 +110,13 @@ class Soak:
         self.restarts: Counter[str] = Counter()
         self._locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
+        # Requests draw from pools (mixed lengths): the whole model's answer to each is then
+        # computed once, and a shorter request's tokens are a prefix of a longer one's.
+        pools = random.Random(seed)
+        self.prompts = [
+            [pools.randrange(3, VOCAB) for _ in range(pools.randint(2, 12))] for _ in range(PROMPTS)
+        ]
+        self.seeds = [pools.randrange(1 << 30) for _ in range(SEEDS)]
 
     # -- the stack ------------------------------------------------------------------
     def start(self) -> None:
@@ -271,6 +282,12 @@ class Soak:
                 request = Request(-1, "greedy-small", [7, 8, 9], new_tokens=4)
                 try:
                     route = client.route(target)
+                except grpc.RpcError as exc:  # not routable yet (its workers loading): ask again
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    time.sleep(0.2)
+                    continue
+                try:
                     tokens = client.generate_ids(request.prompt, route, Sampling(4))
                     request.got = [t.token_id for t in tokens]
                 except grpc.RpcError as exc:
@@ -295,17 +312,17 @@ class Soak:
         while time.monotonic() < deadline:
             roll = rng.random()
             kind = "embed" if roll < 0.2 else "seeded" if roll < 0.45 else "greedy"
-            prompt = [rng.randrange(3, VOCAB) for _ in range(rng.randint(2, 12))]
-            request = Request(index, kind, prompt, rng.randint(4, 24), rng.randrange(1 << 30))
+            prompt = rng.choice(self.prompts)
+            request = Request(index, kind, prompt, rng.randint(4, MAX_NEW), rng.choice(self.seeds))
             request.started_s = time.monotonic() - self.t0
             try:
                 if kind == "embed":
-                    route = await client.route("soak-embed")
+                    route = await self._route(client, "soak-embed", request)
                     ids = torch.tensor([prompt])
                     vector = await client.embed_ids(ids, torch.ones_like(ids), route)
                     request.vector = vector[0].tolist()
                 else:
-                    route = await client.route("soak")
+                    route = await self._route(client, "soak", request)
                     last = time.perf_counter()
                     async for token in client.generate_ids(prompt, route, _sampling(request)):
                         now = time.perf_counter()
@@ -318,6 +335,20 @@ class Soak:
             except Exception as exc:  # a bug: recorded, the client goes on
                 request.error = f"{type(exc).__name__}: {exc}"[:300]
             self.requests.append(request)
+
+    async def _route(self, client: AsyncClient, name: str, request: Request):
+        """The deployment's route, asked again while the orchestrator answers UNAVAILABLE
+        (no route for now), for at most ROUTE_WAIT_S."""
+        started = time.monotonic()
+        while True:
+            try:
+                return await client.route(name)
+            except grpc.RpcError as exc:
+                waited = time.monotonic() - started
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or waited > ROUTE_WAIT_S:
+                    raise
+                request.route_wait_s = waited
+                await asyncio.sleep(0.2)
 
     async def _traffic(self) -> None:
         deadline = self.t0 + self.duration_s
@@ -346,10 +377,10 @@ class Soak:
                     orchestrator_pb2.ListEventsRequest(deployment="soak", limit=10000), timeout=30
                 )
             ).events
-            return self.report(faults, list(events))
         finally:
             self._stop.set()
             self.stack.stop()
+        return self.report(faults, list(events))  # the references run with the stack gone
 
     def report(self, faults: list[Fault], events) -> dict:
         checked, wrong, wrong_requests = verify(self.requests, self.llama, self.bert, self.small)
@@ -385,6 +416,8 @@ class Soak:
             "stall_max_ms": round(gaps[-1] * 1e3, 1) if gaps else None,
             "stall_p99_ms": round(gaps[int(0.99 * (len(gaps) - 1))] * 1e3, 1) if gaps else None,
             "gap_p50_ms": round(gaps[len(gaps) // 2] * 1e3, 2) if gaps else None,
+            "route_waits": sum(1 for r in self.requests if r.route_wait_s),
+            "route_wait_max_s": round(max((r.route_wait_s for r in self.requests), default=0.0), 2),
             "processes": growth,
             "decisions": {"outcomes": dict(outcomes), "triggers": dict(triggers), "events": len(events)},
             "load_average": [round(x, 2) for x in psutil.getloadavg()],
@@ -412,11 +445,15 @@ def verify(requests: list[Request], llama: Path, bert: Path, small: Path) -> tup
               "bert": AutoModel.from_pretrained(bert).eval()}  # fmt: skip
     checked = wrong = 0
     lines = []
+    memo: dict[tuple, object] = {}
     for request in requests:
         if request.error:
             continue
         if request.kind == "embed":
-            want = _pooled(models["bert"], request.prompt)
+            key = ("embed", tuple(request.prompt))
+            if key not in memo:
+                memo[key] = _pooled(models["bert"], request.prompt)
+            want = memo[key]
             got = torch.tensor(request.vector)
             checked += 1
             if got.shape != want.shape or (got - want).abs().max().item() > EMBED_TOLERANCE:
@@ -424,7 +461,11 @@ def verify(requests: list[Request], llama: Path, bert: Path, small: Path) -> tup
                 lines.append(f"client {request.client} embed {request.prompt}")
             continue
         model = models["small" if request.kind == "greedy-small" else "llama"]
-        want = _whole(model, request)
+        seed = request.seed if request.kind == "seeded" else 0
+        key = (request.kind, tuple(request.prompt), seed)
+        if key not in memo:
+            memo[key] = _whole(model, request.prompt, seed, MAX_NEW if request.kind != "greedy-small" else 4)
+        want = memo[key][: request.new_tokens]
         checked += len(want)
         bad = sum(a != b for a, b in zip(request.got, want, strict=False)) + abs(len(request.got) - len(want))
         if bad:
@@ -434,20 +475,16 @@ def verify(requests: list[Request], llama: Path, bert: Path, small: Path) -> tup
 
 
 @torch.no_grad()
-def _whole(model, request: Request) -> list[int]:
-    """The whole model's tokens for ``request``: greedy, or the worker's sampler with its seed."""
-    sampling = (
-        _sampling(request) if request.kind != "greedy-small" else Sampling(max_new_tokens=request.new_tokens)
-    )
-    sampler = Sampler(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                      seed=sampling.seed, max_new_tokens=request.new_tokens)  # fmt: skip
-    ids = list(request.prompt)
+def _whole(model, prompt: list[int], seed: int, new_tokens: int) -> list[int]:
+    """The whole model's first ``new_tokens``: greedy (seed 0), or the worker's sampler with
+    ``seed`` (temperature 0.8, top-k 20) over the whole model's logits; with its KV cache."""
+    sampler = Sampler(temperature=0.8, top_k=20, seed=seed) if seed else Sampler()
     out: list[int] = []
-    for index in range(request.new_tokens):
-        logits = model(torch.tensor([ids])).logits[0, -1]
-        token, _ = sampler.choose(logits, index)
+    step = model(torch.tensor([prompt]), use_cache=True)
+    for index in range(new_tokens):
+        token, _ = sampler.choose(step.logits[0, -1], index)
         out.append(token)
-        ids.append(token)
+        step = model(torch.tensor([[token]]), past_key_values=step.past_key_values, use_cache=True)
     return out
 
 
@@ -462,7 +499,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Soak: seed {report['seed']}, {report['duration_s']:g} s, {report['clients']} clients", ""]
     keys = ("faults", "faults_by_kind", "faults_overlapping", "faults_not_done", "requests",
             "requests_by_kind", "tokens_checked", "tokens_wrong", "requests_wrong", "failed",
-            "failures_by_cause", "stall_max_ms", "stall_p99_ms", "gap_p50_ms", "decisions",
+            "failures_by_cause", "stall_max_ms", "stall_p99_ms", "gap_p50_ms", "route_waits",
+            "route_wait_max_s", "decisions",
             "load_average")  # fmt: skip
     for key in keys:
         lines.append(f"- **{key}**: {json.dumps(report[key])}")
@@ -492,7 +530,9 @@ def main() -> None:
     import tempfile
 
     # A run that hangs tells where: every thread's stack, then every 60 s.
-    faulthandler.dump_traceback_later(args.duration_s + 120, repeat=True)
+    faulthandler.dump_traceback_later(args.duration_s + 300, repeat=True)
+    # SIGTERM stops the run like Ctrl-C: the stack's processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     report = soak(args.seed, args.duration_s, args.clients, Path(tempfile.mkdtemp(prefix="resplit-soak-")))
     report["wall_s"] = round(time.monotonic() - started, 1)
