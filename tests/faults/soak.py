@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -385,7 +386,10 @@ class Soak:
     def report(self, faults: list[Fault], events) -> dict:
         checked, wrong, wrong_requests = verify(self.requests, self.llama, self.bert, self.small)
         gaps = sorted(g for r in self.requests for g in r.gaps)
-        failures = Counter(r.error.split(" (gave up")[0][:160] for r in self.requests if r.error)
+        # A session that gave up keeps why (its deadline, the deployment unknown), not the tally.
+        failures = Counter(
+            re.sub(r", after \d+ recoveries .*$", ")", r.error)[:240] for r in self.requests if r.error
+        )
         growth = {}
         for name, series in self.samples.items():
             growth[name] = {
