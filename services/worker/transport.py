@@ -207,6 +207,8 @@ class Forwarding:
                         token = reply.token
                     await replies.send(reply)
                 finished = token is not None and token.finished
+                if finished:  # no step of it comes back: no batch waits for it while it closes
+                    self.batcher.leave(hop.session.key)
                 request = step.fed_back(hop.session, request, token) if server_loop else None
         except Closed:
             await replies.settle()
@@ -402,6 +404,8 @@ class Forwarding:
                 await hop.ring.send(reply)
                 if reply.HasField("token"):
                     (_LOCAL if hop.ring.local else _NETWORK).inc()
+                    if reply.token.finished:  # as on the first hop: its last step here
+                        self.batcher.leave(session.key)
             if not hop.ring.local:
                 _RETURN.inc(len(produced))
         else:
