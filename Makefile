@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The throw-away environment of `make lock` and `make test-latest`.
 LATEST ?= .venv-latest
 
-.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper bench-peers certs k8s-check docker image compose-up compose-test compose-down clean
+.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper bench-peers certs k8s-check docker image compose-up compose-test compose-down clean soak
 
 setup: $(STAMP) redis
 
@@ -80,6 +80,15 @@ lint: $(STAMP)
 
 test: setup lint proto-check
 	$(BIN)/python -m pytest
+
+# The chaos soak (not in CI; CI runs a short one, tests/faults/test_soak.py): SOAK_S seconds
+# of SOAK_CLIENTS clients under random, overlapping faults; the report goes to results/soak.md.
+SOAK_S ?= 600
+SOAK_CLIENTS ?= 32
+SOAK_SEED ?= 26
+soak: setup
+	nice -n 10 $(BIN)/python tests/faults/soak.py --duration-s $(SOAK_S) --clients $(SOAK_CLIENTS) \
+		--seed $(SOAK_SEED) --out results/soak.md
 
 demo: setup
 	$(BIN)/resplit demo

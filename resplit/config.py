@@ -58,6 +58,24 @@ class ServiceSettings(BaseSettings):
     tls_client_auth: bool = Field(True, description="require client certificates (mutual TLS)")
     token_file: str = Field("", description="file holding the bearer token (or env RESPLIT_TOKEN)")
     insecure: bool = Field(False, description="allow running without TLS (plaintext gRPC); logs a warning")
+    # Server-wide caps (docs/OPERATIONS.md, "Limits"): an RPC over one is refused at once
+    # with RESOURCE_EXHAUSTED and a retry hint; health checks are never capped.
+    max_rpcs: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="RPCs (open streams included) this service runs at once (0: no cap)",
+    )
+    max_rpcs_per_client: int = Field(
+        128,
+        ge=0,
+        le=1_000_000,
+        description="RPCs one client identity (its certificate's name, else its address) runs here at once "
+        "(0: no cap); below --max-rpcs so one flood leaves room for the other services",
+    )
+    retry_after_ms: int = Field(
+        100, ge=0, le=600_000, description="the retry hint an RPC refused over a cap carries (ms)"
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop",
         description="event loop under gRPC: uvloop (libuv, cheaper per message) or the standard asyncio one",

@@ -114,6 +114,26 @@ def _wrap_streaming(method: str, behavior: Callable[..., Any]) -> Callable[..., 
     return handler
 
 
+def rewrapped(
+    handler: grpc.RpcMethodHandler,
+    wrap_unary: Callable[[Callable[..., Any]], Callable[..., Any]],
+    wrap_streaming: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour wrapped: ``wrap_unary`` for a unary response,
+    ``wrap_streaming`` for a streamed one (an async generator)."""
+    common = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **common)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **common)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap_streaming(handler.unary_stream), **common)
+    return grpc.stream_stream_rpc_method_handler(wrap_streaming(handler.stream_stream), **common)
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every method handler with metrics and error mapping."""
 
@@ -126,16 +146,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        common = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(method, handler.unary_unary), **common)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(method, handler.stream_unary), **common)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(method, handler.unary_stream), **common
-            )
-        return grpc.stream_stream_rpc_method_handler(_wrap_streaming(method, handler.stream_stream), **common)
+        return rewrapped(
+            handler,
+            lambda behavior: _wrap_unary(method, behavior),
+            lambda behavior: _wrap_streaming(method, behavior),
+        )

@@ -26,11 +26,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..config import ServiceSettings
+from ..core.limits import Caps
 from ..telemetry import SERVICE_INFO, SERVICE_UP, setup_logging
 from .channels import channel_options
 from .health import Readiness
 from .http import build_app, start_side_port
 from .interceptors import MetricsInterceptor
+from .limits import LimitInterceptor
 from .security import SecurityError, TokenInterceptor, current
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,9 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
     if security.token:
         interceptors.append(TokenInterceptor(security.token))
+    # After the token check: a caller without the token never takes a slot.
+    caps = Caps(settings.max_rpcs, settings.max_rpcs_per_client, settings.retry_after_ms)
+    interceptors.append(LimitInterceptor(caps, service.name))
     server = grpc.aio.server(interceptors=interceptors, options=channel_options(settings.max_message_bytes))
     service.register(server)
     health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -32,6 +32,9 @@ from .tokens import TextStream, tokenizer_for
 
 if TYPE_CHECKING:
     import torch
+
+
+T = TypeVar("T")
 
 
 class AsyncClient(ClientBase):
@@ -59,18 +62,31 @@ class AsyncClient(ClientBase):
     def _orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
         return orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel(self.orchestrator))
 
+    async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, tried again with jittered backoff while the service refuses it as
+        overloaded (RESOURCE_EXHAUSTED with a retry hint), within ``timeout_s``."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return await call()
+            except grpc.RpcError as error:
+                attempt += 1
+                wait = self._overload_wait_s(error, attempt, started)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+
     async def route(self, deployment: str) -> common_pb2.Route:
         request = orchestrator_pb2.GetRouteRequest(deployment=deployment)
-        return await self._orchestrator().GetRoute(request, timeout=30)
+        return await self._retried(lambda: self._orchestrator().GetRoute(request, timeout=30))
 
     async def deployment(self, name: str) -> common_pb2.Deployment:
         """The deployment ``name`` (asked once per client, then cached)."""
         cached = self._cached_deployment(name)
         if cached is not None:
             return cached
-        listed = await self._orchestrator().ListDeployments(
-            orchestrator_pb2.ListDeploymentsRequest(), timeout=30
-        )
+        request = orchestrator_pb2.ListDeploymentsRequest()
+        listed = await self._retried(lambda: self._orchestrator().ListDeployments(request, timeout=30))
         self._deployments[name] = found = pick_deployment(listed.deployments, name)
         return found
 

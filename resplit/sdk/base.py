@@ -19,7 +19,15 @@ import grpc
 from ..rpc.security import Security
 from ..v1 import common_pb2, orchestrator_pb2
 from .exchange import GenerateExchange, Sampling
-from .requests import SessionFailed, backoff_s, describe, recoverable, suspects
+from .requests import (
+    SessionFailed,
+    backoff_s,
+    describe,
+    overload_hint_ms,
+    overload_wait_s,
+    recoverable,
+    suspects,
+)
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
 #: A session asks the orchestrator for its route at most this often while a move is announced.
@@ -61,6 +69,7 @@ class ClientBase:
         move_cache: bool = True,
         step_timeout_s: float = 10.0,
         server_loop: bool = True,
+        retry_overload: bool = True,
     ) -> None:
         """``monitor``: host:port of the monitor; when set, each finished request's
         end-to-end latency is reported to it (fire and forget, never an error here).
@@ -75,7 +84,11 @@ class ClientBase:
         may take ``prefill_timeout_s``.
         ``server_loop``: the first hop feeds each token back as the next step itself (one
         round trip less per token); False sends every step from here, so a consumer that
-        stops reading also stops the session's compute."""
+        stops reading also stops the session's compute.
+        ``retry_overload``: a call refused RESOURCE_EXHAUSTED with a retry hint (a service over
+        its RPC caps, a worker full of sessions or KV budget) is tried again after the hint,
+        with jittered, capped backoff, until ``timeout_s``; False: the caller sees it at once
+        (the gateway, which answers 429 and lets its own client retry)."""
         self.orchestrator = orchestrator
         #: TLS material and token of this client; None: the process default
         #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
@@ -89,6 +102,7 @@ class ClientBase:
         #: Who reports a lost hop to the orchestrator (its log names it; never trusted).
         self.reporter = f"sdk {socket.gethostname()} pid {os.getpid()}"
         self.server_loop = server_loop
+        self.retry_overload = retry_overload
         self._route_checked = 0.0
         #: Deployments by name, as first listed (the tokenizer's model directory).
         self._deployments: dict[str, common_pb2.Deployment] = {}
@@ -96,6 +110,15 @@ class ClientBase:
         self._reports: set = set()
         #: One channel per address (grpc.Channel, or grpc.aio.Channel).
         self._channels: dict = {}
+
+    def _overload_wait_s(self, error: grpc.RpcError, attempt: int, started: float) -> float | None:
+        """How long to wait before trying a control-plane call again that ``error`` refused as
+        overloaded, or None: not an overload, or the client's ``timeout_s`` would pass."""
+        hint_ms = overload_hint_ms(error) if self.retry_overload else None
+        if hint_ms is None:
+            return None
+        wait = overload_wait_s(attempt, hint_ms, jitter=random.uniform(1.0, 2.0))
+        return None if time.monotonic() - started + wait >= self.timeout_s else wait
 
     def _pushed_route(self, exchange) -> common_pb2.Route | None:
         """The newer route the first hop sent with the last token, if any: the session moves
@@ -132,10 +155,14 @@ class ClientBase:
         :class:`SessionFailed` once the session's deadline (``timeout_s`` from its start)
         would pass during the wait, or past ``recoveries``. Records why, in
         ``exchange.recovered_from``."""
-        if not recoverable(error):
+        hint_ms = overload_hint_ms(error) if self.retry_overload else None
+        if hint_ms is None and not recoverable(error):
             raise error
         elapsed = time.monotonic() - exchange.started
-        wait = backoff_s(attempt, jitter=random.uniform(0.5, 1.0))
+        if hint_ms is not None:  # overloaded: the same route, again after the hint (jittered)
+            wait = overload_wait_s(attempt, hint_ms, jitter=random.uniform(1.0, 2.0))
+        else:
+            wait = backoff_s(attempt, jitter=random.uniform(0.5, 1.0))
         if self.recoveries is not None and attempt > self.recoveries:
             why = f"recoveries={self.recoveries} used up"
             raise SessionFailed(error, exchange.recovered_from, elapsed, why)

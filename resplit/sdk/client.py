@@ -18,8 +18,8 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -44,6 +44,9 @@ from .tokens import TextStream, tokenizer_for
 
 if TYPE_CHECKING:
     import torch
+
+
+T = TypeVar("T")
 
 
 class Client(ClientBase):
@@ -73,17 +76,31 @@ class Client(ClientBase):
     def _orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
         return orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel(self.orchestrator))
 
+    def _retried(self, call: Callable[[], T]) -> T:
+        """``call()``, tried again with jittered backoff while the service refuses it as
+        overloaded (RESOURCE_EXHAUSTED with a retry hint), within ``timeout_s``."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as error:
+                attempt += 1
+                wait = self._overload_wait_s(error, attempt, started)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+
     def route(self, deployment: str) -> common_pb2.Route:
-        return self._orchestrator().GetRoute(
-            orchestrator_pb2.GetRouteRequest(deployment=deployment), timeout=30
-        )
+        request = orchestrator_pb2.GetRouteRequest(deployment=deployment)
+        return self._retried(lambda: self._orchestrator().GetRoute(request, timeout=30))
 
     def deployment(self, name: str) -> common_pb2.Deployment:
         """The deployment ``name`` (asked once per client, then cached)."""
         cached = self._cached_deployment(name)
         if cached is not None:
             return cached
-        listed = self._orchestrator().ListDeployments(orchestrator_pb2.ListDeploymentsRequest(), timeout=30)
+        request = orchestrator_pb2.ListDeploymentsRequest()
+        listed = self._retried(lambda: self._orchestrator().ListDeployments(request, timeout=30))
         self._deployments[name] = found = pick_deployment(listed.deployments, name)
         return found
 

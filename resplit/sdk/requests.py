@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from ..core.limits import RETRY_METADATA_KEY, hint_in
 from ..v1 import common_pb2, monitor_pb2
 from .exchange import Sampling
 
@@ -93,6 +94,33 @@ def backoff_s(attempt: int, jitter: float = 1.0) -> float:
     ``BACKOFF_CAP_S``, times ``jitter`` (0.5-1: sessions that failed together do not
     retry in lockstep)."""
     return min(BACKOFF_CAP_S, 0.1 * 2 ** (attempt - 1)) * jitter
+
+
+#: The longest wait between two tries of a call refused as overloaded, unless its hint asks more.
+OVERLOAD_CAP_S = 2.0
+
+
+def overload_hint_ms(exc: grpc.RpcError) -> int | None:
+    """The retry hint (ms) of a RESOURCE_EXHAUSTED refusal that passes with time (a service
+    over its RPC caps, a worker full of sessions), or None: any other failure, or a limit
+    that retrying cannot fix (a session too long), which carries no hint. Read from trailing
+    metadata ``retry-after-ms``, else from the message (a hint relayed across hops)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == RETRY_METADATA_KEY and str(value).isdigit():
+            return int(value)
+    return hint_in(exc.details() if hasattr(exc, "details") else str(exc))
+
+
+def overload_wait_s(attempt: int, hint_ms: int, jitter: float = 1.0) -> float:
+    """Wait before try ``attempt`` (1-based) after an overload refusal: the hint, or 50 ms
+    doubling per attempt if longer, at most ``OVERLOAD_CAP_S`` (or the hint, if longer),
+    times ``jitter`` (1-2: never before the hint; clients refused together spread out)."""
+    hint_s = hint_ms / 1000
+    return max(hint_s, min(OVERLOAD_CAP_S, 0.05 * 2 ** (attempt - 1))) * jitter
 
 
 def suspects(route: common_pb2.Route, error: grpc.RpcError) -> list[str]:

@@ -71,6 +71,7 @@ class Backend:
             monitor=s.monitor_address,
             timeout_s=s.session_timeout_s,
             step_timeout_s=s.step_timeout_s,
+            retry_overload=False,  # a full worker is a 429 at once: the HTTP client retries
         )
         self._channel = aio_channel(s.orchestrator_address)
         self._orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel)

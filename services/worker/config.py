@@ -82,6 +82,30 @@ class WorkerSettings(ServiceSettings):
         "that does not fit is refused with RESOURCE_EXHAUSTED (0: no budget beyond --max-sessions "
         "x --max-tokens)",
     )
+    max_rpcs: int = Field(
+        512,
+        ge=0,
+        le=1_000_000,
+        description="RPCs (open streams included) this worker runs at once (0: no cap); a session holds "
+        "up to three streams on a worker (from its caller, to the next hop, the ring's Return)",
+    )
+    max_rpcs_per_client: int = Field(
+        256, ge=0, le=1_000_000, description="RPCs one client identity runs here at once (0: no cap)"
+    )
+    max_queued_requests: int = Field(
+        64,
+        ge=1,
+        le=1_000_000,
+        description="requests of one session read ahead of its steps; past this the worker stops "
+        "reading its stream (gRPC flow control holds the sender) until a step takes one",
+    )
+    stalled_write_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="a session whose caller has not taken a reply for this long (it stopped reading and "
+        "gRPC's flow-control window is full) is cut off and its memory freed (0: wait forever)",
+    )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(

@@ -20,11 +20,21 @@ import grpc
 from resplit.v1 import worker_pb2
 
 
-class Replies:
-    """The replies of one Forward stream, one write in flight at a time."""
+class ReaderStalled(Exception):
+    """The caller took no reply for ``stall_s``: it stopped reading (and the stream's
+    flow-control window is full), so the session is cut off instead of held."""
 
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+
+class Replies:
+    """The replies of one Forward stream, one write in flight at a time.
+
+    A caller that stops reading holds at most gRPC's flow-control window of replies
+    plus the one write in flight; after ``stall_s`` with that write unfinished the
+    session ends (:class:`ReaderStalled`) and frees its memory (0: wait forever)."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, stall_s: float = 0.0) -> None:
         self.context = context
+        self.stall_s = stall_s
         self._pending: asyncio.Future[None] | None = None
 
     async def send(self, reply: worker_pb2.ForwardResponse) -> None:
@@ -38,14 +48,30 @@ class Replies:
     async def flush(self) -> None:
         """Wait for the write in flight; its failure (the client went away) is raised here."""
         pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
+        if pending is None:
+            return
+        if self.stall_s > 0:
+            done, _ = await asyncio.wait([pending], timeout=self.stall_s)
+            if not done:
+                pending.cancel()
+                pending.add_done_callback(_retrieve)
+                raise ReaderStalled(
+                    f"the caller took no reply for {self.stall_s:g} s (--stalled-write-timeout-s): "
+                    "cut off, its memory freed"
+                )
+        await pending
 
     async def settle(self) -> None:
-        """Before the stream ends with an error: let a write in flight finish, whatever it does."""
+        """Before the stream ends with an error: let a write in flight finish, whatever it
+        does (for at most ``stall_s``: a stalled one is dropped)."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            await asyncio.wait([pending])  # never raises the write's error; our own cancellation does
+            # Never raises the write's error; our own cancellation does.
+            done, _ = await asyncio.wait([pending], timeout=self.stall_s or None)
+            if not done:
+                pending.cancel()
+                pending.add_done_callback(_retrieve)
+                return
             _retrieve(pending)
 
     def discard(self) -> None:

@@ -148,7 +148,11 @@ class WorkerService:
         self.hosting = Hosting()
         self.sessions = SessionTable(
             Limits(
-                settings.max_sessions, settings.max_tokens, settings.idle_timeout_s, settings.kv_budget_tokens
+                settings.max_sessions,
+                settings.max_tokens,
+                settings.idle_timeout_s,
+                settings.kv_budget_tokens,
+                settings.retry_after_ms,
             )
         )
         KV_RESERVED.set_function(lambda: self.sessions.reserved)
@@ -196,6 +200,8 @@ class WorkerService:
             max_batch=settings.max_batch,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             batch_gather_ms=settings.batch_gather_ms,
+            max_queued_requests=settings.max_queued_requests,
+            stalled_write_timeout_s=settings.stalled_write_timeout_s,
         )
 
     def status(self) -> worker_pb2.WorkerStatus:

@@ -46,7 +46,7 @@ from .core.privacy import check_trusted
 from .core.ring import RingTable
 from .core.sessions import Session, SessionTable
 from .migration import Migrator
-from .replies import Replies
+from .replies import ReaderStalled, Replies
 from .statuses import HopError, refusal
 from .streams import Channels, Downstream, ReturnLink
 
@@ -114,7 +114,7 @@ async def _pump(requests: AsyncIterator[worker_pb2.ForwardRequest], inbox: Inbox
     breaks: the hop then ends the session instead of waiting out its idle timeout)."""
     try:
         async for request in requests:
-            inbox.put(request)
+            await inbox.offer(request)
     finally:
         inbox.end()
 
@@ -137,6 +137,8 @@ class Forwarding:
         max_batch: int = 64,
         prefill_chunk_tokens: int = 0,
         batch_gather_ms: float = 200.0,
+        max_queued_requests: int = 64,
+        stalled_write_timeout_s: float = 0.0,
     ) -> None:
         #: Started with --trusted: may run privacy-critical units.
         self.trusted = trusted
@@ -164,15 +166,19 @@ class Forwarding:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         #: TTFT / TPOT / request latency of the sessions answered here (core/latency.py).
         self.latency = FirstHopLatency()
+        #: A session's requests read ahead of its steps (core/inbox.py ``offer``).
+        self.max_queued_requests = max_queued_requests
+        #: A reply unsent this long (its caller stopped reading) cuts the session off (replies.py).
+        self.stalled_write_timeout_s = stalled_write_timeout_s
 
     # -- the Forward stream ------------------------------------------------------
     async def run(
         self, requests: AsyncIterator[worker_pb2.ForwardRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        inbox: Inbox[Any, Any] = Inbox()
+        inbox: Inbox[Any, Any] = Inbox(self.max_queued_requests)
         pump = asyncio.create_task(_pump(requests, inbox))
         hop: OpenHop | None = None
-        replies = Replies(context)
+        replies = Replies(context, self.stalled_write_timeout_s)
         try:
             first = await self._request(inbox)
             if first is None:
@@ -188,9 +194,13 @@ class Forwarding:
             )
             server_loop = first.open.server_loop and hosted.generative and hop.first
             request: worker_pb2.ForwardRequest | None = None
+            finished = False
             while True:
                 if request is None:
-                    request = await self._request(inbox)
+                    # After its last token a session only waits for the caller's close: one that
+                    # never comes (a caller that stopped reading) frees the slot after the stall
+                    # timeout, not the idle timeout.
+                    request = await self._request(inbox, self._closing_s if finished else None)
                     if request is None or request.HasField("close"):
                         await replies.flush()
                         return
@@ -202,9 +212,17 @@ class Forwarding:
                     await replies.send(reply)
                 if hop.first:
                     self._observe(hop.session, request, began)
+                finished = token is not None and token.finished
+                if finished:  # no step of it comes back: no batch waits for it while it closes
+                    self.batcher.leave(hop.session.key)
                 request = step.fed_back(hop.session, request, token) if server_loop else None
         except Closed:
-            await replies.flush()
+            await replies.settle()
+        except ReaderStalled as exc:
+            # A status would queue behind the unsent replies and never leave either: the call
+            # is dropped instead (gRPC resets the stream once the handler ends unanswered).
+            log.warning("session %s cut off: %s", hop.session.session_id[:64] if hop else "?", exc)
+            raise asyncio.CancelledError(str(exc)) from None
         except (errors.WorkerError, HopError, TimeoutError) as exc:
             await replies.settle()
             await context.abort(*refusal(exc))
@@ -224,10 +242,18 @@ class Forwarding:
         ms = (time.perf_counter() - began) * 1000
         self.latency.step(session.hosted.deployment, session.hosted.generative, prompt, ms, time.time())
 
-    async def _request(self, inbox: Inbox[Any, Any]) -> worker_pb2.ForwardRequest | None:
-        """The caller's next request (None: it ended the stream)."""
+    @property
+    def _closing_s(self) -> float | None:
+        """How long a finished session waits for its caller's close (None: the idle timeout)."""
+        return self.stalled_write_timeout_s or None
+
+    async def _request(
+        self, inbox: Inbox[Any, Any], timeout_s: float | None = None
+    ) -> worker_pb2.ForwardRequest | None:
+        """The caller's next request (None: it ended the stream) within ``timeout_s`` (None:
+        the idle timeout)."""
         while True:
-            item = await inbox.get(self.sessions.limits.idle_timeout_s, "request")
+            item = await inbox.get(timeout_s or self.sessions.limits.idle_timeout_s, "request")
             if item is ENDED:
                 return None
             if isinstance(item, worker_pb2.ForwardRequest):
@@ -391,6 +417,8 @@ class Forwarding:
                 await hop.ring.send(reply)
                 if reply.HasField("token"):
                     (_LOCAL if hop.ring.local else _NETWORK).inc()
+                    if reply.token.finished:  # as on the first hop: its last step here
+                        self.batcher.leave(session.key)
             if not hop.ring.local:
                 _RETURN.inc(len(produced))
         else:

@@ -169,7 +169,12 @@ def _redis_is_locked(state: Path, written, report: dict) -> None:
     assert password not in " ".join(psutil.Process(record.pid).cmdline())
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=port, socket_connect_timeout=2).ping()
-    assert redis.Redis.from_url(written.redis_url, socket_connect_timeout=2).ping()
+    locked = redis.Redis.from_url(written.redis_url, socket_connect_timeout=2)
+    assert locked.ping()
+    # Loopback only: every address it listens on is 127.0.0.1, as the kernel reports it.
+    assert locked.config_get("bind")["bind"].split() == ["127.0.0.1"]
+    listening = {c.laddr.ip for c in psutil.Process(record.pid).net_connections() if c.status == "LISTEN"}
+    assert listening == {"127.0.0.1"}, listening
     for secret in (stack_mod.stack_file(state), *state.glob("tls/redis-*.conf")):
         assert secret.stat().st_mode & 0o777 == 0o600, secret
     assert list(state.glob("tls/redis-*.conf")), "the password's config file is not with the TLS material"

@@ -278,19 +278,32 @@ def limited(tiny_models):
         local.stop()
 
 
-def test_session_limit_answers_resource_exhausted(limited):
-    with Client(limited.orchestrator.address) as client:
+def test_session_limit_answers_resource_exhausted_with_a_hint_the_sdk_retries_within_its_deadline(limited):
+    """A full worker refuses a session RESOURCE_EXHAUSTED with a retry hint: the SDK retries
+    it until its deadline (an impatient client then fails with the refusal); a patient one
+    gets in once a held session ends, with the whole model's tokens."""
+    expected = _reference(limited.deployed_model, [5, 6], 2)  # type: ignore[attr-defined]
+    with (
+        Client(limited.orchestrator.address) as client,
+        Client(limited.orchestrator.address, timeout_s=1.0) as impatient,
+    ):
         route = client.route("limited")
         held = [client._run(GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5))) for _ in range(2)]
         for session in held:
             next(session)
         with pytest.raises(grpc.RpcError) as info:
-            list(client.generate_ids([5, 6], route, Sampling(max_new_tokens=2)))
+            list(impatient.generate_ids([5, 6], route, Sampling(max_new_tokens=2)))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "limit 2" in info.value.details()
-        for session in held:
-            assert len(list(session)) == 4  # the held sessions finish untouched
-        assert len(list(client.generate_ids([5, 6], route, Sampling(max_new_tokens=2)))) == 2
+        assert "limit 2" in info.value.details() and "retry after 100 ms" in info.value.details()
+        assert "its deadline (timeout_s=1) passed" in info.value.details()
+        with ThreadPoolExecutor(1) as pool:
+            patient = pool.submit(
+                lambda: [t.token_id for t in client.generate_ids([5, 6], route, Sampling(2))]
+            )
+            time.sleep(0.5)  # it is being refused meanwhile
+            for session in held:
+                assert len(list(session)) == 4  # the held sessions finish untouched
+            assert patient.result(timeout=60) == expected
     _all_closed(limited.worker_procs)
 
 
@@ -395,8 +408,10 @@ def test_a_kv_budget_admits_the_sessions_that_fit_refuses_the_next_and_frees_roo
                 iter(client.generate_ids(prompt, route, Sampling(max_new_tokens=40))) for _ in "ab"
             )
             got = [[next(first).token_id], [next(second).token_id]]  # both hold their room now
+            client.retry_overload = False  # the refusal as it is (the SDK would retry it)
             with pytest.raises(grpc.RpcError) as refused:
                 list(client.generate_ids(prompt, route, Sampling(max_new_tokens=40)))
+            client.retry_overload = True
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert (
                 "KV budget is 100 tokens (--kv-budget-tokens) and 100 are reserved" in refused.value.details()

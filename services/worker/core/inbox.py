@@ -25,15 +25,48 @@ class Ended:
 ENDED = Ended()
 
 
-class Inbox(Generic[Request, Reply]):
-    """What happens next to one session on one hop, in the order it happened."""
+class _Offered:
+    """A caller's request that counts against the inbox's bound until it is taken."""
 
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Request | Reply | Ended | BaseException] = asyncio.Queue()
+    __slots__ = ("item",)
+
+    def __init__(self, item: object) -> None:
+        self.item = item
+
+
+class Inbox(Generic[Request, Reply]):
+    """What happens next to one session on one hop, in the order it happened.
+
+    The caller's requests are bounded (``max_requests`` read ahead of the hop, see
+    :meth:`offer`); the ring's replies and failures are not, as each step produces
+    a bounded number of them and the hop waits for them."""
+
+    def __init__(self, max_requests: int = 0) -> None:
+        self._queue: asyncio.Queue[Request | Reply | Ended | BaseException | _Offered] = asyncio.Queue()
+        #: At most this many offered requests wait here (0: no bound).
+        self.max_requests = max_requests
+        self._offered = 0
+        self._room = asyncio.Event()
+        self._room.set()
 
     def put(self, item: Request | Reply) -> None:
         """A request from the caller or a reply returned over the ring."""
         self._queue.put_nowait(item)
+
+    async def offer(self, item: Request) -> None:
+        """A request from the caller, once fewer than ``max_requests`` wait: the reader of
+        the caller's stream stops here, and gRPC's flow control then stops the caller, so a
+        caller that sends faster than its steps run holds a bounded amount of this worker."""
+        while self.max_requests and self._offered >= self.max_requests:
+            self._room.clear()
+            await self._room.wait()
+        self._offered += 1
+        self._queue.put_nowait(_Offered(item))
+
+    @property
+    def waiting_requests(self) -> int:
+        """Offered requests not yet taken."""
+        return self._offered
 
     def end(self) -> None:
         """The caller will send nothing more."""
@@ -53,6 +86,10 @@ class Inbox(Generic[Request, Reply]):
             raise TimeoutError(
                 f"no {waiting_for} for {timeout_s:g} s; the session is closed and its memory freed"
             ) from None
+        if isinstance(item, _Offered):
+            self._offered -= 1
+            self._room.set()
+            item = item.item
         if isinstance(item, BaseException):
             raise item
         return item

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from resplit.core.limits import retry_hint
 from resplit.models import SessionState
 from resplit.models.sampling import Sampler
 
@@ -29,6 +30,9 @@ class Limits:
     idle_timeout_s: float = 300.0
     #: Tokens of KV cache all open session segments may reserve together (0: no budget).
     kv_budget_tokens: int = 0
+    #: The retry hint of a refusal that passes once other sessions end (a full worker, a
+    #: full KV budget); a session too long for --max-tokens carries none: retrying cannot help.
+    retry_after_ms: int = 100
 
 
 @dataclass
@@ -83,7 +87,7 @@ class SessionTable:
             limit = self.limits.max_sessions
             raise Exhausted(
                 f"this worker already serves {len(self._per_id)} sessions (limit {limit}); "
-                "retry later or use another route"
+                f"{retry_hint(self.limits.retry_after_ms)} or use another route"
             )
         self._sessions[session.key] = session
         self._per_id[session.session_id] += 1
@@ -148,7 +152,8 @@ class SessionTable:
             raise Exhausted(
                 f"this worker's KV budget is {budget} tokens (--kv-budget-tokens) and {others} are "
                 f"reserved by other sessions; session {session.session_id[:64]!r} needs {want} "
-                "(what it holds plus what it may generate): retry later or use another route"
+                f"(what it holds plus what it may generate): {retry_hint(self.limits.retry_after_ms)} "
+                "or use another route"
             )
         self.reserved = others + want
         session.reserved = want

@@ -1,0 +1,102 @@
+"""Server interceptor: the caps on RPCs in flight (resplit/core/limits.py) over gRPC.
+
+Each RPC takes a slot for as long as it runs (a stream until it ends) under its
+client's identity, read from the call: the peer certificate's common name under
+mutual TLS, else the peer's address. Over a cap, the call ends at once with
+RESOURCE_EXHAUSTED, the hint in its message and in trailing metadata
+``retry-after-ms``; the handler never runs. Health checks and reflection are never
+capped: a probe must tell a busy service from a dead one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from ..core.limits import RETRY_METADATA_KEY, Admission, Caps, Refusal, client_identity
+from .interceptors import rewrapped
+
+RPCS_IN_FLIGHT = Gauge("resplit_grpc_server_in_flight", "RPCs (streams included) running now, all clients")
+RPCS_REFUSED = Counter(
+    "resplit_grpc_server_refused_total",
+    "RPCs refused RESOURCE_EXHAUSTED by --max-rpcs / --max-rpcs-per-client",
+)
+
+#: Methods never capped.
+EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def identity_of(context: grpc.aio.ServicerContext) -> str:
+    """The calling client's identity (see :func:`resplit.core.limits.client_identity`)."""
+    try:
+        names = [n.decode("utf-8", "replace") for n in context.auth_context().get("x509_common_name", [])]
+    except (AttributeError, RuntimeError):
+        names = []
+    return client_identity(names, context.peer() or "")
+
+
+async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
+    RPCS_REFUSED.inc()
+    await context.abort(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        refusal.message,
+        trailing_metadata=((RETRY_METADATA_KEY, str(refusal.retry_after_ms)),),
+    )
+
+
+class LimitInterceptor(grpc.aio.ServerInterceptor):
+    """Admits each RPC under the service's caps, or refuses it at once."""
+
+    def __init__(self, caps: Caps, service: str) -> None:
+        self.admission = Admission(caps, service)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(EXEMPT):
+            return handler
+        return rewrapped(handler, self._unary, self._streaming)
+
+    async def _enter(self, context: grpc.aio.ServicerContext) -> str:
+        """Take a slot for this call (its client's identity), or end it RESOURCE_EXHAUSTED."""
+        client = identity_of(context)
+        refusal = self.admission.admit(client)
+        if refusal is not None:
+            await _refuse(context, refusal)  # raises AbortError
+        RPCS_IN_FLIGHT.inc()
+        return client
+
+    def _leave(self, client: str) -> None:
+        self.admission.release(client)
+        RPCS_IN_FLIGHT.dec()
+
+    def _unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            client = await self._enter(context)
+            try:
+                return await behavior(request_or_iterator, context)
+            finally:
+                self._leave(client)
+
+        return handler
+
+    def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            client = await self._enter(context)
+            try:
+                if inspect.isasyncgenfunction(behavior):
+                    async for item in behavior(request_or_iterator, context):
+                        yield item
+                else:
+                    await behavior(request_or_iterator, context)
+            finally:
+                self._leave(client)
+
+        return handler
