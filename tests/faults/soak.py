@@ -48,6 +48,7 @@ import redis
 import torch
 from chaos import Fault, by_kind, overlapping, schedule
 from support import LocalStack, wait_for
+from transformers import DynamicCache
 
 from resplit.models import Checkpoint, num_units
 from resplit.models.sampling import Sampler
@@ -484,11 +485,12 @@ def _whole(model, prompt: list[int], seed: int, new_tokens: int) -> list[int]:
     ``seed`` (temperature 0.8, top-k 20) over the whole model's logits; with its KV cache."""
     sampler = Sampler(temperature=0.8, top_k=20, seed=seed) if seed else Sampler()
     out: list[int] = []
-    step = model(torch.tensor([prompt]), use_cache=True)
+    cache = DynamicCache(config=model.config)
+    step = model(torch.tensor([prompt]), cache=cache, use_cache=True)
     for index in range(new_tokens):
         token, _ = sampler.choose(step.logits[0, -1], index)
         out.append(token)
-        step = model(torch.tensor([[token]]), past_key_values=step.past_key_values, use_cache=True)
+        step = model(torch.tensor([[token]]), cache=cache, use_cache=True)
     return out
 
 
