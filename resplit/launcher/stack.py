@@ -58,28 +58,31 @@ def shared_host_worker_args(
     chosen = "RESPLIT_DECODE_THREADS" in environ
     if chosen or any(flag.split("=", 1)[0] == "--decode-threads" for flag in given):
         return []
-    threads = shared_decode_threads(workers, cores)
+    native = environ.get("RESPLIT_NATIVE_KERNELS", "1") != "0"
+    threads = shared_decode_threads(workers, cores, native)
     return ["--decode-threads", str(threads)] if threads else []
 
 
-def shared_decode_threads(workers: int, cores: int) -> int:
+def shared_decode_threads(workers: int, cores: int, native: bool = True) -> int:
     """Intra-op threads for each co-located worker's decode steps; 0: all of them.
 
-    One thread each where the host has fewer than two cores per worker, else all.
-    Measured with bench/pipeline_overhead.py (12-34 blocks, fp32, one session):
+    All of them, unless the workers decode on torch's kernels (``native`` False:
+    ``RESPLIT_NATIVE_KERNELS=0``) with fewer than two cores each: then one thread each.
 
-    * 2 cores, 3 workers: a decode step is memory-bound there, one thread decodes
-      as fast as two, and workers decoding with both cores got in each other's
-      way: 1.113x the whole model with one thread each against 1.159x with both
-      (interleaved in one run, bench/worker_settings.py);
-    * 16 cores, 3 workers: decode is far from memory-bound at a third of the
-      cores. Five threads each gave 1.67x (one worker alone: 1.47x), all sixteen
+    * Native kernels (resplit/kernels), 2 cores, 3 workers, one session through a 3-way
+      split of the 15-block Llama (``bench/vs_llamacpp.py``, 2026-12-05, quiet machine):
+      two decode threads each gave 36-47 tok/s (fp32), 91-112 (int8), 105-121 (int4)
+      against 31-32, 83-85 and 79-83 with one. A native projection streams its weights
+      at ~26 GB/s on one core and ~41 GB/s on two, and one session's segments compute
+      one at a time.
+    * torch's kernels, 2 cores, 3 workers (bench/pipeline_overhead.py, 12-34 blocks,
+      fp32): one thread decoded as fast as two, and workers decoding with both cores got
+      in each other's way: 1.113x the whole model with one thread each against 1.159x.
+    * 16 cores, 3 workers, torch's kernels: decode is far from memory-bound at a third of
+      the cores; five threads each gave 1.67x (one worker alone: 1.47x), all sixteen
       1.53x (one worker alone: 1.04x).
-
-    One session's segments compute one at a time, so on a host with cores to
-    spare every worker may use all of them.
     """
-    return 1 if workers >= 2 and cores < 2 * workers else 0
+    return 1 if not native and workers >= 2 and cores < 2 * workers else 0
 
 
 class StackTLS(BaseModel):
@@ -195,8 +198,8 @@ def up(
 
     The first ``trusted`` workers are trusted. ``extra_args`` adds flags per
     service kind (e.g. ``{"worker": ["--max-tokens", "8192"]}``). Two or more
-    workers on a host with fewer than two cores each decode with one thread each
-    (:func:`shared_host_worker_args`). ``gateway_port``: also start the gateway, its
+    workers on a host with fewer than two cores each decode with one thread each when
+    they run torch's kernels (:func:`shared_host_worker_args`). ``gateway_port``: also start the gateway, its
     OpenAI-compatible API on that port (HTTPS with the stack's certificate unless
     ``secure`` is False; open: no API key). On any
     failure everything already started is stopped again before the error is

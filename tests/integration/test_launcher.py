@@ -74,8 +74,10 @@ def test_up_status_deploy_generate_embed_down_leave_no_process_behind(tmp_path, 
             assert row["healthy"], row
             if row["kind"] != "redis":
                 assert (row["grpc_health"], row["healthz"]) == ("SERVING", 200)
-        # Three workers share this host's cores: one decode thread each if it has fewer than six.
-        share = stack_mod.shared_decode_threads(3, stack_mod.host_cores())
+        # Three workers share this host's cores: one decode thread each if it has fewer than
+        # six and they run torch's kernels; on the native kernels, all of them.
+        native = os.environ.get("RESPLIT_NATIVE_KERNELS", "1") != "0"
+        share = stack_mod.shared_decode_threads(3, stack_mod.host_cores(), native)
         # The stack file as written; not stack_mod.load, which would make this process's
         # channels use the stack's TLS credentials.
         written = stack_mod.Stack.model_validate_json(stack_mod.stack_file(Path(state)).read_text())
