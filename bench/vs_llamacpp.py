@@ -25,6 +25,8 @@ CMake (``cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_RPC=ON && cmake --buil
 --target llama-bench llama-quantize ggml-rpc-server``); docs/BENCHMARKS.md says which
 commit was measured.
 
+Writes a bar chart of the medians (``--plot``, default results/vs_llamacpp.png).
+
 Usage:
   python bench/vs_llamacpp.py --llama-cpp ~/llama.cpp [--blocks 15] [--tokens 32] [--rounds 3]
       [--threads 2] [--worker-arg=--decode-threads=2 ...] [--formats fp32,int8,int4]
@@ -46,6 +48,7 @@ from pathlib import Path
 
 import torch
 from _gguf import write_gguf
+from _peers_plot import plot
 from _sizing import HIDDEN, segment_run
 from _stack import deploy
 from pipeline_overhead import split_run, three_segments
@@ -196,6 +199,9 @@ def main() -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-format RSS stacks")
     parser.add_argument("--rpc-threads", type=int, default=1, help="threads of each ggml-rpc-server")
+    parser.add_argument(
+        "--plot", type=Path, default=Path("results/vs_llamacpp.png"), help="where the bar chart goes"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     formats = [f for f in args.formats.split(",") if f]
@@ -290,6 +296,17 @@ def main() -> None:
         + "; "
         + "; ".join(f"split {f} {', '.join(f'{v:.1f}' for v in split[f])}" for f in formats)
     )
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    bars = []
+    for f in formats:
+        kind = PAIRS[f][0]
+        values = {"llama.cpp": statistics.median(llama[kind])}
+        if llama_rpc[kind]:
+            values["llama.cpp RPC x3"] = statistics.median(llama_rpc[kind])
+        values["resplit whole"] = statistics.median(whole[f])
+        values["resplit split x3"] = statistics.median(split[f])
+        bars.append((f"{f} / {kind}", values))
+    console.print(f"plot: {plot(args.plot, table.title, bars)}")
     if args.no_memory:
         return
     memory = Table(title="worker resident memory, one format deployed (MiB); bound 1.2 x segment + 300")
