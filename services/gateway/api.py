@@ -132,7 +132,10 @@ class Api:
             if parsed.stream:
                 return await self._stream(request, parsed, prepared, shaper, completion, first, steps)
             async for _ in steps:
-                pass
+                # Nothing is written until the end, so a client that went away shows only as its
+                # connection closing: checked per token as well as by the handler's cancellation.
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError("the client closed its connection")  # counted by _errors
             logprobs = shaper.logprobs(completion.entries, completion.texts) if parsed.logprobs else None
             answer = shaper.whole(
                 completion.text, completion.finish or "stop", len(prepared.ids), completion.tokens, logprobs

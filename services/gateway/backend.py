@@ -10,6 +10,7 @@ session on the workers at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -152,9 +153,12 @@ class Backend:
         try:
             route = await self.client.route(prepared.deployment.name)
             tokens = self.client.generate_ids(prepared.ids, route, prepared.sampling, return_logits=top > 0)
-            async for token in tokens:
-                token.text = text.push(token.token_id)
-                yield token, _entry(tokenizer, token, top) if prepared.logprobs else None
+            # Closed with this iterator, not when the collector gets to it: an SDK generator
+            # left suspended at its yield would keep the session running on the workers.
+            async with contextlib.aclosing(tokens):
+                async for token in tokens:
+                    token.text = text.push(token.token_id)
+                    yield token, _entry(tokenizer, token, top) if prepared.logprobs else None
         except grpc.RpcError as exc:
             raise api_error(exc) from None
 
