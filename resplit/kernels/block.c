@@ -1,4 +1,5 @@
-/* One decode step of one session through a Llama-style block, in two calls.
+/* One decode step of one session, or of several (a batch), through a Llama-style block,
+ * in two calls.
  *
  * Why: with the projections on the native kernels (gemv.c), what was left of a decode
  * step on the CPU was torch's per-operation cost: some thirty small operations per block
@@ -11,6 +12,8 @@
  * the cache they always saw); the second call attends over the cache, projects, adds the
  * residual, normalizes, runs the MLP and adds again. The same arithmetic as
  * resplit/models/lean.py's ``_block_rows`` for one token, summed in another order.
+ * A batch runs every projection once for all its rows (each row still computed on its
+ * own, as gemv.c does) and attention per row over that row's own session's cache.
  */
 #include "gemv.c"
 
@@ -31,34 +34,41 @@ typedef struct {
     proj_t q, k, v, o, gate, up, down;
 } block_t;
 
-/* x prepared once for every projection that reads it. */
+/* Most rows (sessions) one block call takes: a batched decode step at the gather's size. */
+#define MAX_BLOCK_ROWS 64
+
+/* R rows of x prepared once for every projection that reads them. */
 typedef struct {
     const float *x;
+    int rows;
     int16_t *x8, *x4;
-    float s8, s4;
-    float *xsum;
+    float s8[MAX_BLOCK_ROWS], s4[MAX_BLOCK_ROWS];
+    float *xsum; /* [rows, k / 32] */
 } input_t;
 
-static int prepare(input_t *in, const float *x, int k, int need8, int need4) {
+static int prepare(input_t *in, const float *x, int R, int k, int need8, int need4) {
     in->x = x;
+    in->rows = R;
     in->x8 = in->x4 = NULL;
     in->xsum = NULL;
     if (!use_512()) need8 = need4 = 0; /* the portable bodies read fp32 */
     if (need8) {
-        if (!(in->x8 = malloc(sizeof(int16_t) * k))) return -2;
-        quantize_rows(x, in->x8, &in->s8, 1, k, 0);
+        if (!(in->x8 = malloc(sizeof(int16_t) * R * k))) return -2;
+        quantize_rows(x, in->x8, in->s8, R, k, 0);
     }
     if (need4 || !use_512()) {
-        if (!(in->xsum = malloc(sizeof(float) * (k / 32)))) return -2;
-        for (int g = 0; g < k / 32; g++) {
-            float t = 0.f;
-            for (int i = 0; i < 32; i++) t += x[g * 32 + i];
-            in->xsum[g] = t;
-        }
+        int G = k / 32;
+        if (!(in->xsum = malloc(sizeof(float) * R * G))) return -2;
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++) {
+                float t = 0.f;
+                for (int i = 0; i < 32; i++) t += x[(int64_t)r * k + g * 32 + i];
+                in->xsum[r * G + g] = t;
+            }
     }
     if (need4) {
-        if (!(in->x4 = malloc(sizeof(int16_t) * k))) return -2;
-        quantize_rows(x, in->x4, &in->s4, 1, k, 1);
+        if (!(in->x4 = malloc(sizeof(int16_t) * R * k))) return -2;
+        quantize_rows(x, in->x4, in->s4, R, k, 1);
     }
     return 0;
 }
@@ -69,17 +79,29 @@ static void release(input_t *in) {
     free(in->xsum);
 }
 
+/* Output columns [n0, n1) of every row: one row streams the weights in order, several
+ * go in tiles (fp32) or in calls of MAX_ROWS rows (int8, int4). */
 static void rows_of(const proj_t *p, const input_t *in, float *y, int n0, int n1) {
-    int fast = use_512();
+    int fast = use_512(), R = in->rows, K = p->k, N = p->n, G = K / 32;
     if (p->format == 0) {
-        if (fast) fp32_row_512(in->x, p->w, y, p->k, n0, n1);
-        else fp32_rows_ref(in->x, p->w, y, 1, p->k, p->n, n0, n1);
-    } else if (p->format == 1) {
-        if (fast) int8_rows_512(in->x8, &in->s8, p->w, p->scale, y, 1, p->k, p->n, n0, n1);
-        else int8_rows_ref(in->x, p->w, p->scale, y, 1, p->k, p->n, n0, n1);
-    } else {
-        if (fast) int4_rows_512(in->x4, &in->s4, in->xsum, p->w, p->scale, p->zero, y, 1, p->k, p->n, n0, n1);
-        else int4_rows_ref(in->x, in->xsum, p->w, p->scale, p->zero, y, 1, p->k, p->n, n0, n1);
+        if (!fast) fp32_rows_ref(in->x, p->w, y, R, K, N, n0, n1);
+        else if (R == 1) fp32_row_512(in->x, p->w, y, K, n0, n1);
+        else fp32_multi_512(in->x, p->w, y, R, K, N, n0, n1);
+        return;
+    }
+    for (int r0 = 0; r0 < R; r0 += MAX_ROWS) {
+        int rr = R - r0 < MAX_ROWS ? R - r0 : MAX_ROWS;
+        float *yr = y + (int64_t)r0 * N;
+        const float *xr = in->x + (int64_t)r0 * K;
+        if (p->format == 1) {
+            if (fast) int8_rows_512(in->x8 + (int64_t)r0 * K, in->s8 + r0, p->w, p->scale, yr, rr, K, N, n0, n1);
+            else int8_rows_ref(xr, p->w, p->scale, yr, rr, K, N, n0, n1);
+        } else {
+            const float *xs = in->xsum + (int64_t)r0 * G;
+            if (fast)
+                int4_rows_512(in->x4 + (int64_t)r0 * K, in->s4 + r0, xs, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
+            else int4_rows_ref(xr, xs, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
+        }
     }
 }
 
@@ -87,7 +109,8 @@ static void project(const proj_t *p, const input_t *in, float *y, int threads) {
     int N = p->n;
     SPLIT(rows_of(p, in, y, n0, n1))
     if (p->bias)
-        for (int n = 0; n < N; n++) y[n] += p->bias[n];
+        for (int r = 0; r < in->rows; r++)
+            for (int n = 0; n < N; n++) y[(int64_t)r * N + n] += p->bias[n];
 }
 
 /* transformers' RMSNorm: x * rsqrt(mean(x^2) + eps), times the weight. */
@@ -117,90 +140,101 @@ static int needs(const proj_t *const *ps, int count, int format) {
     return 0;
 }
 
-int resplit_block_qkv(const block_t *b, const float *h, const float *cos, const float *sin, float *q, float *k,
-                      float *v, int threads) {
-    float *x = malloc(sizeof(float) * b->hidden);
+/* R sessions' new tokens h [R, hidden], each at its own position (cos, sin [R, head_dim]):
+ * q [R, heads * head_dim], k and v [R, kv_heads * head_dim]. */
+int resplit_block_qkv(const block_t *b, int R, const float *h, const float *cos, const float *sin, float *q,
+                      float *k, float *v, int threads) {
+    if (R < 1 || R > MAX_BLOCK_ROWS) return -1;
+    int H = b->hidden, d = b->head_dim, QW = b->heads * d, KW = b->kv_heads * d;
+    float *x = malloc(sizeof(float) * R * H);
     if (!x) return -2;
-    rms(h, b->attn_norm, b->eps, x, b->hidden);
+    for (int r = 0; r < R; r++) rms(h + (int64_t)r * H, b->attn_norm, b->eps, x + (int64_t)r * H, H);
     const proj_t *ps[3] = {&b->q, &b->k, &b->v};
     input_t in;
-    int code = prepare(&in, x, b->hidden, needs(ps, 3, 1), needs(ps, 3, 2));
+    int code = prepare(&in, x, R, H, needs(ps, 3, 1), needs(ps, 3, 2));
     if (code == 0) {
         project(&b->q, &in, q, threads);
         project(&b->k, &in, k, threads);
         project(&b->v, &in, v, threads);
-        int d = b->head_dim;
-        if (b->q_norm)
-            for (int i = 0; i < b->heads; i++) rms(q + i * d, b->q_norm, b->qk_eps, q + i * d, d);
-        if (b->k_norm)
-            for (int i = 0; i < b->kv_heads; i++) rms(k + i * d, b->k_norm, b->qk_eps, k + i * d, d);
-        rotate(q, b->heads, d, cos, sin);
-        rotate(k, b->kv_heads, d, cos, sin);
+        for (int r = 0; r < R; r++) {
+            float *qr = q + (int64_t)r * QW, *kr = k + (int64_t)r * KW;
+            if (b->q_norm)
+                for (int i = 0; i < b->heads; i++) rms(qr + i * d, b->q_norm, b->qk_eps, qr + i * d, d);
+            if (b->k_norm)
+                for (int i = 0; i < b->kv_heads; i++) rms(kr + i * d, b->k_norm, b->qk_eps, kr + i * d, d);
+            rotate(qr, b->heads, d, cos + (int64_t)r * d, sin + (int64_t)r * d);
+            rotate(kr, b->kv_heads, d, cos + (int64_t)r * d, sin + (int64_t)r * d);
+        }
     }
     release(&in);
     free(x);
     return code;
 }
 
-/* kc, vc: the session's cache of this block after the append, [kv_heads, T, head_dim]. */
-int resplit_block_out(const block_t *b, const float *h, const float *q, const float *kc, const float *vc, int T,
-                      float *out, int threads) {
-    int d = b->head_dim, H = b->hidden, group = b->heads / b->kv_heads;
-    float *attn = malloc(sizeof(float) * b->heads * d);
-    float *scores = malloc(sizeof(float) * (size_t)b->heads * T);
-    float *x = malloc(sizeof(float) * H);
+/* Row r attends over its own session's cache of this block after the append: kc[r], vc[r]
+ * [kv_heads, T[r], head_dim]; then the output projection, the MLP and both residuals. */
+int resplit_block_out(const block_t *b, int R, const float *h, const float *q, const float *const *kc,
+                      const float *const *vc, const int *T, float *out, int threads) {
+    if (R < 1 || R > MAX_BLOCK_ROWS) return -1;
+    int d = b->head_dim, H = b->hidden, heads = b->heads, group = b->heads / b->kv_heads, QW = heads * d;
+    int longest = 1;
+    for (int r = 0; r < R; r++) longest = T[r] > longest ? T[r] : longest;
     int inner = b->gate.n;
-    float *gate = malloc(sizeof(float) * inner), *up = malloc(sizeof(float) * inner);
+    float *attn = malloc(sizeof(float) * R * QW);
+    float *scores = malloc(sizeof(float) * (size_t)R * heads * longest);
+    float *x = malloc(sizeof(float) * R * H);
+    float *gate = malloc(sizeof(float) * R * inner), *up = malloc(sizeof(float) * R * inner);
     int code = (attn && scores && x && gate && up) ? 0 : -2;
     if (code == 0) {
-        int heads = b->heads;
+        int pairs = R * heads;
         _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")
-        for (int i = 0; i < heads; i++) {
-            const float *qi = q + i * d;
-            const float *ki = kc + (int64_t)(i / group) * T * d, *vi = vc + (int64_t)(i / group) * T * d;
-            float *s = scores + (int64_t)i * T, top = -INFINITY, total = 0.f;
-            for (int t = 0; t < T; t++) {
+        for (int pair = 0; pair < pairs; pair++) {
+            int r = pair / heads, i = pair % heads, Tr = T[r];
+            const float *qi = q + (int64_t)r * QW + i * d;
+            const float *ki = kc[r] + (int64_t)(i / group) * Tr * d, *vi = vc[r] + (int64_t)(i / group) * Tr * d;
+            float *s = scores + (int64_t)pair * longest, top = -INFINITY, total = 0.f;
+            for (int t = 0; t < Tr; t++) {
                 float dot = 0.f;
                 for (int j = 0; j < d; j++) dot += qi[j] * ki[(int64_t)t * d + j];
                 s[t] = dot * b->scaling;
                 top = s[t] > top ? s[t] : top;
             }
-            for (int t = 0; t < T; t++) total += (s[t] = expf(s[t] - top));
-            float *ai = attn + i * d;
+            for (int t = 0; t < Tr; t++) total += (s[t] = expf(s[t] - top));
+            float *ai = attn + (int64_t)r * QW + i * d;
             for (int j = 0; j < d; j++) ai[j] = 0.f;
-            for (int t = 0; t < T; t++) {
+            for (int t = 0; t < Tr; t++) {
                 float p = s[t] / total;
                 for (int j = 0; j < d; j++) ai[j] += p * vi[(int64_t)t * d + j];
             }
         }
         input_t in;
         const proj_t *po[1] = {&b->o};
-        code = prepare(&in, attn, heads * d, needs(po, 1, 1), needs(po, 1, 2));
+        code = prepare(&in, attn, R, QW, needs(po, 1, 1), needs(po, 1, 2));
         if (code == 0) {
             project(&b->o, &in, out, threads);
-            for (int i = 0; i < H; i++) out[i] += h[i];
+            for (int64_t i = 0; i < (int64_t)R * H; i++) out[i] += h[i];
         }
         release(&in);
     }
     if (code == 0) {
-        rms(out, b->mlp_norm, b->eps, x, H);
+        for (int r = 0; r < R; r++) rms(out + (int64_t)r * H, b->mlp_norm, b->eps, x + (int64_t)r * H, H);
         const proj_t *pm[2] = {&b->gate, &b->up};
         input_t in;
-        code = prepare(&in, x, H, needs(pm, 2, 1), needs(pm, 2, 2));
+        code = prepare(&in, x, R, H, needs(pm, 2, 1), needs(pm, 2, 2));
         if (code == 0) {
             project(&b->gate, &in, gate, threads);
             project(&b->up, &in, up, threads);
-            for (int i = 0; i < inner; i++) gate[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
+            for (int64_t i = 0; i < (int64_t)R * inner; i++) gate[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
         }
         release(&in);
     }
     if (code == 0) {
         const proj_t *pd[1] = {&b->down};
         input_t in;
-        code = prepare(&in, gate, inner, needs(pd, 1, 1), needs(pd, 1, 2));
+        code = prepare(&in, gate, R, inner, needs(pd, 1, 1), needs(pd, 1, 2));
         if (code == 0) {
             project(&b->down, &in, x, threads);
-            for (int i = 0; i < H; i++) out[i] += x[i];
+            for (int64_t i = 0; i < (int64_t)R * H; i++) out[i] += x[i];
         }
         release(&in);
     }

@@ -1,6 +1,7 @@
-"""A lone session's decode step through a block on the native kernels (``block.c``).
+"""Decode steps through a block on the native kernels (``block.c``): a lone session's
+token, or one token of each of several sessions at once (a batched step).
 
-``lean.py`` hands a block here when one session steps one token on the CPU in fp32 and
+``lean.py`` hands a block here when every session in the step brings one token, on the CPU in fp32, and
 every projection is one the kernels run (fp32 weights, or int8/int4 ``QuantLinear`` on
 the native kernels) with a SiLU MLP; anything else stays on lean's torch operations.
 The session's KV cache stays transformers' ``DynamicCache``: k and v are appended with
@@ -101,7 +102,7 @@ def why_not(block) -> str | None:
 
 
 class Engine:
-    """One block's native decode step for one session."""
+    """One block's native decode step for one session or a batch of them."""
 
     def __init__(self, block) -> None:
         views, self._tensors = {}, []
@@ -136,14 +137,17 @@ class Engine:
         """Whether the weights are still where this engine points."""
         return self._tensors[0].data_ptr() == self._first
 
-    def step(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
-        """``h`` [H] (one token's hidden state) through the block; appends to ``cache``."""
+    def step(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, caches: list) -> torch.Tensor:
+        """``h`` [R, H] (the new token of each of R sessions, R <= ``native.MAX_BLOCK_ROWS``)
+        through the block, row r at its own position (``cos``, ``sin`` [R, head_dim]);
+        appends each row's k and v to ``caches[r]``."""
         lib, threads = native.library(), torch.get_num_threads()
-        d = self.head_dim
-        q = torch.empty(self.heads * d)
-        k, v = torch.empty(self.kv_heads * d), torch.empty(self.kv_heads * d)
+        rows, d = h.shape[0], self.head_dim
+        q = torch.empty(rows, self.heads * d)
+        k, v = torch.empty(rows, self.kv_heads, 1, d), torch.empty(rows, self.kv_heads, 1, d)
         code = lib.resplit_block_qkv(
             ctypes.byref(self._struct),
+            rows,
             h.data_ptr(),
             cos.data_ptr(),
             sin.data_ptr(),
@@ -154,18 +158,24 @@ class Engine:
         )
         if code != 0:
             raise MemoryError(f"native block step: code {code}")
-        keys, values = cache.update(
-            k.view(1, self.kv_heads, 1, d), v.view(1, self.kv_heads, 1, d), self.layer_idx
-        )
-        keys, values = keys.contiguous(), values.contiguous()
+        # Each session's cache grows by its row; the tensors are kept alive until the call.
+        held, key_ptrs, value_ptrs, lengths = [], (ctypes.c_void_p * rows)(), (ctypes.c_void_p * rows)(), []
+        for r, cache in enumerate(caches):
+            keys, values = cache.update(k[r : r + 1], v[r : r + 1], self.layer_idx)
+            keys, values = keys.contiguous(), values.contiguous()
+            held += (keys, values)
+            key_ptrs[r], value_ptrs[r] = keys.data_ptr(), values.data_ptr()
+            lengths.append(keys.shape[2])
+        lengths_array = (ctypes.c_int * rows)(*lengths)
         out = torch.empty_like(h)
         code = lib.resplit_block_out(
             ctypes.byref(self._struct),
+            rows,
             h.data_ptr(),
             q.data_ptr(),
-            keys.data_ptr(),
-            values.data_ptr(),
-            keys.shape[2],
+            ctypes.addressof(key_ptrs),
+            ctypes.addressof(value_ptrs),
+            ctypes.addressof(lengths_array),
             out.data_ptr(),
             threads,
         )

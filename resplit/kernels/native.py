@@ -39,6 +39,8 @@ MAX_ROWS = 8
 #: Most activation rows one fp32 call takes (``MAX_FP32_ROWS``): its tiles of four weight
 #: rows by four activation rows keep a batch's weights in L1.
 MAX_FP32_ROWS = 16
+#: Most sessions one native block step takes (``MAX_BLOCK_ROWS`` in block.c).
+MAX_BLOCK_ROWS = 64
 #: Inner sizes must be multiples of this (the int4 group, two AVX-512 vectors of fp32).
 ALIGN = 32
 GROUP = 32
@@ -92,8 +94,8 @@ def library() -> ctypes.CDLL | None:
     lib.resplit_gemv_int4.argtypes = [_F, _F, _F, _F, _F, _I, _I, _I, _I]
     for fn in (lib.resplit_gemv_fp32, lib.resplit_gemv_int8, lib.resplit_gemv_int4, lib.resplit_simd):
         fn.restype = _I
-    lib.resplit_block_qkv.argtypes = [_F] * 7 + [_I]
-    lib.resplit_block_out.argtypes = [_F] * 5 + [_I, _F, _I]
+    lib.resplit_block_qkv.argtypes = [_F, _I] + [_F] * 6 + [_I]
+    lib.resplit_block_out.argtypes = [_F, _I] + [_F] * 5 + [_F, _I]
     lib.resplit_block_qkv.restype = lib.resplit_block_out.restype = _I
     lib.resplit_force_portable.argtypes = [_I]
     lib.resplit_force_portable.restype = None

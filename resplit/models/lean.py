@@ -73,7 +73,7 @@ class _Block:
     up: _Proj
     down: _Proj
     act: Callable[[torch.Tensor], torch.Tensor]
-    #: The block's native step for a lone session (``resplit/kernels/block.py``), made on
+    #: The block's native decode step (``resplit/kernels/block.py``), made on
     #: first use: {"engine": Engine} or {"why_not": reason}.
     native: dict = field(default_factory=dict, compare=False)
 
@@ -176,8 +176,8 @@ def rows(
     another (session i: ``lengths[i]`` tokens, appended to ``caches[i]``), through ``blocks``.
     ``position_embeddings``: (cos, sin) [1, T, D], each token at its own position in its
     own session. A row of one token is a decode step; a longer one, a prompt."""
-    if lengths == [1] and h.device.type == "cpu" and h.dtype == torch.float32 and native.active():
-        return _lone_token(blocks, h, position_embeddings, caches[0])
+    if _native_decode(h, lengths):
+        return _decode_natively(blocks, h, position_embeddings, caches)
     cos, sin = (t.unsqueeze(1) for t in position_embeddings)
     spans = []
     start = 0
@@ -209,17 +209,33 @@ def _engine(block: _Block) -> native_block.Engine | None:
     return engine
 
 
-def _lone_token(blocks: list[_Block], h: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
-    """One session's one token [1, 1, H] through ``blocks``: each on its native step
-    where it has one (``resplit/kernels/block.c``), else on the torch operations below."""
-    cos, sin = (t.reshape(-1).contiguous() for t in position_embeddings)
-    span = [(slice(0, 1), None)]
+def _native_decode(h: torch.Tensor, lengths: list[int]) -> bool:
+    """Whether a step is decode rows only (one token per session), on the CPU in fp32,
+    with the native kernels here: the case ``block.c`` takes whole."""
+    return (
+        len(lengths) <= native.MAX_BLOCK_ROWS
+        and all(length == 1 for length in lengths)
+        and h.device.type == "cpu"
+        and h.dtype == torch.float32
+        and native.active()
+    )
+
+
+def _decode_natively(
+    blocks: list[_Block], h: torch.Tensor, position_embeddings, caches: list
+) -> torch.Tensor:
+    """One token of each of R sessions, packed [1, R, H], through ``blocks``: each block
+    on its native step where it has one (``resplit/kernels/block.c``: a lone session's
+    token or a batch alike), else on the torch operations below."""
+    rows = h.shape[1]
+    cos, sin = (t.reshape(rows, -1).contiguous() for t in position_embeddings)
+    spans = [(slice(r, r + 1), None) for r in range(rows)]
     for block in blocks:
         engine = _engine(block)
         if engine is not None:
-            h = engine.step(h.reshape(-1).contiguous(), cos, sin, cache).view(1, 1, -1)
+            h = engine.step(h.reshape(rows, -1).contiguous(), cos, sin, caches).view(1, rows, -1)
         else:
-            h = _block_rows(block, h, cos.view(1, 1, 1, -1), sin.view(1, 1, 1, -1), [cache], span)
+            h = _block_rows(block, h, cos.view(1, 1, rows, -1), sin.view(1, 1, rows, -1), caches, spans)
     return h
 
 
