@@ -48,7 +48,7 @@ test-latest: redis
 	$(LATEST)/bin/ruff check .
 	$(LATEST)/bin/lint-imports
 	$(LATEST)/bin/python tools/check_protos.py
-	RESPLIT_UNLOCKED=1 $(LATEST)/bin/python -m pytest
+	export RESPLIT_UNLOCKED=1; $(call suite,$(LATEST)/bin/python)
 
 # redis-server is needed by `resplit up` and the tests (they start their own);
 # iproute2 (ip, tc) by the testbed's network namespaces and link shaping; iptables by
@@ -78,8 +78,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The suite in two parts: most of it on two processes, a test module per process (its
+# stack is built once); then the tests marked `serial` (a CPU share, a throughput
+# ratio, a tight timing) alone. Both parts always run.
+PYTEST_PROCESSES ?= 2
+suite = status=0; \
+	$(1) -m pytest -n $(PYTEST_PROCESSES) --dist loadfile -m "not serial" || status=$$?; \
+	$(1) -m pytest -m serial || status=$$?; \
+	exit $$status
 test: setup lint proto-check
-	$(BIN)/python -m pytest
+	$(call suite,$(BIN)/python)
 
 # The chaos soak (not in CI; CI runs a short one, tests/faults/test_soak.py): SOAK_S seconds
 # of SOAK_CLIENTS clients under random, overlapping faults; the report goes to results/soak.md.

@@ -9,6 +9,11 @@ from collections.abc import Iterator
 # plaintext on loopback, explicitly, and every process they spawn inherits this;
 # tests/integration/test_security.py covers the TLS path.
 os.environ["RESPLIT_INSECURE"] = "1"
+# pytest-xdist's processes start with COLUMNS=80, and rich fixes a console's width from it
+# when the console is made (the CLI's, at import): the CLI tests' tables would be cut to
+# 80 columns there and not in a plain run. Without it, a test's own COLUMNS applies.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 import pytest
 from support import LocalStack

@@ -26,7 +26,7 @@ from resplit.sdk import AsyncClient
 from resplit.sdk.exchange import GenerateExchange, Sampling
 from resplit.v1 import worker_pb2_grpc
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # see pyproject.toml
 
 SLOW_READERS, SLOW_TOKENS = 100, 4
 CLIENTS, CLIENT_TOKENS = 4, 16

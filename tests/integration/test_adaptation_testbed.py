@@ -29,7 +29,7 @@ from resplit.sdk.exchange import GenerateExchange, Sampling
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from services.orchestrator.core.policy import default_policy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # see pyproject.toml
 CYCLE = 0.5
 NODES = ("n0", "n1", "n2", "n3")
 WORKER_PORT, WORKER_HTTP = 50070, 9170

@@ -40,8 +40,9 @@ NOT_OPEN = worker_pb2.ForwardRequest(tokens=worker_pb2.TokenInput(step=0, input_
 
 async def _answer(channel: grpc.aio.Channel) -> tuple[grpc.StatusCode, str, dict[str, str]]:
     call = worker_pb2_grpc.WorkerServiceStub(channel).Forward(timeout=10)
-    await call.write(NOT_OPEN)
     try:
+        # A refusal can end the call before this write is done: the write then raises it.
+        await call.write(NOT_OPEN)
         async for _ in call:
             pass
     except grpc.aio.AioRpcError as exc:

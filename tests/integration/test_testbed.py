@@ -25,7 +25,7 @@ from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
 from testbed.nodes import Testbed
 from testbed.system import EmulationUnavailable
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # see pyproject.toml
 CYCLE = 0.5
 NODES = ("n0", "n1", "n2")
 WORKER_PORT, WORKER_HTTP = 50070, 9170

@@ -16,7 +16,7 @@ import pytest
 from testbed.network import Network
 from testbed.nodes import Testbed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # see pyproject.toml
 RTT_MS = 20.0
 PORT = 47001
 ECHO = """
