@@ -18,7 +18,7 @@
 #include "gemv.c"
 
 typedef struct {
-    int format; /* 0 fp32, 1 int8, 2 int4 (gemv.c's layouts) */
+    int format; /* 0 fp32, 1 int8, 2 int4, 3 bf16 (gemv.c's layouts) */
     int n, k;
     const void *w;
     const bf16 *scale;
@@ -80,13 +80,11 @@ static void release(input_t *in) {
 }
 
 /* Output columns [n0, n1) of every row: one row streams the weights in order, several
- * go in tiles (fp32) or in calls of MAX_ROWS rows (int8, int4). */
+ * go in tiles (fp32, bf16) or in calls of MAX_ROWS rows (int8, int4). */
 static void rows_of(const proj_t *p, const input_t *in, float *y, int n0, int n1) {
     int fast = use_512(), R = in->rows, K = p->k, N = p->n, G = K / 32;
-    if (p->format == 0) {
-        if (!fast) fp32_rows_ref(in->x, p->w, y, R, K, N, n0, n1);
-        else if (R == 1) fp32_row_512(in->x, p->w, y, K, n0, n1);
-        else fp32_multi_512(in->x, p->w, y, R, K, N, n0, n1);
+    if (p->format == 0 || p->format == 3) {
+        dense_rows(in->x, p->w, y, R, K, N, n0, n1, p->format == 3);
         return;
     }
     for (int r0 = 0; r0 < R; r0 += MAX_ROWS) {

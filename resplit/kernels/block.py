@@ -2,7 +2,7 @@
 token, or one token of each of several sessions at once (a batched step).
 
 ``lean.py`` hands a block here when every session in the step brings one token, on the CPU in fp32, and
-every projection is one the kernels run (fp32 weights, or int8/int4 ``QuantLinear`` on
+every projection is one the kernels run (fp32 weights, or bf16/int8/int4 ``QuantLinear`` on
 the native kernels) with a SiLU MLP; anything else stays on lean's torch operations.
 The session's KV cache stays transformers' ``DynamicCache``: k and v are appended with
 its ``update`` between the two native calls, so migration, replay and batching find the
@@ -22,7 +22,7 @@ import torch
 
 from . import native
 
-FORMATS = {"fp32": 0, "int8": 1, "int4": 2}
+FORMATS = {"fp32": 0, "int8": 1, "int4": 2, "bf16": 3}
 
 
 class _Proj(ctypes.Structure):
@@ -73,7 +73,10 @@ def _proj(proj: Any) -> tuple[_Proj, list[torch.Tensor]] | str:
         return _Proj(0, weight.shape[0], weight.shape[1], weight.data_ptr(), None, None, _ptr(bias)), [weight]
     if not getattr(proj, "native", False) or not _fp32(proj.bias):
         return f"a {getattr(proj, 'weights', type(proj).__name__)} projection off the native kernels"
-    if proj.weights == "int8":
+    if proj.weights == "bf16":
+        tensors = [proj.weight]
+        view = _Proj(3, proj.out_features, proj.in_features, proj.weight.data_ptr(), None, None)
+    elif proj.weights == "int8":
         tensors = [proj.qweight, proj.scales]
         view = _Proj(1, proj.out_features, proj.in_features, proj.qweight.data_ptr(), proj.scales.data_ptr())
     else:

@@ -12,6 +12,7 @@
  *
  * Formats (resplit/kernels/native.py packs them):
  *   fp32: W [N, K] float.
+ *   bf16: W [N, K] bfloat16, widened to fp32 (exactly) as it is read.
  *   int8: Q [N, K] int8, scale [N] bfloat16: W = Q * scale.
  *   int4: P [N, K/2] uint8, in groups of 32 columns: byte i of a group holds column i in
  *         its low nibble and column i + 16 in its high one; scale, zero [N, K/32]
@@ -38,11 +39,16 @@ static inline float widen(bf16 v) {
 
 /* ---------------------------------------------------------------- portable bodies */
 
-static void fp32_rows_ref(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
+/* Dense weights: fp32, or bf16 (wide = 1) widened to fp32 exactly as they are read. */
+static inline float dense_at(const void *w, int64_t i, int wide) {
+    return wide ? widen(((const bf16 *)w)[i]) : ((const float *)w)[i];
+}
+
+static void dense_rows_ref(const float *x, const void *w, float *y, int R, int K, int N, int n0, int n1, int wide) {
     for (int n = n0; n < n1; n++)
         for (int r = 0; r < R; r++) {
             float acc = 0.f;
-            for (int k = 0; k < K; k++) acc += w[(int64_t)n * K + k] * x[(int64_t)r * K + k];
+            for (int k = 0; k < K; k++) acc += dense_at(w, (int64_t)n * K + k, wide) * x[(int64_t)r * K + k];
             y[(int64_t)r * N + n] = acc;
         }
 }
@@ -78,20 +84,27 @@ static void int4_rows_ref(const float *x, const float *xsum, const uint8_t *p, c
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 
+/* Sixteen weights from element i on: fp32 as stored, or bf16 (wide) widened exactly. The
+ * callers pass wide as a constant, so each body is compiled once per format. */
+T512 static inline __attribute__((always_inline)) __m512 dense_load(const void *w, int64_t i, int wide) {
+    if (!wide) return _mm512_loadu_ps((const float *)w + i);
+    __m256i half = _mm256_loadu_si256((const __m256i *)((const bf16 *)w + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
 /* Several activation rows (a batched decode step): tiles of four weight rows by up to four
  * activation rows, sixteen accumulators, so each loaded vector feeds four FMAs (the one
- * row at a time loop above loads a weight vector and every activation row for each FMA).
+ * row at a time loop below loads a weight vector and every activation row for each FMA).
  * The four weight rows stay in L1 while every group of activation rows passes over them,
  * so the matrix still streams from memory once. */
-T512 static inline __attribute__((always_inline)) void fp32_tile(const float *x, const float *w, float *y, int RR,
-                                                                 int K, int N, int n) {
+T512 static inline __attribute__((always_inline)) void dense_tile(const float *x, const void *w, float *y, int RR,
+                                                                  int K, int N, int n, int wide) {
     __m512 acc[4][4];
     for (int r = 0; r < RR; r++)
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
-    const float *w0 = w + (int64_t)n * K;
     for (int k = 0; k < K; k += 16) {
         __m512 wv[4];
-        for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(w0 + (int64_t)j * K + k);
+        for (int j = 0; j < 4; j++) wv[j] = dense_load(w, (int64_t)(n + j) * K + k, wide);
         for (int r = 0; r < RR; r++) {
             __m512 xv = _mm512_loadu_ps(x + (int64_t)r * K + k);
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(wv[j], xv, acc[r][j]);
@@ -101,37 +114,56 @@ T512 static inline __attribute__((always_inline)) void fp32_tile(const float *x,
         for (int j = 0; j < 4; j++) y[(int64_t)r * N + n + j] = _mm512_reduce_add_ps(acc[r][j]);
 }
 
-T512 static void fp32_multi_512(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
+T512 static inline __attribute__((always_inline)) void dense_multi_512(const float *x, const void *w, float *y,
+                                                                       int R, int K, int N, int n0, int n1,
+                                                                       int wide) {
     int n = n0;
     for (; n + 4 <= n1; n += 4)
         for (int r0 = 0; r0 < R; r0 += 4) {
             const float *xr = x + (int64_t)r0 * K;
             float *yr = y + (int64_t)r0 * N;
             switch (R - r0 < 4 ? R - r0 : 4) {
-            case 1: fp32_tile(xr, w, yr, 1, K, N, n); break;
-            case 2: fp32_tile(xr, w, yr, 2, K, N, n); break;
-            case 3: fp32_tile(xr, w, yr, 3, K, N, n); break;
-            default: fp32_tile(xr, w, yr, 4, K, N, n); break;
+            case 1: dense_tile(xr, w, yr, 1, K, N, n, wide); break;
+            case 2: dense_tile(xr, w, yr, 2, K, N, n, wide); break;
+            case 3: dense_tile(xr, w, yr, 3, K, N, n, wide); break;
+            default: dense_tile(xr, w, yr, 4, K, N, n, wide); break;
             }
         }
-    fp32_rows_ref(x, w, y, R, K, N, n, n1);
+    dense_rows_ref(x, w, y, R, K, N, n, n1, wide);
 }
 
 /* One row: read start to end with four chains along it, so the weights stream in order. */
-T512 static void fp32_row_512(const float *x, const float *w, float *y, int K, int n0, int n1) {
+T512 static inline __attribute__((always_inline)) void dense_row_512(const float *x, const void *w, float *y, int K,
+                                                                     int n0, int n1, int wide) {
     for (int n = n0; n < n1; n++) {
-        const float *wn = w + (int64_t)n * K;
+        int64_t base = (int64_t)n * K;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int k = 0;
         for (; k + 64 <= K; k += 64) {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k), _mm512_loadu_ps(x + k), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+            a0 = _mm512_fmadd_ps(dense_load(w, base + k, wide), _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(dense_load(w, base + k + 16, wide), _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(dense_load(w, base + k + 32, wide), _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(dense_load(w, base + k + 48, wide), _mm512_loadu_ps(x + k + 48), a3);
         }
-        for (; k < K; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wn + k), _mm512_loadu_ps(x + k), a0);
+        for (; k < K; k += 16) a0 = _mm512_fmadd_ps(dense_load(w, base + k, wide), _mm512_loadu_ps(x + k), a0);
         y[n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
     }
+}
+
+T512 static void fp32_multi_512(const float *x, const float *w, float *y, int R, int K, int N, int n0, int n1) {
+    dense_multi_512(x, w, y, R, K, N, n0, n1, 0);
+}
+
+T512 static void bf16_multi_512(const float *x, const bf16 *w, float *y, int R, int K, int N, int n0, int n1) {
+    dense_multi_512(x, w, y, R, K, N, n0, n1, 1);
+}
+
+T512 static void fp32_row_512(const float *x, const float *w, float *y, int K, int n0, int n1) {
+    dense_row_512(x, w, y, K, n0, n1, 0);
+}
+
+T512 static void bf16_row_512(const float *x, const bf16 *w, float *y, int K, int n0, int n1) {
+    dense_row_512(x, w, y, K, n0, n1, 1);
 }
 
 /* int8 and int4 multiply int16 activations (each row scaled to +-32767 on its own) with
@@ -353,13 +385,29 @@ int resplit_simd(void) { return use_512() ? 512 : 0; }
 /* Tests run the portable bodies on a machine that has AVX-512 too. */
 void resplit_force_portable(int portable) { (void)use_512(); forced_portable = portable; }
 
-int resplit_gemv_fp32(const float *x, const float *w, float *y, int R, int K, int N, int threads) {
+/* Output columns [n0, n1) of R rows against dense weights, fp32 or bf16 (wide): one row
+ * streams the weights in order, several go in tiles. */
+static void dense_rows(const float *x, const void *w, float *y, int R, int K, int N, int n0, int n1, int wide) {
+    if (!use_512()) dense_rows_ref(x, w, y, R, K, N, n0, n1, wide);
+    else if (R == 1 && wide) bf16_row_512(x, w, y, K, n0, n1);
+    else if (R == 1) fp32_row_512(x, w, y, K, n0, n1);
+    else if (wide) bf16_multi_512(x, w, y, R, K, N, n0, n1);
+    else fp32_multi_512(x, w, y, R, K, N, n0, n1);
+}
+
+static int gemv_dense(const float *x, const void *w, float *y, int R, int K, int N, int threads, int wide) {
     if (R < 1 || R > MAX_FP32_ROWS || K % 32) return -1;
-    int fast = use_512();
-    SPLIT(if (!fast) fp32_rows_ref(x, w, y, R, K, N, n0, n1);
-          else if (R == 1) fp32_row_512(x, w, y, K, n0, n1);
-          else fp32_multi_512(x, w, y, R, K, N, n0, n1))
+    SPLIT(dense_rows(x, w, y, R, K, N, n0, n1, wide))
     return 0;
+}
+
+int resplit_gemv_fp32(const float *x, const float *w, float *y, int R, int K, int N, int threads) {
+    return gemv_dense(x, w, y, R, K, N, threads, 0);
+}
+
+/* bf16 weights (W [N, K] bfloat16), fp32 activations and sums: half the bytes of fp32. */
+int resplit_gemv_bf16(const float *x, const bf16 *w, float *y, int R, int K, int N, int threads) {
+    return gemv_dense(x, w, y, R, K, N, threads, 1);
 }
 
 int resplit_gemv_int8(const float *x, const int8_t *q, const bf16 *s, float *y, int R, int K, int N, int threads) {

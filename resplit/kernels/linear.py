@@ -4,9 +4,10 @@ fp32: a step of at most ``native.MAX_FP32_ROWS`` (16) activation rows goes to th
 in one call: 1.4-3.8x torch's GEMV/GEMM for 1-16 rows of a 2816 x 1024 matrix on the
 development CPU (the rows in tiles of four against four weight rows); more rows (a
 prefill) are compute-bound work for torch's GEMM.
-int8 / int4 (``QuantLinear``): torch's alternative for many rows is dequantizing the
+bf16 / int8 / int4 (``QuantLinear``): torch's alternative for many rows is dequantizing the
 matrix for the call, so the kernels take up to ``QUANTIZED_ROWS`` rows, in calls of
-``MAX_ROWS`` rows, each streaming the weights once; a prefill dequantizes.
+``MAX_ROWS`` rows (bf16: ``MAX_FP32_ROWS``, its tiles), each streaming the weights once;
+a prefill dequantizes.
 Every row is computed on its own either way, so a session's tokens do not depend on
 its batch mates beyond float rounding.
 """
@@ -31,16 +32,14 @@ def takes(x: torch.Tensor, in_features: int, most_rows: int = native.MAX_ROWS) -
     return 0 < rows <= most_rows and native.active()
 
 
-def rows_through(x: torch.Tensor, out_features: int, one_call) -> torch.Tensor:
-    """``one_call(rows)`` -> [rows, out] over ``x``'s rows in chunks of MAX_ROWS, shaped back."""
+def rows_through(x: torch.Tensor, out_features: int, one_call, chunk: int = native.MAX_ROWS) -> torch.Tensor:
+    """``one_call(rows)`` -> [rows, out] over ``x``'s rows in chunks of ``chunk``, shaped back."""
     shape = x.shape
     flat = x.reshape(-1, shape[-1]).contiguous()
-    if flat.shape[0] <= native.MAX_ROWS:
+    if flat.shape[0] <= chunk:
         out = one_call(flat)
     else:
-        out = torch.cat(
-            [one_call(flat[i : i + native.MAX_ROWS]) for i in range(0, flat.shape[0], native.MAX_ROWS)]
-        )
+        out = torch.cat([one_call(flat[i : i + chunk]) for i in range(0, flat.shape[0], chunk)])
     return out.view(*shape[:-1], out_features)
 
 
@@ -54,5 +53,5 @@ def linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return F.linear(x, weight, bias)
     lib = native.library()
     flat = x.reshape(-1, x.shape[-1]).contiguous()
-    out = native.gemv_fp32(lib, flat, weight).view(*x.shape[:-1], weight.shape[0])
+    out = native.gemv_dense(lib, flat, weight).view(*x.shape[:-1], weight.shape[0])
     return out if bias is None else out + bias

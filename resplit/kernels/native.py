@@ -90,10 +90,12 @@ def library() -> ctypes.CDLL | None:
         log.warning("native decode kernels unavailable, torch's kernels run: %s", exc)
         return None
     lib.resplit_gemv_fp32.argtypes = [_F, _F, _F, _I, _I, _I, _I]
+    lib.resplit_gemv_bf16.argtypes = [_F, _F, _F, _I, _I, _I, _I]
     lib.resplit_gemv_int8.argtypes = [_F, _F, _F, _F, _I, _I, _I, _I]
     lib.resplit_gemv_int4.argtypes = [_F, _F, _F, _F, _F, _I, _I, _I, _I]
-    for fn in (lib.resplit_gemv_fp32, lib.resplit_gemv_int8, lib.resplit_gemv_int4, lib.resplit_simd):
+    for fn in (lib.resplit_gemv_fp32, lib.resplit_gemv_bf16, lib.resplit_gemv_int8, lib.resplit_gemv_int4):
         fn.restype = _I
+    lib.resplit_simd.restype = _I
     lib.resplit_block_qkv.argtypes = [_F, _I] + [_F] * 6 + [_I]
     lib.resplit_block_out.argtypes = [_F, _I] + [_F] * 5 + [_F, _I]
     lib.resplit_block_qkv.restype = lib.resplit_block_out.restype = _I
@@ -132,14 +134,15 @@ def _check(code: int, what: str) -> None:
         raise ValueError(f"native {what} kernel refused its arguments (code {code})")
 
 
-def gemv_fp32(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` for fp32 ``x`` [R, K] (contiguous, R <= MAX_FP32_ROWS) and ``w`` [N, K]."""
+def gemv_dense(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` for fp32 ``x`` [R, K] (contiguous, R <= MAX_FP32_ROWS) and ``w`` [N, K],
+    fp32 or bfloat16 (widened to fp32 as it is read)."""
     (rows, k), n = x.shape, w.shape[0]
     y = _out(x, n)
-    code = lib.resplit_gemv_fp32(
-        x.data_ptr(), w.data_ptr(), y.data_ptr(), rows, k, n, torch.get_num_threads()
-    )
-    _check(code, "fp32")
+    wide = w.dtype == torch.bfloat16
+    call = lib.resplit_gemv_bf16 if wide else lib.resplit_gemv_fp32
+    code = call(x.data_ptr(), w.data_ptr(), y.data_ptr(), rows, k, n, torch.get_num_threads())
+    _check(code, "bf16" if wide else "fp32")
     return y
 
 

@@ -6,11 +6,11 @@ embedding a bf16 table. Which code runs a projection was picked by measurement o
 the 2-core development CPU (``bench/weights.py``, ``bench/vs_llamacpp.py``;
 docs/BENCHMARKS.md):
 
-* int8 and int4 decode steps (few rows) run on resplit's native kernels
+* bf16, int8 and int4 decode steps (few rows) run on resplit's native kernels
   (``resplit/kernels``) where they build: fp32 activations, the weights widened
   in registers, streaming at close to the memory bandwidth; a prefill dequantizes
   the matrix to fp32 for the call and runs one GEMM.
-* Elsewhere (no C compiler, ``RESPLIT_NATIVE_KERNELS=0``) and for bf16, torch's
+* Elsewhere (no C compiler, ``RESPLIT_NATIVE_KERNELS=0``), torch's
   kernels run: ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` are fast
   only with a bf16 activation (1.7-2.7 ms with an fp32 one against ~70 us for a
   1024 x 2816 projection), so the input row is cast to bf16 and the result back.
@@ -32,7 +32,7 @@ from resplit.kernels import linear as kernels
 from resplit.kernels import native
 
 #: Input sizes each format's native kernel takes (multiples of).
-NATIVE_ALIGN = {"int8": native.ALIGN, "int4": 2 * INT4_GROUP}
+NATIVE_ALIGN = {"bf16": native.ALIGN, "int8": native.ALIGN, "int4": 2 * INT4_GROUP}
 
 
 class QuantLinear(nn.Module):
@@ -49,7 +49,7 @@ class QuantLinear(nn.Module):
         #: Whether the native kernels run this projection's decode steps (resplit/kernels);
         #: int4 is then packed for them alone and a prefill dequantizes per call.
         self.native = (
-            weights in ("int8", "int4")
+            weights in NATIVE_ALIGN
             and self.in_features % NATIVE_ALIGN[weights] == 0
             and linear.weight.device.type == "cpu"
             and native.active()
@@ -89,17 +89,23 @@ class QuantLinear(nn.Module):
         lib, dtype = native.library(), x.dtype
         x32 = x.to(torch.float32)
         if not kernels.takes(x32, self.in_features, kernels.QUANTIZED_ROWS):
-            weight = (
-                self.qweight.float() * self.scales.float()[:, None]
-                if self.weights == "int8"
-                else self._int4_weight()
-            )
-            return F.linear(x32, weight).to(dtype)
+            return F.linear(x32, self._fp32_weight()).to(dtype)
+        if self.weights == "bf16":
+            call = lambda rows: native.gemv_dense(lib, rows, self.weight)  # noqa: E731
+            return kernels.rows_through(x32, self.out_features, call, native.MAX_FP32_ROWS).to(dtype)
         if self.weights == "int8":
             call = lambda rows: native.gemv_int8(lib, rows, self.qweight, self.scales)  # noqa: E731
         else:
             call = lambda rows: native.gemv_int4(lib, rows, self.packed, self.scales, self.zeros)  # noqa: E731
         return kernels.rows_through(x32, self.out_features, call).to(dtype)
+
+    def _fp32_weight(self) -> torch.Tensor:
+        """The fp32 weight the native tensors stand for (a prefill's one GEMM)."""
+        if self.weights == "bf16":
+            return self.weight.float()
+        if self.weights == "int8":
+            return self.qweight.float() * self.scales.float()[:, None]
+        return self._int4_weight()
 
     def _int4_weight(self) -> torch.Tensor:
         """The fp32 weight the native int4 tensors stand for."""

@@ -1,7 +1,7 @@
 """The native decode kernels (resplit/kernels) against torch on the same weights.
 
 Each kernel is compared with ``F.linear`` on the weights it stands for (fp32 as given;
-int8 and int4 dequantized in torch), for one to eight activation rows at once and for
+bf16 widened, int8 and int4 dequantized in torch), for one to eight activation rows at once and for
 more rows in chunks, through the AVX-512 bodies where this CPU has them and through
 the portable ones. A row's result must not depend on the rows beside it: a batch of one
 is bitwise the call alone, and every row of a batch is within float rounding of it.
@@ -43,11 +43,14 @@ def test_each_kernel_matches_torch_on_the_weights_it_stands_for(body, rows, shap
     g = torch.Generator().manual_seed(rows * 1000 + n)
     x = torch.randn(rows, k, generator=g)
     w = torch.randn(n, k, generator=g)
-    got = native.gemv_fp32(LIB, x, w)
+    got = native.gemv_dense(LIB, x, w)
     assert torch.allclose(got, F.linear(x, w), atol=1e-4, rtol=1e-5), body
     wide = torch.randn(native.MAX_FP32_ROWS - rows, k, generator=g)  # fp32 takes up to 16 rows
     both = torch.cat([x, wide])
-    assert torch.allclose(native.gemv_fp32(LIB, both, w), F.linear(both, w), atol=1e-4, rtol=1e-5), body
+    assert torch.allclose(native.gemv_dense(LIB, both, w), F.linear(both, w), atol=1e-4, rtol=1e-5), body
+    half = w.to(torch.bfloat16)  # bf16 weights, widened exactly: fp32 arithmetic on them
+    got = native.gemv_dense(LIB, both, half)
+    assert torch.allclose(got, F.linear(both, half.float()), atol=1e-4, rtol=1e-5), body
 
     q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     scale = (torch.rand(n, generator=g) * 0.01).to(torch.bfloat16)
@@ -70,7 +73,8 @@ def test_a_row_gets_the_same_result_whatever_rows_it_is_batched_with():
     scale = torch.rand(64, generator=g).to(torch.bfloat16)
     packed, s4, o4, _ = _int4(64, 128, g)
     calls = {
-        "fp32": lambda rows: native.gemv_fp32(LIB, rows, w),
+        "fp32": lambda rows: native.gemv_dense(LIB, rows, w),
+        "bf16": lambda rows: native.gemv_dense(LIB, rows, w.to(torch.bfloat16)),
         "int8": lambda rows: native.gemv_int8(LIB, rows, q, scale),
         "int4": lambda rows: native.gemv_int4(LIB, rows, packed, s4, o4),
     }
@@ -103,7 +107,7 @@ def test_linear_takes_few_rows_and_leaves_more_to_torch(monkeypatch):
 
 def test_a_kernel_refuses_what_it_cannot_take():
     with pytest.raises(ValueError, match="refused"):
-        native.gemv_fp32(LIB, torch.zeros(native.MAX_FP32_ROWS + 1, 64), torch.zeros(8, 64))
+        native.gemv_dense(LIB, torch.zeros(native.MAX_FP32_ROWS + 1, 64), torch.zeros(8, 64))
     with pytest.raises(ValueError, match="refused"):
         native.gemv_int4(
             LIB,
@@ -140,7 +144,7 @@ def test_a_quantized_projection_takes_a_batch_in_chunks_and_a_prefill_dequantize
     assert torch.allclose(prefill[:, : x.shape[1]], alone, atol=1e-2 * alone.abs().max().item())
 
 
-@pytest.mark.parametrize("weights", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8", "int4"])
 def test_the_native_block_step_matches_lean_torch_operations(tmp_path, weights):
     """A lone session's steps through block.c against the same segment on lean's torch
     operations (projections on the same kernels): same tokens, logits within 1e-4."""
@@ -175,12 +179,12 @@ def test_a_quantized_kernel_refuses_more_rows_than_it_takes():
         native.gemv_int8(LIB, torch.zeros(native.MAX_ROWS + 1, 64), q, scale)
 
 
-@pytest.mark.parametrize("weights", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8", "int4"])
 def test_the_native_block_step_takes_a_batch_of_sessions_at_their_own_positions(tmp_path, weights):
     """Five sessions with prompts of different lengths step together through block.c (one
     call per block for the batch): each session's logits within 1e-5 of its own steps
-    alone at fp32 (1e-4 quantized: the int4 body sums one row in two chains, several rows
-    in one), and a batch of one is bitwise the lone step."""
+    alone at fp32 and bf16 (1e-4 quantized: the int4 body sums one row in two chains,
+    several rows in one), and a batch of one is bitwise the lone step."""
     import copy
 
     from resplit.models import Checkpoint, load_segment
@@ -205,7 +209,8 @@ def test_the_native_block_step_takes_a_batch_of_sessions_at_their_own_positions(
         [segment.step_rows(states, input_ids=tokens[:, t : t + 1]).logits for t in range(6)], 1
     )
     assert all("engine" in block.native for block in segment._lean)  # block.c ran the batch
-    assert torch.allclose(batched, torch.stack(alone), atol=1e-5 if weights == "fp32" else 1e-4, rtol=0)
+    bound = 1e-5 if weights in ("fp32", "bf16") else 1e-4
+    assert torch.allclose(batched, torch.stack(alone), atol=bound, rtol=0)
     assert [s.seq_len for s in states] == [len(p) + 6 for p in prompts]
 
     one = copy.deepcopy(prefilled[2])
