@@ -12,6 +12,18 @@ from resplit.rpc.channels import sync_channel
 from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 
+def fixed_placement(worker_args: list[str] | None = None) -> dict[str, list[str]]:
+    """``extra_args`` for ``stack.up`` in a benchmark that measures the placement it deploys:
+    the orchestrator serves plans as deployed (``--no-adaptive``). With its control loop on,
+    the load a benchmark creates crosses U_max and the plan moves mid-run (seen: a MIGRATE
+    6.6 s into 16 concurrent sessions of bench/concurrency.py, 2026-12-05), so a "3-way
+    split" row would time whatever the loop made of it."""
+    extra = {"orchestrator": ["--no-adaptive"]}
+    if worker_args:
+        extra["worker"] = list(worker_args)
+    return extra
+
+
 def deploy(
     address: str, name: str, model_dir: Path, segments: list[tuple[int, int, str]], weights: str = ""
 ) -> None:

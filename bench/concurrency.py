@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from _sizing import model_for
-from _stack import deploy, worker_metrics
+from _stack import deploy, fixed_placement, worker_metrics
 from rich.console import Console
 from rich.table import Table
 
@@ -183,7 +183,9 @@ def main() -> None:
     split = [(0, first, "worker-0"), (first, second, "worker-1"), (second, blocks + 2, "worker-2")]
     rows = []
     with console.status("starting the stack"):
-        stack = stack_mod.up(work / "stack", workers=3, trusted=3, extra_args={"worker": args.worker_arg})
+        stack = stack_mod.up(
+            work / "stack", workers=3, trusted=3, extra_args=fixed_placement(args.worker_arg)
+        )
     try:
         address = stack.by_name("orchestrator").address
         deploy(address, "split", model_dir, split)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _stack import deploy, median_range
+from _stack import deploy, fixed_placement, median_range
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -107,7 +107,14 @@ def main() -> None:
     )  # fmt: skip
     port = free_port()
     with console.status("starting the stack"):
-        stack = stack_mod.up(work / "stack", workers=3, trusted=3, secure=False, gateway_port=port)
+        stack = stack_mod.up(
+            work / "stack",
+            workers=3,
+            trusted=3,
+            secure=False,
+            gateway_port=port,
+            extra_args=fixed_placement(),
+        )
     modes = ("sdk", "raw", "openai")
     first = {m: [] for m in modes}
     decode = {m: [] for m in modes}

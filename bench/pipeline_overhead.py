@@ -63,7 +63,7 @@ from pathlib import Path
 import torch
 from _plain_pipeline import PlainPipeline
 from _sizing import model_for, segment_run, whole_run
-from _stack import deploy, median_range, worker_metrics
+from _stack import deploy, fixed_placement, median_range, worker_metrics
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -140,7 +140,9 @@ def main() -> None:
         # All three trusted, so the head may sit on worker-2: three distinct processes.
         # Plaintext by default: loopback, and the ratio is about the data path, not TLS.
         os.environ.update(worker_env)
-        stack = stack_mod.up(work / "stack", workers=3, trusted=3, secure=args.secure)
+        stack = stack_mod.up(
+            work / "stack", workers=3, trusted=3, secure=args.secure, extra_args=fixed_placement()
+        )
     # What `resplit up` gave each worker for decode steps; the plain processes do the same.
     decode_threads = int(os.environ.get("RESPLIT_DECODE_THREADS", shared_decode_threads(3, host_cores())))
     segments = three_segments(blocks)

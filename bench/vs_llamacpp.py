@@ -50,7 +50,7 @@ import torch
 from _gguf import write_gguf
 from _peers_plot import plot
 from _sizing import HIDDEN, segment_run
-from _stack import deploy
+from _stack import deploy, fixed_placement
 from pipeline_overhead import split_run, three_segments
 from rich.console import Console
 from rich.table import Table
@@ -159,7 +159,7 @@ def worker_memory(model_dir: Path, work: Path, blocks: int, weights: str, args: 
         / MB
         for a, b, node in segments
     }
-    stack = stack_mod.up(state, workers=3, trusted=3, extra_args={"worker": args})
+    stack = stack_mod.up(state, workers=3, trusted=3, extra_args=fixed_placement(args))
     try:
         stack.use()
         address = stack.by_name("orchestrator").address
@@ -227,7 +227,7 @@ def main() -> None:
     split: dict[str, list[float]] = {f: [] for f in formats}
     state = work / "stack"
     with console.status("starting the stack and deploying every format"), worker_env(args.worker_env):
-        stack = stack_mod.up(state, workers=3, trusted=3, extra_args={"worker": args.worker_arg})
+        stack = stack_mod.up(state, workers=3, trusted=3, extra_args=fixed_placement(args.worker_arg))
     try:
         stack.use()
         address = stack.by_name("orchestrator").address

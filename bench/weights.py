@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 from _sizing import HIDDEN, segment_run
-from _stack import deploy
+from _stack import deploy, fixed_placement
 from pipeline_overhead import split_run, three_segments
 from rich.console import Console
 from rich.table import Table
@@ -216,7 +216,7 @@ def main() -> None:
     try:
         if not args.no_split:
             with console.status("starting the stack and deploying every format"):
-                stack = stack_mod.up(work / "stack", workers=3, trusted=3)
+                stack = stack_mod.up(work / "stack", workers=3, trusted=3, extra_args=fixed_placement())
                 address = stack.by_name("orchestrator").address
                 for f in FORMATS:
                     deploy(address, f"w-{f}", model_dir, three_segments(args.blocks), weights=f)

@@ -27,7 +27,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from _sizing import model_for, whole_run
-from pipeline_overhead import deploy, paper_placement, ratio_cell, split_run, three_segments
+from _stack import fixed_placement, median_range
+from pipeline_overhead import deploy, paper_placement, split_run, three_segments
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -69,7 +70,9 @@ def start(state_dir: Path, env: dict[str, str]) -> stack_mod.Stack:
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        return stack_mod.up(state_dir, workers=3, trusted=3, secure=False, timeout_s=120)
+        return stack_mod.up(
+            state_dir, workers=3, trusted=3, secure=False, timeout_s=120, extra_args=fixed_placement()
+        )
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -129,7 +132,7 @@ def main() -> None:
         for layout in PLACEMENTS.values():
             ms = medians[f"{name}/{layout}"]
             cells += [
-                ratio_cell([s / w for s, w in zip(ms, whole, strict=True)]),
+                median_range([s / w for s, w in zip(ms, whole, strict=True)]),
                 f"{statistics.median(ms):.2f}",
             ]
         table.add_row(name, ", ".join(f"{k}={v}" for k, v in env.items()) or "(none)", *cells)
