@@ -66,10 +66,22 @@ RUN set -a; [ ! -f /tmp/build/env ] || . /tmp/build/env; set +a; \
     pip install -c requirements.lock --no-deps . \
  && pip check
 
+# The native CPU kernels (resplit/kernels), built here with this stage's compiler into
+# the environment: the runtime stage has no compiler, and a worker that cannot build
+# them runs torch's slower kernels. The library's name carries the sources' hash, so the
+# workers find this one; the build fails here if the kernels do not build.
+ENV RESPLIT_KERNEL_CACHE=/opt/venv/share/resplit/kernels
+RUN if ! command -v cc >/dev/null 2>&1; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && python -c "from resplit.kernels import native; assert native.library() is not None; print(native.describe())"
+
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    RESPLIT_KERNEL_CACHE=/opt/venv/share/resplit/kernels
 
 RUN groupadd --system --gid 10001 resplit \
  && useradd --system --uid 10001 --gid resplit --create-home --home-dir /home/resplit resplit

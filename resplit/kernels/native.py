@@ -68,6 +68,9 @@ def _build(target: Path) -> None:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
+        # tempfile makes it private (0600); others on the machine (an image's non-root user,
+        # a second account sharing $RESPLIT_KERNEL_CACHE) must be able to load it.
+        partial.chmod(0o755)
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)

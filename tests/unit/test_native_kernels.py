@@ -215,3 +215,13 @@ def test_the_native_block_step_takes_a_batch_of_sessions_at_their_own_positions(
 
     one = copy.deepcopy(prefilled[2])
     assert torch.equal(segment.step_rows([one], input_ids=tokens[2:3, :1]).logits[0], alone[2][0])
+
+
+def test_a_built_library_can_be_loaded_by_other_users(tmp_path):
+    """The image builds the library as root for a non-root worker (Dockerfile): the file
+    must not keep tempfile's private mode."""
+    target = tmp_path / "cache" / "resplit-gemv-test.so"
+    native._build(target)
+    mode = target.stat().st_mode & 0o777
+    assert mode & 0o044 == 0o044, oct(mode)  # group and others may read it
+    assert not list(target.parent.glob("*.so.*")) and len(list(target.parent.iterdir())) == 1
