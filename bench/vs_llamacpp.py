@@ -151,7 +151,9 @@ def rss_mb(pid: int) -> float:
 
 
 def worker_memory(model_dir: Path, work: Path, blocks: int, weights: str, args: list[str]) -> list[tuple]:
-    """(worker, segment MiB, RSS MiB, bound MiB) of each worker of a stack holding one format."""
+    """(worker, segment MiB, idle RSS MiB, RSS MiB, bound MiB) of each worker of a stack holding
+    one format; idle: the same worker SERVING before the deploy (Python, torch, transformers'
+    configuration and model code, grpc: what every worker holds whatever it serves)."""
     state = work / f"rss-{weights}"
     segments = three_segments(blocks)
     sizes = {
@@ -162,6 +164,7 @@ def worker_memory(model_dir: Path, work: Path, blocks: int, weights: str, args: 
     stack = stack_mod.up(state, workers=3, trusted=3, extra_args=fixed_placement(args))
     try:
         stack.use()
+        idle = {node: rss_mb(stack.by_name(node).pid) for node in sizes}
         address = stack.by_name("orchestrator").address
         deploy(address, f"m-{weights}", model_dir, segments, weights=weights)
         with Client(address) as client:
@@ -169,7 +172,7 @@ def worker_memory(model_dir: Path, work: Path, blocks: int, weights: str, args: 
         rows = []
         for node, size in sizes.items():
             rss = rss_mb(stack.by_name(node).pid)
-            rows.append((node, size, rss, 1.2 * size + 300))
+            rows.append((node, size, idle[node], rss, 1.2 * size + 300))
         return rows
     finally:
         stack_mod.down(state)
@@ -310,13 +313,12 @@ def main() -> None:
     if args.no_memory:
         return
     memory = Table(title="worker resident memory, one format deployed (MiB); bound 1.2 x segment + 300")
-    for column in ("weights", "worker", "segment", "RSS", "bound", "within"):
+    for column in ("weights", "worker", "segment", "idle RSS", "RSS", "bound", "within"):
         memory.add_column(column, justify="right")
     for f in formats:
-        for node, size, rss, bound in worker_memory(model_dir, work, args.blocks, f, args.worker_arg):
-            memory.add_row(
-                f, node, f"{size:.0f}", f"{rss:.0f}", f"{bound:.0f}", "yes" if rss <= bound else "NO"
-            )
+        for node, size, idle, rss, bound in worker_memory(model_dir, work, args.blocks, f, args.worker_arg):
+            cells = (f"{size:.0f}", f"{idle:.0f}", f"{rss:.0f}", f"{bound:.0f}")
+            memory.add_row(f, node, *cells, "yes" if rss <= bound else "NO")
         time.sleep(0.5)
     console.print(memory)
 
