@@ -184,8 +184,8 @@ def table(
     lines = [
         "# Table II on the emulated testbed",
         "",
-        f"Measured: `make bench-paper` ({duration:g} s per run, same seed and workload for static and "
-        "adaptive; "
+        f"Measured: `make bench-paper` ({duration:g} s per run after an 8 s warm-up in which the loop may "
+        "leave the initial plan, same seed and workload for static and adaptive; "
         "emulated A100-40GB / H100 compute, real services and gRPC data path, tc-shaped backhaul rate; "
         "the scenario's 20 ms backhaul RTT by netem, or by the testbed's userspace delay relay where the "
         "kernel has no netem: testbed/relay.py). "
