@@ -54,6 +54,11 @@ class OrchestratorSettings(ServiceSettings):
         description="how long the load a change moved counts for the other deployments' decisions "
         "(until the node agents measure it)",
     )
+    predict_unmeasured: bool = Field(
+        True,
+        description="before a deployment's first measured request, its plan's predicted latency signal "
+        "stands in for the L_max trigger (--no-predict-unmeasured: wait for traffic)",
+    )
     cost_correction: bool = Field(
         True,
         description="fit the cost model's online correction from measured latency and use it "

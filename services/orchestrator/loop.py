@@ -70,7 +70,7 @@ from .core.policy import effective_thresholds, interval_of, latency_bounds
 from .core.problem import Shared, WorkloadDefaults, build_problem, own_load
 from .core.sharing import Claims, moved_load, other_memory
 from .core.switching import live_tokens, moved_bytes, switch_cost
-from .core.triggers import describe, latest_links, node_utilization, should_reconfigure
+from .core.triggers import describe, latest_links, node_utilization, should_reconfigure, signal_ms
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,8 @@ class ControlLoop:
             log.warning("cost model check of %s: %s", name, exc)
         thresholds = effective_thresholds(deployment.policy)
         settling = await self.store.registry_age_s() < self.settings.registry_grace_s
-        triggers = should_reconfigure(env, name, plan, thresholds, settling, bounds)
+        predicted = await self.unmeasured_prediction(env, deployment, plan, bounds)
+        triggers = should_reconfigure(env, name, plan, thresholds, settling, bounds, predicted)
         if not triggers:
             return None
         for trigger in triggers:
@@ -360,6 +361,28 @@ class ControlLoop:
         )
         for term in ("prefill", "decode", "hop_ms"):
             COST_CORRECTION.labels(name, term).set(correction.value(term))
+
+    async def unmeasured_prediction(
+        self,
+        env: common_pb2.Environment,
+        deployment: common_pb2.Deployment,
+        plan: common_pb2.Plan,
+        bounds: list[tuple[str, float]],
+    ) -> dict[str, float]:
+        """The plan in force's predicted signals under E(t) (corrected), when a bounded signal
+        has no measurement yet (a fresh deployment, no request so far); else nothing to ask."""
+        if not self.settings.predict_unmeasured:
+            return {}
+        if all(signal_ms(env, deployment.name, signal) > 0 for signal, _ in bounds):
+            return {}
+        correction = self.corrections.get(deployment.name, Correction())
+        try:
+            problem = await self.problem(env, deployment, plan, correction, 0.0)
+            cost = await self.evaluate_cost(problem)
+        except CycleError as exc:
+            log.warning("prediction of %s's plan in force: %s", deployment.name, exc)
+            return {}
+        return {} if cost is None else {signal: predicted_ms(cost, signal) for signal, _ in bounds}
 
     async def median_signal(self, name: str, signal: str, since: float) -> float:
         """The median of the first hops' samples of one signal since ``since`` (0: fewer than
