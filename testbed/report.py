@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .run import RunResult
@@ -31,6 +31,58 @@ class Summary:
     utilization_mean: float
     utilization_max_node: float
     plan_changes: int
+    #: Mean |measured - predicted| / predicted of the plan in force's latency signals, without
+    #: and with the online correction (the orchestrator's checks; nan without any).
+    model_error_raw: float = float("nan")
+    model_error_corrected: float = float("nan")
+    model_checks: int = 0
+    correction_prefill: float = float("nan")
+    correction_decode: float = float("nan")
+    correction_hop_ms: float = float("nan")
+    #: Mean |measured - predicted| / predicted of the committed changes' SLA signal (decision log).
+    change_error: float = float("nan")
+    #: Stepped arrivals (workload.steps): per step, and the capacity: the highest step rate that it
+    #: and every lower step serve with P95 TTFT <= SLA and no failure (0: not even the first).
+    steps: list[dict] = field(default_factory=list)
+    capacity_rps: float = float("nan")
+    capacity_tps: float = float("nan")
+    capacity_utilization: float = float("nan")
+
+    @staticmethod
+    def stepped(result: RunResult) -> list[dict]:
+        """Per step of stepped arrivals: offered rate, requests sent in it, failures, P95 TTFT,
+        generated tokens per second and the busiest node's mean utilization."""
+        w = result.scenario.workload
+        out = []
+        for i, rate in enumerate(w.steps):
+            lo = i * w.step_s
+            hi = (i + 1) * w.step_s if i + 1 < len(w.steps) else result.scenario.duration_s
+            sent = [r for r in result.requests if lo <= r.sent_s < hi]
+            ok = [r for r in sent if not r.error and r.generated]
+            samples = [(n, u) for t, n, u in result.utilization if lo <= t < hi]
+            per_node = {n: statistics.fmean(u for m, u in samples if m == n) for n, _ in samples}
+            out.append(
+                {
+                    "rate": rate,
+                    "requests": len(sent),
+                    "failed": len(sent) - len(ok),
+                    "ttft_p95_ms": percentile([r.ttft_ms for r in ok], 95),
+                    "tps": sum(r.generated for r in ok) / (hi - lo) if hi > lo else 0.0,
+                    "utilization_max_node": max(per_node.values()) if per_node else float("nan"),
+                }
+            )
+        return out
+
+    @staticmethod
+    def capacity(steps: list[dict], sla_ms: float) -> tuple[float, float, float]:
+        """(req/s, tok/s, busiest node's utilization) of the highest step that it and every lower
+        step hold with P95 TTFT <= ``sla_ms`` and no failure; (0, nan, nan) if the first breaks."""
+        best = (0.0, float("nan"), float("nan"))
+        for step in steps:
+            if not step["requests"] or step["failed"] or not step["ttft_p95_ms"] <= sla_ms:
+                break
+            best = (step["rate"], step["tps"], step["utilization_max_node"])
+        return best
 
     @classmethod
     def of(cls, result: RunResult) -> Summary:
@@ -42,6 +94,8 @@ class Summary:
         hosts = {n for _, n, _ in result.utilization}
         per_node = {n: [u for _, m, u in result.utilization if m == n] for n in hosts}
         means = {n: statistics.fmean(v) for n, v in per_node.items() if v}
+        steps = cls.stepped(result)
+        capacity = cls.capacity(steps, sla)
         return cls(
             requests=len(result.requests),
             failed=len(result.requests) - len(ok),
@@ -57,6 +111,19 @@ class Summary:
             utilization_mean=statistics.fmean(means.values()) if means else float("nan"),
             utilization_max_node=max(means.values()) if means else float("nan"),
             plan_changes=len(result.changes),
+            model_error_raw=result.cost_model.get("raw", float("nan")),
+            model_error_corrected=result.cost_model.get("corrected", float("nan")),
+            model_checks=int(result.cost_model.get("checks", 0)),
+            correction_prefill=result.cost_model.get("prefill", float("nan")),
+            correction_decode=result.cost_model.get("decode", float("nan")),
+            correction_hop_ms=result.cost_model.get("hop_ms", float("nan")),
+            steps=steps,
+            capacity_rps=capacity[0] if steps else float("nan"),
+            capacity_tps=capacity[1] if steps else float("nan"),
+            capacity_utilization=capacity[2] if steps else float("nan"),
+            change_error=statistics.fmean(abs(m - p) / p for p, m in result.change_errors if p > 0)
+            if any(p > 0 for p, _ in result.change_errors)
+            else float("nan"),
         )
 
 
@@ -69,8 +136,14 @@ def write_summary(result: RunResult) -> Summary:
         "",
         s.description.strip(),
         "",
-        f"- control: {mode}; seed {s.seed}; duration {s.duration_s:g} s",
-        f"- workload: {s.workload.arrival}, {s.workload.rate_per_s:g} req/s, {s.workload.clients} client(s), "
+        f"- control: {mode}; seed {s.seed}; duration {s.duration_s:g} s after a warm-up of {s.warmup_s:g} s",
+        f"- workload: {s.workload.arrival}, "
+        + (
+            f"stepped {', '.join(f'{r:g}' for r in s.workload.steps)} req/s, {s.workload.step_s:g} s each"
+            if s.workload.steps
+            else f"{s.workload.rate_per_s:g} req/s"
+        )
+        + f", {s.workload.clients} client(s), "
         f"prompt {s.workload.prompt_tokens}, generate {s.workload.generate_tokens}",
         "- nodes: "
         + ", ".join(
@@ -91,8 +164,35 @@ def write_summary(result: RunResult) -> Summary:
         f"| device utilization, mean of nodes / busiest node | {summary.utilization_mean:.0%} / "
         f"{summary.utilization_max_node:.0%} |",
         f"| plan changes | {summary.plan_changes} |",
+        f"| cost model: mean abs. error of the plan in force's signals, raw / corrected "
+        f"({summary.model_checks} checks) | {summary.model_error_raw:.0%} / "
+        f"{summary.model_error_corrected:.0%} |",
+        f"| correction: prefill, decode factor, hop overhead (ms) | {summary.correction_prefill:.3g}, "
+        f"{summary.correction_decode:.3g}, "
+        f"{summary.correction_hop_ms:.3g} |",
+        f"| committed changes: mean abs. error of the predicted SLA signal | {summary.change_error:.0%} |",
+        *(
+            [
+                f"| capacity: highest step with P95 TTFT <= {s.policy.sla_ms:g} ms (req/s, tok/s, busiest "
+                f"node) | {summary.capacity_rps:g}, {summary.capacity_tps:.1f}, "
+                f"{summary.capacity_utilization:.0%} |"
+            ]
+            if summary.steps
+            else []
+        ),
         "",
     ]
+    if summary.steps:
+        lines += [
+            "| step (req/s offered) | requests (failed) | P95 TTFT (ms) | tok/s | busiest node |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['rate']:g} | {x['requests']} ({x['failed']}) | {x['ttft_p95_ms']:.0f} | {x['tps']:.1f} "
+            f"| {x['utilization_max_node']:.0%} |"
+            for x in summary.steps
+        ]
+        lines.append("")
     if result.changes:
         lines += ["Plan changes:", ""]
         lines += [f"- t = {t:.1f} s: {outcome}: {reason}" for t, outcome, reason in result.changes]

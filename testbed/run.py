@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,11 @@ class RunResult:
     changes: list[tuple[float, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
+    #: The orchestrator's cost-model check at the end (resplit_cost_model_* / resplit_cost_correction):
+    #: raw, corrected (mean |error| of the plan in force's signals), checks, compute, hop_ms.
+    cost_model: dict[str, float] = field(default_factory=dict)
+    #: (predicted, measured) signal of each committed change, from the decision log.
+    change_errors: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _policy(scenario: TestbedScenario) -> common_pb2.Policy:
@@ -198,11 +204,10 @@ class Runner:
         s = self.scenario
         w = s.workload
         rng = random.Random(s.seed * 1000 + k)
-        rate = w.rate_per_s / w.clients
         next_at = (
-            rng.expovariate(rate)
+            rng.expovariate(w.rate_at(0.0) / w.clients)
             if w.arrival == "poisson"
-            else (k / w.rate_per_s if w.arrival == "constant" else 0.0)
+            else (k / w.rate_at(0.0) if w.arrival == "constant" else 0.0)
         )
         index = 0
         with Client(orchestrator, monitor=monitor, step_timeout_s=60) as client:
@@ -233,6 +238,7 @@ class Runner:
                     req.tpot_ms = sum(rest) / len(rest) * 1e3 if rest else 0.0
                 out.append(req)
                 index += 1
+                rate = w.rate_at(next_at) / w.clients  # stepped arrivals: the rate of this step
                 if w.arrival == "poisson":
                     next_at += rng.expovariate(rate)
                 elif w.arrival == "constant":
@@ -268,6 +274,7 @@ class Runner:
                 monitor = self.services[0].address
                 self._deploy(orchestrator)
                 result.plans.append(self._plan_text(orchestrator))
+                self.stop_event.wait(s.warmup_s)
                 t0 = time.monotonic()
                 threads = [threading.Thread(target=self._timeline, args=(bed, t0), daemon=True)]
                 threads += [
@@ -287,6 +294,8 @@ class Runner:
                     thread.join(120)  # requests in flight finish
                 self.on_progress(s.duration_s, len(requests), sum(1 for r in requests if r.error))
                 result.changes = self._changes(orchestrator, t0)
+                result.change_errors = self._change_errors(orchestrator)
+                result.cost_model = cost_model_metrics(self.services[-1].http_port, s.name)
                 result.plans.append(self._plan_text(orchestrator))
             finally:
                 self.stop_event.set()
@@ -307,6 +316,7 @@ class Runner:
             self.services.append(ServiceProcess(name, url, extra, **own).start())
         peers = [f"--{p.kind}-address={p.address}" for p in self.services]
         mode = [] if s.control.adaptive else ["--no-adaptive"]
+        mode += [] if s.control.cost_correction else ["--no-cost-correction"]
         floor = ["--control-interval-floor-s", "0.2"]
         self.services.append(ServiceProcess("orchestrator", url, [*peers, *mode, *floor], **own).start())
         node_redis = f"redis://{bed.host_address}:{redis_port}/0"
@@ -353,8 +363,10 @@ class Runner:
         plan = self._orch(
             orchestrator, "GetPlan", orchestrator_pb2.GetPlanRequest(deployment=self.scenario.name)
         )
-        return f"epoch {plan.epoch}: " + ", ".join(
-            f"[{x.units.start},{x.units.end})@{x.node_id}" for x in plan.segments
+        segments = ", ".join(f"[{x.units.start},{x.units.end})@{x.node_id}" for x in plan.segments)
+        predicted = plan.predicted.prefill_ms
+        return f"epoch {plan.epoch}: {segments}" + (
+            f" (predicted TTFT {predicted:.0f} ms)" if predicted else ""
         )
 
     def _changes(self, orchestrator: str, t0: float) -> list[tuple[float, str, str]]:
@@ -372,6 +384,21 @@ class Runner:
             if e.outcome != common_pb2.DECISION_OUTCOME_KEEP
         ]
 
+    def _change_errors(self, orchestrator: str) -> list[tuple[float, float]]:
+        """(predicted, measured) latency signal of each committed change measured so far."""
+        events = self._orch(
+            orchestrator, "ListEvents", orchestrator_pb2.ListEventsRequest(deployment=self.scenario.name)
+        )
+        out = []
+        for e in events.events:
+            if e.outcome == common_pb2.DECISION_OUTCOME_KEEP or e.measured_latency_ms <= 0:
+                continue
+            c = e.chosen.predicted
+            signal = e.latency_signal or "request"
+            predicted = {"ttft": c.prefill_ms, "tpot": c.decode_ms_per_token}.get(signal, c.latency_ms)
+            out.append((predicted, e.measured_latency_ms))
+        return out
+
     def _sample(self, monitor: str, elapsed: float, result: RunResult) -> None:
         with contextlib.suppress(grpc.RpcError), sync_channel(monitor) as channel:
             env = monitor_pb2_grpc.MonitorServiceStub(channel).GetEnvironment(
@@ -379,6 +406,29 @@ class Runner:
             )
             for m in env.metrics:
                 result.utilization.append((elapsed, m.node_id, max(m.cpu_utilization, m.gpu_utilization)))
+
+
+def cost_model_metrics(http_port: int, deployment: str) -> dict[str, float]:
+    """The orchestrator's cost-model check of ``deployment`` from its /metrics (empty if none)."""
+    wanted = {
+        f'resplit_cost_model_error_mean{{deployment="{deployment}",model="raw"}}': "raw",
+        f'resplit_cost_model_error_mean{{deployment="{deployment}",model="corrected"}}': "corrected",
+        f'resplit_cost_model_checks_total{{deployment="{deployment}"}}': "checks",
+        f'resplit_cost_correction{{deployment="{deployment}",term="prefill"}}': "prefill",
+        f'resplit_cost_correction{{deployment="{deployment}",term="decode"}}': "decode",
+        f'resplit_cost_correction{{deployment="{deployment}",term="hop_ms"}}': "hop_ms",
+    }
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
 
 
 def write_csv(result: RunResult) -> None:

@@ -60,7 +60,7 @@ def trigger_text(trigger: common_pb2.Trigger) -> str:
     if trigger.name == "node_down":
         return f"node_down {trigger.subject}"
     relation = "<" if trigger.name == "bandwidth" else ">"
-    signal = trigger.subject in ("ttft", "tpot", "request")
+    signal = trigger.subject.split(" ")[0] in ("ttft", "tpot", "request")
     subject = f" {trigger.subject}" if trigger.name != "latency" or signal else ""
     return f"{trigger.name}{subject} {trigger.value:.4g} {relation} {trigger.threshold:.4g}"
 

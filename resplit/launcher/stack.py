@@ -189,6 +189,7 @@ def up(
     extra_args: dict[str, list[str]] | None = None,
     secure: bool = True,
     gateway_port: int | None = None,
+    worker_args: dict[int, list[str]] | None = None,
 ) -> Stack:
     """Start Redis (unless ``redis_url``), the control services and ``workers`` workers.
 
@@ -201,7 +202,8 @@ def up(
     workers on a host with fewer than two cores each decode with one thread each when
     they run torch's kernels (:func:`shared_host_worker_args`). ``gateway_port``: also start the gateway, its
     OpenAI-compatible API on that port (HTTPS with the stack's certificate unless
-    ``secure`` is False; open: no API key). On any
+    ``secure`` is False; open: no API key). ``worker_args`` adds flags to single workers by
+    index (e.g. ``{3: ["--emulate", "A100-40GB", "--trusted"]}``). On any
     failure everything already started is stopped again before the error is
     raised.
     """
@@ -257,7 +259,7 @@ def up(
             extra += shared + given
             if i < trusted:
                 extra.append("--trusted")
-            start(f"worker-{i}", "worker", extra)
+            start(f"worker-{i}", "worker", extra + (worker_args or {}).get(i, []))
         records = [p.record() for p in started]
         stack = Stack(redis_url=redis_url, processes=records, tls=_stack_tls(tls_dir))
         _save(state_dir, stack)

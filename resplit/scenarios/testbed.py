@@ -127,6 +127,22 @@ class TestbedWorkload(Strict):
     clients: int = Field(1, ge=1, le=64)
     prompt_tokens: int = Field(128, ge=1, le=8192)
     generate_tokens: int = Field(32, ge=1, le=4096)
+    #: Stepped open-loop arrivals (capacity): the rate in req/s of each ``step_s`` in turn (the
+    #: last one holds to the end); empty: ``rate_per_s`` throughout.
+    steps: list[float] = Field([], max_length=64)
+    step_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _steps(self) -> TestbedWorkload:
+        if any(not r > 0 for r in self.steps):
+            raise ValueError(f"workload.steps must all be > 0 req/s, got {self.steps}")
+        return self
+
+    def rate_at(self, t_s: float) -> float:
+        """Requests per second over all clients at ``t_s`` after t = 0."""
+        if not self.steps:
+            return self.rate_per_s
+        return self.steps[min(int(max(t_s, 0.0) / self.step_s), len(self.steps) - 1)]
 
 
 class Thresholds(Strict):
@@ -153,6 +169,8 @@ class TestbedPolicy(Strict):
 class Control(Strict):
     #: Run Alg. 1 (adaptive) or keep the initial plan (static, orchestrator --no-adaptive).
     adaptive: bool = True
+    #: Fit the cost model's online correction (orchestrator --no-cost-correction when false).
+    cost_correction: bool = True
     #: The plan deployed at t = 0 (default: the splitter's choice at the start).
     initial: list[Placement] = []
 
@@ -162,6 +180,9 @@ class TestbedScenario(Strict):
     description: str = ""
     seed: int = 0
     duration_s: float = Field(gt=0, le=3600)
+    #: Seconds between the deploy and t = 0 (clients and timeline start): the control loop may
+    #: leave the initial plan before traffic, as a running system has (its changes still count).
+    warmup_s: float = Field(0.0, ge=0, le=600)
     model: ModelRef
     nodes: list[TestbedNode] = Field(min_length=1, max_length=16)
     links: list[TestbedLink] = []

@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as resplit_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19resplit/v1/splitter.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"\xbe\x01\n\x0bUnitProfile\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bparam_bytes\x18\x03 \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x04 \x01(\x04\x12\x17\n\x0f\x66lops_per_token\x18\x05 \x01(\x01\x12\"\n\x1a\x61\x63tivation_bytes_per_token\x18\x06 \x01(\x04\x12$\n\x1c\x61ttention_flops_per_position\x18\x07 \x01(\x01\"c\n\x0cModelProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12&\n\x05units\x18\x04 \x03(\x0b\x32\x17.resplit.v1.UnitProfile\"\xa6\x01\n\x0bNodeProfile\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x13\n\x0b\x66lops_per_s\x18\x03 \x01(\x01\x12\x13\n\x0butilization\x18\x04 \x01(\x01\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12\x16\n\x0e\x64\x65vice_profile\x18\x06 \x01(\t\x12\x1d\n\x15memory_bandwidth_gbps\x18\x07 \x01(\x01\"m\n\x08Workload\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x17\n\x0fgenerate_tokens\x18\x02 \x01(\r\x12\x14\n\x0crequest_rate\x18\x03 \x01(\x01\x12\x1b\n\x13\x63oncurrent_sessions\x18\x04 \x01(\r\"\xea\x01\n\x07Problem\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.resplit.v1.ModelProfile\x12&\n\x05nodes\x18\x02 \x03(\x0b\x32\x17.resplit.v1.NodeProfile\x12\x1f\n\x05links\x18\x03 \x03(\x0b\x32\x10.resplit.v1.Link\x12\"\n\x06policy\x18\x04 \x01(\x0b\x32\x12.resplit.v1.Policy\x12&\n\x08workload\x18\x05 \x01(\x0b\x32\x14.resplit.v1.Workload\x12!\n\x07\x63urrent\x18\x06 \x01(\x0b\x32\x10.resplit.v1.Plan\"\x81\x01\n\x0cSolveRequest\x12$\n\x07problem\x18\x01 \x01(\x0b\x32\x13.resplit.v1.Problem\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.resplit.v1.SolveMode\x12&\n\x06solver\x18\x03 \x01(\x0e\x32\x16.resplit.v1.SolverKind\"\xa2\x01\n\rSolveResponse\x12\x1e\n\x04plan\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Plan\x12\'\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x19.resplit.v1.CostBreakdown\x12\x10\n\x08solve_ms\x18\x03 \x01(\x01\x12&\n\x06solver\x18\x04 \x01(\x0e\x32\x16.resplit.v1.SolverKind\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"]\n\x13ProfileModelRequest\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t*w\n\tSolveMode\x12\x1a\n\x16SOLVE_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SOLVE_MODE_PLACEMENT_ONLY\x10\x01\x12\x16\n\x12SOLVE_MODE_RESPLIT\x10\x02\x12\x17\n\x13SOLVE_MODE_EVALUATE\x10\x03*u\n\nSolverKind\x12\x1b\n\x17SOLVER_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SOLVER_KIND_EXACT\x10\x01\x12\x16\n\x12SOLVER_KIND_GREEDY\x10\x02\x12\x1b\n\x17SOLVER_KIND_BRUTE_FORCE\x10\x03\x32\x9a\x01\n\x0fSplitterService\x12<\n\x05Solve\x12\x18.resplit.v1.SolveRequest\x1a\x19.resplit.v1.SolveResponse\x12I\n\x0cProfileModel\x12\x1f.resplit.v1.ProfileModelRequest\x1a\x18.resplit.v1.ModelProfileb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19resplit/v1/splitter.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\"\xbe\x01\n\x0bUnitProfile\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bparam_bytes\x18\x03 \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x04 \x01(\x04\x12\x17\n\x0f\x66lops_per_token\x18\x05 \x01(\x01\x12\"\n\x1a\x61\x63tivation_bytes_per_token\x18\x06 \x01(\x04\x12$\n\x1c\x61ttention_flops_per_position\x18\x07 \x01(\x01\"c\n\x0cModelProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12&\n\x05units\x18\x04 \x03(\x0b\x32\x17.resplit.v1.UnitProfile\"\xa6\x01\n\x0bNodeProfile\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x13\n\x0b\x66lops_per_s\x18\x03 \x01(\x01\x12\x13\n\x0butilization\x18\x04 \x01(\x01\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12\x16\n\x0e\x64\x65vice_profile\x18\x06 \x01(\t\x12\x1d\n\x15memory_bandwidth_gbps\x18\x07 \x01(\x01\"\x9c\x01\n\x08Workload\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x17\n\x0fgenerate_tokens\x18\x02 \x01(\r\x12\x14\n\x0crequest_rate\x18\x03 \x01(\x01\x12\x1b\n\x13\x63oncurrent_sessions\x18\x04 \x01(\r\x12\x16\n\x0eprefill_factor\x18\x05 \x01(\x01\x12\x15\n\rdecode_factor\x18\x06 \x01(\x01\"\xea\x01\n\x07Problem\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.resplit.v1.ModelProfile\x12&\n\x05nodes\x18\x02 \x03(\x0b\x32\x17.resplit.v1.NodeProfile\x12\x1f\n\x05links\x18\x03 \x03(\x0b\x32\x10.resplit.v1.Link\x12\"\n\x06policy\x18\x04 \x01(\x0b\x32\x12.resplit.v1.Policy\x12&\n\x08workload\x18\x05 \x01(\x0b\x32\x14.resplit.v1.Workload\x12!\n\x07\x63urrent\x18\x06 \x01(\x0b\x32\x10.resplit.v1.Plan\"\x81\x01\n\x0cSolveRequest\x12$\n\x07problem\x18\x01 \x01(\x0b\x32\x13.resplit.v1.Problem\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.resplit.v1.SolveMode\x12&\n\x06solver\x18\x03 \x01(\x0e\x32\x16.resplit.v1.SolverKind\"\xa2\x01\n\rSolveResponse\x12\x1e\n\x04plan\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Plan\x12\'\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x19.resplit.v1.CostBreakdown\x12\x10\n\x08solve_ms\x18\x03 \x01(\x01\x12&\n\x06solver\x18\x04 \x01(\x0e\x32\x16.resplit.v1.SolverKind\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"]\n\x13ProfileModelRequest\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t*w\n\tSolveMode\x12\x1a\n\x16SOLVE_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SOLVE_MODE_PLACEMENT_ONLY\x10\x01\x12\x16\n\x12SOLVE_MODE_RESPLIT\x10\x02\x12\x17\n\x13SOLVE_MODE_EVALUATE\x10\x03*u\n\nSolverKind\x12\x1b\n\x17SOLVER_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SOLVER_KIND_EXACT\x10\x01\x12\x16\n\x12SOLVER_KIND_GREEDY\x10\x02\x12\x1b\n\x17SOLVER_KIND_BRUTE_FORCE\x10\x03\x32\x9a\x01\n\x0fSplitterService\x12<\n\x05Solve\x12\x18.resplit.v1.SolveRequest\x1a\x19.resplit.v1.SolveResponse\x12I\n\x0cProfileModel\x12\x1f.resplit.v1.ProfileModelRequest\x1a\x18.resplit.v1.ModelProfileb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resplit.v1.splitter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOLVEMODE']._serialized_start=1269
-  _globals['_SOLVEMODE']._serialized_end=1388
-  _globals['_SOLVERKIND']._serialized_start=1390
-  _globals['_SOLVERKIND']._serialized_end=1507
+  _globals['_SOLVEMODE']._serialized_start=1317
+  _globals['_SOLVEMODE']._serialized_end=1436
+  _globals['_SOLVERKIND']._serialized_start=1438
+  _globals['_SOLVERKIND']._serialized_end=1555
   _globals['_UNITPROFILE']._serialized_start=67
   _globals['_UNITPROFILE']._serialized_end=257
   _globals['_MODELPROFILE']._serialized_start=259
   _globals['_MODELPROFILE']._serialized_end=358
   _globals['_NODEPROFILE']._serialized_start=361
   _globals['_NODEPROFILE']._serialized_end=527
-  _globals['_WORKLOAD']._serialized_start=529
-  _globals['_WORKLOAD']._serialized_end=638
-  _globals['_PROBLEM']._serialized_start=641
-  _globals['_PROBLEM']._serialized_end=875
-  _globals['_SOLVEREQUEST']._serialized_start=878
-  _globals['_SOLVEREQUEST']._serialized_end=1007
-  _globals['_SOLVERESPONSE']._serialized_start=1010
-  _globals['_SOLVERESPONSE']._serialized_end=1172
-  _globals['_PROFILEMODELREQUEST']._serialized_start=1174
-  _globals['_PROFILEMODELREQUEST']._serialized_end=1267
-  _globals['_SPLITTERSERVICE']._serialized_start=1510
-  _globals['_SPLITTERSERVICE']._serialized_end=1664
+  _globals['_WORKLOAD']._serialized_start=530
+  _globals['_WORKLOAD']._serialized_end=686
+  _globals['_PROBLEM']._serialized_start=689
+  _globals['_PROBLEM']._serialized_end=923
+  _globals['_SOLVEREQUEST']._serialized_start=926
+  _globals['_SOLVEREQUEST']._serialized_end=1055
+  _globals['_SOLVERESPONSE']._serialized_start=1058
+  _globals['_SOLVERESPONSE']._serialized_end=1220
+  _globals['_PROFILEMODELREQUEST']._serialized_start=1222
+  _globals['_PROFILEMODELREQUEST']._serialized_end=1315
+  _globals['_SPLITTERSERVICE']._serialized_start=1558
+  _globals['_SPLITTERSERVICE']._serialized_end=1712
 # @@protoc_insertion_point(module_scope)

@@ -79,16 +79,20 @@ class NodeProfile(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., flops_per_s: _Optional[float] = ..., utilization: _Optional[float] = ..., trusted: _Optional[bool] = ..., device_profile: _Optional[str] = ..., memory_bandwidth_gbps: _Optional[float] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("prompt_tokens", "generate_tokens", "request_rate", "concurrent_sessions")
+    __slots__ = ("prompt_tokens", "generate_tokens", "request_rate", "concurrent_sessions", "prefill_factor", "decode_factor")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_RATE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENT_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FACTOR_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     generate_tokens: int
     request_rate: float
     concurrent_sessions: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., generate_tokens: _Optional[int] = ..., request_rate: _Optional[float] = ..., concurrent_sessions: _Optional[int] = ...) -> None: ...
+    prefill_factor: float
+    decode_factor: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., generate_tokens: _Optional[int] = ..., request_rate: _Optional[float] = ..., concurrent_sessions: _Optional[int] = ..., prefill_factor: _Optional[float] = ..., decode_factor: _Optional[float] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("model", "nodes", "links", "policy", "workload", "current")

@@ -54,6 +54,24 @@ class OrchestratorSettings(ServiceSettings):
         description="how long the load a change moved counts for the other deployments' decisions "
         "(until the node agents measure it)",
     )
+    predict_unmeasured: bool = Field(
+        True,
+        description="before a deployment's first measured request, its plan's predicted latency signal "
+        "stands in for the L_max trigger (--no-predict-unmeasured: wait for traffic)",
+    )
+    cost_correction: bool = Field(
+        True,
+        description="fit the cost model's online correction from measured latency and use it "
+        "(--no-cost-correction: the model as it is; its error is still checked and reported)",
+    )
+    correction_every_s: float = Field(
+        2.0, gt=0, description="how often the plan in force is checked against the cost model"
+    )
+    correction_window_s: float = Field(
+        10.0,
+        gt=0,
+        description="the measured samples a check compares with: this long back, at most to the last change",
+    )
     measure_after_s: float = Field(
         5.0, ge=0, description="wait after a change before its measured latency goes into the decision log"
     )

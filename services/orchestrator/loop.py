@@ -23,6 +23,13 @@ exactly one, also when the monitor, splitter or broadcaster fails (the event is
 then KEEP with the failure as its reason) and the loop goes on. On the first
 cycle at least ``measure_after_s`` after a change, the mean end-to-end latency
 of the requests since the change becomes the event's measured latency.
+
+Every ``correction_every_s`` the loop also checks the cost model: it evaluates the
+plan in force uncorrected and with each correction term probed, compares with the
+median of the first hops' samples of each signal over the last ``correction_window_s``
+since the last change (so no sample predates the plan in force) and fits the correction that every
+later problem carries (core/correction.py); ``--no-cost-correction`` keeps the
+model as it is (the checks still run, so the error is reported either way).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import statistics
 import time
 
 import grpc
@@ -47,6 +55,7 @@ from resplit.v1 import (
 )
 
 from .commit import Change, Commits
+from .core.correction import PROBES, Correction, ErrorTally, Sensitivity, checks, fit
 from .core.decide import (
     PROTO_TO_OUTCOME,
     Candidate,
@@ -61,7 +70,7 @@ from .core.policy import effective_thresholds, interval_of, latency_bounds
 from .core.problem import Shared, WorkloadDefaults, build_problem, own_load
 from .core.sharing import Claims, moved_load, other_memory
 from .core.switching import live_tokens, moved_bytes, switch_cost
-from .core.triggers import describe, latest_links, node_utilization, should_reconfigure
+from .core.triggers import describe, latest_links, node_utilization, should_reconfigure, signal_ms
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,27 @@ PREDICTION_ERROR = Gauge(
     "(measured - predicted) / predicted latency signal of the last committed plan, once measured",
     ["deployment", "signal"],
 )
+
+COST_CORRECTION = Gauge(
+    "resplit_cost_correction",
+    "The cost model's online correction per deployment: term prefill / decode (measured over "
+    "modelled compute time) and hop_ms (overhead per hop, ms)",
+    ["deployment", "term"],
+)
+MODEL_ERROR = Gauge(
+    "resplit_cost_model_error_mean",
+    "Mean |measured - predicted| / predicted of the plan in force's latency signals over the checks "
+    "so far: model raw (uncorrected) or corrected (the correction in force at each check)",
+    ["deployment", "model"],
+)
+MODEL_CHECKS = Counter(
+    "resplit_cost_model_checks_total",
+    "Signals of plans in force checked against the cost model",
+    ["deployment"],
+)
+
+#: Samples of a signal a cost-model check needs in its window.
+MIN_SAMPLES = 3
 
 #: Requests per second are counted over this span of the first hops' samples.
 RATE_WINDOW_S = 30.0
@@ -106,6 +136,10 @@ class ControlLoop:
         self._woken = asyncio.Event()
         #: Load moved by recent changes, counted for the other deployments (core/sharing.py).
         self.claims = Claims(self.settings.claim_hold_s)
+        #: The cost model's correction per deployment, its next check, and its error so far.
+        self.corrections: dict[str, Correction] = {}
+        self.model_errors: dict[str, ErrorTally] = {}
+        self._next_check: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -180,9 +214,14 @@ class ControlLoop:
             return None
         bounds = latency_bounds(deployment.policy, deployment.generative)
         await self.follow_up_change(name, bounds[0][0])
+        try:
+            await self.check_cost_model(env, deployment, plan)
+        except CycleError as exc:
+            log.warning("cost model check of %s: %s", name, exc)
         thresholds = effective_thresholds(deployment.policy)
         settling = await self.store.registry_age_s() < self.settings.registry_grace_s
-        triggers = should_reconfigure(env, name, plan, thresholds, settling, bounds)
+        predicted = await self.unmeasured_prediction(env, deployment, plan, bounds)
+        triggers = should_reconfigure(env, name, plan, thresholds, settling, bounds, predicted)
         if not triggers:
             return None
         for trigger in triggers:
@@ -227,10 +266,8 @@ class ControlLoop:
         model = await self.model_profile(deployment)
         now = time.time()
         rate = await self.request_rate(deployment)
-        shared = Shared(
-            await self.others_memory(deployment.name), self.claims.for_others_of(deployment.name, now), rate
-        )
-        problem = build_problem(env, deployment, plan, model, self.defaults, shared)
+        correction = self.corrections.get(deployment.name, Correction())
+        problem = await self.problem(env, deployment, plan, correction, rate)
         current_phi = await self.evaluate_current(problem)
         last = await self.store.last_change(deployment.name)
         interval = max(interval_of(deployment.policy), self.settings.control_interval_floor_s)
@@ -259,6 +296,100 @@ class ControlLoop:
             switch=switch,
             recent=recent_plans(events, now, interval, self.settings.flap_cycles),
         )
+
+    async def problem(
+        self,
+        env: common_pb2.Environment,
+        deployment: common_pb2.Deployment,
+        plan: common_pb2.Plan,
+        correction: Correction,
+        rate: float,
+    ) -> splitter_pb2.Problem:
+        """The splitter's problem for ``deployment`` now: the others' memory and claims taken
+        off the nodes, its own measured request rate, the cost model's correction applied."""
+        model = await self.model_profile(deployment)
+        claimed = self.claims.for_others_of(deployment.name, time.time())
+        shared = Shared(await self.others_memory(deployment.name), claimed, rate)
+        return build_problem(env, deployment, plan, model, self.defaults, shared, correction)
+
+    async def check_cost_model(
+        self, env: common_pb2.Environment, deployment: common_pb2.Deployment, plan: common_pb2.Plan
+    ) -> None:
+        """Compare the plan in force's predicted signals with the measured ones, tally the error
+        without and with the correction, and fit the next correction (core/correction.py)."""
+        name = deployment.name
+        now = time.time()
+        if now < self._next_check.get(name, 0.0):
+            return
+        self._next_check[name] = now + self.settings.correction_every_s
+        last = await self.store.last_change(name)
+        since = max(now - self.settings.correction_window_s, last[0] if last is not None else 0.0)
+        signals = ("ttft", "tpot") if deployment.generative else ("request",)
+        measured = {s: await self.median_signal(name, s, since) for s in signals}
+        if not any(v > 0 for v in measured.values()):
+            return
+        rate = await self.request_rate(deployment)
+        costs = []
+        for probe in PROBES:
+            cost = await self.evaluate_cost(await self.problem(env, deployment, plan, probe, rate))
+            if cost is None:
+                return  # the plan cannot run as it stands (a node gone): nothing to learn from
+            costs.append(cost)
+        sensitivities = [Sensitivity.of(s, *(predicted_ms(c, s) for c in costs)) for s in signals]
+        correction = self.corrections.get(name, Correction())
+        tally = self.model_errors.setdefault(name, ErrorTally())
+        for check in checks(sensitivities, measured, correction):
+            tally.add(check)
+            MODEL_CHECKS.labels(name).inc()
+        raw, fitted = tally.means()
+        MODEL_ERROR.labels(name, "raw").set(raw)
+        MODEL_ERROR.labels(name, "corrected").set(fitted)
+        if self.settings.cost_correction:
+            correction = fit(correction, sensitivities, measured)
+            self.corrections[name] = correction
+        log.info(
+            "cost model of %s: %s; correction prefill x%.3g, decode x%.3g, hop +%.3g ms",
+            name,
+            ", ".join(
+                f"{s.signal} measured {measured[s.signal]:.4g} predicted {s.raw():.4g} raw"
+                f" (compute {s.per_factor:.3g}, hops {s.per_hop_ms:.3g})"
+                for s in sensitivities
+            ),
+            correction.prefill,
+            correction.decode,
+            correction.hop_ms,
+        )
+        for term in ("prefill", "decode", "hop_ms"):
+            COST_CORRECTION.labels(name, term).set(correction.value(term))
+
+    async def unmeasured_prediction(
+        self,
+        env: common_pb2.Environment,
+        deployment: common_pb2.Deployment,
+        plan: common_pb2.Plan,
+        bounds: list[tuple[str, float]],
+    ) -> dict[str, float]:
+        """The plan in force's predicted signals under E(t) (corrected), when a bounded signal
+        has no measurement yet (a fresh deployment, no request so far); else nothing to ask."""
+        if not self.settings.predict_unmeasured:
+            return {}
+        if all(signal_ms(env, deployment.name, signal) > 0 for signal, _ in bounds):
+            return {}
+        correction = self.corrections.get(deployment.name, Correction())
+        try:
+            problem = await self.problem(env, deployment, plan, correction, 0.0)
+            cost = await self.evaluate_cost(problem)
+        except CycleError as exc:
+            log.warning("prediction of %s's plan in force: %s", deployment.name, exc)
+            return {}
+        return {} if cost is None else {signal: predicted_ms(cost, signal) for signal, _ in bounds}
+
+    async def median_signal(self, name: str, signal: str, since: float) -> float:
+        """The median of the first hops' samples of one signal since ``since`` (0: fewer than
+        MIN_SAMPLES). Samples, not the monitor's EWMA, so that none predates the plan in force,
+        and the median, so that a migration's stall in the window does not move the fit."""
+        samples = await self.store.latency_samples(name, since=since, signal=signal)
+        return statistics.median(samples) if len(samples) >= MIN_SAMPLES else 0.0
 
     async def others_memory(self, name: str) -> dict[str, int]:
         """node -> bytes every other deployment's plan in force holds there (core/sharing.py)."""
@@ -333,15 +464,20 @@ class ControlLoop:
 
     async def evaluate_current(self, problem: splitter_pb2.Problem) -> float:
         """Phi of d_t under E(t); inf when d_t cannot run as it stands (a node gone, full, ...)."""
+        cost = await self.evaluate_cost(problem)
+        return math.inf if cost is None else cost.phi
+
+    async def evaluate_cost(self, problem: splitter_pb2.Problem) -> common_pb2.CostBreakdown | None:
+        """The cost of d_t under ``problem``; None when d_t cannot run as it stands."""
         stub = splitter_pb2_grpc.SplitterServiceStub(self._splitter)
         request = splitter_pb2.SolveRequest(problem=problem, mode=splitter_pb2.SOLVE_MODE_EVALUATE)
         try:
             reply = await stub.Solve(request, timeout=self.settings.control_rpc_timeout_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                return math.inf
+                return None
             raise CycleError(self._splitter_failed("EVALUATE", exc)) from None
-        return reply.cost.phi
+        return reply.cost
 
     async def solve(self, problem: splitter_pb2.Problem, mode: str) -> Candidate:
         """One candidate mapping d' (PLACEMENT_ONLY or RESPLIT), or why there is none."""

@@ -31,11 +31,20 @@ def test_demo_runs_a_real_split_model_end_to_end(tmp_path):
     diff = float(re.search(r"whole\s+model: ([0-9.e+-]+)", out).group(1))
     assert diff <= 1e-5
     assert re.search(r"decode median [0-9.]+ ms/token over 3 hops", out)
-    assert "stack stopped (8 processes)" in out
+    # the adaptation loop: S2's node loaded, the plan moves, the time to first token recovers
+    assert re.search(r"decision: (MIGRATE|RESPLIT) epoch 1 -> [2-9]", out), out
+    under, after = (
+        float(x)
+        for x in re.search(
+            r"under load on the old plan ([0-9.]+) ms, after the change ([0-9.]+) ms", out
+        ).groups()
+    )
+    assert after < under, out
+    assert "stack stopped (11 processes)" in out
     assert not (tmp_path / "demo" / "stack.json").exists()
     # Nothing a user would have to wonder about: no Python warning (a library's deprecation
     # included) in what the demo prints or in any service's log (redis.log is Redis's own).
     logs = [log for log in (tmp_path / "demo" / "logs").glob("*.log") if log.name != "redis.log"]
-    assert len(logs) == 7, logs
+    assert len(logs) == 10, logs
     for text in (out, result.stderr, *(log.read_text() for log in logs)):
         assert "Warning:" not in text, text

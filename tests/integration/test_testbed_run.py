@@ -8,6 +8,7 @@ come back with its tokens. Not root: the module fails and says why.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +38,9 @@ SCENARIO = {
     "workload": {
         "arrival": "poisson",
         "rate_per_s": 2,
-        "clients": 1,
+        "steps": [1, 3],  # stepped arrivals: the capacity measurement of bench/paper.py
+        "step_s": 3,
+        "clients": 2,
         "prompt_tokens": 16,
         "generate_tokens": 4,
     },
@@ -81,6 +84,10 @@ def test_a_short_scenario_runs_end_to_end_and_writes_its_results(tmp_path):
     assert all(not r["error"] and int(r["generated"]) == 4 for r in rows), rows
     assert all(float(r["ttft_ms"]) > 0 for r in rows)
     assert "TTFT P50 / P95" in (out / "summary.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [x["rate"] for x in summary["steps"]] == [1, 3]
+    assert sum(x["requests"] for x in summary["steps"]) == len(rows)
+    assert summary["capacity_rps"] in (0, 1, 3)  # whichever step first breaks the SLA, if any
     print(f"{len(rows)} requests; the whole run took {took:.0f} s (machine idle before: {idle})")
     if idle:  # startup is ~6 processes importing torch; on a shared, loaded machine it takes longer
         assert took <= 60

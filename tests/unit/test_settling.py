@@ -81,6 +81,17 @@ def test_the_trigger_compares_the_named_signal_not_the_whole_request():
     assert should_reconfigure(_env(), "d", CURRENT, THETA, bounds=both) == []  # no sample yet: no fire
 
 
+def test_before_any_request_the_plans_prediction_stands_in_for_the_signal():
+    """A fresh deployment need not wait for traffic to leave a plan the model says breaks L_max."""
+    ttft = _bounds(common_pb2.LATENCY_SIGNAL_TTFT)
+    fired = should_reconfigure(_env(), "d", CURRENT, THETA, bounds=ttft, predicted={"ttft": 480.0})
+    assert [describe(t) for t in fired] == ["latency ttft (predicted: no request measured yet) 480 > 150"]
+    assert should_reconfigure(_env(), "d", CURRENT, THETA, bounds=ttft, predicted={"ttft": 40.0}) == []
+    # once a request is measured, the measurement decides, whatever the model says
+    measured = _env(ttft=60, tpot=20)
+    assert should_reconfigure(measured, "d", CURRENT, THETA, bounds=ttft, predicted={"ttft": 480.0}) == []
+
+
 def test_a_candidate_is_checked_on_the_predicted_signal():
     plan = _plan((0, 8, "edge"), phi=700)
     plan.predicted.prefill_ms, plan.predicted.decode_ms_per_token = 90, 19

@@ -66,6 +66,8 @@ def _set(path: str, value):
             "workload.arrival: Input should be 'poisson', 'constant' or 'closed'",
         ),
         (_set("workload.clients", 0), "workload.clients: Input should be greater than or equal to 1"),
+        (_set("workload.steps", [1, 0]), "workload: Value error, workload.steps must all be > 0 req/s"),
+        (_set("warmup_s", -1), "warmup_s: Input should be greater than or equal to 0"),
         (_set("policy.alpha", -1), "policy.alpha: Input should be greater than or equal to 0"),
         (
             _set("policy.thresholds.u_max", 2),

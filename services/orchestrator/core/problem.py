@@ -26,6 +26,10 @@
   capacity twice.
 * **current**: the plan in force (PLACEMENT_ONLY keeps its boundaries and the
   migration term counts what moves away from it).
+* **correction** (``core/correction.py``): the cost model's online correction,
+  measured-over-modelled compute factors of a prefill and a decode step (in the
+  workload) and a per-hop overhead o (every link's RTT + 2 o); the identity leaves
+  the problem as it was. The plan in force and every candidate are costed with it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from resplit.core import devices
 from resplit.v1 import common_pb2, splitter_pb2
 
+from .correction import Correction
 from .triggers import latest_links, node_utilization
 
 CPU_PROFILE = "cpu"
@@ -98,6 +103,13 @@ def node_profiles(
     return profiles
 
 
+def corrected(links: list[common_pb2.Link], correction: Correction) -> None:
+    """Apply the correction's per-hop overhead in place: each link's RTT plus twice it (the
+    model charges RTT/2 per hop); its compute factors go into the workload."""
+    for link in links:
+        link.rtt_ms = max(link.rtt_ms + 2.0 * correction.hop_ms, 0.0)
+
+
 def links_between(
     env: common_pb2.Environment, node_ids: list[str], assumed_rtt_ms: float
 ) -> list[common_pb2.Link]:
@@ -138,20 +150,26 @@ def build_problem(
     model: splitter_pb2.ModelProfile,
     defaults: WorkloadDefaults = WorkloadDefaults(),
     shared: Shared | None = None,
+    correction: Correction | None = None,
 ) -> splitter_pb2.Problem:
     """The Problem the splitter solves (or evaluates) for ``deployment`` now."""
     shared = shared or Shared()
     nodes = node_profiles(env, deployment.name, shared)
     node_ids = [n.node_id for n in nodes]
+    links = links_between(env, node_ids, defaults.assumed_rtt_ms)
+    correction = correction or Correction()
+    corrected(links, correction)
     return splitter_pb2.Problem(
         model=model,
         nodes=nodes,
-        links=links_between(env, node_ids, defaults.assumed_rtt_ms),
+        links=links,
         policy=problem_policy(deployment.policy, node_ids, len(model.units) - 2),
         workload=splitter_pb2.Workload(
             prompt_tokens=defaults.prompt_tokens,
             generate_tokens=defaults.generate_tokens if deployment.generative else 0,
             request_rate=shared.request_rate,
+            prefill_factor=correction.prefill,
+            decode_factor=correction.decode,
         ),
         current=plan,
     )

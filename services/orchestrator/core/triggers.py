@@ -21,7 +21,7 @@ that is gone cannot serve at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from resplit.v1 import common_pb2
 
@@ -30,6 +30,8 @@ UTILIZATION = "utilization"
 BANDWIDTH = "bandwidth"
 NODE_DOWN = "node_down"
 SIGNALS = ("ttft", "tpot", "request")
+#: A latency trigger on the plan's prediction (no request measured yet) says so after its signal.
+PREDICTED = "(predicted: no request measured yet)"
 
 
 def node_utilization(metrics: common_pb2.NodeMetrics) -> float:
@@ -69,7 +71,7 @@ def signal_ms(env: common_pb2.Environment, deployment: str, signal: str) -> floa
     return getattr(env.latency_signals[deployment], f"{signal}_ms")
 
 
-def _latency(env, deployment, thresholds, bounds) -> list[common_pb2.Trigger]:
+def _latency(env, deployment, thresholds, bounds, predicted=None) -> list[common_pb2.Trigger]:
     if bounds is None:
         ewma = env.latency_ewma_ms.get(deployment, 0.0)
         if ewma > 0 and ewma > thresholds.l_max_ms:
@@ -81,6 +83,13 @@ def _latency(env, deployment, thresholds, bounds) -> list[common_pb2.Trigger]:
         value = signal_ms(env, deployment, signal)
         if value > 0 and value > bound:
             fired.append(common_pb2.Trigger(name=LATENCY, value=value, threshold=bound, subject=signal))
+        elif value <= 0 and (predicted or {}).get(signal, 0.0) > bound:
+            # no request measured yet: the plan in force's predicted signal stands in for it
+            fired.append(
+                common_pb2.Trigger(
+                    name=LATENCY, value=predicted[signal], threshold=bound, subject=f"{signal} {PREDICTED}"
+                )
+            )
     return fired
 
 
@@ -130,13 +139,17 @@ def should_reconfigure(
     thresholds: common_pb2.Thresholds,
     settling: bool = False,
     bounds: Sequence[tuple[str, float]] | None = None,
+    predicted: Mapping[str, float] | None = None,
 ) -> list[common_pb2.Trigger]:
     """Every trigger that fires for ``plan`` of ``deployment`` under E(t); empty: keep.
     ``settling``: the registry is younger than a heartbeat (see the module's docstring);
-    ``bounds``: the latency signals and their bounds (policy.latency_bounds)."""
+    ``bounds``: the latency signals and their bounds (policy.latency_bounds);
+    ``predicted``: the plan in force's predicted signals under E(t), which stand in for a
+    signal no request has measured yet (a fresh deployment: it need not wait for traffic
+    to leave a plan the cost model already says breaks L_max)."""
     return [
         *_node_down(env, plan, settling),
-        *_latency(env, deployment, thresholds, bounds),
+        *_latency(env, deployment, thresholds, bounds, predicted),
         *_utilization(env, plan, thresholds),
         *_bandwidth(env, plan, thresholds),
     ]
@@ -147,5 +160,6 @@ def describe(trigger: common_pb2.Trigger) -> str:
     if trigger.name == NODE_DOWN:
         return f"node_down {trigger.subject}"
     relation = "<" if trigger.name == BANDWIDTH else ">"
-    subject = f" {trigger.subject}" if trigger.name != LATENCY or trigger.subject in SIGNALS else ""
+    named = trigger.subject.split(" ")[0] in SIGNALS
+    subject = f" {trigger.subject}" if trigger.name != LATENCY or named else ""
     return f"{trigger.name}{subject} {trigger.value:.4g} {relation} {trigger.threshold:.4g}"

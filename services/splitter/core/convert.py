@@ -9,6 +9,8 @@ solver UNSPECIFIED means EXACT. Anything malformed raises
 
 from __future__ import annotations
 
+import math
+
 from resplit.core import devices
 from resplit.v1 import common_pb2, splitter_pb2
 
@@ -135,6 +137,10 @@ def problem_from_proto(pb: splitter_pb2.Problem) -> Problem:
             "problem.model has no units (profile the model first: SplitterService.ProfileModel)"
         )
     work = pb.workload
+    for name in ("prefill_factor", "decode_factor"):
+        value = getattr(work, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ProblemError(f"workload.{name} must be a finite factor >= 0 (0 means 1), got {value}")
     problem = Problem(
         model=model_from_proto(pb.model),
         nodes=tuple(_node(n, j) for j, n in enumerate(pb.nodes)),
@@ -145,6 +151,8 @@ def problem_from_proto(pb: splitter_pb2.Problem) -> Problem:
             generate_tokens=work.generate_tokens,
             request_rate=work.request_rate,
             concurrent_sessions=work.concurrent_sessions or 1,
+            prefill_factor=work.prefill_factor or 1.0,
+            decode_factor=work.decode_factor or 1.0,
         ),
         current=plan_from_proto(pb.current) if pb.HasField("current") and pb.current.segments else None,
     )

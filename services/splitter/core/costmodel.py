@@ -51,16 +51,19 @@ RESULT_BYTES = 4
 
 
 def prefill_service_s(flops, attn, param_bytes, kv, work: Workload, flops_per_s, bandwidth_bps):
-    """Seconds a unit needs for the whole prompt on a node with no other load."""
+    """Seconds a unit needs for the whole prompt on a node with no other load (times the
+    workload's measured-over-modelled prefill factor)."""
     p = work.prompt_tokens
     total_flops = p * flops + attn * p * (p + 1) / 2.0
-    return _roofline(total_flops, param_bytes + kv * p, flops_per_s, bandwidth_bps)
+    return _roofline(total_flops, param_bytes + kv * p, flops_per_s, bandwidth_bps) * work.prefill_factor
 
 
 def decode_service_s(flops, attn, param_bytes, kv, work: Workload, flops_per_s, bandwidth_bps):
-    """Seconds a unit needs for one decode step (mean context over the generation)."""
+    """Seconds a unit needs for one decode step (mean context over the generation), times the
+    workload's decode factor."""
     context = work.prompt_tokens + work.generate_tokens / 2.0
-    return _roofline(flops + attn * context, param_bytes + kv * context, flops_per_s, bandwidth_bps)
+    bytes_read = param_bytes + kv * context
+    return _roofline(flops + attn * context, bytes_read, flops_per_s, bandwidth_bps) * work.decode_factor
 
 
 def hop_ms(rtt_ms, bandwidth_mbps, payload_bytes):

@@ -87,6 +87,10 @@ class Workload:
     generate_tokens: int = 0
     request_rate: float = 0.0
     concurrent_sessions: int = 1
+    #: Measured over modelled compute time of a prefill / a decode step (the orchestrator's
+    #: online correction of this cost model; 1: the roofline as it is).
+    prefill_factor: float = 1.0
+    decode_factor: float = 1.0
 
     @property
     def decode_steps(self) -> int:
