@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -50,6 +50,12 @@ local nxt = math.max(counter, committed, floor) + 1
 redis.call('SET', KEYS[1], nxt)
 return nxt
 """
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    """A Redis stream id ``ms-seq`` as a number pair, to order ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _transient(error: Exception) -> bool:
@@ -401,6 +407,53 @@ class StateStore:
                 if value is not None:
                     event.measured_latency_ms = float(value)
         return events
+
+    async def events_after(self, deployment: str, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """(stream id, serialized event) of the decision log, oldest first: the newest
+        ``limit`` with ``after`` None, else from ``after`` on, ``after`` itself included
+        when the stream still holds it (so a caller tells a stream that lost it)."""
+        if after is None:
+            rows = list(reversed(await self.redis.xrevrange(keys.events(deployment), count=limit)))
+        else:
+            rows = await self.redis.xrange(keys.events(deployment), min=after, count=limit + 1)
+        return [(row_id.decode(), fields[b"event"]) for row_id, fields in rows]
+
+    async def measured_latencies(self, deployment: str, ids: list[str]) -> dict[str, float]:
+        """The measured latency recorded for each of ``ids`` that has one."""
+        if not ids:
+            return {}
+        values = await self.redis.hmget(keys.measured_latency(deployment), ids)
+        return {i: float(v) for i, v in zip(ids, values, strict=True) if v is not None}
+
+    async def restore_events(
+        self, deployment: str, kept: list[tuple[str, bytes]], measured: dict[str, float]
+    ) -> bool:
+        """Write ``kept`` (oldest first, with their stream ids) back in front of whatever the
+        decision log holds now (events appended since Redis lost it), with their measured
+        latencies. One transaction, watched: False (nothing written) when an event was
+        appended meanwhile, so the caller tries again with a fresh read."""
+        key = keys.events(deployment)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                newer = [(i.decode(), f[b"event"]) for i, f in await pipe.xrange(key)]
+                kept_ids = {i for i, _ in kept}
+                pipe.multi()
+                pipe.delete(key)
+                last: tuple[int, int] | None = (0, 0)
+                for entry_id, raw in kept + [(i, raw) for i, raw in newer if i not in kept_ids]:
+                    # From an id at or below the last written on (a clock gone back), new ids.
+                    if last is not None and _stream_id(entry_id) <= last:
+                        last = None
+                    pipe.xadd(key, {"event": raw}, id=entry_id if last is not None else "*")
+                    last = _stream_id(entry_id) if last is not None else None
+                if measured:
+                    values = {i: repr(v) for i, v in measured.items()}
+                    pipe.hset(keys.measured_latency(deployment), mapping=values)
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     # -- control loop: t_last and measured latency after a change ------------
     async def record_change(self, deployment: str, at: float, event_id: str) -> None:

@@ -91,10 +91,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def Undeploy(self, request: orchestrator_pb2.UndeployRequest, context):
         name = await _require_name(request.deployment, context)
-        self.memory.forget(name)
+        known = self.memory.forget(name)  # first: a sync meanwhile must not write it back
         try:
             await self.deployer.undeploy(name)
         except CommitError as exc:
+            self.memory.unforget(name, known)
             await context.abort(exc.code, str(exc))
         return orchestrator_pb2.UndeployResponse()
 

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from resplit.state import StateStore
 from resplit.state.store import StaleEpochError
 from resplit.v1 import common_pb2
 
@@ -29,13 +28,6 @@ def _plan(name: str, epoch: int, *nodes: str) -> common_pb2.Plan:
     for i, node_id in enumerate(nodes):
         plan.segments.add(units=common_pb2.UnitRange(start=i, end=i + 1), node_id=node_id)
     return plan
-
-
-@pytest.fixture
-async def store(redis_server):
-    s = StateStore(redis_server.url)
-    yield s
-    await s.close()
 
 
 async def _state_of(store, node_id: str) -> int:
