@@ -20,6 +20,7 @@ from .failures import MAX_REPORTED_NODES, FailureChecks
 from .layers import LayerSwaps
 from .loop import ControlLoop
 from .memory import LastKnown
+from .repairs import Repairs
 from .rollouts import Broadcaster
 
 
@@ -193,7 +194,10 @@ class OrchestratorService:
         self.commits = Commits(self.store, Broadcaster(settings.broadcaster_address), settings)
         self.loop: ControlLoop | None = None
         self.memory = LastKnown(self.store)
-        self.failures = FailureChecks(self.store, settings.failure_check_timeout_s, self._wake)
+        self.repairs = Repairs(self.store, self.commits)
+        self.failures = FailureChecks(
+            self.store, settings.failure_check_timeout_s, self._wake, repair=self.repairs.request
+        )
 
     def _wake(self) -> None:
         if self.loop is not None:
@@ -219,6 +223,7 @@ class OrchestratorService:
             await self.loop.stop()
             self.loop = None
         await self.memory.stop()
+        await self.repairs.close()
         await self.failures.close()
         await self.commits.broadcaster.close()
         await self.store.close()
