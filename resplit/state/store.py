@@ -28,6 +28,11 @@ from . import keys
 
 T = TypeVar("T")
 
+#: Connections one store keeps to Redis at most (each service has one store; a worker two).
+MAX_CONNECTIONS = 16
+#: How long a command waits for a free connection of the pool before it fails (a RedisError).
+POOL_WAIT_S = 10.0
+
 # Store a plan only if its epoch is above the committed one: epochs only go up.
 _PUT_PLAN = """
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -99,18 +104,32 @@ class StaleEpochError(ValueError):
 class StateStore:
     """Async access to resplit's shared state in Redis."""
 
-    def __init__(self, url: str, *, socket_timeout_s: float = 2.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout_s: float = 2.0,
+        retries: int = 3,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.url = url
         self.retries = retries
         self._backoff = ExponentialBackoff(cap=1.0, base=0.05)
-        self.redis = aioredis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            retry=ConnectionRetry(self._backoff, retries),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            health_check_interval=5,
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": socket_timeout_s,
+            "retry": ConnectionRetry(self._backoff, retries),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "health_check_interval": 5,
+        }
+        # A bounded pool: callers beyond it wait for a connection (up to POOL_WAIT_S) instead
+        # of opening more. redis-py's default pool has no bound and keeps every connection it
+        # ever opened: under the soak's bursts (32 clients' GetRoutes piling up while Redis
+        # restarted) the orchestrator's grew to 31 more sockets, and Redis's file count with it.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=POOL_WAIT_S, **self._options
         )
+        self.redis = aioredis.Redis.from_pool(pool)
         self._put_plan = self.redis.register_script(_PUT_PLAN)
         self._next_epoch = self.redis.register_script(_NEXT_EPOCH)
 
@@ -497,11 +516,15 @@ class StateStore:
 
     async def watch_routes(self, deployment: str) -> AsyncIterator[common_pb2.Route]:
         """Routes of ``deployment`` as they are published (until the caller stops)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(keys.route_channel(deployment))
+        # Its own connection, outside the bounded pool: a subscription holds one for as long
+        # as it lasts, and watchers must not starve the pool's short commands.
+        client = aioredis.Redis.from_url(self.url, **self._options)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
+            await pubsub.subscribe(keys.route_channel(deployment))
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     yield common_pb2.Route.FromString(message["data"])
         finally:
             await pubsub.aclose()
+            await client.aclose()
