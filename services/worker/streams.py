@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from resplit.core.limits import SESSION_METADATA_KEY
 from resplit.rpc.channels import aio_channel
 from resplit.v1 import worker_pb2, worker_pb2_grpc
 
@@ -56,12 +57,18 @@ class Downstream:
     """This session's Forward stream to the next hop."""
 
     def __init__(
-        self, stub: worker_pb2_grpc.WorkerServiceStub, address: str, units: tuple[int, int], node_id: str = ""
+        self,
+        stub: worker_pb2_grpc.WorkerServiceStub,
+        address: str,
+        units: tuple[int, int],
+        node_id: str = "",
+        session_id: str = "",
     ) -> None:
         self.address = address
         self.units = units
         self.node_id = node_id
-        self.call = stub.Forward()
+        # The session in the metadata: a full next hop refuses it before its handler runs.
+        self.call = stub.Forward(metadata=((SESSION_METADATA_KEY, session_id),) if session_id else None)
         self._watch: asyncio.Task[None] | None = None
 
     async def open(self, request: worker_pb2.ForwardRequest) -> None:
