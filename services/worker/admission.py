@@ -48,6 +48,10 @@ class SessionAdmission(grpc.aio.ServerInterceptor):
         hint = ((RETRY_METADATA_KEY, str(self.sessions.limits.retry_after_ms)),)
 
         async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
+            # The open message is taken first (a parse, no more): a status that arrives while
+            # the caller still writes it is lost to the caller (grpc.aio: "Internal error from Core").
+            async for _ in requests:
+                break
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, trailing_metadata=hint)
 
         return grpc.stream_stream_rpc_method_handler(

@@ -96,6 +96,13 @@ class Downstream:
         try:
             await self.call.write(message)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INTERNAL:
+                # A write to a stream the next hop already ended: grpc.aio reports its own
+                # INTERNAL ("Internal error from Core") and the hop's status is lost. The hop
+                # went away or refused: UNAVAILABLE, which the client recovers from, as the SDK does.
+                raise HopError(
+                    grpc.StatusCode.UNAVAILABLE, f"next hop {self.address}: stream ended: {exc.details()}"
+                ) from None
             raise _hop_error(exc, f"next hop {self.address}") from None
         except asyncio.InvalidStateError:
             raise await self._failed() from None
