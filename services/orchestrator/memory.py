@@ -44,12 +44,17 @@ class LastKnown:
         self.events = KeptEvents(store)
         #: Names being undeployed or undeployed: never written back, never taken from Redis.
         self._forgotten: set[str] = set()
+        #: The highest epoch seen of every name, undeployed ones too: a name deployed again
+        #: after Redis lost its epoch counter must not start below what its workers saw.
+        self.epochs: dict[str, int] = {}
         self._task: asyncio.Task | None = None
 
     def remember(self, deployment: common_pb2.Deployment | None, plan: common_pb2.Plan | None) -> None:
         if deployment is not None:
             self._forgotten.discard(deployment.name)
             self.deployments[deployment.name] = deployment
+        if plan is not None:
+            self.epochs[plan.deployment] = max(self.epochs.get(plan.deployment, 0), plan.epoch)
         if plan is not None and plan.deployment in self._forgotten:
             return
         if plan is not None and plan.epoch >= self.plans.get(plan.deployment, common_pb2.Plan()).epoch:

@@ -82,7 +82,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.DeployRequest, context
     ) -> orchestrator_pb2.DeployResponse:
         try:
-            deployment, plan = await self.deployer.deploy(request.deployment, list(request.segments))
+            floor = self.memory.epochs.get(request.deployment.name, 0)
+            deployment, plan = await self.deployer.deploy(request.deployment, list(request.segments), floor)
         except CommitError as exc:
             await context.abort(exc.code, str(exc))
         # Both, at once: the background sync would only pick the deployment up from Redis a
