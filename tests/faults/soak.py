@@ -490,6 +490,10 @@ def verify(requests: list[Request], llama: Path, bert: Path, small: Path) -> tup
     """(tokens and embeddings checked, wrong, a line per wrong request) against the whole models."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    # One thread: the references are thousands of tiny forwards, and on a machine busy with
+    # other work two spinning OpenMP threads made them several times slower (a 90-s CI soak
+    # ran past its timeout in them, load average 8 on 2 cores).
+    torch.set_num_threads(1)
     models = {"llama": AutoModelForCausalLM.from_pretrained(llama).eval(),
               "small": AutoModelForCausalLM.from_pretrained(small).eval(),
               "bert": AutoModel.from_pretrained(bert).eval()}  # fmt: skip
