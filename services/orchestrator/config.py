@@ -54,6 +54,11 @@ class OrchestratorSettings(ServiceSettings):
         description="how long the load a change moved counts for the other deployments' decisions "
         "(until the node agents measure it)",
     )
+    memory_file: str = Field(
+        "",
+        description="a file where the orchestrator keeps the deployments, plans and epochs it last saw, "
+        "read at start: a restart while Redis is empty then loses nothing (empty: kept in memory only)",
+    )
     measure_after_s: float = Field(
         5.0, ge=0, description="wait after a change before its measured latency goes into the decision log"
     )

@@ -30,24 +30,31 @@ from resplit.state.store import StaleEpochError
 from resplit.v1 import common_pb2
 
 from .decisions import KeptEvents
+from .keep import Kept, MemoryFile
 
 log = logging.getLogger(__name__)
 
 
 class LastKnown:
-    def __init__(self, store: StateStore, interval_s: float = 1.0) -> None:
+    def __init__(self, store: StateStore, interval_s: float = 1.0, file: MemoryFile | None = None) -> None:
         self.store = store
         self.interval_s = interval_s
-        self.deployments: dict[str, common_pb2.Deployment] = {}
-        self.plans: dict[str, common_pb2.Plan] = {}
+        #: Where this memory outlives the process (keep.py; none: it does not).
+        self.file = file or MemoryFile("")
+        kept = self.file.load()
+        self.deployments: dict[str, common_pb2.Deployment] = kept.deployments
+        self.plans: dict[str, common_pb2.Plan] = kept.plans
         self.nodes: list[common_pb2.Node] = []
         self.events = KeptEvents(store)
         #: Names being undeployed or undeployed: never written back, never taken from Redis.
-        self._forgotten: set[str] = set()
+        self._forgotten: set[str] = kept.forgotten
         #: The highest epoch seen of every name, undeployed ones too: a name deployed again
         #: after Redis lost its epoch counter must not start below what its workers saw.
-        self.epochs: dict[str, int] = {}
+        self.epochs: dict[str, int] = kept.epochs
         self._task: asyncio.Task | None = None
+
+    def save(self) -> None:
+        self.file.save(Kept(self.deployments, self.plans, self.epochs, self._forgotten))
 
     def remember(self, deployment: common_pb2.Deployment | None, plan: common_pb2.Plan | None) -> None:
         if deployment is not None:
@@ -59,12 +66,15 @@ class LastKnown:
             return
         if plan is not None and plan.epoch >= self.plans.get(plan.deployment, common_pb2.Plan()).epoch:
             self.plans[plan.deployment] = plan
+        self.save()
 
     def forget(self, name: str) -> tuple[common_pb2.Deployment | None, common_pb2.Plan | None]:
         """An undeployed deployment must not come back (until deployed again); what was known."""
         self._forgotten.add(name)
         self.events.forget(name)
-        return self.deployments.pop(name, None), self.plans.pop(name, None)
+        known = self.deployments.pop(name, None), self.plans.pop(name, None)
+        self.save()
+        return known
 
     def unforget(self, name: str, known: tuple[common_pb2.Deployment | None, common_pb2.Plan | None]) -> None:
         """An Undeploy that failed: the deployment is still there, as it was ``known``."""
@@ -100,6 +110,7 @@ class LastKnown:
         nodes = await self.store.list_nodes()
         if nodes:
             self.nodes = nodes
+        self.save()
         if restored:
             log.warning("Redis had lost %s; restored their deployment and plan", sorted(set(restored)))
         return list(dict.fromkeys(restored))

@@ -17,6 +17,7 @@ from .commit import CommitError, Commits
 from .config import OrchestratorSettings
 from .deployer import Deployer
 from .failures import MAX_REPORTED_NODES, FailureChecks
+from .keep import MemoryFile
 from .layers import LayerSwaps
 from .loop import ControlLoop
 from .memory import LastKnown
@@ -194,7 +195,7 @@ class OrchestratorService:
         # One broadcaster channel for every plan change; stop() closes it.
         self.commits = Commits(self.store, Broadcaster(settings.broadcaster_address), settings)
         self.loop: ControlLoop | None = None
-        self.memory = LastKnown(self.store)
+        self.memory = LastKnown(self.store, file=MemoryFile(settings.memory_file))
         self.repairs = Repairs(self.store, self.commits)
         self.failures = FailureChecks(
             self.store, settings.failure_check_timeout_s, self._wake, repair=self.repairs.request

@@ -132,7 +132,10 @@ class Soak:
             workers=4,
             adaptive=True,
             worker_args=["--torch-threads", "1", *TTL],
-            orchestrator_args=["--control-interval-floor-s", "0.2", "--drain-deadline-s", "2"],
+            orchestrator_args=[
+                *("--control-interval-floor-s", "0.2", "--drain-deadline-s", "2"),
+                *("--memory-file", str(self.work / "orchestrator-memory.json")),
+            ],
         ).start()
         self._deploy("soak", self.llama, START)
         bert_units = num_units(Checkpoint(self.bert).config)

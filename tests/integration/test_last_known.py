@@ -9,6 +9,7 @@ import redis
 
 from resplit.state import StateStore
 from resplit.v1 import common_pb2
+from services.orchestrator.keep import MemoryFile
 from services.orchestrator.memory import LastKnown
 
 pytestmark = pytest.mark.integration
@@ -68,3 +69,20 @@ async def test_the_decision_log_comes_back_after_redis_loses_it(store, redis_ser
     assert events[3].measured_latency_ms == 12.5
     await memory.sync()  # nothing lost now: nothing written twice
     assert len(await store.read_events("soak", limit=100)) == 5
+
+
+async def test_an_orchestrator_restarted_while_redis_is_empty_gives_back_what_its_file_kept(
+    store, redis_server, tmp_path
+):
+    """The soak's lost deployments: an orchestrator restarted, and Redis emptied before its
+    first read. With --memory-file the new process starts from what the old one saw."""
+    await _deployed(store, "soak", epoch=3)
+    before = LastKnown(store, file=MemoryFile(str(tmp_path / "memory.json")))
+    await before.sync()
+    before.forget("gone")  # an undeployed name stays undeployed across the restart too
+    with redis.Redis.from_url(redis_server.url) as raw:
+        raw.flushall()
+    after = LastKnown(store, file=MemoryFile(str(tmp_path / "memory.json")))  # a new process
+    assert await after.sync() == ["soak"]
+    assert (await store.get_plan("soak")).epoch == 3 and after.epochs["soak"] == 3
+    assert await store.get_deployment("soak") is not None and "gone" in after._forgotten
