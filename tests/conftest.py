@@ -30,6 +30,16 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+async def store(redis_server):
+    """A StateStore on this test's own Redis."""
+    from resplit.state import StateStore
+
+    s = StateStore(redis_server.url)
+    yield s
+    await s.close()
+
+
 @pytest.fixture(scope="module")
 def module_redis() -> Iterator[RedisServer]:
     """A Redis shared by one test module (for tests that do not restart it)."""

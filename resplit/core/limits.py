@@ -23,6 +23,9 @@ from dataclasses import dataclass
 #: ``retry-after-ms``): a hint that crossed hops keeps only the message.
 RETRY_HINT = re.compile(r"retry after (\d{1,7}) ms")
 RETRY_METADATA_KEY = "retry-after-ms"
+#: Request metadata of a Forward stream: the session it opens, so a full worker refuses a
+#: new session before its stream handler runs (services/worker/admission.py).
+SESSION_METADATA_KEY = "resplit-session"
 
 
 def retry_hint(retry_after_ms: int) -> str:

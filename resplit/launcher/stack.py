@@ -245,6 +245,8 @@ def up(
         peers: list[str] = []
         for kind in CONTROL_SERVICES:  # the orchestrator comes last and is told where the others are
             extra = (peers if kind == "orchestrator" else []) + extra_args.get(kind, [])
+            if kind == "orchestrator":  # what it knows outlives its own restart (keep.py)
+                extra = ["--memory-file", str(state_dir / "orchestrator-memory.json"), *extra]
             peers += [f"--{kind}-address", start(kind, kind, extra).address]
         if gateway_port is not None:
             api = ["--orchestrator-address", peers[peers.index("--orchestrator-address") + 1]]

@@ -114,6 +114,10 @@ def _wrap_streaming(method: str, behavior: Callable[..., Any]) -> Callable[..., 
     return handler
 
 
+#: What a server interceptor is given to find a method's handler.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
 def rewrapped(
     handler: grpc.RpcMethodHandler,
     wrap_unary: Callable[[Callable[..., Any]], Callable[..., Any]],

@@ -106,6 +106,9 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
     if security.token:
         interceptors.append(TokenInterceptor(security.token))
+    # After the token check, before the caps: a service's own admission (a full worker's
+    # new sessions) refuses before a call takes a slot or its handler runs.
+    interceptors += getattr(service, "interceptors", list)()
     # After the token check: a caller without the token never takes a slot.
     caps = Caps(settings.max_rpcs, settings.max_rpcs_per_client, settings.retry_after_ms)
     interceptors.append(LimitInterceptor(caps, service.name))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
+from ..core.limits import SESSION_METADATA_KEY
 from ..rpc.channels import aio_channel
 from ..v1 import (
     common_pb2,
@@ -200,7 +201,9 @@ class AsyncClient(ClientBase):
     ) -> AsyncIterator[GeneratedToken]:
         """One Forward stream; on a move, fills ``outcome`` with (this call, newer route)."""
         address = exchange.route.hops[0].address
-        call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(timeout=self.timeout_s)
+        call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(
+            timeout=self.timeout_s, metadata=((SESSION_METADATA_KEY, exchange.session_id),)
+        )
         moving, answered = False, False
         try:
             for message in messages:

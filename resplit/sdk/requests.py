@@ -125,11 +125,13 @@ def overload_wait_s(attempt: int, hint_ms: int, jitter: float = 1.0) -> float:
 
 def suspects(route: common_pb2.Route, error: grpc.RpcError) -> list[str]:
     """The nodes to report after ``error`` on ``route``: every node of the route when
-    a hop was lost (UNAVAILABLE: refused, gone, or silent past the step timeout), none
-    otherwise. The client cannot tell which hop behind the first one failed; the
-    orchestrator checks each node itself, so naming a healthy one costs one Ping."""
+    a hop was lost (UNAVAILABLE: refused, gone, or silent past the step timeout) or does
+    not host its part (NOT_FOUND: a worker that restarted empty while the plan still
+    names it; the orchestrator then rolls the plan out again), none otherwise. The
+    client cannot tell which hop behind the first one failed; the orchestrator checks
+    each node itself, so naming a healthy one costs one Ping (and one GetStatus)."""
     code = error.code() if hasattr(error, "code") else None
-    if code != grpc.StatusCode.UNAVAILABLE:
+    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
         return []
     return list(dict.fromkeys(hop.node_id for hop in route.hops if hop.node_id))
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,6 +27,11 @@ from ..v1 import broadcaster_pb2, common_pb2
 from . import keys
 
 T = TypeVar("T")
+
+#: Connections one store keeps to Redis at most (each service has one store; a worker two).
+MAX_CONNECTIONS = 16
+#: How long a command waits for a free connection of the pool before it fails (a RedisError).
+POOL_WAIT_S = 10.0
 
 # Store a plan only if its epoch is above the committed one: epochs only go up.
 _PUT_PLAN = """
@@ -50,6 +55,12 @@ local nxt = math.max(counter, committed, floor) + 1
 redis.call('SET', KEYS[1], nxt)
 return nxt
 """
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    """A Redis stream id ``ms-seq`` as a number pair, to order ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _transient(error: Exception) -> bool:
@@ -93,18 +104,32 @@ class StaleEpochError(ValueError):
 class StateStore:
     """Async access to resplit's shared state in Redis."""
 
-    def __init__(self, url: str, *, socket_timeout_s: float = 2.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout_s: float = 2.0,
+        retries: int = 3,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.url = url
         self.retries = retries
         self._backoff = ExponentialBackoff(cap=1.0, base=0.05)
-        self.redis = aioredis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            retry=ConnectionRetry(self._backoff, retries),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            health_check_interval=5,
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": socket_timeout_s,
+            "retry": ConnectionRetry(self._backoff, retries),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "health_check_interval": 5,
+        }
+        # A bounded pool: callers beyond it wait for a connection (up to POOL_WAIT_S) instead
+        # of opening more. redis-py's default pool has no bound and keeps every connection it
+        # ever opened: under the soak's bursts (32 clients' GetRoutes piling up while Redis
+        # restarted) the orchestrator's grew to 31 more sockets, and Redis's file count with it.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=POOL_WAIT_S, **self._options
         )
+        self.redis = aioredis.Redis.from_pool(pool)
         self._put_plan = self.redis.register_script(_PUT_PLAN)
         self._next_epoch = self.redis.register_script(_NEXT_EPOCH)
 
@@ -402,6 +427,53 @@ class StateStore:
                     event.measured_latency_ms = float(value)
         return events
 
+    async def events_after(self, deployment: str, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """(stream id, serialized event) of the decision log, oldest first: the newest
+        ``limit`` with ``after`` None, else from ``after`` on, ``after`` itself included
+        when the stream still holds it (so a caller tells a stream that lost it)."""
+        if after is None:
+            rows = list(reversed(await self.redis.xrevrange(keys.events(deployment), count=limit)))
+        else:
+            rows = await self.redis.xrange(keys.events(deployment), min=after, count=limit + 1)
+        return [(row_id.decode(), fields[b"event"]) for row_id, fields in rows]
+
+    async def measured_latencies(self, deployment: str, ids: list[str]) -> dict[str, float]:
+        """The measured latency recorded for each of ``ids`` that has one."""
+        if not ids:
+            return {}
+        values = await self.redis.hmget(keys.measured_latency(deployment), ids)
+        return {i: float(v) for i, v in zip(ids, values, strict=True) if v is not None}
+
+    async def restore_events(
+        self, deployment: str, kept: list[tuple[str, bytes]], measured: dict[str, float]
+    ) -> bool:
+        """Write ``kept`` (oldest first, with their stream ids) back in front of whatever the
+        decision log holds now (events appended since Redis lost it), with their measured
+        latencies. One transaction, watched: False (nothing written) when an event was
+        appended meanwhile, so the caller tries again with a fresh read."""
+        key = keys.events(deployment)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                newer = [(i.decode(), f[b"event"]) for i, f in await pipe.xrange(key)]
+                kept_ids = {i for i, _ in kept}
+                pipe.multi()
+                pipe.delete(key)
+                last: tuple[int, int] | None = (0, 0)
+                for entry_id, raw in kept + [(i, raw) for i, raw in newer if i not in kept_ids]:
+                    # From an id at or below the last written on (a clock gone back), new ids.
+                    if last is not None and _stream_id(entry_id) <= last:
+                        last = None
+                    pipe.xadd(key, {"event": raw}, id=entry_id if last is not None else "*")
+                    last = _stream_id(entry_id) if last is not None else None
+                if measured:
+                    values = {i: repr(v) for i, v in measured.items()}
+                    pipe.hset(keys.measured_latency(deployment), mapping=values)
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
+
     # -- control loop: t_last and measured latency after a change ------------
     async def record_change(self, deployment: str, at: float, event_id: str) -> None:
         """Remember t_last (Alg. 1) and the event of the change, whose latency is not measured yet."""
@@ -444,11 +516,15 @@ class StateStore:
 
     async def watch_routes(self, deployment: str) -> AsyncIterator[common_pb2.Route]:
         """Routes of ``deployment`` as they are published (until the caller stops)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(keys.route_channel(deployment))
+        # Its own connection, outside the bounded pool: a subscription holds one for as long
+        # as it lasts, and watchers must not starve the pool's short commands.
+        client = aioredis.Redis.from_url(self.url, **self._options)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
+            await pubsub.subscribe(keys.route_channel(deployment))
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     yield common_pb2.Route.FromString(message["data"])
         finally:
             await pubsub.aclose()
+            await client.aclose()

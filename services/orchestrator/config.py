@@ -72,6 +72,11 @@ class OrchestratorSettings(ServiceSettings):
         gt=0,
         description="the measured samples a check compares with: this long back, at most to the last change",
     )
+    memory_file: str = Field(
+        "",
+        description="a file where the orchestrator keeps the deployments, plans and epochs it last saw, "
+        "read at start: a restart while Redis is empty then loses nothing (empty: kept in memory only)",
+    )
     measure_after_s: float = Field(
         5.0, ge=0, description="wait after a change before its measured latency goes into the decision log"
     )

@@ -55,10 +55,12 @@ class Deployer:
         self.commits = commits
 
     async def deploy(
-        self, spec: common_pb2.Deployment, segments: list[common_pb2.Segment]
+        self, spec: common_pb2.Deployment, segments: list[common_pb2.Segment], epoch_floor: int = 0
     ) -> tuple[common_pb2.Deployment, common_pb2.Plan]:
         """(the deployment as stored, with its policy and model facts filled in; the
-        committed plan). The caller remembers both: Redis may lose them at any moment."""
+        committed plan). The caller remembers both: Redis may lose them at any moment.
+        ``epoch_floor``: the highest epoch the name ever had (its workers may still know it
+        after an undeploy, and Redis may have lost the counter): the plan's epoch is above it."""
         if not spec.name:
             raise CommitError(grpc.StatusCode.INVALID_ARGUMENT, "deployment name is required")
         compression = spec.compression or "none"
@@ -93,7 +95,8 @@ class Deployer:
 
         started = time.perf_counter()
         change = Change(record, common_pb2.Plan(segments=segments), reason="deploy", store_spec=True)
-        plan = (await self.commits.commit(spec.name, change)).or_raise()
+        floor = common_pb2.Plan(deployment=spec.name, epoch=epoch_floor)
+        plan = (await self.commits.commit(spec.name, change, fallback=floor)).or_raise()
         log.info(
             "deployed %s epoch %d in %.0f ms", spec.name, plan.epoch, (time.perf_counter() - started) * 1e3
         )

@@ -17,9 +17,11 @@ from .commit import CommitError, Commits
 from .config import OrchestratorSettings
 from .deployer import Deployer
 from .failures import MAX_REPORTED_NODES, FailureChecks
+from .keep import MemoryFile
 from .layers import LayerSwaps
 from .loop import ControlLoop
 from .memory import LastKnown
+from .repairs import Repairs
 from .rollouts import Broadcaster
 
 
@@ -81,7 +83,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.DeployRequest, context
     ) -> orchestrator_pb2.DeployResponse:
         try:
-            deployment, plan = await self.deployer.deploy(request.deployment, list(request.segments))
+            floor = self.memory.epochs.get(request.deployment.name, 0)
+            deployment, plan = await self.deployer.deploy(request.deployment, list(request.segments), floor)
         except CommitError as exc:
             await context.abort(exc.code, str(exc))
         # Both, at once: the background sync would only pick the deployment up from Redis a
@@ -91,10 +94,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def Undeploy(self, request: orchestrator_pb2.UndeployRequest, context):
         name = await _require_name(request.deployment, context)
-        self.memory.forget(name)
+        known = self.memory.forget(name)  # first: a sync meanwhile must not write it back
         try:
             await self.deployer.undeploy(name)
         except CommitError as exc:
+            self.memory.unforget(name, known)
             await context.abort(exc.code, str(exc))
         return orchestrator_pb2.UndeployResponse()
 
@@ -191,8 +195,11 @@ class OrchestratorService:
         # One broadcaster channel for every plan change; stop() closes it.
         self.commits = Commits(self.store, Broadcaster(settings.broadcaster_address), settings)
         self.loop: ControlLoop | None = None
-        self.memory = LastKnown(self.store)
-        self.failures = FailureChecks(self.store, settings.failure_check_timeout_s, self._wake)
+        self.memory = LastKnown(self.store, file=MemoryFile(settings.memory_file))
+        self.repairs = Repairs(self.store, self.commits)
+        self.failures = FailureChecks(
+            self.store, settings.failure_check_timeout_s, self._wake, repair=self.repairs.request
+        )
 
     def _wake(self) -> None:
         if self.loop is not None:
@@ -218,6 +225,7 @@ class OrchestratorService:
             await self.loop.stop()
             self.loop = None
         await self.memory.stop()
+        await self.repairs.close()
         await self.failures.close()
         await self.commits.broadcaster.close()
         await self.store.close()

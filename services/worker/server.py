@@ -30,6 +30,7 @@ from resplit.models import preload
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
+from .admission import SessionAdmission
 from .agent import Agent
 from .compute import Compute
 from .config import WorkerSettings
@@ -222,6 +223,10 @@ class WorkerService:
         del self.node.hosted[:]
         for hosted in self.hosting:
             self.node.hosted.add(start=hosted.start, end=hosted.end)
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """A new session over --max-sessions is refused before its stream handler runs."""
+        return [SessionAdmission(self.sessions)]
 
     def register(self, server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), server)

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from resplit.core.limits import SESSION_METADATA_KEY
 from resplit.rpc.channels import aio_channel
 from resplit.v1 import worker_pb2, worker_pb2_grpc
 
@@ -56,12 +57,18 @@ class Downstream:
     """This session's Forward stream to the next hop."""
 
     def __init__(
-        self, stub: worker_pb2_grpc.WorkerServiceStub, address: str, units: tuple[int, int], node_id: str = ""
+        self,
+        stub: worker_pb2_grpc.WorkerServiceStub,
+        address: str,
+        units: tuple[int, int],
+        node_id: str = "",
+        session_id: str = "",
     ) -> None:
         self.address = address
         self.units = units
         self.node_id = node_id
-        self.call = stub.Forward()
+        # The session in the metadata: a full next hop refuses it before its handler runs.
+        self.call = stub.Forward(metadata=((SESSION_METADATA_KEY, session_id),) if session_id else None)
         self._watch: asyncio.Task[None] | None = None
 
     async def open(self, request: worker_pb2.ForwardRequest) -> None:
@@ -89,6 +96,13 @@ class Downstream:
         try:
             await self.call.write(message)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INTERNAL:
+                # A write to a stream the next hop already ended: grpc.aio reports its own
+                # INTERNAL ("Internal error from Core") and the hop's status is lost. The hop
+                # went away or refused: UNAVAILABLE, which the client recovers from, as the SDK does.
+                raise HopError(
+                    grpc.StatusCode.UNAVAILABLE, f"next hop {self.address}: stream ended: {exc.details()}"
+                ) from None
             raise _hop_error(exc, f"next hop {self.address}") from None
         except asyncio.InvalidStateError:
             raise await self._failed() from None

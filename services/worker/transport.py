@@ -342,7 +342,11 @@ class Forwarding:
             opened.ring_key = slot.key
         units = (next_hop.units.start, next_hop.units.end)
         hop.downstream = Downstream(
-            self.channels.stub(next_hop.address), next_hop.address, units, next_hop.node_id
+            self.channels.stub(next_hop.address),
+            next_hop.address,
+            units,
+            next_hop.node_id,
+            request.session_id,
         )
         await hop.downstream.open(worker_pb2.ForwardRequest(open=opened))
 

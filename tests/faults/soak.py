@@ -88,6 +88,9 @@ class Request:
     #: How long the request waited for a route (UNAVAILABLE: e.g. workers registering again
     #: after Redis came back empty), as an application retrying within its deadline does.
     route_wait_s: float = 0.0
+    #: When its longest gap ended (s since the run began), to name the faults behind it.
+    worst_gap_at: float = 0.0
+    ended_s: float = 0.0
 
 
 @dataclass
@@ -129,7 +132,10 @@ class Soak:
             workers=4,
             adaptive=True,
             worker_args=["--torch-threads", "1", *TTL],
-            orchestrator_args=["--control-interval-floor-s", "0.2", "--drain-deadline-s", "2"],
+            orchestrator_args=[
+                *("--control-interval-floor-s", "0.2", "--drain-deadline-s", "2"),
+                *("--memory-file", str(self.work / "orchestrator-memory.json")),
+            ],
         ).start()
         self._deploy("soak", self.llama, START)
         bert_units = num_units(Checkpoint(self.bert).config)
@@ -329,6 +335,8 @@ class Soak:
                     async for token in client.generate_ids(prompt, route, _sampling(request)):
                         now = time.perf_counter()
                         if request.got:
+                            if not request.gaps or now - last > max(request.gaps):
+                                request.worst_gap_at = time.monotonic() - self.t0
                             request.gaps.append(now - last)
                         last = now
                         request.got.append(token.token_id)
@@ -336,6 +344,7 @@ class Soak:
                 request.error = _why(exc)
             except Exception as exc:  # a bug: recorded, the client goes on
                 request.error = f"{type(exc).__name__}: {exc}"[:300]
+            request.ended_s = time.monotonic() - self.t0
             self.requests.append(request)
 
     async def _route(self, client: AsyncClient, name: str, request: Request):
@@ -421,12 +430,51 @@ class Soak:
             "stall_max_ms": round(gaps[-1] * 1e3, 1) if gaps else None,
             "stall_p99_ms": round(gaps[int(0.99 * (len(gaps) - 1))] * 1e3, 1) if gaps else None,
             "gap_p50_ms": round(gaps[len(gaps) // 2] * 1e3, 2) if gaps else None,
+            "stalls_longest": self.stalls(),
+            "failures_during": self.failures_during(),
             "route_waits": sum(1 for r in self.requests if r.route_wait_s),
             "route_wait_max_s": round(max((r.route_wait_s for r in self.requests), default=0.0), 2),
             "processes": growth,
             "decisions": {"outcomes": dict(outcomes), "triggers": dict(triggers), "events": len(events)},
             "load_average": [round(x, 2) for x in psutil.getloadavg()],
         }
+
+    def _faults_between(self, start_s: float, end_s: float) -> str:
+        """The faults that held during [start_s, end_s] (or ended less than
+        AFTERMATH_S before it: recovery outlasts the fault), in a few words."""
+        found = [
+            f"{p.fault.kind} {p.fault.target} at {p.started_s:.0f} s"
+            for p in self.played
+            if p.started_s <= end_s and p.started_s + p.fault.hold_s + AFTERMATH_S >= start_s
+        ]
+        return ", ".join(found) or "no fault"
+
+    def stalls(self, count: int = 6) -> list[str]:
+        """The longest gaps between two tokens (one per moment), each with the faults around it."""
+        worst = sorted((r for r in self.requests if r.gaps), key=lambda r: -max(r.gaps))
+        lines, moments = [], []
+        for request in worst:
+            gap, at = max(request.gaps), request.worst_gap_at
+            if any(abs(at - m) < 2.0 for m in moments):
+                continue
+            moments.append(at)
+            lines.append(f"{gap:.1f} s ending at {at:.0f} s: {self._faults_between(at - gap, at)}")
+            if len(lines) == count:
+                break
+        return lines
+
+    def failures_during(self) -> dict[str, int]:
+        """Failed requests by the faults that held while they ran."""
+        return dict(
+            Counter(
+                self._faults_between(r.started_s, r.ended_s) for r in self.requests if r.error
+            ).most_common(8)
+        )
+
+
+#: How long after a fault ends its effects are still counted to it (a restarted worker
+#: loading, sessions replaying).
+AFTERMATH_S = 5.0
 
 
 def mean_gap_s(duration_s: float) -> float:
@@ -445,6 +493,10 @@ def verify(requests: list[Request], llama: Path, bert: Path, small: Path) -> tup
     """(tokens and embeddings checked, wrong, a line per wrong request) against the whole models."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    # One thread: the references are thousands of tiny forwards, and on a machine busy with
+    # other work two spinning OpenMP threads made them several times slower (a 90-s CI soak
+    # ran past its timeout in them, load average 8 on 2 cores).
+    torch.set_num_threads(1)
     models = {"llama": AutoModelForCausalLM.from_pretrained(llama).eval(),
               "small": AutoModelForCausalLM.from_pretrained(small).eval(),
               "bert": AutoModel.from_pretrained(bert).eval()}  # fmt: skip
@@ -505,7 +557,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Soak: seed {report['seed']}, {report['duration_s']:g} s, {report['clients']} clients", ""]
     keys = ("faults", "faults_by_kind", "faults_overlapping", "faults_not_done", "requests",
             "requests_by_kind", "tokens_checked", "tokens_wrong", "requests_wrong", "failed",
-            "failures_by_cause", "stall_max_ms", "stall_p99_ms", "gap_p50_ms", "route_waits",
+            "failures_by_cause", "failures_during", "stall_max_ms", "stall_p99_ms", "gap_p50_ms",
+            "stalls_longest", "route_waits",
             "route_wait_max_s", "decisions",
             "load_average")  # fmt: skip
     for key in keys:

@@ -26,7 +26,7 @@ from resplit.launcher.processes import ServiceProcess
 from resplit.models.tiny import build_tiny
 from resplit.rpc.channels import sync_channel
 from resplit.state import keys
-from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from resplit.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,32 @@ def test_sigkilled_middle_worker_sessions_replay_onto_a_resplit_plan(bed):
         assert any(t.name == "node_down" and t.subject == "worker-2" for t in change.triggers)
     finally:
         stack.worker_procs[2].start().wait_health("SERVING", timeout=60)
+
+
+def test_a_worker_that_lost_its_segment_gets_the_plan_rolled_out_again(bed):
+    """Worker-3 answers but no longer hosts S2 (as a worker restarted before anyone saw it
+    down): the sessions meet NOT_FOUND, report it, the orchestrator finds the segment
+    missing and rolls the same plan out again as a new epoch; every session finishes with
+    the right tokens (the 10-minute soak's 88 NOT_FOUND failures)."""
+    stack, model_dir, prompts, expected = bed
+    orch = stack.orchestrator.address
+    deploy(orch, "f-lost", model_dir, ON_3)
+    epoch = plan_of(orch, "f-lost").epoch
+    with sync_channel(stack.worker_procs[3].address) as channel:
+        worker_pb2_grpc.WorkerServiceStub(channel).ReleaseSegment(
+            worker_pb2.ReleaseSegmentRequest(
+                deployment="f-lost", epoch=epoch, units=common_pb2.UnitRange(start=3, end=7)
+            ),
+            timeout=10,
+        )
+    traffic = Traffic(orch, "f-lost", prompts).start()
+    traffic.release()  # no gate: the fault is already there
+    traffic.join()
+    check(traffic, expected, "a worker of the plan without its segment")
+    plan = plan_of(orch, "f-lost")
+    assert plan.epoch > epoch
+    assert [(s.units.start, s.units.end, s.node_id) for s in plan.segments] == ON_3
+    assert any(e.reason.startswith("repair: worker-3") for e in _events(orch, "f-lost"))
 
 
 def _events(orch: str, name: str) -> list[common_pb2.DecisionEvent]:

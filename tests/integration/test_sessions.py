@@ -15,8 +15,10 @@ from support import LocalStack, batch_rows, greedy, make_plan, spread, wait_for,
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
+from resplit.rpc.channels import sync_channel
 from resplit.sdk import AsyncClient, Client, Sampling
 from resplit.sdk.exchange import GenerateExchange
+from resplit.v1 import worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -304,6 +306,38 @@ def test_session_limit_answers_resource_exhausted_with_a_hint_the_sdk_retries_wi
             for session in held:
                 assert len(list(session)) == 4  # the held sessions finish untouched
             assert patient.result(timeout=60) == expected
+    _all_closed(limited.worker_procs)
+
+
+def test_a_full_worker_refuses_a_new_session_before_its_stream_handler_runs(limited):
+    """A Forward stream that names a new session in its metadata is refused
+    RESOURCE_EXHAUSTED with the hint without its handler looking at it (bench/overload.py:
+    a refusal in the handler cost a task and a segment lookup on the cores the admitted
+    sessions compute on). Its open names a deployment nobody hosts: the handler would have
+    answered NOT_FOUND."""
+    with Client(limited.orchestrator.address) as client:
+        route = client.route("limited")
+        held = [client._run(GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5))) for _ in range(2)]
+        for session in held:
+            next(session)
+        never = threading.Event()
+
+        def requests():
+            yield worker_pb2.ForwardRequest(open=worker_pb2.OpenSession(session_id="new", deployment="nope"))
+            never.wait(10)
+
+        with sync_channel(route.hops[0].address) as channel:
+            call = worker_pb2_grpc.WorkerServiceStub(channel).Forward(
+                requests(), timeout=10, metadata=(("resplit-session", "new"),)
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                next(iter(call))
+            never.set()
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+        assert "limit 2" in info.value.details()
+        assert ("retry-after-ms", "100") in tuple(info.value.trailing_metadata())
+        for session in held:
+            assert len(list(session)) == 4  # the held sessions finish untouched
     _all_closed(limited.worker_procs)
 
 

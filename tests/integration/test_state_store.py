@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from resplit.state import StateStore
 from resplit.state.store import StaleEpochError
 from resplit.v1 import common_pb2
 
@@ -29,13 +28,6 @@ def _plan(name: str, epoch: int, *nodes: str) -> common_pb2.Plan:
     for i, node_id in enumerate(nodes):
         plan.segments.add(units=common_pb2.UnitRange(start=i, end=i + 1), node_id=node_id)
     return plan
-
-
-@pytest.fixture
-async def store(redis_server):
-    s = StateStore(redis_server.url)
-    yield s
-    await s.close()
 
 
 async def _state_of(store, node_id: str) -> int:
@@ -185,3 +177,25 @@ async def test_transactional_writes_survive_a_redis_restart_under_pooled_connect
     await store.register_node(_node("edge-2"), ttl_s=30)
     assert sorted(d.name for d in await store.list_deployments()) == [f"e{i}" for i in range(6)]
     assert [n.node_id for n in await store.list_nodes()] == ["edge-2"]
+
+
+async def test_a_burst_of_commands_opens_at_most_the_pool_bound(store, redis_server):
+    """64 commands at once, twice, around a restart: at most MAX_CONNECTIONS sockets to
+    Redis (an unbounded pool kept one per command in flight: the soak's growing file count)."""
+    import redis as sync_redis
+
+    from resplit.state.store import MAX_CONNECTIONS
+
+    async def burst() -> None:
+        await asyncio.gather(*(store.list_nodes() for _ in range(64)))
+
+    def clients() -> int:
+        with sync_redis.Redis.from_url(redis_server.url) as raw:
+            return len(raw.client_list()) - 1  # less this one
+
+    await burst()
+    assert 1 <= clients() <= MAX_CONNECTIONS
+    redis_server.stop()
+    redis_server.start()
+    await burst()
+    assert 1 <= clients() <= MAX_CONNECTIONS

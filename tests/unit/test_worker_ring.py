@@ -83,7 +83,7 @@ class _Stub:
     def __init__(self, call: _Call) -> None:
         self.call = call
 
-    def Forward(self) -> _Call:
+    def Forward(self, metadata=None) -> _Call:
         return self.call
 
 

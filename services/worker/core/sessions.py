@@ -75,6 +75,15 @@ class SessionTable:
         to a new epoch, is open twice but counts once."""
         return len(self._per_id)
 
+    def refusal(self, session_id: str) -> str:
+        """Why a session ``session_id`` would be refused here now ("" if it would not)."""
+        if session_id in self._per_id or len(self._per_id) < self.limits.max_sessions:
+            return ""
+        return (
+            f"this worker already serves {len(self._per_id)} sessions (limit {self.limits.max_sessions}); "
+            f"{retry_hint(self.limits.retry_after_ms)} or use another route"
+        )
+
     def open(self, session: Session) -> Session:
         if session.key in self._sessions:
             raise Duplicate(
@@ -83,12 +92,9 @@ class SessionTable:
         # The limit counts sessions, not their segments: one already here opening another
         # segment (S1 and S3 on one worker) or crossing to a new epoch (a live move, while
         # its old segment drains) is never refused, or a rollout under a full worker fails.
-        if session.session_id not in self._per_id and len(self._per_id) >= self.limits.max_sessions:
-            limit = self.limits.max_sessions
-            raise Exhausted(
-                f"this worker already serves {len(self._per_id)} sessions (limit {limit}); "
-                f"{retry_hint(self.limits.retry_after_ms)} or use another route"
-            )
+        refusal = self.refusal(session.session_id)
+        if refusal:
+            raise Exhausted(refusal)
         self._sessions[session.key] = session
         self._per_id[session.session_id] += 1
         session.hosted.sessions += 1

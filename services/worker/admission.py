@@ -1,0 +1,61 @@
+"""A full worker refuses a new session before its Forward stream handler runs.
+
+Why: under load far above what the workers serve, most Forward streams are refused
+(``--max-sessions``). Refused in the handler, each one still cost a task pumping its
+requests, reading and parsing its open message and looking up its segment, on the
+cores the admitted sessions compute on: with 8-token requests at 4x the unloaded rate,
+the stack served 0.75x its maximum (bench/overload.py). The SDK and the hops name the
+session a stream opens in its metadata (``resplit-session``); this interceptor reads
+it and, when the session table would refuse it, ends the stream RESOURCE_EXHAUSTED
+with the same message and retry hint at once. A stream without the metadata (an
+older client) is refused in the handler as before; a session already here (its other
+segment, or a move to a new epoch) is never refused.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from resplit.core.limits import RETRY_METADATA_KEY, SESSION_METADATA_KEY
+from resplit.rpc.interceptors import Continuation
+
+from .core.sessions import SessionTable
+
+FORWARD = "/resplit.v1.WorkerService/Forward"
+
+
+def _session_of(details: grpc.HandlerCallDetails) -> str:
+    for key, value in details.invocation_metadata or ():
+        if key == SESSION_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
+
+
+class SessionAdmission(grpc.aio.ServerInterceptor):
+    def __init__(self, sessions: SessionTable) -> None:
+        self.sessions = sessions
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method != FORWARD:
+            return handler
+        session_id = _session_of(details)
+        refusal = self.sessions.refusal(session_id) if session_id else ""
+        if not refusal:
+            return handler
+        hint = ((RETRY_METADATA_KEY, str(self.sessions.limits.retry_after_ms)),)
+
+        async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
+            # The open message is taken first (a parse, no more): a status that arrives while
+            # the caller still writes it is lost to the caller (grpc.aio: "Internal error from Core").
+            async for _ in requests:
+                break
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, trailing_metadata=hint)
+
+        return grpc.stream_stream_rpc_method_handler(
+            refuse,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
