@@ -2,7 +2,8 @@
 
 Its length is ``RESPLIT_SOAK_S`` (default 30 s of traffic and faults, on top of about half a
 minute of start-up and checking; 90 s passes too, docs/OPERATIONS.md, but does not fit the
-suite's 10-minute budget on two cores: the suite is bound by CPU, not by waiting); the same seed always plays the same faults. Every
+suite's 10-minute budget on two cores: the suite is bound by CPU, not by waiting); the same
+seed always plays the same faults. Every
 token of every request must be the whole model's, and a request may fail only for a
 cause the schedule made (none is expected: a lost hop is recovered, an overload retried).
 """
