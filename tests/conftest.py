@@ -90,13 +90,3 @@ def stack() -> Iterator[LocalStack]:
         yield local.start()
     finally:
         local.stop()
-
-
-#: Modules that run long for the few tests they hold (property tests of the exact solver),
-#: collected first: `make test` hands modules to its two processes in collection order,
-#: and these came last, so one process ran them while the other had nothing left.
-FIRST = ("tests/unit/test_splitter_properties.py", "tests/unit/test_splitter_privacy.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in FIRST)  # stable: the rest keep order
