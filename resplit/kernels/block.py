@@ -22,6 +22,7 @@ import torch
 
 from . import native
 
+#: block.c's proj_t.format codes (gemv.c's layouts).
 FORMATS = {"fp32": 0, "int8": 1, "int4": 2, "bf16": 3}
 
 
@@ -70,18 +71,28 @@ def _proj(proj: Any) -> tuple[_Proj, list[torch.Tensor]] | str:
         weight, bias = proj
         if not (_fp32(weight) and _fp32(bias)) or weight.shape[1] % native.ALIGN:
             return "an fp32 projection the kernels cannot take"
-        return _Proj(0, weight.shape[0], weight.shape[1], weight.data_ptr(), None, None, _ptr(bias)), [weight]
+        return _Proj(
+            FORMATS["fp32"], weight.shape[0], weight.shape[1], weight.data_ptr(), None, None, _ptr(bias)
+        ), [weight]
     if not getattr(proj, "native", False) or not _fp32(proj.bias):
         return f"a {getattr(proj, 'weights', type(proj).__name__)} projection off the native kernels"
     if proj.weights == "bf16":
         tensors = [proj.weight]
-        view = _Proj(3, proj.out_features, proj.in_features, proj.weight.data_ptr(), None, None)
+        view = _Proj(FORMATS["bf16"], proj.out_features, proj.in_features, proj.weight.data_ptr(), None, None)
     elif proj.weights == "int8":
         tensors = [proj.qweight, proj.scales]
-        view = _Proj(1, proj.out_features, proj.in_features, proj.qweight.data_ptr(), proj.scales.data_ptr())
+        view = _Proj(
+            FORMATS["int8"],
+            proj.out_features,
+            proj.in_features,
+            proj.qweight.data_ptr(),
+            proj.scales.data_ptr(),
+        )
     else:
         tensors = [proj.packed, proj.scales, proj.zeros]
-        view = _Proj(2, proj.out_features, proj.in_features, *(t.data_ptr() for t in tensors), None)
+        view = _Proj(
+            FORMATS["int4"], proj.out_features, proj.in_features, *(t.data_ptr() for t in tensors), None
+        )
     view.bias = _ptr(proj.bias)
     return view, tensors
 
