@@ -36,6 +36,7 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +90,14 @@ class Shapes:
 async def _pump(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    way: OneWay,
-    rtt_s: float,
+    way: Callable[[], OneWay],
     rng: random.Random,
 ) -> None:
-    """Copy ``reader`` to ``writer``, each chunk at its deliver_at time."""
+    """Copy ``reader`` to ``writer``, each chunk at its deliver_at time.
+
+    ``way`` is asked again for each chunk: a connection outlives shape changes (a gRPC
+    channel stays open for a run), and a delay read once at its accept never changed
+    for it; the monitor's probes then kept their unshaped RTT."""
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def send() -> None:
@@ -116,7 +120,8 @@ async def _pump(
             data = await reader.read(CHUNK)
             if not data:
                 break
-            last = deliver_at(last, time.monotonic(), way, rtt_s, rng)
+            now_way = way()
+            last = deliver_at(last, time.monotonic(), now_way, 2 * now_way.delay_ms / 1000, rng)
             queue.put_nowait((last, data))
     except (ConnectionError, OSError):
         pass
@@ -150,12 +155,14 @@ class Relay:
         for s in (sock, up_writer.get_extra_info("socket")):
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        way = both_links(self.shapes.get(peer), self.shapes.get(self.own_address))
-        rtt_s = 2 * way.delay_ms / 1000
+
+        def way() -> OneWay:
+            return both_links(self.shapes.get(peer), self.shapes.get(self.own_address))
+
         try:
             await asyncio.gather(
-                _pump(reader, up_writer, way, rtt_s, self.rng),
-                _pump(up_reader, writer, way, rtt_s, self.rng),
+                _pump(reader, up_writer, way, self.rng),
+                _pump(up_reader, writer, way, self.rng),
             )
         finally:
             for w in (writer, up_writer):

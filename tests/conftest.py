@@ -18,8 +18,27 @@ os.environ.pop("LINES", None)
 import pytest
 from support import LocalStack
 
-from resplit.launcher.processes import RedisServer, ServiceProcess
+from resplit.launcher.processes import RedisServer, ServiceProcess, port_range
 from resplit.models.tiny import FAMILIES, build_tiny
+
+
+def _own_ports() -> None:
+    """Each of make test's processes hands out ports from its own slice of the range.
+
+    Why: each process knows only the ports it handed out; a port one chose and had not
+    bound yet (or freed while its service restarted on it) was taken by the other, and a
+    worker failed to start with "Address already in use".
+    """
+    name, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (name.startswith("gw") and count.isdigit()):
+        return
+    low, high = port_range()
+    width = (high - low) // int(count)
+    index = int(name[2:])
+    os.environ["RESPLIT_PORT_RANGE"] = f"{low + index * width}-{low + (index + 1) * width}"
+
+
+_own_ports()
 
 
 @pytest.fixture

@@ -78,6 +78,29 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+#: Environment variable naming the ports free_port chooses from, as ``LOW-HIGH`` (HIGH
+#: excluded). Why: two launchers on one host (test processes run side by side) each know
+#: only the ports they handed out; a port one of them chose but has not bound yet, or
+#: one freed while its service restarts on it, can be taken by the other. Disjoint
+#: ranges make that impossible.
+PORT_RANGE_ENV = "RESPLIT_PORT_RANGE"
+
+
+def port_range() -> tuple[int, int]:
+    """The ports free_port chooses from: $RESPLIT_PORT_RANGE, else 12000 under the ephemeral range."""
+    given = os.environ.get(PORT_RANGE_ENV, "")
+    if given:
+        try:
+            low, high = (int(part) for part in given.split("-"))
+        except ValueError:
+            raise LaunchError(f"{PORT_RANGE_ENV}={given!r}: expected LOW-HIGH, e.g. 20000-26000") from None
+        if not 1024 <= low < high <= 65536:
+            raise LaunchError(f"{PORT_RANGE_ENV}={given!r}: expected 1024 <= LOW < HIGH <= 65536")
+        return low, high
+    low, _ = _ephemeral_range()
+    return max(1024, low - 12000), low
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that is free right now, chosen below the kernel's ephemeral range.
 
@@ -86,10 +109,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     client socket may take it. Ports under the ephemeral range are only ever
     taken by an explicit bind.
     """
-    low, _ = _ephemeral_range()
-    start = max(1024, low - 12000)
+    start, stop = port_range()
     for _ in range(200):
-        port = random.randrange(start, low)
+        port = random.randrange(start, stop)
         if port in _GIVEN:  # handed out already, maybe not bound yet
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -10,6 +10,8 @@ capped: a probe must tell a busy service from a dead one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -39,8 +41,31 @@ def identity_of(context: grpc.aio.ServicerContext) -> str:
     return client_identity(names, context.peer() or "")
 
 
-async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
+#: How long a refused stream waits for its first request before the refusal is sent anyway.
+FIRST_REQUEST_WAIT_S = 1.0
+
+
+async def _first_request(requests: Any) -> None:
+    """Take a streamed call's first request (a parse, no more), waiting a moment at most.
+
+    Why: a status sent while the caller still writes its first message is lost to the
+    caller, who sees INTERNAL ("Internal error from Core") instead of the refusal and
+    its retry hint. A unary request has arrived already; there is nothing to take.
+    """
+    if not hasattr(requests, "__aiter__"):
+        return
+
+    async def take() -> None:
+        async for _ in requests:
+            break
+
+    with contextlib.suppress(TimeoutError, grpc.RpcError):
+        await asyncio.wait_for(take(), FIRST_REQUEST_WAIT_S)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal, requests: Any) -> None:
     RPCS_REFUSED.inc()
+    await _first_request(requests)
     await context.abort(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         refusal.message,
@@ -64,12 +89,12 @@ class LimitInterceptor(grpc.aio.ServerInterceptor):
             return handler
         return rewrapped(handler, self._unary, self._streaming)
 
-    async def _enter(self, context: grpc.aio.ServicerContext) -> str:
+    async def _enter(self, requests: Any, context: grpc.aio.ServicerContext) -> str:
         """Take a slot for this call (its client's identity), or end it RESOURCE_EXHAUSTED."""
         client = identity_of(context)
         refusal = self.admission.admit(client)
         if refusal is not None:
-            await _refuse(context, refusal)  # raises AbortError
+            await _refuse(context, refusal, requests)  # raises AbortError
         RPCS_IN_FLIGHT.inc()
         return client
 
@@ -79,7 +104,7 @@ class LimitInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            client = await self._enter(context)
+            client = await self._enter(request_or_iterator, context)
             try:
                 return await behavior(request_or_iterator, context)
             finally:
@@ -89,7 +114,7 @@ class LimitInterceptor(grpc.aio.ServerInterceptor):
 
     def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            client = await self._enter(context)
+            client = await self._enter(request_or_iterator, context)
             try:
                 if inspect.isasyncgenfunction(behavior):
                     async for item in behavior(request_or_iterator, context):

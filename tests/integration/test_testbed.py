@@ -207,7 +207,11 @@ def test_netem_delay_shows_in_the_measured_rtt_or_is_refused_with_the_reason(bed
         rtt = wait_for(lambda: (r := _rtt(address, "n2", "n0")) >= 19 and r, 30, 0.05, "n2>n0 RTT >= 20 ms")
         assert rtt < 60, rtt
         assert _rtt(address, "n0", "n1") < 15  # other nodes' links keep their RTT
-        print(f"n2>n0 RTT with netem delay 20 ms: {rtt:.1f} ms; bandwidth {_link(address, 'n2', 'n0'):.1f}")
+        # netem delays n2's egress only (RTT 20 ms); the relay holds both ways (RTT 40 ms)
+        mode = testbed.network.delay_mode
+        print(
+            f"n2>n0 RTT with a 20 ms delay ({mode}): {rtt:.1f} ms; bandwidth {_link(address, 'n2', 'n0'):.1f}"
+        )
     finally:
         n2.shape()
 

@@ -76,3 +76,38 @@ def test_the_delay_relay_holds_each_chunk_in_order_with_jitter_and_loss():
     assert deliver_at(0.0, 5.0, OneWay(20.0), 0.04, rng) == pytest.approx(5.02)
     lost = deliver_at(0.0, 5.0, OneWay(20.0, 0.0, 100.0), 0.04, rng)
     assert lost == pytest.approx(5.06)  # held one round trip more
+
+
+async def test_the_relay_applies_a_shape_change_to_a_connection_already_open():
+    """A gRPC channel stays open across shape changes: its chunks must take the new delay."""
+    import asyncio
+    import random
+    import time
+
+    from testbed.relay import OneWay, _pump
+
+    shape = {"way": OneWay()}
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1):
+            arrived.put_nowait(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, into_writer = await asyncio.open_connection("127.0.0.1", port)
+    feed = asyncio.StreamReader()
+    pump = asyncio.create_task(_pump(feed, into_writer, lambda: shape["way"], random.Random(0)))
+    try:
+        for delay_ms in (0.0, 40.0):
+            shape["way"] = OneWay(delay_ms)
+            sent = time.monotonic()
+            feed.feed_data(b"x")
+            took_ms = (await asyncio.wait_for(arrived.get(), 5) - sent) * 1000
+            assert delay_ms <= took_ms < delay_ms + 30, (delay_ms, took_ms)
+    finally:
+        feed.feed_eof()
+        await asyncio.wait_for(pump, 5)
+        into_writer.close()
+        server.close()
