@@ -83,7 +83,7 @@ lint: $(STAMP)
 # ratio, a tight timing) alone. Both parts always run.
 PYTEST_PROCESSES ?= 2
 suite = status=0; \
-	$(1) -m pytest -n $(PYTEST_PROCESSES) --dist loadfile -m "not serial" || status=$$?; \
+	$(1) -m pytest -n $(PYTEST_PROCESSES) --dist loadfile -m "not serial" --durations=25 || status=$$?; \
 	$(1) -m pytest -m serial || status=$$?; \
 	exit $$status
 test: setup lint proto-check

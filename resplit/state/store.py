@@ -101,6 +101,26 @@ class StaleEpochError(ValueError):
         self.committed = committed
 
 
+class RouteWatch:
+    """Routes published on one deployment's channel, from a subscription already made."""
+
+    def __init__(self, client: aioredis.Redis, pubsub: Any) -> None:
+        self._client = client
+        self._pubsub = pubsub
+
+    def __aiter__(self) -> AsyncIterator[common_pb2.Route]:
+        return self._routes()
+
+    async def _routes(self) -> AsyncIterator[common_pb2.Route]:
+        async for message in self._pubsub.listen():
+            if message.get("type") == "message":
+                yield common_pb2.Route.FromString(message["data"])
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+        await self._client.aclose()
+
+
 class StateStore:
     """Async access to resplit's shared state in Redis."""
 
@@ -514,17 +534,21 @@ class StateStore:
         """Tell subscribers about a committed route; returns how many got it."""
         return int(await self.redis.publish(keys.route_channel(route.deployment), route.SerializeToString()))
 
-    async def watch_routes(self, deployment: str) -> AsyncIterator[common_pb2.Route]:
-        """Routes of ``deployment`` as they are published (until the caller stops)."""
+    async def watch_routes(self, deployment: str) -> RouteWatch:
+        """A subscription to ``deployment``'s published routes, in place when this returns.
+
+        Why subscribed before it returns: a watcher reads the current plan and then waits
+        for newer routes; subscribed only once it starts waiting, a route published in
+        between was lost to it (and its client kept the old route until the next change).
+        Iterate it for the routes; ``aclose`` it when done."""
         # Its own connection, outside the bounded pool: a subscription holds one for as long
         # as it lasts, and watchers must not starve the pool's short commands.
         client = aioredis.Redis.from_url(self.url, **self._options)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(keys.route_channel(deployment))
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    yield common_pb2.Route.FromString(message["data"])
-        finally:
+        except BaseException:
             await pubsub.aclose()
             await client.aclose()
+            raise
+        return RouteWatch(client, pubsub)

@@ -143,7 +143,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def WatchRoute(self, request: orchestrator_pb2.WatchRouteRequest, context):
         name = await _require_name(request.deployment, context)
         last = request.after_epoch
-        updates = self.store.watch_routes(name)
+        try:
+            updates = await self.store.watch_routes(name)  # subscribed before the plan is read
+        except RedisError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the state store is unreachable: {exc}")
         try:
             plan = await self.store.get_plan(name)
             if plan is not None and plan.epoch > last:
