@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..config import ServiceSettings
 from ..core.limits import Caps
+from ..gcpolicy import freeze_startup
 from ..telemetry import SERVICE_INFO, SERVICE_UP, setup_logging
 from .channels import channel_options
 from .health import Readiness
@@ -165,6 +166,7 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
     watcher: asyncio.Task[None] | None = None
     try:
         await service.start()
+        log.debug("%s: %d start-up objects frozen for the collector", service.name, freeze_startup())
         watcher = asyncio.create_task(_watch_readiness(service, readiness, settings.health_interval_s))
         await stop.wait()
         log.info("%s shutting down (grace %.1fs)", service.name, settings.shutdown_grace_s)
