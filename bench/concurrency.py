@@ -30,6 +30,7 @@ Usage: python bench/concurrency.py [--sessions 1 4 16 64] [--tokens 32] [--block
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import statistics
 import tempfile
@@ -179,6 +180,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="resplit-concurrency-"))
     with console.status("sizing the model to this machine"):
         blocks, model_dir, model = model_for(work, args.blocks, args.target_ms, prompts(1)[0])
+    # The clients' receipt times are the per-token latencies: a full collection of this
+    # process's torch and transformers objects (a few hundred ms) would show as the stack's.
+    gc.freeze()
     first, second = 1 + blocks // 3, 1 + (2 * blocks) // 3
     split = [(0, first, "worker-0"), (first, second, "worker-1"), (second, blocks + 2, "worker-2")]
     rows = []
