@@ -102,6 +102,8 @@ def parse(raw: Any) -> dict[str, Any] | None:
         return None
     if any(not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool) for key in REQUIRED):
         return None
+    if any(raw[key] <= 0 for key in REQUIRED):  # transformers' validation says what is wrong
+        return None
     if raw.get("quantization_config") or raw.get("output_attentions"):
         return None
     kind = raw["model_type"]
@@ -114,6 +116,14 @@ def parse(raw: Any) -> dict[str, Any] | None:
         values["num_key_value_heads"] = heads
     if values["head_dim"] is None:
         values["head_dim"] = values["hidden_size"] // heads
+    kv_heads = values["num_key_value_heads"]
+    if (
+        not isinstance(kv_heads, int)
+        or kv_heads <= 0
+        or heads % kv_heads
+        or not isinstance(values["head_dim"], int)
+    ):
+        return None
     if values["hidden_act"] not in SILU:
         return None
     rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})

@@ -26,6 +26,7 @@ SHAPE = {
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
 }
+WIDE = {"num_attention_heads": 32, "hidden_size": 256}
 #: (model_type, fields beyond SHAPE): files as people write them, most fields left to defaults.
 FILES = [
     ("llama", {}),
@@ -36,11 +37,11 @@ FILES = [
     ("llama", {"attention_bias": True, "mlp_bias": True, "head_dim": 32, "tie_word_embeddings": True}),
     ("llama", {"rope_scaling": {"rope_type": "default"}, "rope_theta": 5.0, "head_dim": None}),
     ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}),
-    ("mistral", {"sliding_window": None}),
+    ("mistral", {"sliding_window": None, **WIDE}),  # WIDE: the default key/value heads divide 32
     ("mistral", {"sliding_window": None, "num_key_value_heads": 4, "head_dim": 32}),
     ("qwen2", {"num_key_value_heads": 2}),
-    ("qwen2", {"use_sliding_window": True, "max_window_layers": 8, "sliding_window": 16}),
-    ("qwen3", {}),
+    ("qwen2", {"use_sliding_window": True, "max_window_layers": 8, "sliding_window": 16, **WIDE}),
+    ("qwen3", WIDE),
     ("qwen3", {"head_dim": 16, "num_key_value_heads": 2, "attention_bias": True}),
 ]
 #: Files the lean build cannot run as transformers would: declined.
@@ -51,6 +52,8 @@ DECLINED = [
     ("llama", {"hidden_act": "gelu"}),
     ("llama", {"quantization_config": {"quant_method": "gptq"}}),
     ("gpt2", {}),
+    ("llama", {"num_key_value_heads": 3}),  # not a divisor of the heads: transformers' error
+    ("llama", {"hidden_size": -64}),
 ]
 
 
@@ -72,7 +75,8 @@ def test_every_field_the_lean_build_reads_is_transformers_value(tmp_path, kind, 
     blocks = range(expected.num_hidden_layers)
     for name in (*SHAPE, "num_key_value_heads", "hidden_act", "rms_norm_eps", "tie_word_embeddings"):
         assert getattr(got, name) == getattr(expected, name), name
-    assert got.head_dim == (getattr(expected, "head_dim", None) or expected.hidden_size // 4)
+    heads = expected.num_attention_heads
+    assert got.head_dim == (getattr(expected, "head_dim", None) or expected.hidden_size // heads)
     assert got.rope_parameters == expected.rope_parameters
     assert ATTENTION_BIAS[kind](got) == ATTENTION_BIAS[kind](expected)
     assert bool(getattr(got, "mlp_bias", False)) == bool(getattr(expected, "mlp_bias", False))
