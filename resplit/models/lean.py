@@ -17,8 +17,11 @@ sequence (:func:`rows`), one token each for decode steps or a whole prompt, the
 projections and MLP once over all of them and attention per session over its own
 cache (a prompt with a causal mask offset by what the cache holds); within 1e-4 of
 each session alone (a prompt longer than a chunk runs chunk by chunk through
-transformers' layers). Sliding-window layers, other attention implementations and
-unknown layer classes go through transformers' own layers.
+one session's path). One session's prompt takes :func:`prefill`: transformers' layer
+with SDPA op for op (its causal and masked attention, ``F.linear`` projections),
+bitwise equal on torch's kernels, so a segment built without transformers
+(``rotary_lean.py``) needs its layers for nothing. Sliding-window layers, other
+attention implementations and unknown layer classes go through transformers' own layers.
 """
 
 from __future__ import annotations
