@@ -21,6 +21,14 @@ from resplit.models.tiny import build_tokenizer, tiny_config
 
 PROMPT = [5, 17, 33, 8, 91, 40, 12, 7, 66, 150, 23]
 STEPS = 12
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8,
+}
 _decode = lean.decode
 
 
@@ -50,6 +58,8 @@ def models(tiny_models, tmp_path_factory) -> dict[str, object]:
             tiny_config("llama", vocab, attention_bias=True, mlp_bias=True), root / "llama-b"
         ),
         "mistral-no-window": _save(tiny_config("mistral", vocab, sliding_window=None), root / "mistral"),
+        # a rope table scaled at construction (transformers' rope functions compute it for the lean build too)
+        "llama-rope3": _save(tiny_config("llama", vocab, rope_parameters=LLAMA3_ROPE), root / "llama-rope3"),
     }
 
 
@@ -75,7 +85,9 @@ def _same(kernels: str, a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("kernels", ["torch", "native"])
-@pytest.mark.parametrize("family", ["llama", "llama-biased", "qwen2", "qwen3", "mistral-no-window"])
+@pytest.mark.parametrize(
+    "family", ["llama", "llama-biased", "llama-rope3", "qwen2", "qwen3", "mistral-no-window"]
+)
 def test_lean_decode_steps_are_bitwise_those_of_transformers_layers(models, family, kernels, monkeypatch):
     if kernels == "native" and not native.active():
         pytest.skip("the native decode kernels could not be built here")
@@ -109,7 +121,9 @@ def test_lean_decode_steps_are_bitwise_those_of_transformers_layers(models, fami
     assert len(calls) == STEPS * len(segments)  # every decode step of every segment took the lean step
 
 
-@pytest.mark.parametrize("family", ["llama", "llama-biased", "qwen2", "qwen3", "mistral-no-window"])
+@pytest.mark.parametrize(
+    "family", ["llama", "llama-biased", "llama-rope3", "qwen2", "qwen3", "mistral-no-window"]
+)
 def test_a_prompt_in_chunks_is_bitwise_what_transformers_layers_compute(models, family):
     """A prompt run in chunks after a cache (the worker's --prefill-chunk-tokens): the lean
     prefill's masked, grouped-query path against transformers' layers, bit for bit (a
