@@ -27,9 +27,13 @@ commit was measured.
 
 Writes a bar chart of the medians (``--plot``, default results/vs_llamacpp.png).
 
+``--memory-only`` skips llama.cpp and the timed rounds: the per-format RSS stacks alone
+(each worker's idle RSS, SERVING before the deploy, and its RSS after a short generation).
+
 Usage:
   python bench/vs_llamacpp.py --llama-cpp ~/llama.cpp [--blocks 15] [--tokens 32] [--rounds 3]
       [--threads 2] [--worker-arg=--decode-threads=2 ...] [--formats fp32,int8,int4]
+  python bench/vs_llamacpp.py --memory-only [--blocks 15] [--formats fp32,bf16,int8,int4]
 """
 
 from __future__ import annotations
@@ -180,7 +184,9 @@ def worker_memory(model_dir: Path, work: Path, blocks: int, weights: str, args: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llama-cpp", type=Path, required=True, help="llama.cpp source tree, built")
+    parser.add_argument(
+        "--llama-cpp", type=Path, help="llama.cpp source tree, built (required but with --memory-only)"
+    )
     parser.add_argument("--build", type=Path, help="its CMake build folder (default: <llama-cpp>/build)")
     parser.add_argument("--blocks", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per run")
@@ -201,6 +207,9 @@ def main() -> None:
         help="environment for the workers only, e.g. OMP_WAIT_POLICY=PASSIVE",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-format RSS stacks")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the per-format RSS stacks (no llama.cpp, no timing)"
+    )
     parser.add_argument("--rpc-threads", type=int, default=1, help="threads of each ggml-rpc-server")
     parser.add_argument(
         "--plot", type=Path, default=Path("results/vs_llamacpp.png"), help="where the bar chart goes"
@@ -211,11 +220,17 @@ def main() -> None:
     unknown = sorted(set(formats) - set(PAIRS))
     if unknown:
         raise SystemExit(f"unknown formats {unknown}; choose from {sorted(PAIRS)}")
+    console = Console(width=200)
+    work = Path(tempfile.mkdtemp(prefix="resplit-vs-llamacpp-"))
+    if args.memory_only:
+        model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
+        console.print(memory_table(model_dir, work, args.blocks, formats, args.worker_arg))
+        return
+    if args.llama_cpp is None:
+        raise SystemExit("--llama-cpp is required (or --memory-only)")
     build = args.build or args.llama_cpp / "build"
     if not (build / "bin" / "llama-bench").exists():
         raise SystemExit(f"{build / 'bin' / 'llama-bench'} not found: build llama.cpp first (see --help)")
-    console = Console(width=200)
-    work = Path(tempfile.mkdtemp(prefix="resplit-vs-llamacpp-"))
     model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
     with console.status("writing GGUF files and quantizing them with llama-quantize"):
         ggufs = gguf_models(model_dir, work, args.llama_cpp, build)
@@ -310,17 +325,23 @@ def main() -> None:
         values["resplit split x3"] = statistics.median(split[f])
         bars.append((f"{f} / {kind}", values))
     console.print(f"plot: {plot(args.plot, table.title, bars)}")
-    if args.no_memory:
-        return
+    if not args.no_memory:
+        console.print(memory_table(model_dir, work, args.blocks, formats, args.worker_arg))
+
+
+def memory_table(
+    model_dir: Path, work: Path, blocks: int, formats: list[str], worker_args: list[str]
+) -> Table:
+    """Every worker's RSS, idle and with its segment, one stack per format (:func:`worker_memory`)."""
     memory = Table(title="worker resident memory, one format deployed (MiB); bound 1.2 x segment + 300")
     for column in ("weights", "worker", "segment", "idle RSS", "RSS", "bound", "within"):
         memory.add_column(column, justify="right")
     for f in formats:
-        for node, size, idle, rss, bound in worker_memory(model_dir, work, args.blocks, f, args.worker_arg):
+        for node, size, idle, rss, bound in worker_memory(model_dir, work, blocks, f, worker_args):
             cells = (f"{size:.0f}", f"{idle:.0f}", f"{rss:.0f}", f"{bound:.0f}")
             memory.add_row(f, node, *cells, "yes" if rss <= bound else "NO")
         time.sleep(0.5)
-    console.print(memory)
+    return memory
 
 
 if __name__ == "__main__":

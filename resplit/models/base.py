@@ -57,6 +57,12 @@ class StepOutput:
 class Segment(nn.Module, ABC):
     """A contiguous unit range of one model, ready to run."""
 
+    #: Which code runs this segment's steps: "transformers" (its model classes, with the
+    #: lean decode step where ``lean_unavailable`` is None), "lean" (``rotary_lean.py``:
+    #: no transformers modeling code at all), "emulated". The worker's load log and
+    #: metrics name it.
+    engine = "transformers"
+
     def __init__(self, config: PretrainedConfig, start: int, end: int) -> None:
         super().__init__()
         self.config = config
@@ -194,8 +200,10 @@ class Family(ABC):
         end: int,
         tensors: dict[str, torch.Tensor],
         device: torch.device,
+        lean: bool = True,
     ) -> Segment:
-        """A segment for units [start, end) from exactly its tensors."""
+        """A segment for units [start, end) from exactly its tensors. ``lean``: take the
+        family's lean build or step where it has one (off: transformers' layers throughout)."""
 
     def tensor_names(self, checkpoint: Checkpoint, start: int, end: int) -> list[str]:
         wanted = set(range(start, end))

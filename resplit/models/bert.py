@@ -106,5 +106,5 @@ class Bert(Family):
             return {int(bare.split(".", 3)[2]) + 1}
         return set()  # pooler and task heads: not used by the embedding head
 
-    def build(self, config, start, end, tensors, device) -> Segment:
+    def build(self, config, start, end, tensors, device, lean=True) -> Segment:
         return BertSegment(config, start, end, tensors, device)

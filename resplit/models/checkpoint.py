@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import safe_open
 
+from . import lean_config
 from .arena import Arena, aligned
 
 if TYPE_CHECKING:
@@ -38,15 +39,23 @@ class CheckpointError(ValueError):
 
 
 class Checkpoint:
-    """A local Hugging Face model directory (config.json + safetensors)."""
+    """A local Hugging Face model directory (config.json + safetensors).
 
-    def __init__(self, model_dir: str | Path) -> None:
+    ``light``: a config the lean segments run (``lean_config.py``) is read without
+    transformers, as a :class:`~.lean_config.LeanConfig` (what a worker does, so that
+    serving a Llama-style model never imports transformers); any other config, and every
+    config without ``light``, is transformers' ``AutoConfig``."""
+
+    def __init__(self, model_dir: str | Path, light: bool = False) -> None:
         self.dir = Path(model_dir)
         if not (self.dir / "config.json").is_file():
             raise CheckpointError(f"no config.json in {self.dir} (is it a Hugging Face model directory?)")
-        from transformers import AutoConfig
+        config = lean_config.read(self.dir) if light else None
+        if config is None:
+            from transformers import AutoConfig
 
-        self.config: PretrainedConfig = AutoConfig.from_pretrained(self.dir, local_files_only=True)
+            config = AutoConfig.from_pretrained(self.dir, local_files_only=True)
+        self.config: PretrainedConfig | lean_config.LeanConfig = config
         self._files = self._index()
 
     def _index(self) -> dict[str, Path]:

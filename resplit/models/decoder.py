@@ -371,6 +371,6 @@ class Decoder(Family):
             return {head}
         return set()
 
-    def build(self, config, start, end, tensors, device) -> Segment:
+    def build(self, config, start, end, tensors, device, lean=True) -> Segment:
         check(config)
         return DecoderSegment(config, start, end, tensors, device, self.layout)

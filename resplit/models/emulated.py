@@ -69,6 +69,8 @@ class FakeCache:
 class EmulatedSegment(Segment):
     """Units [start, end) of the model in ``model_dir``, timed on an emulated device."""
 
+    engine = "emulated"
+
     def __init__(
         self,
         model_dir: str | Path,

@@ -119,5 +119,5 @@ class GPT2(Family):
             return {head}
         return set()
 
-    def build(self, config, start, end, tensors, device) -> Segment:
+    def build(self, config, start, end, tensors, device, lean=True) -> Segment:
         return GPT2Segment(config, start, end, tensors, device)

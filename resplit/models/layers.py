@@ -131,13 +131,16 @@ class Sourced(Checkpoint):
                 self._files[name] = self.sources[unit].file_of(name)
 
 
-def open_sourced(model_dir: str | Path, unit_dirs: Mapping[int, str]) -> Checkpoint:
+def open_sourced(model_dir: str | Path, unit_dirs: Mapping[int, str], light: bool = False) -> Checkpoint:
     """The checkpoint of a deployment's model with ``unit_dirs`` (block -> directory) read from
-    elsewhere, each checked with :func:`check_compatible` (LayerSourceError names the tensor)."""
-    base = Checkpoint(model_dir)
+    elsewhere, each checked with :func:`check_compatible` (LayerSourceError names the tensor).
+    ``light``: configs read without transformers where they can be (``Checkpoint``)."""
+    base = Checkpoint(model_dir, light=light)
     if not unit_dirs:
         return base
-    opened = {directory: Checkpoint(directory) for directory in dict.fromkeys(unit_dirs.values())}
+    opened = {
+        directory: Checkpoint(directory, light=light) for directory in dict.fromkeys(unit_dirs.values())
+    }
     for directory, other in opened.items():
         check_compatible(base, other, [u for u, d in unit_dirs.items() if d == directory])
     return Sourced(base, {unit: opened[d] for unit, d in unit_dirs.items()})

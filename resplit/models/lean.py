@@ -17,8 +17,11 @@ sequence (:func:`rows`), one token each for decode steps or a whole prompt, the
 projections and MLP once over all of them and attention per session over its own
 cache (a prompt with a causal mask offset by what the cache holds); within 1e-4 of
 each session alone (a prompt longer than a chunk runs chunk by chunk through
-transformers' layers). Sliding-window layers, other attention implementations and
-unknown layer classes go through transformers' own layers.
+one session's path). One session's prompt takes :func:`prefill`: transformers' layer
+with SDPA op for op (its causal and masked attention, ``F.linear`` projections),
+bitwise equal on torch's kernels, so a segment built without transformers
+(``rotary_lean.py``) needs its layers for nothing. Sliding-window layers, other
+attention implementations and unknown layer classes go through transformers' own layers.
 """
 
 from __future__ import annotations
@@ -193,6 +196,67 @@ def rows(
     for block in blocks:
         h = _block_rows(block, h, cos, sin, caches, spans)
     return h
+
+
+def prefill(blocks: list[_Block], h: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
+    """Hidden states [1, T, H] of one session's prompt (or a chunk of one, after what its
+    ``cache`` holds) through ``blocks``: transformers' decoder layer with SDPA attention,
+    operation for operation, so a segment built without transformers' model classes
+    (``rotary_lean.py``) computes what they compute, bit for bit on torch's kernels. As
+    transformers does: on an empty cache the prompt attends causally through SDPA's
+    ``is_causal``; after a cache, through a boolean mask over cache and chunk with the keys
+    and values repeated per query head (``repeat_kv``); a lone token, through no mask.
+    Projections run as ``nn.Linear`` runs them (``F.linear``), quantized ones as their module."""
+    cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+    tokens, past = h.shape[1], cache.get_seq_length()
+    mask = None
+    if tokens > 1 and past > 0:
+        mask = torch.ones(tokens, past + tokens, dtype=torch.bool, device=h.device).tril(past)[None, None]
+    for block in blocks:
+        h = _block_prompt(block, h, cos, sin, cache, mask)
+    return h
+
+
+def _as_linear(x: torch.Tensor, proj: _Proj) -> torch.Tensor:
+    """A projection as ``nn.Linear`` runs it (torch's kernels), or its module's own forward."""
+    return F.linear(x, *proj) if isinstance(proj, tuple) else proj(x)
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """transformers' ``repeat_kv``: [1, kv_heads, S, D] -> [1, kv_heads x groups, S, D]."""
+    if groups == 1:
+        return x
+    batch, heads, length, dim = x.shape
+    return (
+        x[:, :, None, :, :]
+        .expand(batch, heads, groups, length, dim)
+        .reshape(batch, heads * groups, length, dim)
+    )
+
+
+def _block_prompt(
+    block: _Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """One decoder layer for one session's new tokens, as :func:`prefill` describes."""
+    tokens = h.shape[1]
+    x = _rms(h, block.attn_norm)
+    q = _heads(_as_linear(x, block.q), block.head_dim, block.q_norm)
+    k = _heads(_as_linear(x, block.k), block.head_dim, block.k_norm)
+    v = _heads(_as_linear(x, block.v), block.head_dim, None)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    k, v = cache.update(k, v, block.layer_idx)
+    if mask is None:
+        attn = F.scaled_dot_product_attention(
+            q, k, v, scale=block.scaling, is_causal=tokens > 1, enable_gqa=block.gqa
+        )
+    else:
+        groups = q.shape[1] // k.shape[1]
+        k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=block.scaling)
+    attn = attn.transpose(1, 2).contiguous().reshape(1, tokens, -1).contiguous()
+    h = h + _as_linear(attn, block.o)
+    x = _rms(h, block.mlp_norm)
+    return h + _as_linear(block.act(_as_linear(x, block.gate)) * _as_linear(x, block.up), block.down)
 
 
 def _engine(block: _Block) -> native_block.Engine | None:

@@ -1,32 +1,21 @@
 """Rotary-position decoders: Llama, Qwen2 (incl. sliding-window layers), Qwen3, Mistral.
 
-They share one layout (``model.embed_tokens``, ``model.layers.N``,
-``model.norm``, ``lm_head``) and one block call: ``layer(h, attention_mask=,
-position_embeddings=, position_ids=, cache=, use_cache=)`` with (cos, sin) from
-the model's rotary module. Masks are built per layer type, as the whole model
-builds them, from a config sliced to this segment's blocks.
+They share one layout (``model.embed_tokens``, ``model.layers.N``, ``model.norm``,
+``lm_head``), so one family maps their tensors to units. Two builders run a segment:
+``rotary_lean.py`` (resplit's own ops, no transformers modeling code in the process:
+what a worker builds whenever the config allows it) and ``rotary_hf.py``
+(transformers' own layers: sliding windows, other attention implementations, a worker
+run with ``--no-lean-decode``), imported only when a segment needs it.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from transformers import AutoModelForCausalLM, DynamicCache, PretrainedConfig
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from typing import TYPE_CHECKING
 
-from . import lean, quant
-from .base import (
-    Family,
-    Segment,
-    SessionState,
-    StepOutput,
-    check_materialized,
-    load_into,
-    local_config,
-    num_blocks,
-    renumber,
-    strip_prefix,
-)
+from .base import Family, Segment, num_blocks
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 EMBED, LAYERS, NORM, HEAD = "model.embed_tokens.", "model.layers.", "model.norm.", "lm_head."
 
@@ -45,138 +34,6 @@ def layer_types(config: PretrainedConfig, blocks: range) -> list[str]:
     return ["full_attention"] * len(blocks)
 
 
-class RotaryDecoderSegment(Segment):
-    def __init__(
-        self,
-        config: PretrainedConfig,
-        start: int,
-        end: int,
-        tensors: dict[str, torch.Tensor],
-        device: torch.device,
-    ) -> None:
-        super().__init__(config, start, end)
-        blocks = self.block_range
-        self.local = local_config(config, blocks)
-        self.types = layer_types(config, blocks)
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(
-                self.local, attn_implementation=config._attn_implementation
-            )
-        self.local._attn_implementation = skeleton.config._attn_implementation
-        self.embed: nn.Module | None = skeleton.model.embed_tokens if self.has_embedding else None
-        self.layers = skeleton.model.layers
-        self.norm: nn.Module | None = skeleton.model.norm if self.has_head else None
-        self.lm_head: nn.Module | None = skeleton.lm_head if self.has_head else None
-        if self.embed is not None:
-            load_into(self.embed, strip_prefix(tensors, EMBED), "embedding")
-        load_into(
-            self.layers, renumber(tensors, LAYERS, blocks.start), f"blocks {blocks.start}..{blocks.stop - 1}"
-        )
-        if self.norm is not None and self.lm_head is not None:
-            load_into(self.norm, strip_prefix(tensors, NORM), "final norm")
-            head = {"weight": tensors[EMBED + "weight"]} if tied(config) else strip_prefix(tensors, HEAD)
-            load_into(self.lm_head, head, "lm_head")
-        self.rotary = None
-        if len(blocks):
-            with torch.device(device):  # its inv_freq buffer is computed, not loaded
-                self.rotary = type(skeleton.model.rotary_emb)(config=self.local)
-        self.eval()
-        check_materialized(self, f"{config.model_type} units [{start}, {end})")
-        self.lean_unavailable = (
-            lean.why_not(self.layers, self.types, self.local._attn_implementation)
-            if len(self.layers)
-            else "no blocks"
-        )
-        self._lean = lean.lean_blocks(self.layers) if self.lean_unavailable is None else None
-
-    def set_weights(self, weights: str) -> None:
-        """Quantized projections (``quant.py``); the lean step runs them as modules. fp32
-        leaves the segment exactly as built."""
-        if quant.weights_name(weights) == "fp32":
-            return
-        self.activation_dtype = next(self.parameters()).dtype
-        quant.quantize(self, weights)
-        if self._lean is not None:
-            self._lean = lean.lean_blocks(self.layers)
-
-    def new_state(self) -> SessionState:
-        return SessionState(cache=DynamicCache(config=self.local) if len(self.layers) else None)
-
-    def batches_decode(self) -> bool:
-        return self.rotary is not None and self._lean is not None and self.lean_decode
-
-    @torch.inference_mode()
-    def step_rows(self, states, input_ids=None, hidden=None) -> StepOutput:
-        """One new token of each session as one batched forward through the lean step
-        (``lean.decode_rows``): per-row positions, per-session caches and attention."""
-        if not self.batches_decode():
-            return super().step_rows(states, input_ids, hidden)
-        h = self.embed(input_ids) if self.embed is not None else hidden
-        position_ids = torch.tensor([[s.seq_len] for s in states], device=h.device)
-        h = lean.decode_rows(self._lean, h, self.rotary(h, position_ids), [s.cache for s in states])
-        for state in states:
-            state.seq_len += 1
-        if self.lm_head is None:
-            return StepOutput(hidden=h)
-        return StepOutput(logits=self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :])
-
-    def batches_prompts(self) -> bool:
-        return self.batches_decode()
-
-    @torch.inference_mode()
-    def step_packed(self, states, lengths, input_ids=None, hidden=None) -> StepOutput:
-        """Several sessions' prompts as one forward through the lean step (``lean.rows``):
-        the projections and MLPs over every token at once, attention per session."""
-        if not self.batches_prompts():
-            return super().step_packed(states, lengths, input_ids, hidden)
-        h = self.embed(input_ids) if self.embed is not None else hidden
-        positions = [torch.arange(s.seq_len, s.seq_len + n) for s, n in zip(states, lengths, strict=True)]
-        position_ids = torch.cat(positions).unsqueeze(0).to(h.device)
-        h = lean.rows(self._lean, h, self.rotary(h, position_ids), [s.cache for s in states], lengths)
-        for state, length in zip(states, lengths, strict=True):
-            state.seq_len += length
-        if self.lm_head is None:
-            return StepOutput(hidden=h)
-        last = torch.tensor(lengths, device=h.device).cumsum(0) - 1
-        return StepOutput(logits=self.lm_head(self.norm(h[:, last, :]))[0])
-
-    @torch.inference_mode()
-    def step(self, state, input_ids=None, hidden=None, attention_mask=None) -> StepOutput:
-        h = self.embed(input_ids) if self.embed is not None else hidden
-        length = h.shape[1]
-        position_ids = torch.arange(state.seq_len, state.seq_len + length, device=h.device).unsqueeze(0)
-        if self.rotary is not None and length == 1 and self._lean is not None and self.lean_decode:
-            h = lean.decode(self._lean, h, self.rotary(h, position_ids), state.cache)
-        elif self.rotary is not None:
-            kwargs = {
-                "config": self.local,
-                "inputs_embeds": h,
-                "attention_mask": None,
-                "cache": state.cache,
-                "position_ids": position_ids,
-            }
-            masks = {}
-            for kind in set(self.types):
-                builder = (
-                    create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
-                )
-                masks[kind] = builder(**kwargs)
-            cos_sin = self.rotary(h, position_ids)
-            for layer, kind in zip(self.layers, self.types, strict=True):
-                h = layer(
-                    h,
-                    attention_mask=masks[kind],
-                    position_embeddings=cos_sin,
-                    position_ids=position_ids,
-                    cache=state.cache,
-                    use_cache=True,
-                )
-        state.seq_len += length
-        if self.lm_head is None:
-            return StepOutput(hidden=h)
-        return StepOutput(logits=self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :])
-
-
 class RotaryDecoder(Family):
     model_types = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -190,5 +47,15 @@ class RotaryDecoder(Family):
             return set() if name.startswith(HEAD) and tied(config) else {head}
         return set()
 
-    def build(self, config, start, end, tensors, device) -> Segment:
+    def build(self, config, start, end, tensors, device, lean=True) -> Segment:
+        from . import rotary_lean
+
+        blocks = range(max(start, 1) - 1, min(end, num_blocks(config) + 1) - 1)
+        if lean and rotary_lean.why_not(config, blocks) is None:
+            return rotary_lean.LeanRotarySegment(config, start, end, tensors, device)
+        from .lean_config import LeanConfig
+        from .rotary_hf import RotaryDecoderSegment
+
+        if isinstance(config, LeanConfig):  # read without transformers; its layers need its config
+            config = config.transformers_config()
         return RotaryDecoderSegment(config, start, end, tensors, device)

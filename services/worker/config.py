@@ -43,8 +43,9 @@ class WorkerSettings(ServiceSettings):
     )
     lean_decode: bool = Field(
         True,
-        description="decode steps of Llama-style blocks skip transformers' per-module call overhead "
-        "(the same tensor operations, bitwise the same result); off: every step through transformers' layers",
+        description="Llama-style segments (Llama, Mistral, Qwen2, Qwen3 with full attention) are built "
+        "and run on resplit's own ops, without transformers in the worker (the same tensor operations, "
+        "bitwise the same result on torch's kernels); off: every step through transformers' layers",
     )
     huge_pages: bool = Field(
         True,

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+from prometheus_client import Gauge
 
 from resplit.core.emulation import EmulatedDevice
 from resplit.v1 import worker_pb2
@@ -27,6 +30,18 @@ from .core.loading import decode_path, huge_page_share, load_hosted
 from .core.privacy import check_trusted, ends_with_head
 
 log = logging.getLogger(__name__)
+#: transformers' model code: a family's modeling module, or the base classes every one imports.
+MODELING = re.compile(r"^transformers\.(models\.[^.]+\.modeling_[^.]+|modeling_utils)$")
+SEGMENTS = Gauge(
+    "resplit_worker_segments",
+    "Segments this worker hosts, by the code that runs them (lean: no transformers model code)",
+    ["engine"],
+)
+MODELING_MODULES = Gauge(
+    "resplit_worker_transformers_modeling_modules",
+    "transformers' model-code modules imported in this process (0 while it hosts lean segments only)",
+)
+MODELING_MODULES.set_function(lambda: sum(1 for name in list(sys.modules) if MODELING.match(name)))
 
 
 class Segments:
@@ -63,7 +78,7 @@ class Segments:
             hosted = self._reuse(request)
         if hosted is None:
             hosted = await self._load(request)
-        self.on_change()
+        self._changed()
         return worker_pb2.LoadSegmentResponse(
             param_bytes=hosted.param_bytes,
             load_ms=(time.perf_counter() - start) * 1e3,
@@ -74,8 +89,17 @@ class Segments:
         freed = self.hosting.release(
             request.deployment, request.epoch, request.units.start, request.units.end
         )
-        self.on_change()
+        self._changed()
         return freed
+
+    def _changed(self) -> None:
+        """The hosted set changed: the node record and the per-engine count follow."""
+        engines: dict[str, int] = {}
+        for hosted in self.hosting:
+            engines[hosted.segment.engine] = engines.get(hosted.segment.engine, 0) + 1
+        for engine in ("lean", "transformers", "emulated"):
+            SEGMENTS.labels(engine).set(engines.get(engine, 0))
+        self.on_change()
 
     async def _check_request(self, request: worker_pb2.LoadSegmentRequest, existing: Hosted | None) -> None:
         """NotTrusted if this (untrusted) worker is asked for privacy-critical units."""
@@ -119,13 +143,14 @@ class Segments:
         )
         self.hosting.add(hosted)
         log.info(
-            "loaded %s epoch %d units [%d, %d): %.1f MB (%s); decode steps %s",
+            "loaded %s epoch %d units [%d, %d): %.1f MB (%s); engine %s; decode steps %s",
             request.deployment,
             request.epoch,
             hosted.start,
             hosted.end,
             hosted.param_bytes / 1e6,
             huge_page_share(hosted.segment),
+            hosted.segment.engine,
             decode_path(hosted.segment),
         )
         return hosted

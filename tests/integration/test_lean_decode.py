@@ -1,11 +1,12 @@
-"""The lean one-token step (resplit/models/lean.py) against transformers' own layers.
+"""The lean segments (resplit/models/rotary_lean.py, lean.py) against transformers' own layers.
 
-Real tiny models of each rotary family, saved as safetensors and loaded as
-segments; every decode step of a segment is run both ways from the same cache
-and must give bitwise the same hidden states or logits, and the same cache, when
-its projections run on torch's kernels; through the native decode kernels
-(resplit/kernels, the default where they build) the sums are ordered otherwise, and
-every value must be within 1e-5 of transformers'.
+Real tiny models of each rotary family, saved as safetensors and loaded twice as
+segments: built by resplit alone (no transformers model code) and on transformers'
+layers. The prompt and every decode step run through both and must give bitwise
+the same hidden states or logits, and the same cache, when the projections run on
+torch's kernels; through the native decode kernels (resplit/kernels, the default
+where they build) the sums are ordered otherwise, and every value must be within
+1e-5 of transformers'.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from resplit.models.tiny import build_tokenizer, tiny_config
 
 PROMPT = [5, 17, 33, 8, 91, 40, 12, 7, 66, 150, 23]
 STEPS = 12
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8,
+}
 _decode = lean.decode
 
 
@@ -49,14 +58,22 @@ def models(tiny_models, tmp_path_factory) -> dict[str, object]:
             tiny_config("llama", vocab, attention_bias=True, mlp_bias=True), root / "llama-b"
         ),
         "mistral-no-window": _save(tiny_config("mistral", vocab, sliding_window=None), root / "mistral"),
+        # a rope table scaled at construction (transformers' rope functions compute it for the lean build too)
+        "llama-rope3": _save(tiny_config("llama", vocab, rope_parameters=LLAMA3_ROPE), root / "llama-rope3"),
     }
 
 
-def _segments(model_dir) -> list:
+def _segments(model_dir, lean: bool = True) -> list:
+    """Three segments (``lean`` off: on transformers' layers, their decode steps too)."""
     checkpoint = Checkpoint(model_dir)
     blocks = checkpoint.config.num_hidden_layers
     cuts = [(0, 2), (2, 4), (4, blocks + 2)]  # embedding + 1 block, 2 blocks, the rest + head
-    return [load_segment(checkpoint, a, b, torch.device("cpu"), torch.float32) for a, b in cuts]
+    segments = [
+        load_segment(checkpoint, a, b, torch.device("cpu"), torch.float32, lean=lean) for a, b in cuts
+    ]
+    for segment in segments:
+        segment.lean_decode = lean
+    return segments
 
 
 def _cache_tensors(state) -> list[torch.Tensor]:
@@ -68,25 +85,28 @@ def _same(kernels: str, a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("kernels", ["torch", "native"])
-@pytest.mark.parametrize("family", ["llama", "llama-biased", "qwen2", "qwen3", "mistral-no-window"])
+@pytest.mark.parametrize(
+    "family", ["llama", "llama-biased", "llama-rope3", "qwen2", "qwen3", "mistral-no-window"]
+)
 def test_lean_decode_steps_are_bitwise_those_of_transformers_layers(models, family, kernels, monkeypatch):
     if kernels == "native" and not native.active():
         pytest.skip("the native decode kernels could not be built here")
     monkeypatch.setenv("RESPLIT_NATIVE_KERNELS", "1" if kernels == "native" else "0")
-    segments = _segments(models[family])
+    segments, plain = _segments(models[family]), _segments(models[family], lean=False)
     calls = []
     monkeypatch.setattr(lean, "decode", lambda *args: calls.append(1) or _decode(*args))
     assert [s.lean_unavailable for s in segments] == [None, None, None]
+    assert [s.engine for s in segments] == ["lean"] * 3 and [s.engine for s in plain] == ["transformers"] * 3
     lean_states = [s.new_state() for s in segments]
-    plain_states = [s.new_state() for s in segments]
+    plain_states = [s.new_state() for s in plain]
     inputs = {"input_ids": torch.tensor([PROMPT])}
     for step in range(STEPS + 1):
         lean_inputs, plain_inputs = dict(inputs), dict(inputs)
-        for segment, lean_state, plain_state in zip(segments, lean_states, plain_states, strict=True):
-            segment.lean_decode = True
+        for segment, other, lean_state, plain_state in zip(
+            segments, plain, lean_states, plain_states, strict=True
+        ):
             lean_out = segment.step(lean_state, **lean_inputs)
-            segment.lean_decode = False
-            plain_out = segment.step(plain_state, **plain_inputs)
+            plain_out = other.step(plain_state, **plain_inputs)
             if lean_out.hidden is not None:
                 assert _same(kernels, lean_out.hidden, plain_out.hidden), (family, step, segment.start)
                 lean_inputs, plain_inputs = {"hidden": lean_out.hidden}, {"hidden": plain_out.hidden}
@@ -99,6 +119,33 @@ def test_lean_decode_steps_are_bitwise_those_of_transformers_layers(models, fami
                     assert _same(kernels, a, b)
         inputs = {"input_ids": torch.tensor([[token]])}
     assert len(calls) == STEPS * len(segments)  # every decode step of every segment took the lean step
+
+
+@pytest.mark.parametrize(
+    "family", ["llama", "llama-biased", "llama-rope3", "qwen2", "qwen3", "mistral-no-window"]
+)
+def test_a_prompt_in_chunks_is_bitwise_what_transformers_layers_compute(models, family):
+    """A prompt run in chunks after a cache (the worker's --prefill-chunk-tokens): the lean
+    prefill's masked, grouped-query path against transformers' layers, bit for bit (a
+    prompt's projections run on torch's kernels in both)."""
+    segments, plain = _segments(models[family]), _segments(models[family], lean=False)
+    for segment, other in zip(segments, plain, strict=True):
+        lean_state, plain_state = segment.new_state(), other.new_state()
+        for start in range(0, len(PROMPT), 4):
+            if segment.has_embedding:
+                inputs = {"input_ids": torch.tensor([PROMPT[start : start + 4]])}
+            else:
+                torch.manual_seed(start)
+                inputs = {
+                    "hidden": torch.randn(1, len(PROMPT[start : start + 4]), segment.config.hidden_size)
+                }
+            got, expected = segment.step(lean_state, **inputs), other.step(plain_state, **inputs)
+            if got.hidden is not None:
+                assert torch.equal(got.hidden, expected.hidden), (family, segment.start, start)
+            else:
+                assert torch.equal(got.logits, expected.logits), (family, start)
+        for a, b in zip(_cache_tensors(lean_state), _cache_tensors(plain_state), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_lean_decode_matches_the_whole_model(models):
@@ -132,6 +179,7 @@ def test_lean_decode_matches_the_whole_model(models):
 def test_layers_the_lean_step_does_not_reproduce_keep_transformers_path(models, family, reason, monkeypatch):
     segments = _segments(models[family])
     assert any(s.lean_unavailable == reason for s in segments)
+    assert all(s.engine == "transformers" for s in segments if s.lean_unavailable == reason)
     calls = []
     monkeypatch.setattr(lean, "decode", lambda *args: calls.append(1) or _decode(*args))
     for segment in segments:  # a decode step of the sliding-window segments takes transformers' path
@@ -151,7 +199,7 @@ def test_eager_attention_keeps_transformers_path(models):
     checkpoint = Checkpoint(models["llama"])
     checkpoint.config._attn_implementation = "eager"
     segment = load_segment(checkpoint, 1, 3, torch.device("cpu"))
-    assert "eager" in segment.lean_unavailable
+    assert "eager" in segment.lean_unavailable and segment.engine == "transformers"
 
 
 def test_the_worker_setting_reaches_the_segment_and_its_load_log(models):
@@ -162,6 +210,7 @@ def test_the_worker_setting_reaches_the_segment_and_its_load_log(models):
         for flag in (True, False)
     )
     assert (on.segment.lean_decode, off.segment.lean_decode) == (True, False)
+    assert (on.segment.engine, off.segment.engine) == ("lean", "transformers")
     assert decode_path(on.segment) == "lean"
     assert decode_path(off.segment) == "through the model's layers (--no-lean-decode)"
     sliding = load_hosted("lean", 1, 3, 5, str(models["qwen2-sliding"]), "", 0, torch.device("cpu"))

@@ -35,7 +35,7 @@ def _load(model_dir, weights: str, pieces: int = 1, lean: bool = True) -> list:
     checkpoint = Checkpoint(model_dir)
     bounds = [0, *CUTS[pieces], num_units(checkpoint.config)]
     segments = [
-        load_segment(checkpoint, a, b, torch.device("cpu"), torch.float32, weights=weights)
+        load_segment(checkpoint, a, b, torch.device("cpu"), torch.float32, weights=weights, lean=lean)
         for a, b in itertools.pairwise(bounds)
     ]
     for segment in segments:
@@ -76,6 +76,7 @@ def test_split_quantized_matches_whole_quantized(llama, weights, pieces):
 def test_quantized_lean_step_matches_the_model_layers(llama, weights):
     lean, layers = _load(llama, weights, 3), _load(llama, weights, 3, lean=False)
     assert all(s.lean_unavailable is None for s in lean[:2])
+    assert [s.engine for s in lean] == ["lean"] * 3 and [s.engine for s in layers] == ["transformers"] * 3
     for prompt in PROMPTS:
         _same(_generate(lean, prompt), _generate(layers, prompt))
 

@@ -73,7 +73,7 @@ def load_hosted(
             raise NotHosted(f"model directory {directory[:256]!r} does not exist on this worker")
     if emulated is None:
         segment, generative, hidden_size, dtype = _real(
-            start, end, model_dir, dtype_name, device, huge_pages, weights, sources
+            start, end, model_dir, dtype_name, device, huge_pages, weights, sources, lean_decode
         )
         segment.lean_decode = lean_decode
     else:
@@ -133,11 +133,13 @@ def _real(
     huge_pages: bool = True,
     weights: str = "fp32",
     sources: dict[int, str] | None = None,
+    lean: bool = True,
 ) -> tuple[Segment, bool, int, torch.dtype]:
     """(segment, generative, hidden size, dtype) with only the tensors of units [start, end),
-    the blocks in ``sources`` read from their own directories."""
+    the blocks in ``sources`` read from their own directories. ``lean`` off
+    (``--no-lean-decode``): transformers' layers even where the lean build would run."""
     try:
-        checkpoint = open_sourced(model_dir, sources or {})
+        checkpoint = open_sourced(model_dir, sources or {}, light=lean)
         family = family_of(checkpoint.config.model_type)
     except LayerSourceError as exc:
         raise BadInput(f"cannot swap blocks of units [{start}, {end}): {exc}") from None
@@ -149,7 +151,9 @@ def _real(
     dtype = DTYPES[dtype_name] if dtype_name else checkpoint.dtype
     try:
         check_family(weights, checkpoint.config.model_type)
-        segment = load_segment(checkpoint, start, end, device, dtype, huge_pages=huge_pages, weights=weights)
+        segment = load_segment(
+            checkpoint, start, end, device, dtype, huge_pages=huge_pages, weights=weights, lean=lean
+        )
     except WeightsError as exc:
         raise BadInput(f"cannot load units [{start}, {end}) of {model_dir}: {exc}") from None
     except (CheckpointError, ValueError, RuntimeError) as exc:
