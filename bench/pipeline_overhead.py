@@ -147,7 +147,7 @@ def main() -> None:
     decode_threads = int(os.environ.get("RESPLIT_DECODE_THREADS", shared_decode_threads(3, host_cores())))
     segments = three_segments(blocks)
     # The plain processes get the OpenMP settings a worker gives itself (services/worker/__main__.py).
-    omp_default = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
+    omp_default = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "3000"}
     plain_env = worker_env if omp_default.keys() & worker_env.keys() else {**omp_default, **worker_env}
     try:
         address = stack.by_name("orchestrator").address

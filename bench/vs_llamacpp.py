@@ -23,7 +23,9 @@ every worker's resident memory is read against the bytes of the segment it holds
 llama.cpp is not a dependency: point ``--llama-cpp`` at a source tree built with its
 CMake (``cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_RPC=ON && cmake --build build
 --target llama-bench llama-quantize ggml-rpc-server``); docs/BENCHMARKS.md says which
-commit was measured.
+commit was measured. Without ``--llama-cpp`` only resplit's rows run (whole and split per
+format, and split / whole as the median of the rounds' own ratios, with their range): the
+split's per-token cost on a machine without a llama.cpp build.
 
 Writes a bar chart of the medians (``--plot``, default results/vs_llamacpp.png).
 
@@ -31,9 +33,8 @@ Writes a bar chart of the medians (``--plot``, default results/vs_llamacpp.png).
 (each worker's idle RSS, SERVING before the deploy, and its RSS after a short generation).
 
 Usage:
-  python bench/vs_llamacpp.py --llama-cpp ~/llama.cpp [--blocks 15] [--tokens 32] [--rounds 3]
+  python bench/vs_llamacpp.py [--llama-cpp ~/llama.cpp] [--blocks 15] [--tokens 32] [--rounds 3]
       [--threads 2] [--worker-arg=--decode-threads=2 ...] [--formats fp32,int8,int4]
-  python bench/vs_llamacpp.py --memory-only [--blocks 15] [--formats fp32,bf16,int8,int4]
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ from resplit.sdk import Client
 #: resplit's weight format -> (llama.cpp's type it is compared with, issue 30's target ratio).
 PAIRS = {"fp32": ("F32", 0.9), "bf16": ("F32", 0.9), "int8": ("Q8_0", 0.8), "int4": ("Q4_0", 0.7)}
 PROMPT = [5 + (i * 7) % 300 for i in range(12)]
+#: Issue 30: resplit split / the same engine whole, in time per token.
+SPLIT_TARGET = 1.06
 MB = 1 << 20
 
 
@@ -182,99 +185,53 @@ def worker_memory(model_dir: Path, work: Path, blocks: int, weights: str, args: 
         stack_mod.down(state)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--llama-cpp", type=Path, help="llama.cpp source tree, built (required but with --memory-only)"
+def resplit_only(
+    console: Console,
+    args: argparse.Namespace,
+    formats: list[str],
+    whole: dict[str, list[float]],
+    split: dict[str, list[float]],
+    worker_args: str,
+) -> None:
+    """The table without llama.cpp: each format's whole and split tok/s, and split / whole
+    in time as the median of the rounds' own ratios (a round runs both back to back, so a
+    shared machine's drift between rounds cancels out), with their range."""
+    table = Table(
+        title=f"decode tok/s, {args.blocks}-block Llama (hidden 1024), whole with {args.threads} threads, "
+        f"median of {args.rounds} rounds; workers: {worker_args}"
     )
-    parser.add_argument("--build", type=Path, help="its CMake build folder (default: <llama-cpp>/build)")
-    parser.add_argument("--blocks", type=int, default=15)
-    parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per run")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads and this process's")
-    parser.add_argument("--formats", default="fp32,bf16,int8,int4")
-    parser.add_argument(
-        "--worker-arg",
-        action="append",
-        default=[],
-        help="a flag for every worker, e.g. --worker-arg=--decode-threads=2",
-    )
-    parser.add_argument(
-        "--worker-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment for the workers only, e.g. OMP_WAIT_POLICY=PASSIVE",
-    )
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-format RSS stacks")
-    parser.add_argument(
-        "--memory-only", action="store_true", help="only the per-format RSS stacks (no llama.cpp, no timing)"
-    )
-    parser.add_argument("--rpc-threads", type=int, default=1, help="threads of each ggml-rpc-server")
-    parser.add_argument(
-        "--plot", type=Path, default=Path("results/vs_llamacpp.png"), help="where the bar chart goes"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    formats = [f for f in args.formats.split(",") if f]
-    unknown = sorted(set(formats) - set(PAIRS))
-    if unknown:
-        raise SystemExit(f"unknown formats {unknown}; choose from {sorted(PAIRS)}")
-    console = Console(width=200)
-    work = Path(tempfile.mkdtemp(prefix="resplit-vs-llamacpp-"))
-    if args.memory_only:
-        model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
-        console.print(memory_table(model_dir, work, args.blocks, formats, args.worker_arg))
-        return
-    if args.llama_cpp is None:
-        raise SystemExit("--llama-cpp is required (or --memory-only)")
-    build = args.build or args.llama_cpp / "build"
-    if not (build / "bin" / "llama-bench").exists():
-        raise SystemExit(f"{build / 'bin' / 'llama-bench'} not found: build llama.cpp first (see --help)")
-    model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
-    with console.status("writing GGUF files and quantizing them with llama-quantize"):
-        ggufs = gguf_models(model_dir, work, args.llama_cpp, build)
-    engines = {
-        f: load_segment(Checkpoint(model_dir), 0, args.blocks + 2, torch.device("cpu"), weights=f)
+    for column in ("resplit", "whole", "split x3", "split / whole (time), median (range)", "target"):
+        table.add_column(column, justify="right")
+    for f in formats:
+        ratios = [w / s for w, s in zip(whole[f], split[f], strict=True)]
+        met = "met" if statistics.median(ratios) <= SPLIT_TARGET else "NOT met"
+        table.add_row(
+            f,
+            f"{statistics.median(whole[f]):.1f}",
+            f"{statistics.median(split[f]):.1f}",
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})",
+            f"<= {SPLIT_TARGET} {met}",
+        )
+    console.print(table)
+    rounds = (
+        f"{f} " + ", ".join(f"{w:.1f}/{s:.1f}" for w, s in zip(whole[f], split[f], strict=True))
         for f in formats
-    }
-    kinds = sorted({PAIRS[f][0] for f in formats})
-    llama: dict[str, list[float]] = {k: [] for k in kinds}
-    llama_rpc: dict[str, list[float]] = {k: [] for k in kinds}
-    whole: dict[str, list[float]] = {f: [] for f in formats}
-    split: dict[str, list[float]] = {f: [] for f in formats}
-    state = work / "stack"
-    with console.status("starting the stack and deploying every format"), worker_env(args.worker_env):
-        stack = stack_mod.up(state, workers=3, trusted=3, extra_args=fixed_placement(args.worker_arg))
-    try:
-        stack.use()
-        address = stack.by_name("orchestrator").address
-        for f in formats:
-            deploy(address, f"w-{f}", model_dir, three_segments(args.blocks), weights=f)
-        with Client(address) as client, rpc_servers(build, 3, args.rpc_threads) as rpc:
-            routes = {f: client.route(f"w-{f}") for f in formats}
-            for f in formats:  # warm-up
-                segment_run(engines[f], PROMPT, 4)
-                split_run(client, routes[f], PROMPT, 4)
-            for k in kinds:
-                llama_bench(build, ggufs[k], 8, args.threads)
-            for r in range(args.rounds):
-                console.log(f"round {r + 1}/{args.rounds}")
-                for k in kinds:
-                    llama[k].append(llama_bench(build, ggufs[k], args.tokens, args.threads))
-                    if rpc:
-                        llama_rpc[k].append(llama_bench(build, ggufs[k], args.tokens, args.threads, rpc))
-                for f in formats:
-                    alone = segment_run(engines[f], PROMPT, args.tokens + 1)
-                    whole[f].append(1 / statistics.median(alone[1]))
-                    through = split_run(client, routes[f], PROMPT, args.tokens + 1)
-                    if through[2] != alone[2]:
-                        raise SystemExit(f"{f}: the split generated {through[2]}, the whole run {alone[2]}")
-                    split[f].append(1 / statistics.median(through[1]))
-    finally:
-        stack_mod.down(state)
+    )
+    console.print("rounds (whole/split tok/s): " + "; ".join(rounds))
 
-    worker_args = " ".join(args.worker_arg + args.worker_env) or "defaults"
+
+def peers_table(
+    console: Console,
+    args: argparse.Namespace,
+    formats: list[str],
+    llama: dict[str, list[float]],
+    llama_rpc: dict[str, list[float]],
+    whole: dict[str, list[float]],
+    split: dict[str, list[float]],
+    worker_args: str,
+) -> None:
+    """The table against llama.cpp, and its bar chart (``--plot``)."""
+    kinds = sorted(llama)
     table = Table(
         title=f"decode tok/s, {args.blocks}-block Llama (hidden 1024), {args.threads} threads, "
         f"median of {args.rounds} rounds; workers: {worker_args}"
@@ -325,6 +282,111 @@ def main() -> None:
         values["resplit split x3"] = statistics.median(split[f])
         bars.append((f"{f} / {kind}", values))
     console.print(f"plot: {plot(args.plot, table.title, bars)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--llama-cpp", type=Path, help="llama.cpp source tree, built (default: resplit's rows only)"
+    )
+    parser.add_argument("--build", type=Path, help="its CMake build folder (default: <llama-cpp>/build)")
+    parser.add_argument("--blocks", type=int, default=15)
+    parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads and this process's")
+    parser.add_argument("--formats", default="fp32,bf16,int8,int4")
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="a flag for every worker, e.g. --worker-arg=--decode-threads=2",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the workers only, e.g. OMP_WAIT_POLICY=PASSIVE",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-format RSS stacks")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the per-format RSS stacks (no llama.cpp, no timing)"
+    )
+    parser.add_argument("--rpc-threads", type=int, default=1, help="threads of each ggml-rpc-server")
+    parser.add_argument(
+        "--plot", type=Path, default=Path("results/vs_llamacpp.png"), help="where the bar chart goes"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    formats = [f for f in args.formats.split(",") if f]
+    unknown = sorted(set(formats) - set(PAIRS))
+    if unknown:
+        raise SystemExit(f"unknown formats {unknown}; choose from {sorted(PAIRS)}")
+    if args.memory_only:
+        work = Path(tempfile.mkdtemp(prefix="resplit-vs-llamacpp-"))
+        model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
+        Console(width=200).print(memory_table(model_dir, work, args.blocks, formats, args.worker_arg))
+        return
+    build: Path | None = None
+    if args.llama_cpp is not None:
+        build = args.build or args.llama_cpp / "build"
+        if not (build / "bin" / "llama-bench").exists():
+            raise SystemExit(f"{build / 'bin' / 'llama-bench'} not found: build llama.cpp first (see --help)")
+    console = Console(width=200)
+    work = Path(tempfile.mkdtemp(prefix="resplit-vs-llamacpp-"))
+    model_dir = build_tiny("llama", work / "llama", num_hidden_layers=args.blocks, **HIDDEN)
+    ggufs: dict[str, Path] = {}
+    if build is not None:
+        with console.status("writing GGUF files and quantizing them with llama-quantize"):
+            ggufs = gguf_models(model_dir, work, args.llama_cpp, build)
+    engines = {
+        f: load_segment(Checkpoint(model_dir), 0, args.blocks + 2, torch.device("cpu"), weights=f)
+        for f in formats
+    }
+    kinds = sorted({PAIRS[f][0] for f in formats}) if build is not None else []
+    llama: dict[str, list[float]] = {k: [] for k in kinds}
+    llama_rpc: dict[str, list[float]] = {k: [] for k in kinds}
+    whole: dict[str, list[float]] = {f: [] for f in formats}
+    split: dict[str, list[float]] = {f: [] for f in formats}
+    state = work / "stack"
+    with console.status("starting the stack and deploying every format"), worker_env(args.worker_env):
+        stack = stack_mod.up(state, workers=3, trusted=3, extra_args=fixed_placement(args.worker_arg))
+    try:
+        stack.use()
+        address = stack.by_name("orchestrator").address
+        for f in formats:
+            deploy(address, f"w-{f}", model_dir, three_segments(args.blocks), weights=f)
+        rpc_cm = rpc_servers(build, 3, args.rpc_threads) if build is not None else contextlib.nullcontext([])
+        with Client(address) as client, rpc_cm as rpc:
+            routes = {f: client.route(f"w-{f}") for f in formats}
+            for f in formats:  # warm-up
+                segment_run(engines[f], PROMPT, 4)
+                split_run(client, routes[f], PROMPT, 4)
+            for k in kinds:
+                assert build is not None
+                llama_bench(build, ggufs[k], 8, args.threads)
+            for r in range(args.rounds):
+                console.log(f"round {r + 1}/{args.rounds}")
+                for k in kinds:
+                    assert build is not None
+                    llama[k].append(llama_bench(build, ggufs[k], args.tokens, args.threads))
+                    if rpc:
+                        llama_rpc[k].append(llama_bench(build, ggufs[k], args.tokens, args.threads, rpc))
+                for f in formats:
+                    alone = segment_run(engines[f], PROMPT, args.tokens + 1)
+                    whole[f].append(1 / statistics.median(alone[1]))
+                    through = split_run(client, routes[f], PROMPT, args.tokens + 1)
+                    if through[2] != alone[2]:
+                        raise SystemExit(f"{f}: the split generated {through[2]}, the whole run {alone[2]}")
+                    split[f].append(1 / statistics.median(through[1]))
+    finally:
+        stack_mod.down(state)
+
+    worker_args = " ".join(args.worker_arg + args.worker_env) or "defaults"
+    if build is None:
+        resplit_only(console, args, formats, whole, split, worker_args)
+    else:
+        peers_table(console, args, formats, llama, llama_rpc, whole, split, worker_args)
     if not args.no_memory:
         console.print(memory_table(model_dir, work, args.blocks, formats, args.worker_arg))
 
