@@ -183,3 +183,41 @@ def test_a_batch_takes_steps_up_to_its_cost_and_the_rest_run_next():
         return forward.batches
 
     assert asyncio.run(run()) == [["a"], ["p6", "p3"], ["p4", "d"], ["huge"]]
+
+
+def test_generating_sessions_step_before_prompts_and_prompts_take_what_the_budget_leaves():
+    """Decode steps (a member: a session generating) run first, whatever their arrival;
+    prompts follow in arrival order within the cost bound (the first always)."""
+
+    async def run():
+        forward = _Forward()
+        batcher = Batcher(forward, max_rows=8, max_cost=10, gather_s=0)
+        forward.hold = True
+        first = asyncio.create_task(batcher.submit("seg", "a", cost=1))
+        await asyncio.sleep(0.01)
+        steps = [("p6", None, 6), ("p5", None, 5), ("d1", "s1", 1), ("p2", None, 2), ("d2", "s2", 1)]
+        rest = [asyncio.create_task(batcher.submit("seg", n, member=m, cost=c)) for n, m, c in steps]
+        await asyncio.sleep(0.01)
+        forward.release.set()
+        await asyncio.gather(first, *rest)
+        return forward.batches
+
+    # d1, d2 (cost 2) jump the queue; p6 fits (8); p5 would not (13 > 10); p2 waits behind p5
+    assert asyncio.run(run()) == [["a"], ["d1", "d2", "p6"], ["p5", "p2"]]
+
+
+def test_a_full_batch_of_generating_sessions_leaves_a_waiting_prompt_one_row():
+    async def run():
+        forward = _Forward()
+        batcher = Batcher(forward, max_rows=3, gather_s=0)
+        forward.hold = True
+        first = asyncio.create_task(batcher.submit("seg", "a"))
+        await asyncio.sleep(0.01)
+        steps = [("d1", "s1"), ("d2", "s2"), ("d3", "s3"), ("p", None)]
+        rest = [asyncio.create_task(batcher.submit("seg", n, member=m)) for n, m in steps]
+        await asyncio.sleep(0.01)
+        forward.release.set()
+        await asyncio.gather(first, *rest)
+        return forward.batches
+
+    assert asyncio.run(run()) == [["a"], ["d1", "d2", "p"], ["d3"]]
