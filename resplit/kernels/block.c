@@ -6,7 +6,7 @@
  * (norms, rotary, attention, residuals, the activation), each a dispatch of microseconds
  * and often an OpenMP region, about as long in all as streaming the weights of a small
  * model. Here the block is plain loops over a few thousand floats: the first call
- * normalizes, projects q, k and v (sharing one int16 copy of the input for quantized
+ * normalizes, projects q, k and v (sharing one quantized copy of the input for quantized
  * weights), normalizes heads (Qwen3) and rotates; the caller appends k and v to the
  * session's cache (transformers' DynamicCache, so migration and every other path see
  * the cache they always saw); the second call attends over the cache, projects, adds the
@@ -41,48 +41,33 @@ typedef struct {
 typedef struct {
     const float *x;
     int rows;
-    int16_t *x8, *x4;
-    float s8[MAX_BLOCK_ROWS], s4[MAX_BLOCK_ROWS];
-    float *xsum; /* [rows, k / 32] */
+    int16_t *x8;
+    float s8[MAX_BLOCK_ROWS];
+    blocks_t x4; /* int8 blocks for int4 weights (gemv.c's quantize_blocks) */
 } input_t;
 
 static int prepare(input_t *in, const float *x, int R, int k, int need8, int need4) {
     in->x = x;
     in->rows = R;
-    in->x8 = in->x4 = NULL;
-    in->xsum = NULL;
-    if (!use_512()) need8 = need4 = 0; /* the portable bodies read fp32 */
-    if (need8) {
+    in->x8 = NULL;
+    in->x4.xq = NULL;
+    if (need8 && use_512()) { /* the portable int8 body reads fp32 */
         if (!(in->x8 = malloc(sizeof(int16_t) * R * k))) return -2;
-        quantize_rows(x, in->x8, in->s8, R, k, 0);
+        quantize_rows(x, in->x8, in->s8, R, k);
     }
-    if (need4 || !use_512()) {
-        int G = k / 32;
-        if (!(in->xsum = malloc(sizeof(float) * R * G))) return -2;
-        for (int r = 0; r < R; r++)
-            for (int g = 0; g < G; g++) {
-                float t = 0.f;
-                for (int i = 0; i < 32; i++) t += x[(int64_t)r * k + g * 32 + i];
-                in->xsum[r * G + g] = t;
-            }
-    }
-    if (need4) {
-        if (!(in->x4 = malloc(sizeof(int16_t) * R * k))) return -2;
-        quantize_rows(x, in->x4, in->s4, R, k, 1);
-    }
+    if (need4 && blocks_of(&in->x4, x, R, k)) return -2;
     return 0;
 }
 
 static void release(input_t *in) {
     free(in->x8);
-    free(in->x4);
-    free(in->xsum);
+    free(in->x4.xq);
 }
 
 /* Output columns [n0, n1) of every row: one row streams the weights in order, several
  * go in tiles (fp32, bf16) or in calls of MAX_ROWS rows (int8, int4). */
 static void rows_of(const proj_t *p, const input_t *in, float *y, int n0, int n1) {
-    int fast = use_512(), R = in->rows, K = p->k, N = p->n, G = K / 32;
+    int fast = use_512(), R = in->rows, K = p->k, N = p->n;
     if (p->format == 0 || p->format == 3) {
         dense_rows(in->x, p->w, y, R, K, N, n0, n1, p->format == 3);
         return;
@@ -95,10 +80,9 @@ static void rows_of(const proj_t *p, const input_t *in, float *y, int n0, int n1
             if (fast) int8_rows_512(in->x8 + (int64_t)r0 * K, in->s8 + r0, p->w, p->scale, yr, rr, K, N, n0, n1);
             else int8_rows_ref(xr, p->w, p->scale, yr, rr, K, N, n0, n1);
         } else {
-            const float *xs = in->xsum + (int64_t)r0 * G;
-            if (fast)
-                int4_rows_512(in->x4 + (int64_t)r0 * K, in->s4 + r0, xs, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
-            else int4_rows_ref(xr, xs, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
+            blocks_t b = {in->x4.xq + (int64_t)r0 * kp4(K), in->x4.d + (int64_t)r0 * gp4(K),
+                          in->x4.m + (int64_t)r0 * gp4(K)};
+            int4_rows(&b, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
         }
     }
 }
