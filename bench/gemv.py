@@ -5,18 +5,24 @@ Two parts, both old against new in alternation, so a shared machine's drift hits
 * per projection: microseconds and GB/s (weights and scales read per call) of each
   format's kernel for the model's matrix shapes (q/k/v/o 1024x1024, gate/up 2816x1024,
   down 1024x2816, the tiny vocabulary's head), at one row (a decode step) and four (a
-  batch). Each shape is cycled through enough copies to exceed the L3 cache, so the
-  weights stream from memory as in a whole model's decode step; the memory's read
-  bandwidth (``torch.sum`` over 512 MB) is printed beside them as the bound.
+  batch), the best of several passes. Each shape is cycled through enough copies to
+  exceed the L3 cache (``--working-set``), so the weights stream from memory as in a
+  whole model's decode step; the memory's read bandwidth (``torch.sum`` over 512 MB)
+  is printed beside them as the bound. ``--working-set 0``: one copy, cache-resident,
+  which times the kernels' arithmetic instead.
 * whole model: decode tok/s of the benchmark's 15-block Llama (hidden 1024) per format,
-  run whole in one process (``segment_run``), the old revision's tree (``git archive``)
-  and this one alternating as separate processes; and, for every format, max |logit
-  error| and greedy agreement against fp32 (``bench/weights.py``'s fixed prompt set).
+  run whole in one process (``segment_run``): by default the old and new libraries
+  swapped in under one loaded model every ``--tokens`` steps (the kernels alone, this
+  revision's Python for both); with ``--processes``, the old revision's tree (``git
+  archive``) and this one alternating as separate processes, with, for every format,
+  max |logit error| and greedy agreement against fp32 (``bench/weights.py``'s fixed
+  prompt set).
 
 The old library is built from the old revision's ``gemv.c``/``block.c`` with this
 revision's flags (``resplit.kernels.native.FLAGS``); both take the same arguments.
 Usage:
-  python bench/gemv.py [--old REV] [--threads 2] [--no-model] [--no-kernels] [--rounds 3] [--tokens 24]
+  python bench/gemv.py [--old REV] [--threads 2] [--working-set MB] [--no-model] [--no-kernels]
+                       [--rounds 3] [--tokens 24] [--formats fp32,bf16,int8,int4]
 """
 
 from __future__ import annotations
@@ -79,27 +85,32 @@ def caller(lib: ctypes.CDLL, fmt: str, x: torch.Tensor, tensors: list[torch.Tens
 
 
 def read_bandwidth() -> float:
-    """GB/s of ``torch.sum`` over 512 MB of fp32 (best of 5): the memory's read rate."""
+    """GB/s of ``torch.sum`` over 512 MB of fp32 (best of 10): the memory's read rate."""
     big = torch.ones(128 << 20)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         start = time.perf_counter()
         big.sum()
         best = min(best, time.perf_counter() - start)
     return big.numel() * 4 / best / 1e9
 
 
-def kernels(old: ctypes.CDLL, new: ctypes.CDLL, rows_list: tuple[int, ...], trials: int) -> Table:
-    """Per shape, format and row count: old and new us per call (median of ``trials``
+def kernels(
+    old: ctypes.CDLL, new: ctypes.CDLL, rows_list: tuple[int, ...], trials: int, working_set: int
+) -> Table:
+    """Per shape, format and row count: old and new us per call (the best of ``trials``
     passes over the copies, alternating old and new) and GB/s."""
-    table = Table(title=f"native kernels, weights streamed from memory, {torch.get_num_threads()} threads")
+    where = "streamed from memory" if working_set else "cache-resident (one copy)"
+    table = Table(
+        title=f"native kernels, weights {where}, {torch.get_num_threads()} threads, best of {trials}"
+    )
     for column in ("shape", "format", "rows", "old us", "new us", "old GB/s", "new GB/s", "new / old speed"):
         table.add_column(column, justify="right")
     for label, (n, k) in SHAPES.items():
         for fmt in FORMATS:
             one = weights(fmt, n, k)
             size = sum(t.numel() * t.element_size() for t in one)
-            copies = [one] + [weights(fmt, n, k) for _ in range(max(1, WORKING_SET // size) - 1)]
+            copies = [one] + [weights(fmt, n, k) for _ in range(max(1, working_set // size) - 1)]
             for rows in rows_list:
                 x, y = torch.randn(rows, k), torch.empty(rows, n)
                 calls = {
@@ -117,7 +128,8 @@ def kernels(old: ctypes.CDLL, new: ctypes.CDLL, rows_list: tuple[int, ...], tria
                             if call() != 0:
                                 raise SystemExit(f"{name} {fmt} kernel refused {n}x{k}")
                         times[name].append((time.perf_counter() - start) / len(pass_calls))
-                o, w = statistics.median(times["old"]), statistics.median(times["new"])
+                # the best pass: on a shared machine the others' load only ever adds time
+                o, w = min(times["old"]), min(times["new"])
                 table.add_row(
                     f"{label} {n}x{k}",
                     fmt,
@@ -221,15 +233,71 @@ def whole_model(
     return table
 
 
+def swapped(
+    old: ctypes.CDLL, new: ctypes.CDLL, work: Path, formats: list[str], rounds: int, tokens: int
+) -> Table:
+    """Decode ms per token per format in this process, the old and new libraries swapped
+    in under the same loaded model every ``tokens`` steps (their entry points take the
+    same arguments): the kernels' difference alone, at a fine alternation that a
+    shared machine's drift hits alike. This revision's Python runs both."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _sizing import HIDDEN, segment_run
+    from weights import PROMPTS
+
+    from resplit.models import Checkpoint, load_segment
+    from resplit.models.tiny import build_tiny
+
+    model_dir = build_tiny("llama", work / "llama-swap", num_hidden_layers=15, **HIDDEN)
+    libs, own = {"old": old, "new": new}, native.library
+    ms: dict[tuple[str, str], list[float]] = {(name, f): [] for name in libs for f in formats}
+    try:
+        for f in formats:
+            engine = load_segment(Checkpoint(model_dir), 0, 17, torch.device("cpu"), weights=f)
+            for lib in libs.values():  # warm-up
+                native.library = lambda lib=lib: lib
+                segment_run(engine, PROMPTS[0], 4)
+            for _ in range(rounds):
+                for name, lib in libs.items():
+                    native.library = lambda lib=lib: lib
+                    ms[name, f].append(statistics.median(segment_run(engine, PROMPTS[0], tokens)[1]) * 1e3)
+            del engine
+    finally:
+        native.library = own
+    table = Table(
+        title=f"15-block Llama (hidden 1024) whole, decode, {torch.get_num_threads()} threads, old and new "
+        f"kernels swapped every {tokens} tokens in one process, {rounds} rounds"
+    )
+    for column in ("format", "old tok/s (median)", "new tok/s (median)", "new / old", "old best", "new best"):
+        table.add_column(column, justify="right")
+    for f in formats:
+        o, w = statistics.median(ms["old", f]), statistics.median(ms["new", f])
+        bo, bw = min(ms["old", f]), min(ms["new", f])
+        table.add_row(
+            f, f"{1e3 / o:.1f}", f"{1e3 / w:.1f}", f"{o / w:.2f}", f"{1e3 / bo:.1f}", f"{1e3 / bw:.1f}"
+        )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default=BASELINE, help="the revision whose kernels are the reference")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=24)
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=9)
     parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument(
+        "--working-set",
+        type=int,
+        default=WORKING_SET >> 20,
+        help="MB each shape cycles through (0: one copy)",
+    )
     parser.add_argument("--no-model", action="store_true", help="only the per-projection kernels")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="whole model: the old revision's tree and this one as alternating processes (with accuracy)",
+    )
     parser.add_argument("--no-kernels", action="store_true", help="only the whole model")
     parser.add_argument("--decode-worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--accuracy", action="store_true", help=argparse.SUPPRESS)
@@ -242,15 +310,17 @@ def main() -> None:
     console = Console(width=200)
     with tempfile.TemporaryDirectory(prefix="resplit-gemv-") as tmp:
         work = Path(tmp)
+        new = native.library()
+        if new is None:
+            raise SystemExit("the native kernels do not build here")
+        old = old_library(args.old, work)
         if not args.no_kernels:
-            new = native.library()
-            if new is None:
-                raise SystemExit("the native kernels do not build here")
-            old = old_library(args.old, work)
             console.print(f"memory read bandwidth (torch.sum, 512 MB fp32): {read_bandwidth():.1f} GB/s")
-            console.print(kernels(old, new, (1, 4), args.trials))
-        if not args.no_model:
+            console.print(kernels(old, new, (1, 4), args.trials, args.working_set << 20))
+        if not args.no_model and args.processes:
             console.print(whole_model(args.old, work, formats, args.rounds, args.tokens, args.threads))
+        elif not args.no_model:
+            console.print(swapped(old, new, work, formats, args.rounds, args.tokens))
 
 
 if __name__ == "__main__":
