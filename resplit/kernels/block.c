@@ -6,7 +6,7 @@
  * (norms, rotary, attention, residuals, the activation), each a dispatch of microseconds
  * and often an OpenMP region, about as long in all as streaming the weights of a small
  * model. Here the block is plain loops over a few thousand floats: the first call
- * normalizes, projects q, k and v (sharing one int16 copy of the input for quantized
+ * normalizes, projects q, k and v (sharing one quantized copy of the input for quantized
  * weights), normalizes heads (Qwen3) and rotates; the caller appends k and v to the
  * session's cache (transformers' DynamicCache, so migration and every other path see
  * the cache they always saw); the second call attends over the cache, projects, adds the
@@ -41,48 +41,33 @@ typedef struct {
 typedef struct {
     const float *x;
     int rows;
-    int16_t *x8, *x4;
-    float s8[MAX_BLOCK_ROWS], s4[MAX_BLOCK_ROWS];
-    float *xsum; /* [rows, k / 32] */
+    int16_t *x8;
+    float s8[MAX_BLOCK_ROWS];
+    blocks_t x4; /* int8 blocks for int4 weights (gemv.c's quantize_blocks) */
 } input_t;
 
 static int prepare(input_t *in, const float *x, int R, int k, int need8, int need4) {
     in->x = x;
     in->rows = R;
-    in->x8 = in->x4 = NULL;
-    in->xsum = NULL;
-    if (!use_512()) need8 = need4 = 0; /* the portable bodies read fp32 */
-    if (need8) {
+    in->x8 = NULL;
+    in->x4.xq = NULL;
+    if (need8 && use_512()) { /* the portable int8 body reads fp32 */
         if (!(in->x8 = malloc(sizeof(int16_t) * R * k))) return -2;
-        quantize_rows(x, in->x8, in->s8, R, k, 0);
+        quantize_rows(x, in->x8, in->s8, R, k);
     }
-    if (need4 || !use_512()) {
-        int G = k / 32;
-        if (!(in->xsum = malloc(sizeof(float) * R * G))) return -2;
-        for (int r = 0; r < R; r++)
-            for (int g = 0; g < G; g++) {
-                float t = 0.f;
-                for (int i = 0; i < 32; i++) t += x[(int64_t)r * k + g * 32 + i];
-                in->xsum[r * G + g] = t;
-            }
-    }
-    if (need4) {
-        if (!(in->x4 = malloc(sizeof(int16_t) * R * k))) return -2;
-        quantize_rows(x, in->x4, in->s4, R, k, 1);
-    }
+    if (need4 && blocks_of(&in->x4, x, R, k)) return -2;
     return 0;
 }
 
 static void release(input_t *in) {
     free(in->x8);
-    free(in->x4);
-    free(in->xsum);
+    free(in->x4.xq);
 }
 
 /* Output columns [n0, n1) of every row: one row streams the weights in order, several
  * go in tiles (fp32, bf16) or in calls of MAX_ROWS rows (int8, int4). */
 static void rows_of(const proj_t *p, const input_t *in, float *y, int n0, int n1) {
-    int fast = use_512(), R = in->rows, K = p->k, N = p->n, G = K / 32;
+    int fast = use_512(), R = in->rows, K = p->k, N = p->n;
     if (p->format == 0 || p->format == 3) {
         dense_rows(in->x, p->w, y, R, K, N, n0, n1, p->format == 3);
         return;
@@ -95,20 +80,41 @@ static void rows_of(const proj_t *p, const input_t *in, float *y, int n0, int n1
             if (fast) int8_rows_512(in->x8 + (int64_t)r0 * K, in->s8 + r0, p->w, p->scale, yr, rr, K, N, n0, n1);
             else int8_rows_ref(xr, p->w, p->scale, yr, rr, K, N, n0, n1);
         } else {
-            const float *xs = in->xsum + (int64_t)r0 * G;
-            if (fast)
-                int4_rows_512(in->x4 + (int64_t)r0 * K, in->s4 + r0, xs, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
-            else int4_rows_ref(xr, xs, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
+            blocks_t b = {in->x4.xq + (int64_t)r0 * kp4(K), in->x4.d + (int64_t)r0 * gp4(K),
+                          in->x4.m + (int64_t)r0 * gp4(K)};
+            int4_rows(&b, p->w, p->scale, p->zero, yr, rr, K, N, n0, n1);
         }
     }
 }
 
+/* Projections of one input (q, k and v; gate and up) in one parallel region: their
+ * output rows in chunks of CHUNK, numbered one projection after another and split
+ * statically, so each thread streams a contiguous run of rows and the threads meet
+ * once, not once per projection (a fork and a join cost microseconds, a 1024 x 1024
+ * int4 projection about twenty). */
+static void project_all(const proj_t *const *ps, float *const *ys, int count, const input_t *in, int threads) {
+    int starts[4], total = 0;
+    for (int i = 0; i < count; i++) {
+        starts[i] = total;
+        total += (ps[i]->n + CHUNK - 1) / CHUNK;
+    }
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")
+    for (int c = 0; c < total; c++) {
+        int i = count - 1;
+        while (c < starts[i]) i--;
+        int n0 = (c - starts[i]) * CHUNK, n1 = n0 + CHUNK < ps[i]->n ? n0 + CHUNK : ps[i]->n;
+        rows_of(ps[i], in, ys[i], n0, n1);
+    }
+    for (int i = 0; i < count; i++) {
+        const proj_t *p = ps[i];
+        if (p->bias)
+            for (int r = 0; r < in->rows; r++)
+                for (int n = 0; n < p->n; n++) ys[i][(int64_t)r * p->n + n] += p->bias[n];
+    }
+}
+
 static void project(const proj_t *p, const input_t *in, float *y, int threads) {
-    int N = p->n;
-    SPLIT(rows_of(p, in, y, n0, n1))
-    if (p->bias)
-        for (int r = 0; r < in->rows; r++)
-            for (int n = 0; n < N; n++) y[(int64_t)r * N + n] += p->bias[n];
+    project_all(&p, &y, 1, in, threads);
 }
 
 /* transformers' RMSNorm: x * rsqrt(mean(x^2) + eps), times the weight. */
@@ -151,9 +157,8 @@ int resplit_block_qkv(const block_t *b, int R, const float *h, const float *cos,
     input_t in;
     int code = prepare(&in, x, R, H, needs(ps, 3, 1), needs(ps, 3, 2));
     if (code == 0) {
-        project(&b->q, &in, q, threads);
-        project(&b->k, &in, k, threads);
-        project(&b->v, &in, v, threads);
+        float *ys[3] = {q, k, v};
+        project_all(ps, ys, 3, &in, threads);
         for (int r = 0; r < R; r++) {
             float *qr = q + (int64_t)r * QW, *kr = k + (int64_t)r * KW;
             if (b->q_norm)
@@ -220,8 +225,8 @@ int resplit_block_out(const block_t *b, int R, const float *h, const float *q, c
         input_t in;
         code = prepare(&in, x, R, H, needs(pm, 2, 1), needs(pm, 2, 2));
         if (code == 0) {
-            project(&b->gate, &in, gate, threads);
-            project(&b->up, &in, up, threads);
+            float *ys[2] = {gate, up};
+            project_all(pm, ys, 2, &in, threads);
             for (int64_t i = 0; i < (int64_t)R * inner; i++) gate[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
         }
         release(&in);

@@ -16,6 +16,7 @@ weight ever moves.
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any
 
 import torch
@@ -146,53 +147,68 @@ class Engine:
         )
         self._norms = [n.weight for n in (block.attn_norm, block.mlp_norm, q_norm, k_norm) if n is not None]
         self._first = self._tensors[0].data_ptr()
+        self._ref = ctypes.byref(self._struct)
+        self._scratch: dict[tuple[int, int], _Buffers] = {}
 
     def current(self) -> bool:
         """Whether the weights are still where this engine points."""
         return self._tensors[0].data_ptr() == self._first
+
+    def _buffers(self, rows: int) -> _Buffers:
+        """This thread's q, k, v and pointer arrays for a step of ``rows`` rows, made once:
+        the cache's append copies k and v, so the next step may write them again."""
+        key = (threading.get_ident(), rows)
+        made = self._scratch.get(key)
+        if made is None:
+            made = _Buffers(rows, self.heads, self.kv_heads, self.head_dim)
+            if len(self._scratch) < 32:  # a few threads and batch sizes
+                self._scratch[key] = made
+        return made
 
     def step(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, caches: list) -> torch.Tensor:
         """``h`` [R, H] (the new token of each of R sessions, R <= ``native.MAX_BLOCK_ROWS``)
         through the block, row r at its own position (``cos``, ``sin`` [R, head_dim]);
         appends each row's k and v to ``caches[r]``."""
         lib, threads = native.library(), torch.get_num_threads()
-        rows, d = h.shape[0], self.head_dim
-        q = torch.empty(rows, self.heads * d)
-        k, v = torch.empty(rows, self.kv_heads, 1, d), torch.empty(rows, self.kv_heads, 1, d)
+        rows = h.shape[0]
+        b = self._buffers(rows)
         code = lib.resplit_block_qkv(
-            ctypes.byref(self._struct),
-            rows,
-            h.data_ptr(),
-            cos.data_ptr(),
-            sin.data_ptr(),
-            q.data_ptr(),
-            k.data_ptr(),
-            v.data_ptr(),
-            threads,
+            self._ref, rows, h.data_ptr(), cos.data_ptr(), sin.data_ptr(), b.q_ptr, b.k_ptr, b.v_ptr, threads
         )
         if code != 0:
             raise MemoryError(f"native block step: code {code}")
         # Each session's cache grows by its row; the tensors are kept alive until the call.
-        held, key_ptrs, value_ptrs, lengths = [], (ctypes.c_void_p * rows)(), (ctypes.c_void_p * rows)(), []
+        held = []
         for r, cache in enumerate(caches):
-            keys, values = cache.update(k[r : r + 1], v[r : r + 1], self.layer_idx)
+            keys, values = cache.update(b.k[r : r + 1], b.v[r : r + 1], self.layer_idx)
             keys, values = keys.contiguous(), values.contiguous()
             held += (keys, values)
-            key_ptrs[r], value_ptrs[r] = keys.data_ptr(), values.data_ptr()
-            lengths.append(keys.shape[2])
-        lengths_array = (ctypes.c_int * rows)(*lengths)
+            b.keys[r], b.values[r], b.lengths[r] = keys.data_ptr(), values.data_ptr(), keys.shape[2]
         out = torch.empty_like(h)
         code = lib.resplit_block_out(
-            ctypes.byref(self._struct),
+            self._ref,
             rows,
             h.data_ptr(),
-            q.data_ptr(),
-            ctypes.addressof(key_ptrs),
-            ctypes.addressof(value_ptrs),
-            ctypes.addressof(lengths_array),
+            b.q_ptr,
+            b.keys_at,
+            b.values_at,
+            b.lengths_at,
             out.data_ptr(),
             threads,
         )
         if code != 0:
             raise MemoryError(f"native block step: code {code}")
         return out
+
+
+class _Buffers:
+    """One step's scratch for ``rows`` rows: q, k, v and the arrays of cache pointers."""
+
+    def __init__(self, rows: int, heads: int, kv_heads: int, head_dim: int) -> None:
+        self.q = torch.empty(rows, heads * head_dim)
+        self.k, self.v = torch.empty(rows, kv_heads, 1, head_dim), torch.empty(rows, kv_heads, 1, head_dim)
+        self.q_ptr, self.k_ptr, self.v_ptr = self.q.data_ptr(), self.k.data_ptr(), self.v.data_ptr()
+        self.keys, self.values = (ctypes.c_void_p * rows)(), (ctypes.c_void_p * rows)()
+        self.lengths = (ctypes.c_int * rows)()
+        self.keys_at, self.values_at = ctypes.addressof(self.keys), ctypes.addressof(self.values)
+        self.lengths_at = ctypes.addressof(self.lengths)

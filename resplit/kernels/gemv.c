@@ -6,9 +6,10 @@
  * bandwidth llama.cpp reaches on the same CPU (bench/vs_llamacpp.py). Each kernel here
  * reads every weight once per call, keeps the activations (a few KiB) in L1, and splits
  * the output rows among OpenMP threads (the same libgomp torch loaded, so torch's
- * per-thread count applies). Weight-only quantization: activations, scales and sums stay
- * fp32, and every activation row is computed on its own, so a batch gives each row
- * exactly what it gives that row alone.
+ * per-thread count applies). fp32 and bf16 keep the activations fp32; int8 multiplies them
+ * as int16 (one scale per row), int4 as int8 in blocks of 32 columns (one scale per
+ * block). Every activation row is quantized and computed on its own, so a batch gives
+ * each row exactly what it gives that row alone.
  *
  * Formats (resplit/kernels/native.py packs them):
  *   fp32: W [N, K] float.
@@ -62,21 +63,84 @@ static void int8_rows_ref(const float *x, const int8_t *q, const bf16 *s, float 
         }
 }
 
-static void int4_rows_ref(const float *x, const float *xsum, const uint8_t *p, const bf16 *s, const bf16 *z, float *y,
-                          int R, int K, int N, int n0, int n1) {
-    int G = K / 32;
+/* int4 (and the blocks of int8 activations it multiplies): each activation row is
+ * quantized on its own in blocks of 32 columns (one int4 group), xq = round(x * 127 /
+ * max|x| of the block), one fp32 scale d per block, like llama.cpp's Q8_0 activations. A
+ * group's product is then an exact integer, sum_i q_i * xq_i, and the row's result
+ *   y = sum_g [ (dot_g * d_g) * s_g + (z_g - 8 s_g) * m_g ],  m_g = d_g * sum_i xq_i,
+ * is W against the dequantized row, d_g * xq_i, up to float rounding. The groups'
+ * terms are summed in sixteen lanes (lane l takes groups l, l + 16, ...) and the lanes
+ * added in a fixed tree, in this order in the portable body and the AVX-512 one alike,
+ * so both give the same bits; a row's result does not depend on its batch mates.
+ *
+ * A row's quantized values are stored in the order the AVX-512 body reads them: per
+ * chunk of four groups (128 columns), the first halves (columns 0-15) of the four
+ * groups, then their second halves, matching the low and the high nibbles of the
+ * chunk's 64 packed bytes. Rows are padded with zeros to whole superblocks of sixteen
+ * groups (KP4 columns, GP4 scales), so every load stays inside the row. */
+#define SUPER 16
+static inline int gp4(int K) { return (K / 32 + SUPER - 1) / SUPER * SUPER; }
+static inline int kp4(int K) { return gp4(K) * 32; }
+
+/* Where column i (0..31) of group g goes in a quantized row. */
+static inline int pos4(int g, int i) { return (g >> 2) * 128 + (i >> 4) * 64 + (g & 3) * 16 + (i & 15); }
+
+static void quantize_blocks(const float *x, int8_t *xq, float *d, float *m, int R, int K) {
+    int G = K / 32, GP = gp4(K), KP = kp4(K);
+    for (int r = 0; r < R; r++) {
+        int8_t *qr = xq + (int64_t)r * KP;
+        float *dr = d + (int64_t)r * GP, *mr = m + (int64_t)r * GP;
+        for (int i = 0; i < KP; i++) qr[i] = 0;
+        for (int g = 0; g < GP; g++) dr[g] = mr[g] = 0.f;
+        for (int g = 0; g < G; g++) {
+            const float *xg = x + (int64_t)r * K + g * 32;
+            float top = 0.f;
+            for (int i = 0; i < 32; i++) top = fabsf(xg[i]) > top ? fabsf(xg[i]) : top;
+            float inv = top > 0.f ? 127.f / top : 0.f;
+            int sum = 0;
+            for (int i = 0; i < 32; i++) {
+                long v = lrintf(xg[i] * inv);
+                v = v > 127 ? 127 : (v < -127 ? -127 : v);
+                qr[pos4(g, i)] = (int8_t)v;
+                sum += (int)v;
+            }
+            dr[g] = top / 127.f;
+            mr[g] = dr[g] * (float)sum;
+        }
+    }
+}
+
+/* The sum of sixteen lanes in the order of GCC's _mm512_reduce_add_ps. */
+static inline float lanes_sum(const float *a) {
+    float t[8], u[4];
+    for (int i = 0; i < 8; i++) t[i] = a[i + 8] + a[i];
+    for (int i = 0; i < 4; i++) u[i] = t[i + 4] + t[i];
+    return (u[0] + u[2]) + (u[1] + u[3]);
+}
+
+static void int4_rows_ref(const int8_t *xq, const float *d, const float *m, const uint8_t *p, const bf16 *s,
+                          const bf16 *z, float *y, int R, int K, int N, int n0, int n1) {
+    int G = K / 32, GP = gp4(K), KP = kp4(K);
     for (int n = n0; n < n1; n++)
         for (int r = 0; r < R; r++) {
-            float total = 0.f;
-            for (int g = 0; g < G; g++) {
-                const uint8_t *b = p + (int64_t)n * (K / 2) + g * 16;
-                const float *xg = x + (int64_t)r * K + g * 32;
-                float acc = 0.f;
-                for (int i = 0; i < 16; i++) acc += (float)(b[i] & 15) * xg[i] + (float)(b[i] >> 4) * xg[i + 16];
-                float scale = widen(s[(int64_t)n * G + g]), offset = widen(z[(int64_t)n * G + g]) - 8.f * scale;
-                total += acc * scale + offset * xsum[(int64_t)r * G + g];
+            const int8_t *xr = xq + (int64_t)r * KP;
+            const float *dr = d + (int64_t)r * GP, *mr = m + (int64_t)r * GP;
+            float acc[SUPER] = {0.f};
+            for (int g = 0; g < GP; g++) {
+                int dot = 0;
+                float scale = 0.f, zero = 0.f;
+                if (g < G) {
+                    const uint8_t *b = p + (int64_t)n * (K / 2) + g * 16;
+                    for (int i = 0; i < 16; i++)
+                        dot += (b[i] & 15) * xr[pos4(g, i)] + (b[i] >> 4) * xr[pos4(g, i + 16)];
+                    scale = widen(s[(int64_t)n * G + g]);
+                    zero = widen(z[(int64_t)n * G + g]);
+                }
+                float t = (float)dot * dr[g];
+                acc[g % SUPER] = fmaf(t, scale, acc[g % SUPER]);
+                acc[g % SUPER] = fmaf(fmaf(-8.f, scale, zero), mr[g], acc[g % SUPER]);
             }
-            y[(int64_t)r * N + n] = total;
+            y[(int64_t)r * N + n] = lanes_sum(acc);
         }
 }
 
@@ -166,7 +230,7 @@ T512 static void bf16_row_512(const float *x, const bf16 *w, float *y, int K, in
     dense_row_512(x, w, y, K, n0, n1, 1);
 }
 
-/* int8 and int4 multiply int16 activations (each row scaled to +-32767 on its own) with
+/* int8 multiplies int16 activations (each row scaled to +-32767 on its own) with
  * the weights widened to int16, two products summed per int32 lane by one VNNI
  * instruction (vpdpwssd): per 32 weights one widening load and one multiply-add, where
  * converting each weight to fp32 took four. The activation's rounding (1/65534 of the
@@ -174,6 +238,14 @@ T512 static void bf16_row_512(const float *x, const bf16 *w, float *y, int K, in
  * are moved to fp32 every FLUSH vectors, before 127 * 32767 * 2 * FLUSH could overflow. */
 #define FLUSH 256
 #define TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
+
+/* lanes_sum's order: GCC's _mm512_reduce_add_ps, written out so it cannot change. */
+TVNNI static inline float lanes_sum_512(__m512 a) {
+    __m256 t = _mm256_add_ps(_mm512_extractf32x8_ps(a, 1), _mm512_castps512_ps256(a));
+    __m128 u = _mm_add_ps(_mm256_extractf128_ps(t, 1), _mm256_castps256_ps128(t));
+    __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+    return _mm_cvtss_f32(v) + _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1));
+}
 
 TVNNI static inline __m512i w8(const int8_t *p) {
     return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
@@ -234,108 +306,93 @@ TVNNI static void int8_rows_512(const int16_t *x, const float *sx, const int8_t 
     }
 }
 
-/* Two groups' bf16 scales as fp32: lanes 0-7 the first, lanes 8-15 the second. */
-TVNNI static inline __m512 pair_scales(const bf16 *two, __m512i top) {
-    uint32_t bits;
-    __builtin_memcpy(&bits, two, 4);
-    __m512i both = _mm512_set1_epi32((int)bits);
-    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(0xFF00, _mm512_slli_epi32(both, 16), _mm512_and_si512(both, top)));
+/* Sixteen bf16 values as fp32; the first `count` only, zeros after (a row's last groups). */
+TVNNI static inline __m512 widen16(const bf16 *p, int count) {
+    __m256i h = count >= 16 ? _mm256_loadu_si256((const __m256i *)p)
+                            : _mm256_maskz_loadu_epi16((__mmask16)((1u << count) - 1), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* sum over groups of (zero - 8 * scale) * (sum of the group's activations): the part of
- * a row's product that W's offsets contribute, sixteen groups at a time. */
-TVNNI static inline __m512 widen16(const bf16 *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+/* One chunk (four groups) against one row: dword lane 4j + t sums eight products of group j. */
+TVNNI static inline __attribute__((always_inline)) __m512i chunk_dot(__m512i lo, __m512i hi, const int8_t *x) {
+    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x));
+    return _mm512_dpbusd_epi32(a, hi, _mm512_loadu_si512(x + 64));
 }
 
-TVNNI static inline float offsets_dot(const bf16 *s, const bf16 *z, const float *xsum, int G) {
-    __m512 acc = _mm512_setzero_ps(), eight = _mm512_set1_ps(8.f);
-    int g = 0;
-    for (; g + 16 <= G; g += 16)
-        acc = _mm512_fmadd_ps(_mm512_fnmadd_ps(eight, widen16(s + g), widen16(z + g)), _mm512_loadu_ps(xsum + g), acc);
-    float rest = 0.f;
-    for (; g < G; g++) rest += (widen(z[g]) - 8.f * widen(s[g])) * xsum[g];
-    return _mm512_reduce_add_ps(acc) + rest;
+/* Four chunks' dword lanes summed per group: lane g holds group g of the superblock. */
+TVNNI static inline __attribute__((always_inline)) __m512i groups_of(__m512i a, __m512i b, __m512i c, __m512i d,
+                                                                     __m512i order) {
+    __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    /* 128-bit lane k now holds group k of a, b, c, d: put group 4t + k in lane 4t + k */
+    __m512i mixed = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+    return _mm512_permutexvar_epi32(order, mixed);
 }
 
-/* x here is the int16 row in pair-of-groups order (see quantize_rows): for groups g, g+1,
- * the 32 values matching the low nibbles of their 32 bytes, then the 32 matching the
- * high ones. One 32-byte load widened to 32 words covers two groups; dword lanes 0-7 of
- * the products belong to group g and 8-15 to group g + 1, scaled per group in fp32. */
-TVNNI static inline __attribute__((always_inline)) void int4_rows_512_body(const int16_t *x, const float *sx, const float *xsum, const uint8_t *p, const bf16 *s,
-                                const bf16 *z, float *y, int R, int K, int N, int n0, int n1) {
-    const int G = K / 32;
-    const __m512i low = _mm512_set1_epi16(15);
-    const __m512i top = _mm512_set1_epi32((int)0xFFFF0000u);
-    const __m512i first_pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i second_pair = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+/* Unsigned nibbles times signed int8 activations (vpdpbusd, four products per dword lane):
+ * per 64 packed bytes one load, three logic operations and two multiply-adds, where
+ * int16 activations took a widening load and twice the multiply-adds; the group scales
+ * are applied sixteen groups at a time. The weights are read once for all R rows. */
+TVNNI static inline __attribute__((always_inline)) void int4_rows_512_body(const int8_t *xq, const float *d, const float *m,
+                                                                           const uint8_t *p, const bf16 *s,
+                                                                           const bf16 *z, float *y, int R, int K,
+                                                                           int N, int n0, int n1) {
+    const int G = K / 32, GP = gp4(K), KP = kp4(K);
+    const __m512i low = _mm512_set1_epi8(15);
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    const __m512 minus8 = _mm512_set1_ps(-8.f);
     for (int n = n0; n < n1; n++) {
         const uint8_t *pn = p + (int64_t)n * (K / 2);
         const bf16 *sn = s + (int64_t)n * G, *zn = z + (int64_t)n * G;
-        if (R == 1) {
-            __m512 f0 = _mm512_setzero_ps(), f1 = f0;
-            int g = 0;
-            for (; g + 4 <= G; g += 4) {
-                __m512i b0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(pn + g * 16)));
-                __m512i b1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(pn + g * 16 + 32)));
-                __m512i a0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b0, low),
-                                                 _mm512_loadu_si512(x + g * 32));
-                __m512i a1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b1, low),
-                                                 _mm512_loadu_si512(x + g * 32 + 64));
-                a0 = _mm512_dpwssd_epi32(a0, _mm512_srli_epi16(b0, 4), _mm512_loadu_si512(x + g * 32 + 32));
-                a1 = _mm512_dpwssd_epi32(a1, _mm512_srli_epi16(b1, 4), _mm512_loadu_si512(x + g * 32 + 96));
-                /* four groups' scales widened at once, then spread: lanes 0-7 one group, 8-15 the next */
-                __m512 four = _mm512_castps128_ps512(_mm_castsi128_ps(
-                    _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(sn + g))), 16)));
-                f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_permutexvar_ps(first_pair, four), f0);
-                f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_permutexvar_ps(second_pair, four), f1);
+        __m512 acc[MAX_ROWS];
+        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+        for (int g0 = 0; g0 < G; g0 += SUPER) {
+            int left = G - g0;
+            __m512i lo[4], hi[4];
+            for (int j = 0; j < 4; j++) {
+                const uint8_t *b = pn + (int64_t)(g0 + 4 * j) * 16;
+                __m512i w;
+                if (left >= SUPER) w = _mm512_loadu_si512(b);
+                else {
+                    int bytes = (left - 4 * j) * 16;
+                    bytes = bytes < 0 ? 0 : (bytes > 64 ? 64 : bytes);
+                    w = _mm512_maskz_loadu_epi8(bytes == 64 ? ~0ULL : ((1ULL << bytes) - 1), b);
+                }
+                lo[j] = _mm512_and_si512(w, low);
+                hi[j] = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
             }
-            for (; g < G; g += 2) {
-                __m512i b0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(pn + g * 16)));
-                __m512i a0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b0, low),
-                                                 _mm512_loadu_si512(x + g * 32));
-                a0 = _mm512_dpwssd_epi32(a0, _mm512_srli_epi16(b0, 4), _mm512_loadu_si512(x + g * 32 + 32));
-                f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), pair_scales(sn + g, top), f0);
-            }
-            y[n] = _mm512_reduce_add_ps(_mm512_add_ps(f0, f1)) * sx[0] + offsets_dot(sn, zn, xsum, G);
-            continue;
-        }
-        __m512 f[MAX_ROWS];
-        for (int r = 0; r < R; r++) f[r] = _mm512_setzero_ps();
-        for (int g = 0; g < G; g += 2) {
-            __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(pn + g * 16)));
-            __m512i lo = _mm512_and_si512(b, low), hi = _mm512_srli_epi16(b, 4);
-            __m512 sv = pair_scales(sn + g, top);
+            __m512 sv = widen16(sn + g0, left), zv = widen16(zn + g0, left);
+            __m512 offset = _mm512_fmadd_ps(minus8, sv, zv);
             for (int r = 0; r < R; r++) {
-                const int16_t *xg = x + (int64_t)r * K + g * 32;
-                __m512i a = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xg));
-                a = _mm512_dpwssd_epi32(a, hi, _mm512_loadu_si512(xg + 32));
-                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), sv, f[r]);
+                const int8_t *xr = xq + (int64_t)r * KP + g0 * 32;
+                __m512i dots = groups_of(chunk_dot(lo[0], hi[0], xr), chunk_dot(lo[1], hi[1], xr + 128),
+                                         chunk_dot(lo[2], hi[2], xr + 256), chunk_dot(lo[3], hi[3], xr + 384), order);
+                __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(dots), _mm512_loadu_ps(d + (int64_t)r * GP + g0));
+                acc[r] = _mm512_fmadd_ps(t, sv, acc[r]);
+                acc[r] = _mm512_fmadd_ps(offset, _mm512_loadu_ps(m + (int64_t)r * GP + g0), acc[r]);
             }
         }
-        for (int r = 0; r < R; r++) {
-            y[(int64_t)r * N + n] = _mm512_reduce_add_ps(f[r]) * sx[r] + offsets_dot(sn, zn, xsum + (int64_t)r * G, G);
-        }
+        for (int r = 0; r < R; r++) y[(int64_t)r * N + n] = lanes_sum_512(acc[r]);
     }
 }
 
 /* One copy of the body per row count, so its per-row accumulators live in registers. */
-TVNNI static void int4_rows_512(const int16_t *x, const float *sx, const float *xsum, const uint8_t *p, const bf16 *s, const bf16 *z, float *y, int R, int K, int N, int n0, int n1) {
+TVNNI static void int4_rows_512(const int8_t *xq, const float *d, const float *m, const uint8_t *p, const bf16 *s,
+                                const bf16 *z, float *y, int R, int K, int N, int n0, int n1) {
     switch (R) {
-    case 1: int4_rows_512_body(x, sx, xsum, p, s, z, y, 1, K, N, n0, n1); break;
-    case 2: int4_rows_512_body(x, sx, xsum, p, s, z, y, 2, K, N, n0, n1); break;
-    case 3: int4_rows_512_body(x, sx, xsum, p, s, z, y, 3, K, N, n0, n1); break;
-    case 4: int4_rows_512_body(x, sx, xsum, p, s, z, y, 4, K, N, n0, n1); break;
-    case 5: int4_rows_512_body(x, sx, xsum, p, s, z, y, 5, K, N, n0, n1); break;
-    case 6: int4_rows_512_body(x, sx, xsum, p, s, z, y, 6, K, N, n0, n1); break;
-    case 7: int4_rows_512_body(x, sx, xsum, p, s, z, y, 7, K, N, n0, n1); break;
-    case 8: int4_rows_512_body(x, sx, xsum, p, s, z, y, 8, K, N, n0, n1); break;
+    case 1: int4_rows_512_body(xq, d, m, p, s, z, y, 1, K, N, n0, n1); break;
+    case 2: int4_rows_512_body(xq, d, m, p, s, z, y, 2, K, N, n0, n1); break;
+    case 3: int4_rows_512_body(xq, d, m, p, s, z, y, 3, K, N, n0, n1); break;
+    case 4: int4_rows_512_body(xq, d, m, p, s, z, y, 4, K, N, n0, n1); break;
+    case 5: int4_rows_512_body(xq, d, m, p, s, z, y, 5, K, N, n0, n1); break;
+    case 6: int4_rows_512_body(xq, d, m, p, s, z, y, 6, K, N, n0, n1); break;
+    case 7: int4_rows_512_body(xq, d, m, p, s, z, y, 7, K, N, n0, n1); break;
+    case 8: int4_rows_512_body(xq, d, m, p, s, z, y, 8, K, N, n0, n1); break;
     }
 }
 
-/* Each row of x as int16 scaled to +-32767 (its scale in sx); for int4 (pairs != 0) in
- * pair-of-groups order. */
-static void quantize_rows(const float *x, int16_t *xq, float *sx, int R, int K, int pairs) {
+/* Each row of x as int16 scaled to +-32767, its scale in sx (int8 weights). */
+static void quantize_rows(const float *x, int16_t *xq, float *sx, int R, int K) {
     for (int r = 0; r < R; r++) {
         const float *xr = x + (int64_t)r * K;
         float top = 0.f;
@@ -343,14 +400,7 @@ static void quantize_rows(const float *x, int16_t *xq, float *sx, int R, int K, 
         float scale = top > 0.f ? top / 32767.f : 1.f, inv = 1.f / scale;
         sx[r] = scale;
         int16_t *out = xq + (int64_t)r * K;
-        for (int k = 0; k < K; k++) {
-            int dest = k;
-            if (pairs) { /* k = 64 * pair + 32 * (group in pair) + 16 * high + i */
-                int base = k & ~63, within = k & 63, group = within >> 5, high = (within >> 4) & 1, i = within & 15;
-                dest = base + 32 * high + 16 * group + i;
-            }
-            out[dest] = (int16_t)lrintf(xr[k] * inv);
-        }
+        for (int k = 0; k < K; k++) out[k] = (int16_t)lrintf(xr[k] * inv);
     }
 }
 
@@ -419,38 +469,40 @@ int resplit_gemv_int8(const float *x, const int8_t *q, const bf16 *s, float *y, 
     int16_t *xq = malloc(sizeof(int16_t) * R * K);
     float sx[MAX_ROWS];
     if (!xq) return -2;
-    quantize_rows(x, xq, sx, R, K, 0);
+    quantize_rows(x, xq, sx, R, K);
     SPLIT(int8_rows_512(xq, sx, q, s, y, R, K, N, n0, n1))
     free(xq);
     return 0;
 }
 
+/* R activation rows quantized for int4 weights (quantize_blocks), in one allocation. */
+typedef struct {
+    int8_t *xq;
+    float *d, *m;
+} blocks_t;
+
+static int blocks_of(blocks_t *b, const float *x, int R, int K) {
+    size_t q = (size_t)R * kp4(K), f = (size_t)R * gp4(K);
+    b->xq = malloc(q + 2 * sizeof(float) * f);
+    if (!b->xq) return -2;
+    b->d = (float *)(b->xq + q); /* q is a multiple of 512: aligned for floats */
+    b->m = b->d + f;
+    quantize_blocks(x, b->xq, b->d, b->m, R, K);
+    return 0;
+}
+
+static void int4_rows(const blocks_t *b, const uint8_t *p, const bf16 *s, const bf16 *z, float *y, int R, int K,
+                      int N, int n0, int n1) {
+    if (use_512()) int4_rows_512(b->xq, b->d, b->m, p, s, z, y, R, K, N, n0, n1);
+    else int4_rows_ref(b->xq, b->d, b->m, p, s, z, y, R, K, N, n0, n1);
+}
+
 int resplit_gemv_int4(const float *x, const uint8_t *p, const bf16 *s, const bf16 *z, float *y, int R, int K, int N,
                       int threads) {
     if (R < 1 || R > MAX_ROWS || K % 64) return -1;
-    int G = K / 32;
-    float *xsum = malloc(sizeof(float) * R * G);
-    if (!xsum) return -2;
-    for (int r = 0; r < R; r++)
-        for (int g = 0; g < G; g++) {
-            float t = 0.f;
-            for (int i = 0; i < 32; i++) t += x[(int64_t)r * K + g * 32 + i];
-            xsum[r * G + g] = t;
-        }
-    if (!use_512()) {
-        SPLIT(int4_rows_ref(x, xsum, p, s, z, y, R, K, N, n0, n1))
-        free(xsum);
-        return 0;
-    }
-    int16_t *xq = malloc(sizeof(int16_t) * R * K);
-    float sx[MAX_ROWS];
-    if (!xq) {
-        free(xsum);
-        return -2;
-    }
-    quantize_rows(x, xq, sx, R, K, 1);
-    SPLIT(int4_rows_512(xq, sx, xsum, p, s, z, y, R, K, N, n0, n1))
-    free(xq);
-    free(xsum);
+    blocks_t b;
+    if (blocks_of(&b, x, R, K)) return -2;
+    SPLIT(int4_rows(&b, p, s, z, y, R, K, N, n0, n1))
+    free(b.xq);
     return 0;
 }

@@ -55,7 +55,13 @@ def cache_dir() -> Path:
     return Path(given) if given else Path.home() / ".cache" / "resplit" / "kernels"
 
 
-def _build(target: Path) -> None:
+#: Compiler flags (part of the cache key): fp contraction off, so the portable bodies'
+#: multiply-adds round as written and give the AVX-512 bodies' bits.
+FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off")
+
+
+def _build(target: Path, source: Path = SOURCES[-1]) -> None:
+    """Compile ``source`` (block.c, which includes gemv.c beside it) into ``target``."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
@@ -64,7 +70,7 @@ def _build(target: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        argv = [compiler, "-O3", "-fPIC", "-shared", "-fopenmp", str(SOURCES[-1]), "-o", str(partial)]
+        argv = [compiler, *FLAGS, str(source), "-o", str(partial), "-lm"]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
@@ -83,7 +89,8 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("RESPLIT_NATIVE_KERNELS", "1") == "0":
         log.info("native decode kernels turned off (RESPLIT_NATIVE_KERNELS=0): torch's kernels run")
         return None
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:16]
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    digest = hashlib.sha256(sources + " ".join(FLAGS).encode()).hexdigest()[:16]
     target = cache_dir() / f"resplit-gemv-{digest}.so"
     try:
         if not target.exists():
@@ -92,6 +99,12 @@ def library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("native decode kernels unavailable, torch's kernels run: %s", exc)
         return None
+    return bind(lib)
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` with its entry points' argument types declared (also for a library built
+    from another revision's sources, which ``bench/gemv.py`` times against this one)."""
     lib.resplit_gemv_fp32.argtypes = [_F, _F, _F, _I, _I, _I, _I]
     lib.resplit_gemv_bf16.argtypes = [_F, _F, _F, _I, _I, _I, _I]
     lib.resplit_gemv_int8.argtypes = [_F, _F, _F, _F, _I, _I, _I, _I]
@@ -164,7 +177,8 @@ def gemv_int4(
     lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
 ) -> torch.Tensor:
     """``x @ W.T`` for W = (q - 8) * scale + zero in groups of GROUP columns (``packed``:
-    :func:`pack_int4`; ``scale``, ``zero``: bfloat16 [N, K / GROUP])."""
+    :func:`pack_int4`; ``scale``, ``zero``: bfloat16 [N, K / GROUP]), each row of ``x``
+    rounded to int8 steps of max|block| / 127 per block of GROUP columns (gemv.c)."""
     (rows, k), n = x.shape, packed.shape[0]
     y = _out(x, n)
     code = lib.resplit_gemv_int4(

@@ -7,9 +7,11 @@ the 2-core development CPU (``bench/weights.py``, ``bench/vs_llamacpp.py``;
 docs/BENCHMARKS.md):
 
 * bf16, int8 and int4 decode steps (few rows) run on resplit's native kernels
-  (``resplit/kernels``) where they build: fp32 activations, the weights widened
-  in registers, streaming at close to the memory bandwidth; a prefill dequantizes
-  the matrix to fp32 for the call and runs one GEMM.
+  (``resplit/kernels``) where they build, streaming the weights at close to the
+  memory bandwidth: bf16 with fp32 activations, int8 with each activation row as
+  int16, int4 with each row as int8 in blocks of 32 columns (``vpdpbusd``; the
+  cost in accuracy is in docs/BENCHMARKS.md, ``bench/gemv.py``); a prefill
+  dequantizes the matrix to fp32 for the call and runs one GEMM.
 * Elsewhere (no C compiler, ``RESPLIT_NATIVE_KERNELS=0``), torch's
   kernels run: ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu`` are fast
   only with a bf16 activation (1.7-2.7 ms with an fp32 one against ~70 us for a

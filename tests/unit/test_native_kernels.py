@@ -36,6 +36,17 @@ def _int4(n: int, k: int, generator: torch.Generator):
     return native.pack_int4(q), scale, zero, groups.view(n, k)
 
 
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the int4 kernel sees it: each row in blocks of 32 columns, each block
+    rounded to int8 steps of max|block| / 127 (gemv.c's quantize_blocks), dequantized."""
+    rows, k = x.shape
+    blocks = x.view(rows, k // 32, 32)
+    top = blocks.abs().amax(dim=2, keepdim=True)
+    inv = torch.where(top > 0, 127 / top, torch.zeros_like(top))
+    q = torch.round(blocks * inv).clamp(-127, 127)
+    return (q * (top / 127)).view(rows, k)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8])
 @pytest.mark.parametrize("shape", [(96, 64), (200, 320)])
 def test_each_kernel_matches_torch_on_the_weights_it_stands_for(body, rows, shape):
@@ -59,10 +70,13 @@ def test_each_kernel_matches_torch_on_the_weights_it_stands_for(body, rows, shap
     # int16 activations: an error of at most 1/65534 of the row's largest value per term
     assert torch.allclose(got, expected, atol=1e-3 * expected.abs().max().item(), rtol=1e-3), body
 
-    packed, s4, o4, w4 = _int4(n, k, g)
-    expected = F.linear(x, w4)
-    got = native.gemv_int4(LIB, x, packed, s4, o4)
-    assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3), body
+    if k % 64 == 0:
+        packed, s4, o4, w4 = _int4(n, k, g)
+        got = native.gemv_int4(LIB, x, packed, s4, o4)
+        # int8 activations in blocks of 32: W against the dequantized row, to float rounding
+        assert torch.allclose(got, F.linear(_blocks(x), w4), atol=1e-5, rtol=1e-5), body
+        expected = F.linear(x, w4)  # and within the activations' rounding of the fp32 row
+        assert torch.allclose(got, expected, atol=2e-2 * expected.abs().max().item()), body
 
 
 def test_a_row_gets_the_same_result_whatever_rows_it_is_batched_with():
@@ -225,3 +239,42 @@ def test_a_built_library_can_be_loaded_by_other_users(tmp_path):
     mode = target.stat().st_mode & 0o777
     assert mode & 0o044 == 0o044, oct(mode)  # group and others may read it
     assert not list(target.parent.glob("*.so.*")) and len(list(target.parent.iterdir())) == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (37, 192), (100, 576), (17, 1024), (33, 2816)])
+def test_int4_avx512_body_gives_the_portable_bodys_bits(shape):
+    """The AVX-512 int4 body against the portable one on odd shapes (a row of one group
+    pair, rows ending inside a superblock of sixteen groups, the model's sizes): the same
+    integer products and the same float operations in the same order, so the same bits,
+    for one row and for batches of up to MAX_ROWS."""
+    if "avx512" not in BODIES:
+        pytest.skip("this CPU has no AVX-512 VNNI body to compare with the portable one")
+    n, k = shape
+    g = torch.Generator().manual_seed(n * 7 + k)
+    packed, s4, o4, w4 = _int4(n, k, g)
+    x = torch.randn(native.MAX_ROWS, k, generator=g) * torch.rand(native.MAX_ROWS, 1, generator=g) * 10
+    x[0, : min(k, 96)] = 0  # all-zero blocks: a zero scale
+    try:
+        for rows in (1, 3, native.MAX_ROWS):
+            LIB.resplit_force_portable(1)
+            portable = native.gemv_int4(LIB, x[:rows], packed, s4, o4)
+            LIB.resplit_force_portable(0)
+            fast = native.gemv_int4(LIB, x[:rows], packed, s4, o4)
+            assert torch.equal(fast, portable), (shape, rows)
+            assert torch.allclose(fast, F.linear(_blocks(x[:rows]), w4), atol=1e-4, rtol=1e-5), (shape, rows)
+    finally:
+        LIB.resplit_force_portable(0)
+
+
+def test_an_int4_row_gets_the_same_bits_whatever_rows_it_is_batched_with(body):
+    """Each activation row is quantized and summed on its own: a row in any batch (any
+    size, any batch mates) gives the bits it gives alone."""
+    g = torch.Generator().manual_seed(5)
+    packed, s4, o4, _ = _int4(80, 704, g)
+    x = torch.randn(native.MAX_ROWS, 704, generator=g)
+    alone = torch.cat([native.gemv_int4(LIB, x[i : i + 1], packed, s4, o4) for i in range(native.MAX_ROWS)])
+    for rows in range(2, native.MAX_ROWS + 1):
+        assert torch.equal(native.gemv_int4(LIB, x[:rows], packed, s4, o4), alone[:rows]), (body, rows)
+    other = x.clone()
+    other[1:] = torch.randn(native.MAX_ROWS - 1, 704, generator=g) * 100
+    assert torch.equal(native.gemv_int4(LIB, other, packed, s4, o4)[0], alone[0]), body
