@@ -25,10 +25,11 @@ from .base import (
     renumber,
     strip_prefix,
 )
+from .packed import PackedPrompts
 from .rotary import EMBED, HEAD, LAYERS, NORM, layer_types, tied
 
 
-class RotaryDecoderSegment(Segment):
+class RotaryDecoderSegment(PackedPrompts, Segment):
     def __init__(
         self,
         config: PretrainedConfig,
@@ -102,26 +103,6 @@ class RotaryDecoderSegment(Segment):
         if self.lm_head is None:
             return StepOutput(hidden=h)
         return StepOutput(logits=self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :])
-
-    def batches_prompts(self) -> bool:
-        return self.batches_decode()
-
-    @torch.inference_mode()
-    def step_packed(self, states, lengths, input_ids=None, hidden=None) -> StepOutput:
-        """Several sessions' prompts as one forward through the lean step (``lean.rows``):
-        the projections and MLPs over every token at once, attention per session."""
-        if not self.batches_prompts():
-            return super().step_packed(states, lengths, input_ids, hidden)
-        h = self.embed(input_ids) if self.embed is not None else hidden
-        positions = [torch.arange(s.seq_len, s.seq_len + n) for s, n in zip(states, lengths, strict=True)]
-        position_ids = torch.cat(positions).unsqueeze(0).to(h.device)
-        h = lean.rows(self._lean, h, self.rotary(h, position_ids), [s.cache for s in states], lengths)
-        for state, length in zip(states, lengths, strict=True):
-            state.seq_len += length
-        if self.lm_head is None:
-            return StepOutput(hidden=h)
-        last = torch.tensor(lengths, device=h.device).cumsum(0) - 1
-        return StepOutput(logits=self.lm_head(self.norm(h[:, last, :]))[0])
 
     @torch.inference_mode()
     def step(self, state, input_ids=None, hidden=None, attention_mask=None) -> StepOutput:

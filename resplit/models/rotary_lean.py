@@ -40,6 +40,7 @@ from .base import (
     strip_prefix,
 )
 from .lean_cache import LeanCache
+from .packed import PackedPrompts
 from .rotary import EMBED, HEAD, LAYERS, NORM, layer_types, tied
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ class Rotary(nn.Module):
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
 
-class LeanRotarySegment(Segment):
+class LeanRotarySegment(PackedPrompts, Segment):
     """Units [start, end) of a rotary decoder on :mod:`lean`'s ops (see the module's docstring)."""
 
     #: Which code runs this segment's steps (the worker's load log and metrics name it).
@@ -242,26 +243,6 @@ class LeanRotarySegment(Segment):
         for state in states:
             state.seq_len += 1
         return StepOutput(hidden=h) if self.lm_head is None else self._head(h[:, -1:, :])
-
-    def batches_prompts(self) -> bool:
-        return self.batches_decode()
-
-    @torch.inference_mode()
-    def step_packed(self, states, lengths, input_ids=None, hidden=None) -> StepOutput:
-        """Several sessions' prompts as one forward (``lean.rows``): the projections and
-        MLPs over every token at once, attention per session."""
-        if not self.batches_prompts():
-            return super().step_packed(states, lengths, input_ids, hidden)
-        h = self.embed(input_ids) if self.embed is not None else hidden
-        positions = [torch.arange(s.seq_len, s.seq_len + n) for s, n in zip(states, lengths, strict=True)]
-        position_ids = torch.cat(positions).unsqueeze(0).to(h.device)
-        h = lean.rows(self._lean, h, self.rotary(h, position_ids), [s.cache for s in states], lengths)
-        for state, length in zip(states, lengths, strict=True):
-            state.seq_len += length
-        if self.lm_head is None:
-            return StepOutput(hidden=h)
-        last = torch.tensor(lengths, device=h.device).cumsum(0) - 1
-        return StepOutput(logits=self.lm_head(self.norm(h[:, last, :]))[0])
 
     @torch.inference_mode()
     def step(self, state, input_ids=None, hidden=None, attention_mask=None) -> StepOutput:
