@@ -110,21 +110,3 @@ def stack() -> Iterator[LocalStack]:
     finally:
         local.stop()
 
-
-#: Modules that run long for the tests they hold, collected first: `make test` hands
-#: modules to its two processes in collection order, and these came last or in the middle,
-#: so one process ran them while the other had nothing left (longest first: the chaos soak,
-#: then the exact solver's property tests).
-FIRST = (
-    "tests/faults/test_soak.py",
-    "tests/unit/test_splitter_properties.py",
-    "tests/unit/test_splitter_privacy.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        module = item.nodeid.split("::", 1)[0]
-        return FIRST.index(module) if module in FIRST else len(FIRST)
-
-    items.sort(key=rank)  # stable: the rest keep their order
