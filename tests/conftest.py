@@ -109,4 +109,3 @@ def stack() -> Iterator[LocalStack]:
         yield local.start()
     finally:
         local.stop()
-

@@ -14,7 +14,8 @@ import os
 # ~0.8 ms at 30,000, the earlier default set for torch's kernels) cover them: on that
 # VM under other processes' load, 3,000 decoded a 3-way split 1.5-4x faster than
 # 30,000 and 1.5x faster than 10,000 (bench/split_ab.py, same rounds, fp32 and int8;
-# docs/BENCHMARKS.md), and on the VM alone the same (split time 0.92-1.01x). Setting either variable yourself turns this default off.
+# docs/BENCHMARKS.md), and on the VM alone the same (split time 0.92-1.01x).
+# Setting either variable yourself turns this default off.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
     os.environ["GOMP_SPINCOUNT"] = "3000"
