@@ -124,9 +124,11 @@ def _events(orch: str, name: str) -> list[common_pb2.DecisionEvent]:
     return list(reply.events)
 
 
-# Its traffic may take Traffic.join's 180 s on a loaded machine (a stopped worker is found by
-# step timeouts, reports and the orchestrator's own check, each slower under load): the
-# default 120-s guard killed it while the sessions were still recovering (CI, 2026-12-05).
+# Serial (alone, after the parallel part): beside other test modules on make test's second
+# process, its sessions never finished in 3 of 4 fresh-clone runs on 2026-12-05 (a hang in
+# recovery under that load, not yet understood; alone, and beside CPU hogs, it passes in
+# 25-56 s). Its guard covers Traffic.join's 180 s.
+@pytest.mark.serial
 @pytest.mark.timeout(300)
 def test_sigstopped_straggler_is_replaced_and_welcomed_back_without_thrash(bed):
     stack, model_dir, prompts, expected = bed
