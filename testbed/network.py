@@ -12,7 +12,8 @@ rate changes while traffic flows. Some kernels (the 2-core development VMs)
 lack the netem qdisc: there delay, jitter and loss come from a transparent
 userspace relay in every node's namespace instead (``relay.py``: an iptables
 REDIRECT of inbound TCP; ``delay_via="relay"`` asks for it where netem exists
-too). Without netem and without iptables, asking for them raises
+too). The mode is decided when the bed is created, so the relays are on every
+connection from its first byte. Without netem and without iptables, asking for them raises
 :class:`EmulationUnavailable` saying so; rates still work.
 """
 
@@ -135,7 +136,29 @@ class Network:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("ip", "addr", "add", f"{self.bridge_address}/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
+        self.delay_mode = self._delay_mode()
+        if self.delay_mode == "relay":
+            self.relay_dir = Path(tempfile.mkdtemp(prefix="resplit-relay-"))
+            self._write_relay_shapes()
         return self
+
+    def _delay_mode(self) -> str:
+        """How this bed makes delays, decided before any node exists.
+
+        The relays must be on every connection's path from its first byte: the REDIRECT
+        rule only catches new connections, so a relay started at the first delayed
+        shape left every connection opened before it (a worker's gRPC channels, the
+        monitor agent's probe channels) undelayed for good. "" means neither netem nor
+        iptables is here; shaping a delay then raises and says so."""
+        if self.delay_via == "relay":
+            return "relay"
+        probe = ["tc", "qdisc", "add", "dev", self.bridge, "root", "netem", "delay", "1ms"]
+        if sh(*probe, check=False).returncode == 0:
+            sh("tc", "qdisc", "del", "dev", self.bridge, "root", check=False)
+            return "netem"
+        if self.delay_via == "auto" and shutil.which("iptables") is not None:
+            return "relay"
+        return ""
 
     def add_node(self, name: str) -> str:
         """A namespace for ``name`` with its veth to the bridge; returns its address."""
@@ -166,36 +189,20 @@ class Network:
 
     def shape(self, name: str, shape: Shape) -> None:
         """Give node ``name``'s egress this shape (replaces the previous one in place)."""
-        delayed = shape.delay_ms > 0 or shape.jitter_ms > 0 or shape.loss_pct > 0
-        if self.delay_mode == "relay" or (delayed and self.delay_via == "relay"):
-            self._shape_with_relay(name, shape)
+        if self.delay_mode == "relay":  # rate by tbf, delay/jitter/loss by the relays
+            self._shape_with_tc(name, Shape(shape.rate_mbit))
+            self.shapes[name] = shape
+            self._write_relay_shapes()
             return
         try:
             self._shape_with_tc(name, shape)
-        except EmulationUnavailable:
-            if self.delay_via == "netem":
+        except EmulationUnavailable as exc:
+            if self.delay_via != "auto":
                 raise
-            self._shape_with_relay(name, shape)
-
-    def _shape_with_relay(self, name: str, shape: Shape) -> None:
-        """Rate by tbf, delay/jitter/loss by the relays (started in every node at once)."""
-        if self.delay_mode != "relay":
-            if shutil.which("iptables") is None:
-                raise EmulationUnavailable(
-                    "no netem qdisc on this kernel and no iptables for the userspace delay relay, "
-                    "so delay, jitter and loss cannot be emulated here (rate shaping with tbf works)"
-                )
-            self.delay_mode = "relay"
-            self.relay_dir = Path(tempfile.mkdtemp(prefix="resplit-relay-"))
-            for node in list(self.namespaces):
-                previous = self.shapes.get(node)
-                if previous is not None and (previous.delay_ms > 0 or previous.loss_pct > 0):
-                    ns = ["ip", "netns", "exec", self.namespaces[node]]
-                    sh(*ns, "tc", "qdisc", "del", "dev", "eth0", "root")
-                self._start_relay(node)
-        self._shape_with_tc(name, Shape(shape.rate_mbit))
-        self.shapes[name] = shape
-        self._write_relay_shapes()
+            raise EmulationUnavailable(  # auto found neither netem nor iptables
+                "no netem qdisc on this kernel and no iptables for the userspace delay relay, "
+                f"so delay, jitter and loss cannot be emulated here (rate shaping with tbf works): {exc}"
+            ) from None
 
     def _start_relay(self, name: str) -> None:
         assert self.relay_dir is not None
