@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import os
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -90,6 +92,16 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+_stacks = itertools.count()
+
+
+def _kept_logs() -> Path | None:
+    """``RESPLIT_TEST_LOGS=<folder>`` keeps every stack's service logs, one folder per
+    stack (a failure under load is read from them afterwards); unset, they are scratch."""
+    root = os.environ.get("RESPLIT_TEST_LOGS")
+    return Path(root) / f"stack-{os.getpid()}-{next(_stacks)}" if root else None
+
+
 @dataclass
 class LocalStack:
     """Redis, the broadcaster, the orchestrator and workers as real processes
@@ -118,6 +130,8 @@ class LocalStack:
     gateway_proc: ServiceProcess | None = None
     #: The port of the gateway's API (http://127.0.0.1:<it>/v1).
     gateway_api_port: int = 0
+    #: Where the services' logs go (see _kept_logs); None: scratch files.
+    log_dir: Path | None = field(default_factory=_kept_logs)
 
     @property
     def security(self) -> Security | None:
@@ -132,7 +146,9 @@ class LocalStack:
                 *("--tls-ca", str(tls / "ca.pem"), "--token-file", str(tls / "token")),
                 *extra,
             ]
-        return ServiceProcess(kind, self.redis.url, extra, security=self.security).start()
+        return ServiceProcess(
+            kind, self.redis.url, extra, security=self.security, name=name, log_dir=self.log_dir
+        ).start()
 
     def control(self) -> list[ServiceProcess]:
         procs = (self.monitor, self.splitter, self.broadcaster, self.orchestrator, self.gateway_proc)

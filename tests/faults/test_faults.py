@@ -20,7 +20,16 @@ import urllib.request
 import pytest
 import redis
 from support import LocalStack, make_plan, quiet_window, wait_for
-from traffic import Traffic, check, deploy, nodes_of, plan_of, routable, sessions_and_expected
+from traffic import (
+    Traffic,
+    check,
+    deploy,
+    nodes_of,
+    plan_of,
+    routable,
+    sessions_and_expected,
+    undeploy_all,
+)
 
 from resplit.launcher.processes import ServiceProcess
 from resplit.models.tiny import build_tiny
@@ -56,6 +65,13 @@ def bed(tmp_path_factory):
         yield local, model_dir, prompts, expected
     finally:
         local.stop()
+
+
+@pytest.fixture(autouse=True)
+def alone(bed):
+    """Each test's deployment is undeployed after it (see traffic.undeploy_all)."""
+    yield
+    undeploy_all(bed[0].orchestrator.address)
 
 
 def _restart(proc: ServiceProcess) -> None:
@@ -124,11 +140,7 @@ def _events(orch: str, name: str) -> list[common_pb2.DecisionEvent]:
     return list(reply.events)
 
 
-# Serial (alone, after the parallel part): beside other test modules on make test's second
-# process, its sessions never finished in 3 of 4 fresh-clone runs on 2026-12-05 (a hang in
-# recovery under that load, not yet understood; alone, and beside CPU hogs, it passes in
-# 25-56 s). Its guard covers Traffic.join's 180 s.
-@pytest.mark.serial
+# Its guard covers Traffic.join's 180 s.
 @pytest.mark.timeout(300)
 def test_sigstopped_straggler_is_replaced_and_welcomed_back_without_thrash(bed):
     stack, model_dir, prompts, expected = bed

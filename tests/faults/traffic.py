@@ -111,6 +111,18 @@ def deploy(orchestrator: str, name: str, model_dir, segments, t_cool_s: float = 
     deploy_spec(orchestrator, spec, segments)
 
 
+def undeploy_all(orchestrator: str) -> None:
+    """Undeploy every deployment: the next test's plans are planned alone. The fault
+    bed declares memory for one deployment (MEMORY in test_faults.py); tests that left
+    theirs deployed filled the trusted nodes, and a later test's loop then found no
+    feasible plan around its stopped worker and kept the stalled one."""
+    with sync_channel(orchestrator) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        listed = stub.ListDeployments(orchestrator_pb2.ListDeploymentsRequest(), timeout=10)
+        for deployment in listed.deployments:
+            stub.Undeploy(orchestrator_pb2.UndeployRequest(deployment=deployment.name), timeout=60)
+
+
 def plan_of(orchestrator: str, name: str) -> common_pb2.Plan:
     with sync_channel(orchestrator) as channel:
         return orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetPlan(
