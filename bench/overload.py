@@ -12,8 +12,9 @@ request's tokens are checked against the whole model.
 
 Printed per step: offered and served requests/s, served tokens/s as a ratio to the
 unloaded maximum (no collapse: ≥ 0.9), p50/p99 latency of admitted requests and its
-ratio to the unloaded p99, refused requests and their p99 time to refusal, and every
-process's RSS growth since the start.
+ratio to the unloaded p99, refused requests and their p99 time to refusal, every
+process's RSS growth since the start, and the load generator's own CPU share and event
+loop lag (a generator that saturates its core measures itself, not the stack).
 
 Usage: python bench/overload.py [--sessions 8] [--tokens 16] [--seconds 15] [--seed 7]
 """
@@ -57,6 +58,7 @@ class Load:
         self.refusals: list[float] = []
         self.other: list[str] = []
         self.wrong = 0
+        self.generator: Generator | None = None
 
     async def one(self, i: int) -> None:
         started = time.perf_counter()
@@ -120,20 +122,60 @@ async def run(address: str, security, args, model_dir: Path, stack) -> list[tupl
     ]  # fmt: skip
     rng = random.Random(args.seed)
     rows = []
+    Generator.stack = {r.name: psutil.Process(r.pid) for r in stack.processes}
     async with AsyncClient(address, security=security, retry_overload=False) as client:
         route = await client.route("overload")
         warm = Load(client, route, prompts, expected, args.tokens)
         await warm.closed(args.sessions, 3.0)
         start_rss = rss_mb(stack)
         base = Load(client, route, prompts, expected, args.tokens)
-        wall = await base.closed(args.sessions, args.seconds)
+        with Generator() as generator:
+            wall = await base.closed(args.sessions, args.seconds)
         capacity = len(base.latencies) / wall
         rows.append(("unloaded max", None, base, wall, capacity, start_rss, rss_mb(stack)))
+        rows[0][2].generator = generator
         for step in STEPS:
             load = Load(client, route, prompts, expected, args.tokens)
-            wall = await load.open(step * capacity, args.seconds, rng)
+            with Generator() as load.generator:
+                wall = await load.open(step * capacity, args.seconds, rng)
             rows.append((f"{step:g}x", step * capacity, load, wall, capacity, start_rss, rss_mb(stack)))
     return rows
+
+
+class Generator:
+    """This process's own load while it generates a step: its CPU share and its event
+    loop's lag (how late a 10-ms sleep wakes). A load generator that saturates a core
+    or lags by seconds measures itself, not the stack: the table says so per step."""
+
+    #: The stack's processes (name -> psutil.Process), for the busiest's CPU share.
+    stack: dict[str, psutil.Process] = {}
+
+    def __enter__(self) -> Generator:
+        self.process = psutil.Process()
+        self.cpu0, self.t0 = sum(self.process.cpu_times()[:2]), time.perf_counter()
+        self.stack0 = {n: sum(p.cpu_times()[:2]) for n, p in self.stack.items()}
+        self.lags: list[float] = []
+        self._task = asyncio.ensure_future(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.lags.append(time.perf_counter() - before - 0.01)
+
+    def __exit__(self, *exc) -> None:
+        self._task.cancel()
+        wall = time.perf_counter() - self.t0
+        self.cpu = (sum(self.process.cpu_times()[:2]) - self.cpu0) / wall
+        self.stack_cpu = {n: (sum(p.cpu_times()[:2]) - self.stack0[n]) / wall for n, p in self.stack.items()}
+
+    def describe(self) -> str:
+        return f"{self.cpu * 100:.0f} % / {quantile(self.lags, 0.99) * 1e3:.0f}"
+
+    def busiest(self) -> str:
+        top = sorted(self.stack_cpu.items(), key=lambda item: -item[1])[:3]
+        return ", ".join(f"{n} {c * 100:.0f} %" for n, c in top)
 
 
 def main() -> None:
@@ -164,7 +206,7 @@ def main() -> None:
                         f"{args.tokens} tokens per request, {args.seconds:g} s per step")  # fmt: skip
     columns = ("offered", "offered req/s", "served req/s", "served / unloaded max", "admitted p50 / p99 ms",
                "p99 / unloaded p99", "refused", "refusal p99 ms", "RSS growth MB (max process)",
-               "wrong")  # fmt: skip
+               "wrong", "generator CPU / loop lag p99 ms", "busiest processes (CPU)")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right")
     for name, offered, load, wall, capacity, start, end in rows:
@@ -181,6 +223,8 @@ def main() -> None:
             f"{quantile(load.refusals, 0.99) * 1e3:.1f}" if load.refusals else "-",
             f"{growth[0]:+.1f} ({growth[1]})",
             str(load.wrong),
+            load.generator.describe() if load.generator is not None else "-",
+            load.generator.busiest() if load.generator is not None else "-",
         )
         if load.other:
             console.print(f"{name}: {len(load.other)} other failures, e.g. {load.other[0]}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import statistics
 import tempfile
 from collections.abc import Iterator
@@ -62,7 +63,9 @@ class Variant:
         tree, _, pairs = rest.partition(":")
         if not name or not tree:
             raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=TREE[:KEY=VALUE,...]")
-        env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        # A comma starts the next pair only before KEY=: a value may hold commas itself
+        # (GRPC_EXPERIMENTS=-a,-b).
+        env = dict(pair.split("=", 1) for pair in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", pairs) if pair)
         return cls(name, Path(tree).resolve(), env)
 
 

@@ -90,21 +90,6 @@ class RotaryDecoderSegment(PackedPrompts, Segment):
         return self.rotary is not None and self._lean is not None and self.lean_decode
 
     @torch.inference_mode()
-    def step_rows(self, states, input_ids=None, hidden=None) -> StepOutput:
-        """One new token of each session as one batched forward through the lean step
-        (``lean.decode_rows``): per-row positions, per-session caches and attention."""
-        if not self.batches_decode():
-            return super().step_rows(states, input_ids, hidden)
-        h = self.embed(input_ids) if self.embed is not None else hidden
-        position_ids = torch.tensor([[s.seq_len] for s in states], device=h.device)
-        h = lean.decode_rows(self._lean, h, self.rotary(h, position_ids), [s.cache for s in states])
-        for state in states:
-            state.seq_len += 1
-        if self.lm_head is None:
-            return StepOutput(hidden=h)
-        return StepOutput(logits=self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :])
-
-    @torch.inference_mode()
     def step(self, state, input_ids=None, hidden=None, attention_mask=None) -> StepOutput:
         h = self.embed(input_ids) if self.embed is not None else hidden
         length = h.shape[1]

@@ -233,18 +233,6 @@ class LeanRotarySegment(PackedPrompts, Segment):
         return StepOutput(logits=self.lm_head(self.norm(h))[:, -1, :])
 
     @torch.inference_mode()
-    def step_rows(self, states, input_ids=None, hidden=None) -> StepOutput:
-        """One new token of each session as one batched forward (``lean.decode_rows``)."""
-        if not self.batches_decode():
-            return super().step_rows(states, input_ids, hidden)
-        h = self.embed(input_ids) if self.embed is not None else hidden
-        position_ids = torch.tensor([[s.seq_len] for s in states], device=h.device)
-        h = lean.decode_rows(self._lean, h, self.rotary(h, position_ids), [s.cache for s in states])
-        for state in states:
-            state.seq_len += 1
-        return StepOutput(hidden=h) if self.lm_head is None else self._head(h[:, -1:, :])
-
-    @torch.inference_mode()
     def step(self, state, input_ids=None, hidden=None, attention_mask=None) -> StepOutput:
         """A prompt (or a chunk of one) through :func:`lean.prefill`, transformers' layer op
         for op; one token through :func:`lean.decode` (the same ops, the native block step

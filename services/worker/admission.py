@@ -18,6 +18,7 @@ import grpc
 
 from resplit.core.limits import RETRY_METADATA_KEY, SESSION_METADATA_KEY
 from resplit.rpc.interceptors import Continuation
+from resplit.rpc.limits import take_opening
 
 from .core.sessions import SessionTable
 
@@ -48,10 +49,9 @@ class SessionAdmission(grpc.aio.ServerInterceptor):
         hint = ((RETRY_METADATA_KEY, str(self.sessions.limits.retry_after_ms)),)
 
         async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
-            # The open message is taken first (a parse, no more): a status that arrives while
-            # the caller still writes it is lost to the caller (grpc.aio: "Internal error from Core").
-            async for _ in requests:
-                break
+            # What the caller wrote at once is taken first (the open message and the first
+            # step): a status that arrives while it still writes is lost to it (take_opening).
+            await take_opening(requests)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, trailing_metadata=hint)
 
         return grpc.stream_stream_rpc_method_handler(

@@ -22,6 +22,7 @@ learns, at a token boundary, that its route has changed and where it goes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -34,6 +35,7 @@ from prometheus_client import Counter, Histogram
 
 from resplit.core.tensors import Assembler
 from resplit.models.sampling import Sampler
+from resplit.rpc.limits import FOLLOWING_REQUEST_WAIT_S
 from resplit.v1 import common_pb2, worker_pb2
 
 from .core import errors, step
@@ -117,6 +119,14 @@ async def _pump(requests: AsyncIterator[worker_pb2.ForwardRequest], inbox: Inbox
             await inbox.offer(request)
     finally:
         inbox.end()
+
+
+async def _take_following(inbox: Inbox[Any, Any]) -> None:
+    """Wait a moment for what the caller wrote right after its open message (the SDK's first
+    step): a status sent while it still writes is lost to it (resplit/rpc/limits.py
+    take_opening), and a session refused at its open would reach it as a broken stream."""
+    with contextlib.suppress(Exception):  # whatever it is, the refusal stands
+        await inbox.get(FOLLOWING_REQUEST_WAIT_S, "the step after the open message")
 
 
 class Forwarding:
@@ -224,6 +234,8 @@ class Forwarding:
             log.warning("session %s cut off: %s", hop.session.session_id[:64] if hop else "?", exc)
             raise asyncio.CancelledError(str(exc)) from None
         except (errors.WorkerError, HopError, TimeoutError) as exc:
+            if hop is None:  # refused at its open: the caller's first step may still be on its way
+                await _take_following(inbox)
             await replies.settle()
             await context.abort(*refusal(exc))
         except Exception as exc:  # a bug here: this session ends with a clear status, the rest go on

@@ -341,6 +341,42 @@ def test_a_full_worker_refuses_a_new_session_before_its_stream_handler_runs(limi
     _all_closed(limited.worker_procs)
 
 
+def test_a_burst_of_refused_sessions_each_gets_its_refusal_not_a_broken_stream(limited):
+    """200 sessions opened at once at a full worker, as the SDK opens them (the open
+    message and the first step written back to back): every one is refused
+    RESOURCE_EXHAUSTED. A refusal sent while the second message was still being written
+    reached the caller as a broken stream (INTERNAL, "Internal error from Core"), which
+    the SDK treats as a lost hop: at 4x capacity (bench/overload.py) those recoveries
+    took served throughput down to 0.16-0.31 of the maximum. ``recoveries=0`` shows a
+    broken stream as such instead of recovering from it."""
+    with Client(limited.orchestrator.address) as client:
+        route = client.route("limited")
+        held = [client._run(GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5))) for _ in range(2)]
+        for session in held:
+            next(session)
+
+        async def burst() -> list[tuple[str, str]]:
+            address = limited.orchestrator.address
+            async with AsyncClient(address, retry_overload=False, recoveries=0) as opener:
+
+                async def one() -> tuple[str, str]:
+                    try:
+                        async for _ in opener.generate_ids([5, 6], route, Sampling(max_new_tokens=2)):
+                            pass
+                    except grpc.RpcError as exc:
+                        return exc.code().name, exc.details()
+                    return "served", ""
+
+                return await asyncio.gather(*(one() for _ in range(200)))
+
+        outcomes = asyncio.run(burst())
+        others = [o for o in outcomes if o[0] != "RESOURCE_EXHAUSTED"]
+        assert not others, f"{len(others)} of 200 not refused cleanly, e.g. {others[:3]}"
+        for session in held:
+            assert len(list(session)) == 4  # the held sessions finish untouched
+    _all_closed(limited.worker_procs)
+
+
 def test_sessions_at_the_session_limit_move_to_a_new_split_on_the_same_workers(limited):
     """Both workers hold their limit of 2 sessions when the plan re-splits over the same
     workers: each session opens its next epoch's segment beside its old one (counted once,
