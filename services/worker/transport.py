@@ -72,6 +72,12 @@ BATCH_ROWS = Histogram(
     "Sessions' one-token steps run as one batched forward (1: a step alone)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+BATCH_GATHER = Histogram(
+    "resplit_worker_batch_gather_seconds",
+    "How long a batch waited for the sessions that stepped on its segment lately to come back "
+    "before it ran (--batch-gather-ms; 0: none was missing)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
+)
 PREFILL_CHUNKS = Histogram(
     "resplit_worker_prefill_chunks",
     "Chunks a prompt longer than --prefill-chunk-tokens was cut into on this worker",
@@ -170,7 +176,11 @@ class Forwarding:
         #: to this many new tokens in all (and max_batch decode steps).
         self.prompt_tokens = prefill_chunk_tokens or PROMPT_TOKENS_UNCHUNKED
         self.batcher: Batcher[step.Row] = Batcher(
-            self._run_batch, max_batch, batch_gather_ms / 1000, max(max_batch, self.prompt_tokens)
+            self._run_batch,
+            max_batch,
+            batch_gather_ms / 1000,
+            max(max_batch, self.prompt_tokens),
+            on_gather=BATCH_GATHER.observe,
         )
         #: Prompts longer than this run chunk by chunk (core/step.py Prefill); 0: whole.
         self.prefill_chunk_tokens = prefill_chunk_tokens

@@ -221,3 +221,23 @@ def test_a_full_batch_of_generating_sessions_leaves_a_waiting_prompt_one_row():
         return forward.batches
 
     assert asyncio.run(run()) == [["a"], ["d1", "d2", "p"], ["d3"]]
+
+
+def test_each_batch_reports_how_long_it_waited_for_its_members():
+    """The wait the worker's metrics show (resplit_worker_batch_gather_seconds): none for a
+    session alone, about the bound (4 forwards) for a member that does not come back."""
+
+    async def run():
+        waits: list[float] = []
+        forward = _Timed(0.01)
+        batcher = Batcher(forward, gather_s=30.0, on_gather=waits.append)
+        await batcher.submit("seg", "a", member="a")
+        alone = list(waits)
+        await asyncio.gather(batcher.submit("seg", "a", member="a"), batcher.submit("seg", "b", member="b"))
+        waits.clear()
+        await batcher.submit("seg", "a", member="a")  # b never comes back
+        return alone, waits
+
+    alone, missing = asyncio.run(run())
+    assert alone == [pytest.approx(0, abs=0.005)]
+    assert len(missing) == 1 and 0.02 <= missing[0] < 1.0, missing

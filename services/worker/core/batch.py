@@ -75,7 +75,12 @@ class Batcher(Generic[Item]):
     """Collects steps per key (a hosted segment) and runs them in batches, one at a time per key."""
 
     def __init__(
-        self, run: RunBatch, max_rows: int = 64, gather_s: float = 0.2, max_cost: int | None = None
+        self,
+        run: RunBatch,
+        max_rows: int = 64,
+        gather_s: float = 0.2,
+        max_cost: int | None = None,
+        on_gather: Callable[[float], None] | None = None,
     ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
@@ -91,6 +96,9 @@ class Batcher(Generic[Item]):
         self._running: set[Hashable] = set()
         self._members: dict[Hashable, _Members] = {}
         self._drains: set[asyncio.Task[None]] = set()
+        #: Told how long each batch waited for its members (seconds; 0 when none was missing):
+        #: what the member wait costs an iteration, for the worker's metrics.
+        self.on_gather = on_gather
 
     def waiting(self) -> int:
         """Steps waiting for the batch in flight to end."""
@@ -154,7 +162,10 @@ class Batcher(Generic[Item]):
                     await members.arrived.wait()
 
     async def _next_batch(self, key: Hashable) -> None:
+        began = time.monotonic()
         await self._gather(key)
+        if self.on_gather is not None:
+            self.on_gather(time.monotonic() - began)
         waiting = self._waiting[key]
         chosen = self._choose(waiting)
         batch = [waiting[i] for i in chosen]
