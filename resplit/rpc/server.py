@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..config import ServiceSettings
+from ..core.cancel import raise_if_cancelling
 from ..core.limits import Caps
 from ..gcpolicy import freeze_startup
 from ..telemetry import SERVICE_INFO, SERVICE_UP, setup_logging
@@ -87,6 +88,7 @@ async def _watch_readiness(service: Service, readiness: Readiness, interval: flo
         try:
             state = await service.check_ready()
         except Exception as exc:  # a readiness probe must never kill the service
+            raise_if_cancelling(exc)  # but a cancel in disguise ends the watcher (resplit/core/cancel.py)
             state = (False, f"readiness check failed: {exc}")
         delay = recheck_delay(state[0], None if last is None else last[0], delay, interval)
         if state != last:

@@ -16,6 +16,7 @@ import time
 
 import grpc
 
+from resplit.core.cancel import raise_if_cancelling
 from resplit.core.smoothing import Ewma
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
@@ -84,6 +85,7 @@ class MonitorService:
             try:
                 await self.cycle()
             except Exception as exc:  # Redis away: keep cycling, readiness reports it
+                raise_if_cancelling(exc)  # unless it is a cancel in disguise (resplit/core/cancel.py)
                 log.warning("monitoring cycle failed: %s", exc)
             await asyncio.sleep(self.settings.cycle_s)
 

@@ -44,6 +44,7 @@ import time
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from resplit.core.cancel import raise_if_cancelling
 from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
 from resplit.v1 import (
@@ -167,7 +168,8 @@ class ControlLoop:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis away, or a bug: log it, the loop goes on
+            except Exception as exc:  # Redis away, or a bug: log it, the loop goes on
+                raise_if_cancelling(exc)  # unless it is a cancel in disguise (resplit/core/cancel.py)
                 log.exception("control loop tick failed")
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn a cancel that
             # lands as its timeout fires into a TimeoutError, and the loop would outlive stop().

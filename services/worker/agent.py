@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import grpc
 
+from resplit.core.cancel import raise_if_cancelling
 from resplit.core.smoothing import LinkEstimator
 from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
@@ -93,6 +94,7 @@ class Agent:
             try:
                 await self.cycle()
             except Exception as exc:  # Redis or a peer away: report next cycle
+                raise_if_cancelling(exc)  # unless it is a cancel in disguise (resplit/core/cancel.py)
                 log.warning("node agent cycle failed: %s", exc)
             await asyncio.sleep(max(self.settings.agent_interval_s - (time.monotonic() - start), 0.05))
 

@@ -74,3 +74,36 @@ def test_retries_start_small_and_never_wait_longer_than_an_interval():
     assert [next(delays) for _ in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
     short = Heartbeat(lambda: None, lambda: None, interval_s=0.05).retry_delays()
     assert [next(short) for _ in range(3)] == [0.05, 0.05, 0.05]
+
+
+def test_a_cancel_that_a_timeout_swallowed_still_ends_the_loop():
+    """Python 3.11's wait_for can turn a cancel into TimeoutError as its timeout fires; the
+    loop catches Exception and would tick on past its cancel() (a worker's stop then
+    waited for it until SIGKILL). Here a beat consumes the cancel and raises TimeoutError,
+    as that race does: the loop must end cancelled all the same."""
+
+    async def run() -> bool:
+        async def register() -> None:
+            pass
+
+        async def beat() -> bool:
+            task = asyncio.current_task()
+            assert task is not None
+            if task.cancelling():
+                return True
+            task.cancel()
+            try:
+                await asyncio.sleep(0)  # the cancel is delivered here and consumed...
+            except asyncio.CancelledError:
+                raise TimeoutError("a wait_for timed out as it was cancelled") from None  # ...in disguise
+            return True
+
+        loop = asyncio.create_task(Heartbeat(register, beat, interval_s=0.01).run())
+        try:
+            async with asyncio.timeout(2):
+                await loop
+        except asyncio.CancelledError:
+            return loop.cancelled()
+        return False
+
+    assert asyncio.run(run())

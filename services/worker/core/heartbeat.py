@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 
+from resplit.core.cancel import raise_if_cancelling
+
 log = logging.getLogger(__name__)
 
 
@@ -59,6 +61,7 @@ class Heartbeat:
                 self.last_error = ""
                 delays = self.retry_delays()
             except Exception as exc:
+                raise_if_cancelling(exc)  # a cancel in disguise ends the loop (resplit/core/cancel.py)
                 if str(exc) != self.last_error:
                     log.warning("registry unreachable, will retry: %s", exc)
                 self.last_error = str(exc)
