@@ -69,6 +69,9 @@ class Request:
     total_ms: float = 0.0
     epoch: int = 0
     error: str = ""
+    #: How late the client sent it against its open-loop schedule (it was still busy with its
+    #: previous request): a wait the request's user sees, which TTFT alone leaves out.
+    late_ms: float = 0.0
 
 
 @dataclass
@@ -218,6 +221,7 @@ class Runner:
                     return
                 prompt = [rng.randrange(1, vocab) for _ in range(w.prompt_tokens)]
                 req = Request(k, index, time.monotonic() - t0, w.prompt_tokens)
+                req.late_ms = max(req.sent_s - next_at, 0.0) * 1e3
                 started = time.perf_counter()
                 latencies: list[float] = []
                 try:
