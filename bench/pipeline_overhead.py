@@ -91,7 +91,7 @@ def paper_placement(segments: list[tuple[int, int, str]]) -> list[tuple[int, int
 
 def messages_sent(stack) -> float:
     """Data-plane messages every worker has sent so far (its Prometheus counter)."""
-    return sum(value for _, value in worker_metrics(stack, "resplit_worker_messages_sent_total{"))
+    return sum(value for _, value in worker_metrics(stack, "resplit_worker_messages_sent_total "))
 
 
 def split_run(client: Client, route, prompt: list[int], tokens: int) -> tuple[float, list[float], list[int]]:

@@ -357,6 +357,16 @@ def metric_sum(procs, sample: str) -> float:
     return total
 
 
+def lane_rows(procs) -> tuple[float, float]:
+    """(rows, messages) the workers ``procs`` have sent on their lanes so far (more rows than
+    messages: a batch's rows crossed a hop together)."""
+    rows = sum(
+        metric_sum(procs, f'resplit_worker_lane_rows_total{{kind="{kind}"}}')
+        for kind in ("activation", "reply")
+    )
+    return rows, metric_sum(procs, "resplit_worker_messages_sent_total")
+
+
 def batch_rows(procs) -> tuple[float, float]:
     """(rows, batched forwards) the workers ``procs`` have run so far: the sum and count of
     their resplit_worker_batch_rows histograms (more rows than forwards: steps were batched)."""

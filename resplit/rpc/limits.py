@@ -5,7 +5,8 @@ client's identity, read from the call: the peer certificate's common name under
 mutual TLS, else the peer's address. Over a cap, the call ends at once with
 RESOURCE_EXHAUSTED, the hint in its message and in trailing metadata
 ``retry-after-ms``; the handler never runs. Health checks and reflection are never
-capped: a probe must tell a busy service from a dead one.
+capped: a probe must tell a busy service from a dead one; nor are the workers'
+lanes (see EXEMPT).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ RPCS_REFUSED = Counter(
     "RPCs refused RESOURCE_EXHAUSTED by --max-rpcs / --max-rpcs-per-client",
 )
 
-#: Methods never capped.
-EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: Methods never capped. A worker's lanes too: at most one from each other worker, each
+#: carrying the steps of sessions already admitted, so refusing one would fail them all.
+EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.", "/resplit.v1.WorkerService/Lane")
 
 
 def identity_of(context: grpc.aio.ServicerContext) -> str:

@@ -26,15 +26,15 @@ from . import common_pb2 as resplit_dot_v1_dot_common__pb2
 from . import tensor_pb2 as resplit_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17resplit/v1/worker.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\x1a\x17resplit/v1/tensor.proto\"\x81\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\x04\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\"\xbd\x03\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.resplit.v1.Task\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.resplit.v1.SamplingParams\x12#\n\ndownstream\x18\x06 \x03(\x0b\x32\x0f.resplit.v1.Hop\x12$\n\x05units\x18\x08 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\x15\n\rreturn_logits\x18\t \x01(\x08\x12\x12\n\nstart_step\x18\n \x01(\x04\x12\x11\n\tgenerated\x18\x0b \x01(\r\x12\x16\n\x0e\x63ontext_tokens\x18\x0c \x01(\x04\x12%\n\x0cmigrate_from\x18\r \x03(\x0b\x32\x0f.resplit.v1.Hop\x12\x15\n\rmigrate_epoch\x18\x0e \x01(\x04\x12\x13\n\x0bserver_loop\x18\x0f \x01(\x08\x12\x1d\n\x04ring\x18\x10 \x01(\x0b\x32\x0f.resplit.v1.Hop\x12\x10\n\x08ring_key\x18\x11 \x01(\tJ\x04\x08\x07\x10\x08\"S\n\nTokenInput\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x11\n\tinput_ids\x18\x02 \x03(\x04\x12\x16\n\x0e\x61ttention_mask\x18\x03 \x03(\r\x12\x0c\n\x04rows\x18\x04 \x01(\r\"\"\n\x0c\x43loseSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xc5\x01\n\x0e\x46orwardRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.resplit.v1.OpenSessionH\x00\x12(\n\x06tokens\x18\x02 \x01(\x0b\x32\x16.resplit.v1.TokenInputH\x00\x12-\n\nactivation\x18\x03 \x01(\x0b\x32\x17.resplit.v1.TensorChunkH\x00\x12)\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x18.resplit.v1.CloseSessionH\x00\x42\x06\n\x04kind\"2\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"\x9f\x01\n\x0bTokenOutput\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08token_id\x18\x02 \x01(\x04\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x14\n\x0clatest_epoch\x18\x06 \x01(\x04\x12 \n\x05route\x18\x07 \x01(\x0b\x32\x11.resplit.v1.Route\"\x9b\x01\n\x0f\x46orwardResponse\x12+\n\x06opened\x18\x01 \x01(\x0b\x32\x19.resplit.v1.SessionOpenedH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.resplit.v1.TokenOutputH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.resplit.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x84\x01\n\rReturnMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x10\n\x08ring_key\x18\x04 \x01(\t\x12*\n\x05reply\x18\x05 \x01(\x0b\x32\x1b.resplit.v1.ForwardResponse\"\x0b\n\tReturnAck\"\x83\x02\n\x12LoadSegmentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\x11\n\tmodel_dir\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12,\n\x0b\x63ompression\x18\x06 \x01(\x0e\x32\x17.resplit.v1.Compression\x12\x15\n\rprivate_depth\x18\x07 \x01(\r\x12\x0f\n\x07weights\x18\x08 \x01(\t\x12,\n\x0cunit_sources\x18\t \x03(\x0b\x32\x16.resplit.v1.UnitSource\"K\n\x13LoadSegmentResponse\x12\x13\n\x0bparam_bytes\x18\x01 \x01(\x04\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"Y\n\x12\x43ommitEpochRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12 \n\x05route\x18\x03 \x01(\x0b\x32\x11.resplit.v1.Route\"A\n\x13\x43ommitEpochResponse\x12\x14\n\x0c\x61\x63tive_epoch\x18\x01 \x01(\x04\x12\x14\n\x0clatest_epoch\x18\x02 \x01(\x04\"`\n\x15ReleaseSegmentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\"-\n\x16ReleaseSegmentResponse\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x04\"s\n\x14\x45xportSessionRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\"\x9b\x01\n\x07KvChunk\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\'\n\x06tensor\x18\x05 \x01(\x0b\x32\x17.resplit.v1.TensorChunk\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x0e\n\x06length\x18\x08 \x01(\x04J\x04\x08\x06\x10\x07\"\x12\n\x10GetStatusRequest\"\x7f\n\rHostedSegment\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\x13\n\x0bparam_bytes\x18\x04 \x01(\x04\x12\x10\n\x08sessions\x18\x05 \x01(\r\"\x97\x01\n\x0cWorkerStatus\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Node\x12+\n\x08segments\x18\x02 \x03(\x0b\x32\x19.resplit.v1.HostedSegment\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12(\n\x07metrics\x18\x04 \x01(\x0b\x32\x17.resplit.v1.NodeMetrics\"/\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"0\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"\x1a\n\nProbeChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"-\n\x0bProbeResult\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01*?\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x11\n\rTASK_GENERATE\x10\x01\x12\x0e\n\nTASK_EMBED\x10\x02\x32\x9d\x05\n\rWorkerService\x12\x46\n\x07\x46orward\x12\x1a.resplit.v1.ForwardRequest\x1a\x1b.resplit.v1.ForwardResponse(\x01\x30\x01\x12<\n\x06Return\x12\x19.resplit.v1.ReturnMessage\x1a\x15.resplit.v1.ReturnAck(\x01\x12N\n\x0bLoadSegment\x12\x1e.resplit.v1.LoadSegmentRequest\x1a\x1f.resplit.v1.LoadSegmentResponse\x12N\n\x0b\x43ommitEpoch\x12\x1e.resplit.v1.CommitEpochRequest\x1a\x1f.resplit.v1.CommitEpochResponse\x12W\n\x0eReleaseSegment\x12!.resplit.v1.ReleaseSegmentRequest\x1a\".resplit.v1.ReleaseSegmentResponse\x12H\n\rExportSession\x12 .resplit.v1.ExportSessionRequest\x1a\x13.resplit.v1.KvChunk0\x01\x12\x43\n\tGetStatus\x12\x1c.resplit.v1.GetStatusRequest\x1a\x18.resplit.v1.WorkerStatus\x12\x39\n\x04Ping\x12\x17.resplit.v1.PingRequest\x1a\x18.resplit.v1.PingResponse\x12\x43\n\x0eProbeBandwidth\x12\x16.resplit.v1.ProbeChunk\x1a\x17.resplit.v1.ProbeResult(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17resplit/v1/worker.proto\x12\nresplit.v1\x1a\x17resplit/v1/common.proto\x1a\x17resplit/v1/tensor.proto\"\x81\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\x04\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\"\xbd\x03\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.resplit.v1.Task\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.resplit.v1.SamplingParams\x12#\n\ndownstream\x18\x06 \x03(\x0b\x32\x0f.resplit.v1.Hop\x12$\n\x05units\x18\x08 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\x15\n\rreturn_logits\x18\t \x01(\x08\x12\x12\n\nstart_step\x18\n \x01(\x04\x12\x11\n\tgenerated\x18\x0b \x01(\r\x12\x16\n\x0e\x63ontext_tokens\x18\x0c \x01(\x04\x12%\n\x0cmigrate_from\x18\r \x03(\x0b\x32\x0f.resplit.v1.Hop\x12\x15\n\rmigrate_epoch\x18\x0e \x01(\x04\x12\x13\n\x0bserver_loop\x18\x0f \x01(\x08\x12\x1d\n\x04ring\x18\x10 \x01(\x0b\x32\x0f.resplit.v1.Hop\x12\x10\n\x08ring_key\x18\x11 \x01(\tJ\x04\x08\x07\x10\x08\"S\n\nTokenInput\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x11\n\tinput_ids\x18\x02 \x03(\x04\x12\x16\n\x0e\x61ttention_mask\x18\x03 \x03(\r\x12\x0c\n\x04rows\x18\x04 \x01(\r\"\"\n\x0c\x43loseSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xc5\x01\n\x0e\x46orwardRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.resplit.v1.OpenSessionH\x00\x12(\n\x06tokens\x18\x02 \x01(\x0b\x32\x16.resplit.v1.TokenInputH\x00\x12-\n\nactivation\x18\x03 \x01(\x0b\x32\x17.resplit.v1.TensorChunkH\x00\x12)\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x18.resplit.v1.CloseSessionH\x00\x42\x06\n\x04kind\"D\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08lane_key\x18\x03 \x01(\t\"\x9f\x01\n\x0bTokenOutput\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08token_id\x18\x02 \x01(\x04\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x14\n\x0clatest_epoch\x18\x06 \x01(\x04\x12 \n\x05route\x18\x07 \x01(\x0b\x32\x11.resplit.v1.Route\"\x9b\x01\n\x0f\x46orwardResponse\x12+\n\x06opened\x18\x01 \x01(\x0b\x32\x19.resplit.v1.SessionOpenedH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.resplit.v1.TokenOutputH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.resplit.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\xb2\x01\n\x07LaneRow\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03key\x18\x04 \x01(\t\x12-\n\nactivation\x18\x05 \x01(\x0b\x32\x17.resplit.v1.TensorChunkH\x00\x12,\n\x05reply\x18\x06 \x01(\x0b\x32\x1b.resplit.v1.ForwardResponseH\x00\x42\x06\n\x04kind\"0\n\x0bLaneMessage\x12!\n\x04rows\x18\x01 \x03(\x0b\x32\x13.resplit.v1.LaneRow\"\t\n\x07LaneAck\"\x83\x02\n\x12LoadSegmentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\x11\n\tmodel_dir\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12,\n\x0b\x63ompression\x18\x06 \x01(\x0e\x32\x17.resplit.v1.Compression\x12\x15\n\rprivate_depth\x18\x07 \x01(\r\x12\x0f\n\x07weights\x18\x08 \x01(\t\x12,\n\x0cunit_sources\x18\t \x03(\x0b\x32\x16.resplit.v1.UnitSource\"K\n\x13LoadSegmentResponse\x12\x13\n\x0bparam_bytes\x18\x01 \x01(\x04\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"Y\n\x12\x43ommitEpochRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12 \n\x05route\x18\x03 \x01(\x0b\x32\x11.resplit.v1.Route\"A\n\x13\x43ommitEpochResponse\x12\x14\n\x0c\x61\x63tive_epoch\x18\x01 \x01(\x04\x12\x14\n\x0clatest_epoch\x18\x02 \x01(\x04\"`\n\x15ReleaseSegmentRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\"-\n\x16ReleaseSegmentResponse\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x04\"s\n\x14\x45xportSessionRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\"\x9b\x01\n\x07KvChunk\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\'\n\x06tensor\x18\x05 \x01(\x0b\x32\x17.resplit.v1.TensorChunk\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x0e\n\x06length\x18\x08 \x01(\x04J\x04\x08\x06\x10\x07\"\x12\n\x10GetStatusRequest\"\x7f\n\rHostedSegment\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x05units\x18\x03 \x01(\x0b\x32\x15.resplit.v1.UnitRange\x12\x13\n\x0bparam_bytes\x18\x04 \x01(\x04\x12\x10\n\x08sessions\x18\x05 \x01(\r\"\x97\x01\n\x0cWorkerStatus\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.resplit.v1.Node\x12+\n\x08segments\x18\x02 \x03(\x0b\x32\x19.resplit.v1.HostedSegment\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12(\n\x07metrics\x18\x04 \x01(\x0b\x32\x17.resplit.v1.NodeMetrics\"/\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"0\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"\x1a\n\nProbeChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"-\n\x0bProbeResult\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01*?\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x11\n\rTASK_GENERATE\x10\x01\x12\x0e\n\nTASK_EMBED\x10\x02\x32\x97\x05\n\rWorkerService\x12\x46\n\x07\x46orward\x12\x1a.resplit.v1.ForwardRequest\x1a\x1b.resplit.v1.ForwardResponse(\x01\x30\x01\x12\x36\n\x04Lane\x12\x17.resplit.v1.LaneMessage\x1a\x13.resplit.v1.LaneAck(\x01\x12N\n\x0bLoadSegment\x12\x1e.resplit.v1.LoadSegmentRequest\x1a\x1f.resplit.v1.LoadSegmentResponse\x12N\n\x0b\x43ommitEpoch\x12\x1e.resplit.v1.CommitEpochRequest\x1a\x1f.resplit.v1.CommitEpochResponse\x12W\n\x0eReleaseSegment\x12!.resplit.v1.ReleaseSegmentRequest\x1a\".resplit.v1.ReleaseSegmentResponse\x12H\n\rExportSession\x12 .resplit.v1.ExportSessionRequest\x1a\x13.resplit.v1.KvChunk0\x01\x12\x43\n\tGetStatus\x12\x1c.resplit.v1.GetStatusRequest\x1a\x18.resplit.v1.WorkerStatus\x12\x39\n\x04Ping\x12\x17.resplit.v1.PingRequest\x1a\x18.resplit.v1.PingResponse\x12\x43\n\x0eProbeBandwidth\x12\x16.resplit.v1.ProbeChunk\x1a\x17.resplit.v1.ProbeResult(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resplit.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=2904
-  _globals['_TASK']._serialized_end=2967
+  _globals['_TASK']._serialized_start=3016
+  _globals['_TASK']._serialized_end=3079
   _globals['_SAMPLINGPARAMS']._serialized_start=90
   _globals['_SAMPLINGPARAMS']._serialized_end=219
   _globals['_OPENSESSION']._serialized_start=222
@@ -46,45 +46,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORWARDREQUEST']._serialized_start=791
   _globals['_FORWARDREQUEST']._serialized_end=988
   _globals['_SESSIONOPENED']._serialized_start=990
-  _globals['_SESSIONOPENED']._serialized_end=1040
-  _globals['_TOKENOUTPUT']._serialized_start=1043
-  _globals['_TOKENOUTPUT']._serialized_end=1202
-  _globals['_FORWARDRESPONSE']._serialized_start=1205
-  _globals['_FORWARDRESPONSE']._serialized_end=1360
-  _globals['_RETURNMESSAGE']._serialized_start=1363
-  _globals['_RETURNMESSAGE']._serialized_end=1495
-  _globals['_RETURNACK']._serialized_start=1497
-  _globals['_RETURNACK']._serialized_end=1508
-  _globals['_LOADSEGMENTREQUEST']._serialized_start=1511
-  _globals['_LOADSEGMENTREQUEST']._serialized_end=1770
-  _globals['_LOADSEGMENTRESPONSE']._serialized_start=1772
-  _globals['_LOADSEGMENTRESPONSE']._serialized_end=1847
-  _globals['_COMMITEPOCHREQUEST']._serialized_start=1849
-  _globals['_COMMITEPOCHREQUEST']._serialized_end=1938
-  _globals['_COMMITEPOCHRESPONSE']._serialized_start=1940
-  _globals['_COMMITEPOCHRESPONSE']._serialized_end=2005
-  _globals['_RELEASESEGMENTREQUEST']._serialized_start=2007
-  _globals['_RELEASESEGMENTREQUEST']._serialized_end=2103
-  _globals['_RELEASESEGMENTRESPONSE']._serialized_start=2105
-  _globals['_RELEASESEGMENTRESPONSE']._serialized_end=2150
-  _globals['_EXPORTSESSIONREQUEST']._serialized_start=2152
-  _globals['_EXPORTSESSIONREQUEST']._serialized_end=2267
-  _globals['_KVCHUNK']._serialized_start=2270
-  _globals['_KVCHUNK']._serialized_end=2425
-  _globals['_GETSTATUSREQUEST']._serialized_start=2427
-  _globals['_GETSTATUSREQUEST']._serialized_end=2445
-  _globals['_HOSTEDSEGMENT']._serialized_start=2447
-  _globals['_HOSTEDSEGMENT']._serialized_end=2574
-  _globals['_WORKERSTATUS']._serialized_start=2577
-  _globals['_WORKERSTATUS']._serialized_end=2728
-  _globals['_PINGREQUEST']._serialized_start=2730
-  _globals['_PINGREQUEST']._serialized_end=2777
-  _globals['_PINGRESPONSE']._serialized_start=2779
-  _globals['_PINGRESPONSE']._serialized_end=2827
-  _globals['_PROBECHUNK']._serialized_start=2829
-  _globals['_PROBECHUNK']._serialized_end=2855
-  _globals['_PROBERESULT']._serialized_start=2857
-  _globals['_PROBERESULT']._serialized_end=2902
-  _globals['_WORKERSERVICE']._serialized_start=2970
-  _globals['_WORKERSERVICE']._serialized_end=3639
+  _globals['_SESSIONOPENED']._serialized_end=1058
+  _globals['_TOKENOUTPUT']._serialized_start=1061
+  _globals['_TOKENOUTPUT']._serialized_end=1220
+  _globals['_FORWARDRESPONSE']._serialized_start=1223
+  _globals['_FORWARDRESPONSE']._serialized_end=1378
+  _globals['_LANEROW']._serialized_start=1381
+  _globals['_LANEROW']._serialized_end=1559
+  _globals['_LANEMESSAGE']._serialized_start=1561
+  _globals['_LANEMESSAGE']._serialized_end=1609
+  _globals['_LANEACK']._serialized_start=1611
+  _globals['_LANEACK']._serialized_end=1620
+  _globals['_LOADSEGMENTREQUEST']._serialized_start=1623
+  _globals['_LOADSEGMENTREQUEST']._serialized_end=1882
+  _globals['_LOADSEGMENTRESPONSE']._serialized_start=1884
+  _globals['_LOADSEGMENTRESPONSE']._serialized_end=1959
+  _globals['_COMMITEPOCHREQUEST']._serialized_start=1961
+  _globals['_COMMITEPOCHREQUEST']._serialized_end=2050
+  _globals['_COMMITEPOCHRESPONSE']._serialized_start=2052
+  _globals['_COMMITEPOCHRESPONSE']._serialized_end=2117
+  _globals['_RELEASESEGMENTREQUEST']._serialized_start=2119
+  _globals['_RELEASESEGMENTREQUEST']._serialized_end=2215
+  _globals['_RELEASESEGMENTRESPONSE']._serialized_start=2217
+  _globals['_RELEASESEGMENTRESPONSE']._serialized_end=2262
+  _globals['_EXPORTSESSIONREQUEST']._serialized_start=2264
+  _globals['_EXPORTSESSIONREQUEST']._serialized_end=2379
+  _globals['_KVCHUNK']._serialized_start=2382
+  _globals['_KVCHUNK']._serialized_end=2537
+  _globals['_GETSTATUSREQUEST']._serialized_start=2539
+  _globals['_GETSTATUSREQUEST']._serialized_end=2557
+  _globals['_HOSTEDSEGMENT']._serialized_start=2559
+  _globals['_HOSTEDSEGMENT']._serialized_end=2686
+  _globals['_WORKERSTATUS']._serialized_start=2689
+  _globals['_WORKERSTATUS']._serialized_end=2840
+  _globals['_PINGREQUEST']._serialized_start=2842
+  _globals['_PINGREQUEST']._serialized_end=2889
+  _globals['_PINGRESPONSE']._serialized_start=2891
+  _globals['_PINGRESPONSE']._serialized_end=2939
+  _globals['_PROBECHUNK']._serialized_start=2941
+  _globals['_PROBECHUNK']._serialized_end=2967
+  _globals['_PROBERESULT']._serialized_start=2969
+  _globals['_PROBERESULT']._serialized_end=3014
+  _globals['_WORKERSERVICE']._serialized_start=3082
+  _globals['_WORKERSERVICE']._serialized_end=3745
 # @@protoc_insertion_point(module_scope)

@@ -101,12 +101,14 @@ class ForwardRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., tokens: _Optional[_Union[TokenInput, _Mapping]] = ..., activation: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., close: _Optional[_Union[CloseSession, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
-    __slots__ = ("session_id", "epoch")
+    __slots__ = ("session_id", "epoch", "lane_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LANE_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     epoch: int
-    def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    lane_key: str
+    def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lane_key: _Optional[str] = ...) -> None: ...
 
 class TokenOutput(_message.Message):
     __slots__ = ("step", "token_id", "logprob", "finished", "finish_reason", "latest_epoch", "route")
@@ -136,21 +138,29 @@ class ForwardResponse(_message.Message):
     result: _tensor_pb2.TensorChunk
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., token: _Optional[_Union[TokenOutput, _Mapping]] = ..., result: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
-class ReturnMessage(_message.Message):
-    __slots__ = ("session_id", "deployment", "epoch", "ring_key", "reply")
+class LaneRow(_message.Message):
+    __slots__ = ("session_id", "deployment", "epoch", "key", "activation", "reply")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
-    RING_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     deployment: str
     epoch: int
-    ring_key: str
+    key: str
+    activation: _tensor_pb2.TensorChunk
     reply: ForwardResponse
-    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., ring_key: _Optional[str] = ..., reply: _Optional[_Union[ForwardResponse, _Mapping]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., deployment: _Optional[str] = ..., epoch: _Optional[int] = ..., key: _Optional[str] = ..., activation: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., reply: _Optional[_Union[ForwardResponse, _Mapping]] = ...) -> None: ...
 
-class ReturnAck(_message.Message):
+class LaneMessage(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[LaneRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[LaneRow, _Mapping]]] = ...) -> None: ...
+
+class LaneAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -39,10 +39,10 @@ class WorkerServiceStub:
                 request_serializer=resplit_dot_v1_dot_worker__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=resplit_dot_v1_dot_worker__pb2.ForwardResponse.FromString,
                 _registered_method=True)
-        self.Return = channel.stream_unary(
-                '/resplit.v1.WorkerService/Return',
-                request_serializer=resplit_dot_v1_dot_worker__pb2.ReturnMessage.SerializeToString,
-                response_deserializer=resplit_dot_v1_dot_worker__pb2.ReturnAck.FromString,
+        self.Lane = channel.stream_unary(
+                '/resplit.v1.WorkerService/Lane',
+                request_serializer=resplit_dot_v1_dot_worker__pb2.LaneMessage.SerializeToString,
+                response_deserializer=resplit_dot_v1_dot_worker__pb2.LaneAck.FromString,
                 _registered_method=True)
         self.LoadSegment = channel.unary_unary(
                 '/resplit.v1.WorkerService/LoadSegment',
@@ -93,11 +93,12 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Return(self, request_iterator, context):
-        """The ring's closing link: the head hop sends what it produces for a session
-        (tokens, logits, embeddings) straight to the session's first hop, which
-        passes it to the client and runs the next step. Opened by the head hop
-        when the session opens (see OpenSession.ring).
+    def Lane(self, request_iterator, context):
+        """The lane between two workers: what one batched step produced for every
+        session whose next hop is the receiver (activations), or whose first hop
+        is (the head hop's replies), as one message. A session's own Forward
+        stream still opens it, confirms it and ends it with a status; its steps'
+        activations and replies travel here. One lane per pair of workers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,10 +164,10 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     request_deserializer=resplit_dot_v1_dot_worker__pb2.ForwardRequest.FromString,
                     response_serializer=resplit_dot_v1_dot_worker__pb2.ForwardResponse.SerializeToString,
             ),
-            'Return': grpc.stream_unary_rpc_method_handler(
-                    servicer.Return,
-                    request_deserializer=resplit_dot_v1_dot_worker__pb2.ReturnMessage.FromString,
-                    response_serializer=resplit_dot_v1_dot_worker__pb2.ReturnAck.SerializeToString,
+            'Lane': grpc.stream_unary_rpc_method_handler(
+                    servicer.Lane,
+                    request_deserializer=resplit_dot_v1_dot_worker__pb2.LaneMessage.FromString,
+                    response_serializer=resplit_dot_v1_dot_worker__pb2.LaneAck.SerializeToString,
             ),
             'LoadSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadSegment,
@@ -242,7 +243,7 @@ class WorkerService:
             _registered_method=True)
 
     @staticmethod
-    def Return(request_iterator,
+    def Lane(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -255,9 +256,9 @@ class WorkerService:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/resplit.v1.WorkerService/Return',
-            resplit_dot_v1_dot_worker__pb2.ReturnMessage.SerializeToString,
-            resplit_dot_v1_dot_worker__pb2.ReturnAck.FromString,
+            '/resplit.v1.WorkerService/Lane',
+            resplit_dot_v1_dot_worker__pb2.LaneMessage.SerializeToString,
+            resplit_dot_v1_dot_worker__pb2.LaneAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,7 +88,8 @@ class WorkerSettings(ServiceSettings):
         ge=0,
         le=1_000_000,
         description="RPCs (open streams included) this worker runs at once (0: no cap); a session holds "
-        "up to three streams on a worker (from its caller, to the next hop, the ring's Return)",
+        "up to two streams on a worker (from its caller, to the next hop); the lanes from other "
+        "workers are not counted",
     )
     max_rpcs_per_client: int = Field(
         256, ge=0, le=1_000_000, description="RPCs one client identity runs here at once (0: no cap)"

@@ -63,8 +63,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Forward(self, request_iterator: AsyncIterator[worker_pb2.ForwardRequest], context):
         await self.worker.forwarding.run(request_iterator, context)
 
-    async def Return(self, request_iterator: AsyncIterator[worker_pb2.ReturnMessage], context):
-        return await self.worker.forwarding.attach(request_iterator, context)
+    async def Lane(self, request_iterator: AsyncIterator[worker_pb2.LaneMessage], context):
+        return await self.worker.forwarding.receive_lane(request_iterator)
 
     async def LoadSegment(
         self, request: worker_pb2.LoadSegmentRequest, context
@@ -267,6 +267,7 @@ class WorkerService:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.mark_down(self.node.node_id), 2.0)
         await self.store.close()
+        self.forwarding.lanes.close()
         await self.channels.close()
         self.compute.close()
         self.segments.close()

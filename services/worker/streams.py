@@ -1,12 +1,13 @@
 """Streams to other hops: one shared channel per address, one stream per session.
 
-A hop holds at most two streams of its own for a session: the Forward stream
-to the next hop (activations go down it; the next hop only confirms the
-session and, when it refuses or is lost, ends the stream with a status) and,
-on the head hop, the Return stream that closes the ring to the first hop.
-Either one's failure becomes a :class:`HopError` carrying the status code,
-so the hop above passes it to its own caller unchanged, prefixed with where
-it happened.
+A hop holds at most one stream of its own for a session: the Forward stream
+to the next hop, which opens the session there (the next hop confirms it,
+with the key for its lane rows) and, when the next hop refuses or is lost,
+ends with a status. The session's activations, and the head hop's replies
+that close the ring to the first hop, go on the lanes between the workers
+(lanes.py). Every failure becomes a :class:`HopError` carrying the status
+code, so the hop above passes it to its own caller unchanged, prefixed with
+where it happened.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import grpc
 
 from resplit.core.limits import SESSION_METADATA_KEY
 from resplit.rpc.channels import aio_channel
-from resplit.v1 import worker_pb2, worker_pb2_grpc
+from resplit.v1 import tensor_pb2, worker_pb2, worker_pb2_grpc
 
 from .core.inbox import Inbox
 from .core.ring import Slot
+from .lanes import Lanes
 from .statuses import HopError
 
-#: How long a head hop's closed Return stream may take to deliver what it holds.
-RETURN_DRAIN_S = 2.0
+#: What a lane row carries beside its tensor bytes (ids, key), counted against a message's size.
+ROW_OVERHEAD_BYTES = 256
 
 
 class Channels:
@@ -63,10 +65,18 @@ class Downstream:
         units: tuple[int, int],
         node_id: str = "",
         session_id: str = "",
+        *,
+        lanes: Lanes,
+        slot: tuple[str, str, int],
     ) -> None:
         self.address = address
         self.units = units
         self.node_id = node_id
+        self.lanes = lanes
+        #: The session as the next hop knows it (id, deployment, epoch), and the key the next
+        #: hop drew for its lane rows (set by :meth:`open`).
+        self.slot = slot
+        self.lane_key = ""
         # The session in the metadata: a full next hop refuses it before its handler runs.
         self.call = stub.Forward(metadata=((SESSION_METADATA_KEY, session_id),) if session_id else None)
         self._watch: asyncio.Task[None] | None = None
@@ -75,8 +85,20 @@ class Downstream:
         """Send the session's open message and wait for the next hop to confirm it."""
         await self.write(request)
         reply = await self._read()
-        if not reply.HasField("opened"):
+        if not reply.HasField("opened") or not reply.opened.lane_key:
             raise HopError(grpc.StatusCode.INTERNAL, f"next hop {self.address} did not confirm the session")
+        self.lane_key = reply.opened.lane_key
+
+    async def send(self, chunk: tensor_pb2.TensorChunk) -> None:
+        """A step's activation chunk to the next hop, on the lane to its worker."""
+        session_id, deployment, epoch = self.slot
+        row = worker_pb2.LaneRow(
+            session_id=session_id, deployment=deployment, epoch=epoch, key=self.lane_key, activation=chunk
+        )
+        try:
+            await self.lanes.to(self.address).send(row, len(chunk.data) + ROW_OVERHEAD_BYTES)
+        except HopError as exc:
+            raise HopError(exc.code, f"next hop {self.address}: {exc.details}") from None
 
     def watch(self, inbox: Inbox[Any, Any]) -> None:
         """From now on the next hop only ends the stream: its end goes to ``inbox`` as a
@@ -134,22 +156,14 @@ class Downstream:
 class ReturnLink:
     """The head hop's end of the ring: its replies for one session, to the first hop.
 
-    In-process (``slot``) when the first hop runs in this worker; else a Return
-    stream whose first message attaches it to the first hop's slot."""
+    In-process (``slot``) when the first hop runs in this worker; else rows on
+    the lane to the first hop's worker, each carrying the session's ring key."""
 
-    def __init__(self, identity: worker_pb2.ReturnMessage, address: str, slot: Slot | None = None) -> None:
+    def __init__(self, identity: worker_pb2.LaneRow, address: str, slot: Slot | None, lanes: Lanes) -> None:
         self.identity = identity
         self.address = address
         self.slot = slot
-        self.call: Any = None
-        #: The attach message's write, awaited before the first reply's.
-        self._pending: asyncio.Future[None] | None = None
-
-    def connect(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
-        """Open the Return stream (a remote first hop); nothing waits for it here: the
-        first write finds out whether the first hop took it."""
-        self.call = stub.Return()
-        self._pending = asyncio.ensure_future(self.call.write(self.identity))
+        self.lanes = lanes
 
     @property
     def local(self) -> bool:
@@ -160,28 +174,10 @@ class ReturnLink:
         if self.slot is not None:
             self.slot.inbox.put(reply)
             return
-        message = worker_pb2.ReturnMessage(reply=reply)
+        row = worker_pb2.LaneRow()
+        row.CopyFrom(self.identity)
+        row.reply.CopyFrom(reply)
         try:
-            if self._pending is not None:
-                pending, self._pending = self._pending, None
-                await pending
-            await self.call.write(message)
-        except grpc.aio.AioRpcError as exc:
-            raise _hop_error(exc, f"first hop {self.address} (ring)") from None
-        except asyncio.InvalidStateError:
-            code, details = await self.call.code(), await self.call.details()
-            raise HopError(
-                code or grpc.StatusCode.UNAVAILABLE, f"first hop {self.address} (ring): {details or 'ended'}"
-            ) from None
-
-    async def close(self) -> None:
-        """End the stream once what it holds is delivered (bounded), never cutting a reply short."""
-        call, self.call = self.call, None
-        if call is None:
-            return
-        with contextlib.suppress(Exception):
-            if self._pending is not None:
-                await self._pending
-            await call.done_writing()
-            await asyncio.wait_for(call, RETURN_DRAIN_S)
-        call.cancel()
+            await self.lanes.to(self.address).send(row, row.ByteSize())
+        except HopError as exc:
+            raise HopError(exc.code, f"first hop {self.address} (ring): {exc.details}") from None

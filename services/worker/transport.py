@@ -1,12 +1,15 @@
-"""The data plane's streams: one Forward stream per session per hop, and the ring.
+"""The data plane's streams: one Forward stream per session per hop, the lanes, and the ring.
 
 A token's path (the ring): the client sends token ids to the first hop; each
-hop runs its segment (core/step.py) and writes the activation to the next
-hop's Forward stream, and moves on; the head hop samples the token and
+hop runs its segment (core/step.py) and sends the activation to the next hop
+on the lane between the two workers (lanes.py: what one batched step produced
+leaves as one message), and moves on; the head hop samples the token and
 returns it straight to the session's first hop, in-process when the first hop
-runs in the same worker, else over a Return stream (core/ring.py). The first
+runs in the same worker, else on the lane to it (core/ring.py). The first
 hop passes it to the client and, with ``server_loop``, runs the next step
-with it at once. Middle hops never wait for a token; a later hop's refusal or
+with it at once. A session's Forward stream to each hop opens it there (the
+hop answers with the key its lane rows must carry) and ends it with a status.
+Middle hops never wait for a token; a later hop's refusal or
 loss ends its Forward stream with a status, which each hop passes up at once
 (core/inbox.py), prefixed with where it happened. Every refusal aborts only
 this session's stream.
@@ -45,8 +48,9 @@ from .core.inbox import ENDED, Inbox
 from .core.latency import FirstHopLatency
 from .core.passive import PassiveLinks
 from .core.privacy import check_trusted
-from .core.ring import RingTable
+from .core.ring import HopTable, RingTable
 from .core.sessions import Session, SessionTable
+from .lanes import Lanes, receive
 from .migration import Migrator
 from .replies import ReaderStalled, Replies
 from .statuses import HopError, refusal
@@ -56,17 +60,10 @@ log = logging.getLogger(__name__)
 TOKENS_RETURNED = Counter(
     "resplit_worker_tokens_returned_total",
     "Tokens a head hop returned to its session's first hop, by link: in this worker (local) "
-    "or over a Return stream (network)",
+    "or on the lane to the first hop's worker (network)",
     ["link"],
 )
 _LOCAL, _NETWORK = TOKENS_RETURNED.labels("local"), TOKENS_RETURNED.labels("network")
-MESSAGES_SENT = Counter(
-    "resplit_worker_messages_sent_total",
-    "Data-plane messages this worker sent to another hop, by kind: an activation chunk down "
-    "the route, or a reply on a Return stream (a reply handed over in-process is no message)",
-    ["kind"],
-)
-_ACTIVATION, _RETURN = MESSAGES_SENT.labels("activation"), MESSAGES_SENT.labels("return")
 BATCH_ROWS = Histogram(
     "resplit_worker_batch_rows",
     "Sessions' one-token steps run as one batched forward (1: a step alone)",
@@ -115,6 +112,8 @@ class OpenHop:
     downstream: Downstream | None = None
     #: Head hop past the first: where the session's replies go.
     ring: ReturnLink | None = None
+    #: A hop past the first: the key its lane rows carry (drawn here, sent with the confirmation).
+    lane_key: str = ""
 
 
 async def _pump(requests: AsyncIterator[worker_pb2.ForwardRequest], inbox: Inbox[Any, Any]) -> None:
@@ -136,7 +135,7 @@ async def _take_following(inbox: Inbox[Any, Any]) -> None:
 
 
 class Forwarding:
-    """Runs the Forward streams (one per session) and the Return streams of this worker."""
+    """Runs the Forward streams (one per session) and the lanes of this worker."""
 
     def __init__(
         self,
@@ -170,6 +169,11 @@ class Forwarding:
         self.node = node or common_pb2.Node()
         #: The sessions whose first hop runs here, waiting for their head hop's replies.
         self.ring = RingTable()
+        #: The hops after the first: where the lanes' activation rows land, by a key each
+        #: hop drew and returned with the session's confirmation.
+        self.hops = HopTable()
+        #: This worker's lanes to the others: every session's activations and replies.
+        self.lanes = Lanes(channels.stub, chunk_bytes)
         #: Decode steps of many sessions on one segment, run as one forward (core/batch.py).
         #: A prompt of at most this many tokens joins a batched forward whole (a longer one
         #: runs in chunks of prefill_chunk_tokens, core/step.py); a batch takes prompts up
@@ -207,9 +211,13 @@ class Forwarding:
                 raise errors.NotHosted("unknown session: a Forward stream must start with `open`")
             hop = await self._open(first.open, inbox)
             hosted = hop.session.hosted
+            if not hop.first:
+                hop.lane_key = self.hops.open(*_slot(hop.session), inbox).key
             await replies.send(
                 worker_pb2.ForwardResponse(
-                    opened=worker_pb2.SessionOpened(session_id=hop.session.session_id, epoch=hosted.epoch)
+                    opened=worker_pb2.SessionOpened(
+                        session_id=hop.session.session_id, epoch=hosted.epoch, lane_key=hop.lane_key
+                    )
                 )
             )
             server_loop = first.open.server_loop and hosted.generative and hop.first
@@ -369,39 +377,39 @@ class Forwarding:
             units,
             next_hop.node_id,
             request.session_id,
+            lanes=self.lanes,
+            slot=(request.session_id, hosted.deployment, hosted.epoch),
         )
         await hop.downstream.open(worker_pb2.ForwardRequest(open=opened))
 
     def _return_link(self, request: worker_pb2.OpenSession, hosted: Hosted) -> ReturnLink:
         """The head hop's way back to the first hop: in-process when the first hop's slot
-        is in this worker, else a Return stream to its address."""
-        identity = worker_pb2.ReturnMessage(
+        is in this worker, else the lane to its address."""
+        identity = worker_pb2.LaneRow(
             session_id=request.session_id,
             deployment=hosted.deployment,
             epoch=hosted.epoch,
-            ring_key=request.ring_key,
+            key=request.ring_key,
         )
         address = request.ring.address
         try:
             slot = self.ring.find(request.session_id, hosted.deployment, hosted.epoch, request.ring_key)
         except errors.NotHosted:
             slot = None
-        link = ReturnLink(identity, address, slot)
         if slot is None:
             _check_address(address, "ring (first hop)")
-            link.connect(self.channels.stub(address))
-        return link
+        return ReturnLink(identity, address, slot, self.lanes)
 
     async def _close(self, hop: OpenHop) -> None:
         session = hop.session
         self.sessions.close(session)
         self.batcher.leave(session.key)
         if hop.first:
-            self.ring.close(session.session_id, session.hosted.deployment, session.hosted.epoch)
+            self.ring.close(*_slot(session))
+        elif hop.lane_key:
+            self.hops.close(hop.lane_key)
         if hop.downstream is not None:
             await hop.downstream.close()
-        if hop.ring is not None:
-            await hop.ring.close()
 
     # -- one step ----------------------------------------------------------------
     async def _step(self, hop: OpenHop, request: worker_pb2.ForwardRequest) -> AsyncIterator[Any]:
@@ -431,8 +439,7 @@ class Forwarding:
         if downstream is not None:
             started = time.perf_counter()
             for chunk in produced:
-                await downstream.write(worker_pb2.ForwardRequest(activation=chunk))
-            _ACTIVATION.inc(len(produced))
+                await downstream.send(chunk)
             sent = sum(len(c.data) for c in produced)
             self.passive.record(downstream.node_id, sent, time.perf_counter() - started)
             if hop.first:
@@ -445,8 +452,6 @@ class Forwarding:
                     (_LOCAL if hop.ring.local else _NETWORK).inc()
                     if reply.token.finished:  # as on the first hop: its last step here
                         self.batcher.leave(session.key)
-            if not hop.ring.local:
-                _RETURN.inc(len(produced))
         else:
             for reply in produced:
                 if reply.HasField("token"):
@@ -532,28 +537,16 @@ class Forwarding:
             if route is not None and route.epoch == token.latest_epoch:
                 token.route.CopyFrom(route)
 
-    # -- the ring's closing link, first-hop side ---------------------------------------
-    async def attach(
-        self, messages: AsyncIterator[worker_pb2.ReturnMessage], context: grpc.aio.ServicerContext
-    ) -> worker_pb2.ReturnAck:
-        """A head hop's Return stream: each reply into its session's inbox here. Its loss
-        (the head hop's worker gone) fails the session's step at once."""
-        try:
-            first = await anext(messages, None)
-            if first is None:
-                return worker_pb2.ReturnAck()
-            slot = self.ring.find(first.session_id, first.deployment, first.epoch, first.ring_key)
-        except errors.WorkerError as exc:
-            await context.abort(*refusal(exc))
-        try:
-            async for message in messages:
-                slot.inbox.put(message.reply)
-        except asyncio.CancelledError:
-            slot.inbox.fail(
-                HopError(grpc.StatusCode.UNAVAILABLE, "head hop: the ring's Return stream was lost")
-            )
-            raise
-        return worker_pb2.ReturnAck()
+    # -- the lanes, receiving side ----------------------------------------------------
+    async def receive_lane(self, messages: AsyncIterator[worker_pb2.LaneMessage]) -> worker_pb2.LaneAck:
+        """Another worker's lane: activations for the sessions' hops here, replies for the
+        sessions whose first hop is here (lanes.py)."""
+        return await receive(messages, self.hops, self.ring)
+
+
+def _slot(session: Session) -> tuple[str, str, int]:
+    """A session's place in the ring's and the lanes' tables on this hop."""
+    return session.session_id, session.hosted.deployment, session.hosted.epoch
 
 
 def _sampler(params: worker_pb2.SamplingParams) -> Sampler:

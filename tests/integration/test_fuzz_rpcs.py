@@ -618,21 +618,24 @@ def _worker_unary(env: Env, rpc: str, request_type, **fuzz_args: Any) -> None:
     _fuzz_unary(f"worker.{rpc}", request_for, **fuzz_args)
 
 
-def test_worker_return(env):
-    """Hostile Return streams (the ring's closing link): random identities, keys and
-    replies, now and then the live deployment's name and epoch. No slot waits for them or
-    the key is wrong, so each is refused (NOT_FOUND, PERMISSION_DENIED) and never reaches
-    a session: generation through the ring goes on meanwhile and stays exact."""
+def test_worker_lane(env):
+    """Hostile lanes (every session's activations and the ring's replies between workers):
+    random rows, now and then with the live deployment's name and epoch. No session waits
+    for them here or the key is wrong, so each row is dropped (the call ends OK or with a
+    clean status, never UNKNOWN / INTERNAL) and never reaches a session: generation through
+    the route goes on meanwhile and stays exact."""
 
     def start(seed: int):
         fuzz = Fuzz(seed)
-        messages = [fuzz.message(worker_pb2.ReturnMessage) for _ in range(fuzz.count())]
-        if messages and fuzz.rng.random() < 0.3:
-            messages[0].deployment, messages[0].epoch = LIVE, env.route.epoch
-        future = env.workers[fuzz.rng.randrange(3)].Return.future(iter(messages), timeout=10)
+        messages = [fuzz.message(worker_pb2.LaneMessage) for _ in range(fuzz.count())]
+        for message in messages:
+            for row in message.rows:
+                if fuzz.rng.random() < 0.3:
+                    row.deployment, row.epoch = LIVE, env.route.epoch
+        future = env.workers[fuzz.rng.randrange(3)].Lane.future(iter(messages), timeout=10)
         return future.result, messages[:2]
 
-    _fuzz_calls("worker.Return", start, good=lambda: _good_generate(env))
+    _fuzz_calls("worker.Lane", start, good=lambda: _good_generate(env))
 
 
 def test_worker_load_segment(env):

@@ -15,7 +15,7 @@ EXPECTED_RPCS = {
         "WorkerService",
         {
             "Forward",
-            "Return",
+            "Lane",
             "LoadSegment",
             "CommitEpoch",
             "ReleaseSegment",

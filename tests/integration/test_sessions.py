@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
-from support import LocalStack, batch_rows, greedy, make_plan, spread, wait_for, worker_sessions
+from support import LocalStack, batch_rows, greedy, lane_rows, make_plan, spread, wait_for, worker_sessions
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from resplit.models import Checkpoint, num_units
@@ -113,7 +113,7 @@ def test_a_lone_sessions_steps_run_on_the_event_loop_and_concurrent_ones_on_the_
 def test_the_head_hop_returns_each_token_straight_to_the_first_hop(stack, tiny_models):
     """The ring: the paper's placement (S1 and S3 on worker-0, S2 on worker-2) hands each
     token to the first hop inside worker-0; over four workers (head on worker-1) each token
-    crosses one Return stream from worker-1 to worker-0, never the middle hops. Either way
+    crosses the lane from worker-1 to worker-0, never the middle hops. Either way
     the client sees the whole model's tokens, each once, and every stream is closed after."""
     model_dir = tiny_models["llama"]
     units = num_units(Checkpoint(model_dir).config)
@@ -175,6 +175,7 @@ def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_rig
     expected = [run(i) if i in seeded else references[i][0] for i in range(16)]  # seeded: alone first
     _all_closed(stack.worker_procs)
     rows_before, forwards_before = batch_rows(stack.worker_procs)
+    lane_before = lane_rows(stack.worker_procs)
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(run, range(16)))
     assert got == expected
@@ -183,6 +184,11 @@ def test_sixteen_sessions_joining_and_leaving_decode_in_batches_each_exactly_rig
     rows, forwards = batch_rows(stack.worker_procs)
     if family not in ("gpt2", "mistral", "qwen2-sliding"):  # these step row by row (no lean step)
         assert rows - rows_before > forwards - forwards_before > 0, (rows, forwards)
+    if pieces > 1:  # a batch's rows leave for the next worker together: fewer messages than rows
+        sent_rows, messages = (
+            after - before for after, before in zip(lane_rows(stack.worker_procs), lane_before, strict=True)
+        )
+        assert sent_rows > messages > 0, (sent_rows, messages)
     _all_closed(stack.worker_procs)
 
 

@@ -14,7 +14,7 @@ from resplit.v1 import common_pb2, worker_pb2
 from services.worker.core.errors import BadInput, NotHosted, NotTrusted
 from services.worker.core.hosting import Hosting
 from services.worker.core.inbox import ENDED, Inbox
-from services.worker.core.ring import RingTable
+from services.worker.core.ring import HopTable, RingTable
 from services.worker.statuses import HopError
 from services.worker.streams import Downstream
 from services.worker.transport import Closed, Forwarding, OpenHop
@@ -35,6 +35,25 @@ def test_a_head_hop_attaches_only_with_the_slots_key():
     with pytest.raises(NotHosted):
         ring.find("s", "d", 3, slot.key)
     assert len(ring) == 1
+
+
+def test_a_lane_row_lands_only_with_its_hops_key_even_with_several_hops_of_a_session_here():
+    hops, first, second = HopTable(), Inbox(), Inbox()
+    # one worker running two hops of the same session (every segment of a plan on one node)
+    a, b = hops.open("s", "d", 3, first), hops.open("s", "d", 3, second)
+    assert a.key != b.key
+    assert hops.find("s", "d", 3, a.key).inbox is first
+    assert hops.find("s", "d", 3, b.key).inbox is second
+    for other in (("t", "d", 3), ("s", "e", 3), ("s", "d", 4)):  # the key of another session
+        with pytest.raises(NotTrusted):
+            hops.find(*other, a.key)
+    with pytest.raises(NotHosted):
+        hops.find("s", "d", 3, "0" * 32)
+    hops.close(a.key)
+    hops.close(a.key)  # idempotent
+    with pytest.raises(NotHosted):
+        hops.find("s", "d", 3, a.key)
+    assert len(hops) == 1
 
 
 def test_the_inbox_keeps_arrival_order_raises_failures_and_names_what_timed_out():
@@ -91,7 +110,7 @@ def test_the_next_hops_end_reaches_the_inbox_at_once_and_our_own_close_does_not(
     async def run():
         call = _Call()
         inbox = Inbox()
-        downstream = Downstream(_Stub(call), "10.0.0.2:50061", (3, 5))
+        downstream = Downstream(_Stub(call), "10.0.0.2:50061", (3, 5), lanes=None, slot=("s", "d", 1))
         downstream.watch(inbox)
         call.read_result.set_result(grpc.aio.EOF)
         with pytest.raises(HopError) as failed:
@@ -100,7 +119,7 @@ def test_the_next_hops_end_reaches_the_inbox_at_once_and_our_own_close_does_not(
         assert failed.value.details == "next hop 10.0.0.2:50061: Socket closed"
 
         quiet, second = Inbox(), _Call()
-        closing = Downstream(_Stub(second), "10.0.0.3:50061", (5, 7))
+        closing = Downstream(_Stub(second), "10.0.0.3:50061", (5, 7), lanes=None, slot=("s", "d", 1))
         closing.watch(quiet)
         await closing.close()
         await asyncio.sleep(0.05)
@@ -117,8 +136,9 @@ def _first_hop(epoch: int = 1, latest: int = 1, route: common_pb2.Route | None =
         hosting.commit("d", latest, route)
     else:
         hosting._latest["d"] = latest
+    channels = SimpleNamespace(stub=lambda address: None)
     forwarding = Forwarding(
-        hosting, SimpleNamespace(limits=SimpleNamespace(idle_timeout_s=1.0)), None, None, 1, None
+        hosting, SimpleNamespace(limits=SimpleNamespace(idle_timeout_s=1.0)), channels, None, 1, None
     )
     hosted = SimpleNamespace(deployment="d", epoch=epoch, generative=True)
     hop = OpenHop(SimpleNamespace(hosted=hosted, session_id="s"), first=True, inbox=Inbox())
