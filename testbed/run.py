@@ -35,7 +35,7 @@ import grpc
 
 from resplit.launcher.processes import RedisServer, ServiceProcess, wait_ready
 from resplit.rpc.channels import sync_channel
-from resplit.scenarios.testbed import TestbedScenario
+from resplit.scenarios.testbed import TestbedScenario, TestbedWorkload
 from resplit.sdk import Client
 from resplit.sdk.exchange import Sampling
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
@@ -72,6 +72,36 @@ class Request:
     #: How late the client sent it against its open-loop schedule (it was still busy with its
     #: previous request): a wait the request's user sees, which TTFT alone leaves out.
     late_ms: float = 0.0
+
+
+class Arrivals:
+    """The workload's arrival times, one schedule shared by all its clients (open loop).
+
+    Why shared: with one schedule per client, a client still busy with its previous request
+    sent the next one late although other clients were idle; that lateness was the testbed's,
+    not the system's. A shared schedule is served by whichever client is free: an arrival is
+    late only when every client is busy."""
+
+    def __init__(self, workload: TestbedWorkload, seed: int) -> None:
+        self.workload = workload
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._advance()
+
+    def _advance(self) -> None:
+        rate = self.workload.rate_at(self._next)  # stepped arrivals: the rate of this step
+        if self.workload.arrival == "poisson":
+            self._next += self._rng.expovariate(rate)
+        else:
+            self._next += 1.0 / rate
+
+    def take(self) -> float:
+        """The next arrival not yet taken, in seconds after t = 0."""
+        with self._lock:
+            at = self._next
+            self._advance()
+            return at
 
 
 @dataclass
@@ -202,19 +232,25 @@ class Runner:
 
     # -- workload --------------------------------------------------------------
     def _client(
-        self, k: int, t0: float, orchestrator: str, monitor: str, vocab: int, out: list[Request]
+        self,
+        k: int,
+        t0: float,
+        orchestrator: str,
+        monitor: str,
+        vocab: int,
+        out: list[Request],
+        arrivals: Arrivals,
     ) -> None:
+        """One of the workload's clients: it takes the next arrival of the shared schedule,
+        sends it when it is due (late when every client was busy: the wait counts), and
+        takes the next once it has its answer; closed: back to back."""
         s = self.scenario
         w = s.workload
         rng = random.Random(s.seed * 1000 + k)
-        next_at = (
-            rng.expovariate(w.rate_at(0.0) / w.clients)
-            if w.arrival == "poisson"
-            else (k / w.rate_at(0.0) if w.arrival == "constant" else 0.0)
-        )
         index = 0
         with Client(orchestrator, monitor=monitor, step_timeout_s=60) as client:
             while not self.stop_event.is_set():
+                next_at = arrivals.take() if w.arrival != "closed" else time.monotonic() - t0
                 if self.stop_event.wait(max(t0 + next_at - time.monotonic(), 0)):
                     return
                 if time.monotonic() - t0 >= s.duration_s:
@@ -242,13 +278,6 @@ class Runner:
                     req.tpot_ms = sum(rest) / len(rest) * 1e3 if rest else 0.0
                 out.append(req)
                 index += 1
-                rate = w.rate_at(next_at) / w.clients  # stepped arrivals: the rate of this step
-                if w.arrival == "poisson":
-                    next_at += rng.expovariate(rate)
-                elif w.arrival == "constant":
-                    next_at += 1.0 / rate
-                else:
-                    next_at = time.monotonic() - t0
 
     # -- the run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -279,11 +308,14 @@ class Runner:
                 self._deploy(orchestrator)
                 result.plans.append(self._plan_text(orchestrator))
                 self.stop_event.wait(s.warmup_s)
+                arrivals = Arrivals(s.workload, s.seed)
                 t0 = time.monotonic()
                 threads = [threading.Thread(target=self._timeline, args=(bed, t0), daemon=True)]
                 threads += [
                     threading.Thread(
-                        target=self._client, args=(k, t0, orchestrator, monitor, vocab, requests), daemon=True
+                        target=self._client,
+                        args=(k, t0, orchestrator, monitor, vocab, requests, arrivals),
+                        daemon=True,
                     )
                     for k in range(s.workload.clients)
                 ]
