@@ -56,7 +56,16 @@ from resplit.v1 import (
 )
 
 from .commit import Change, Commits
-from .core.correction import PROBES, Correction, ErrorTally, Sensitivity, checks, fit
+from .core.correction import (
+    PROBES,
+    Correction,
+    ErrorTally,
+    OutlierGate,
+    Sensitivity,
+    checks,
+    fit,
+    outlying,
+)
 from .core.decide import (
     PROTO_TO_OUTCOME,
     Candidate,
@@ -141,6 +150,8 @@ class ControlLoop:
         self.corrections: dict[str, Correction] = {}
         self.model_errors: dict[str, ErrorTally] = {}
         self._next_check: dict[str, float] = {}
+        #: Per deployment: whether its last check was an outlier (core/correction.py OutlierGate).
+        self._outliers: dict[str, OutlierGate] = {}
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -346,11 +357,14 @@ class ControlLoop:
         raw, fitted = tally.means()
         MODEL_ERROR.labels(name, "raw").set(raw)
         MODEL_ERROR.labels(name, "corrected").set(fitted)
-        if self.settings.cost_correction:
+        # the first of a run of outliers: a transient the model has not seen (core/correction.py)
+        gate = self._outliers.setdefault(name, OutlierGate())
+        held = not gate.admits(outlying(sensitivities, measured, correction))
+        if self.settings.cost_correction and not held:
             correction = fit(correction, sensitivities, measured)
             self.corrections[name] = correction
         log.info(
-            "cost model of %s: %s; correction prefill x%.3g, decode x%.3g, hop +%.3g ms",
+            "cost model of %s: %s; correction prefill x%.3g, decode x%.3g, hop +%.3g ms%s",
             name,
             ", ".join(
                 f"{s.signal} measured {measured[s.signal]:.4g} predicted {s.raw():.4g} raw"
@@ -360,6 +374,7 @@ class ControlLoop:
             correction.prefill,
             correction.decode,
             correction.hop_ms,
+            " (held: an outlier, fitted only if the next check agrees)" if held else "",
         )
         for term in ("prefill", "decode", "hop_ms"):
             COST_CORRECTION.labels(name, term).set(correction.value(term))

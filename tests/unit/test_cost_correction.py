@@ -8,13 +8,16 @@ from test_orchestrator_problem import MODEL, PLAN, _deployment, _env, _plan
 
 from services.orchestrator.core.correction import (
     BOUNDS,
+    OUTLIER,
     PROBES,
     Check,
     Correction,
     ErrorTally,
+    OutlierGate,
     Sensitivity,
     checks,
     fit,
+    outlying,
 )
 from services.orchestrator.core.decide import predicted_ms
 from services.orchestrator.core.problem import build_problem
@@ -116,3 +119,18 @@ def test_the_correction_is_bounded_and_no_signal_changes_nothing():
     assert fit(Correction(1.5, 1.2, 1.0), sensitivities, {}) == Correction(1.5, 1.2, 1.0)
     assert fit(Correction(1.5, 1.2, 1.0), sensitivities, {"ttft": 0.0}) == Correction(1.5, 1.2, 1.0)
     assert checks(sensitivities, {"ttft": 0.0}, Correction()) == []
+
+
+def test_a_check_far_off_the_corrected_prediction_is_held_once_then_fitted_if_it_stays():
+    sensitivities = _sensitivities()
+    correction = Correction(2.0, 1.2, 0.0)
+    near = _predict(correction)
+    assert not outlying(sensitivities, near, correction)
+    assert not outlying(sensitivities, {s: v * (OUTLIER - 0.1) for s, v in near.items()}, correction)
+    for off in (OUTLIER + 0.5, 1 / (OUTLIER + 0.5)):  # either way
+        assert outlying(sensitivities, {**near, "tpot": near["tpot"] * off}, correction)
+    gate = OutlierGate()
+    # a transient (a node loaded since the last E(t) sample): held; the checks after it fitted
+    assert [gate.admits(o) for o in (False, True, False, False)] == [True, False, True, True]
+    # one that stays is real: only its first check is held
+    assert [gate.admits(o) for o in (True, True, True, False)] == [False, True, True, True]

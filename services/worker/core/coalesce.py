@@ -7,9 +7,9 @@ the next hop's batch waited for the last of them (bench/hop_messages.py: 16
 rows cross a hop in 0.97 ms as 16 messages, 0.42 ms as one; the wait for
 members was about 10 ms of a 25-ms iteration at 16 sessions). The tasks woken
 by one batch all run in the same turn of the loop, so what they send in that
-turn is gathered and written once, after the turn (``call_soon``): a lone
-session's row leaves as soon as the loop has run what was already due, and no
-timer ever holds a row back.
+turn is gathered and written once, by a writer task whose first step the loop
+runs after them: a lone session's row leaves as soon as the loop has run what
+was already due, and no timer ever holds a row back.
 
 While a message is being written (gRPC allows one write at a time per stream,
 and flow control may hold it), rows keep gathering for the next one; a message
@@ -42,7 +42,6 @@ class Coalescer(Generic[Row]):
         #: Rows not yet taken by a write: (row, its size, its sender's future).
         self._pending: list[tuple[Row, int, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
-        self._scheduled = False
         #: Set once a write failed: every later send raises it (the lane is gone).
         self.failed: BaseException | None = None
         #: Messages written and rows they carried (for the worker's metrics and tests).
@@ -56,15 +55,11 @@ class Coalescer(Generic[Row]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append((row, size, future))
-        if self._writer is None and not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._start)
+        if self._writer is None:
+            # The writer's first step runs after whatever the loop already had ready: the
+            # other tasks woken by the same batch append their rows before it takes them.
+            self._writer = loop.create_task(self._drain())
         await future
-
-    def _start(self) -> None:
-        self._scheduled = False
-        if self._writer is None and self._pending:
-            self._writer = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
         try:
