@@ -124,19 +124,22 @@ def model_error_table(rows: dict[int, tuple[dict, dict]]) -> list[str]:
         "",
         "Adaptive runs. Every 2 s the orchestrator compares the committed plan in force's predicted "
         "TTFT and TPOT with the medians the first hops measured (last 10 s, since the last change): "
-        "mean |measured - predicted| / predicted with the uncorrected cost model (before) and with the "
-        "correction in force at that check, fitted from the earlier checks only (after); the "
-        "correction at the end; and the error of each committed change's predicted TTFT against the "
-        "mean measured after it (decision log).",
+        "|measured - predicted| / predicted with the uncorrected cost model (before) and with the "
+        "correction in force at that check, fitted from the earlier checks only (after), as the "
+        "median over the checks and, in brackets, the mean (one check right after a load step, 20x "
+        "off before the monitor's E(t) shows the load, sets a mean; it is held, not fitted: "
+        "outliers); the correction at the end; and the error of each committed change's predicted "
+        "TTFT against the mean measured after it (decision log).",
         "",
-        "| backhaul (Mb/s) | checks | error before | error after | correction: prefill x, decode x, "
-        "hop ms | committed changes' TTFT error |",
+        "| backhaul (Mb/s) | checks (outliers) | error before | error after | correction: prefill x, "
+        "decode x, hop ms | committed changes' TTFT error |",
         "|---|---|---|---|---|---|",
     ]
     for bw, (_, a) in sorted(rows.items()):
         lines.append(
-            f"| {bw} | {a.get('model_checks', 0)} | {_pct(a.get('model_error_raw'))} "
-            f"| {_pct(a.get('model_error_corrected'))} "
+            f"| {bw} | {a.get('model_checks', 0)} ({a.get('model_outliers', 0)}) "
+            f"| {_pct(a.get('model_error_raw_median'))} ({_pct(a.get('model_error_raw'))}) "
+            f"| {_pct(a.get('model_error_corrected_median'))} ({_pct(a.get('model_error_corrected'))}) "
             f"| {_num(a.get('correction_prefill'))}, {_num(a.get('correction_decode'))}, "
             f"{_num(a.get('correction_hop_ms'))} | {_pct(a.get('change_error'))} |"
         )

@@ -36,6 +36,11 @@ class Summary:
     model_error_raw: float = float("nan")
     model_error_corrected: float = float("nan")
     model_checks: int = 0
+    #: The same errors' medians (one transient check does not set them), and the checks held as
+    #: outliers (not fitted).
+    model_error_raw_median: float = float("nan")
+    model_error_corrected_median: float = float("nan")
+    model_outliers: int = 0
     correction_prefill: float = float("nan")
     correction_decode: float = float("nan")
     correction_hop_ms: float = float("nan")
@@ -120,6 +125,9 @@ class Summary:
             model_error_raw=result.cost_model.get("raw", float("nan")),
             model_error_corrected=result.cost_model.get("corrected", float("nan")),
             model_checks=int(result.cost_model.get("checks", 0)),
+            model_error_raw_median=result.cost_model.get("raw_median", float("nan")),
+            model_error_corrected_median=result.cost_model.get("corrected_median", float("nan")),
+            model_outliers=int(result.cost_model.get("outliers", 0)),
             correction_prefill=result.cost_model.get("prefill", float("nan")),
             correction_decode=result.cost_model.get("decode", float("nan")),
             correction_hop_ms=result.cost_model.get("hop_ms", float("nan")),
@@ -170,9 +178,10 @@ def write_summary(result: RunResult) -> Summary:
         f"| device utilization, mean of nodes / busiest node | {summary.utilization_mean:.0%} / "
         f"{summary.utilization_max_node:.0%} |",
         f"| plan changes | {summary.plan_changes} |",
-        f"| cost model: mean abs. error of the plan in force's signals, raw / corrected "
-        f"({summary.model_checks} checks) | {summary.model_error_raw:.0%} / "
-        f"{summary.model_error_corrected:.0%} |",
+        f"| cost model: abs. error of the plan in force's signals, raw / corrected, median (mean) "
+        f"({summary.model_checks} checks, {summary.model_outliers} held as outliers) | "
+        f"{summary.model_error_raw_median:.0%} ({summary.model_error_raw:.0%}) / "
+        f"{summary.model_error_corrected_median:.0%} ({summary.model_error_corrected:.0%}) |",
         f"| correction: prefill, decode factor, hop overhead (ms) | {summary.correction_prefill:.3g}, "
         f"{summary.correction_decode:.3g}, "
         f"{summary.correction_hop_ms:.3g} |",

@@ -449,7 +449,10 @@ def cost_model_metrics(http_port: int, deployment: str) -> dict[str, float]:
     wanted = {
         f'resplit_cost_model_error_mean{{deployment="{deployment}",model="raw"}}': "raw",
         f'resplit_cost_model_error_mean{{deployment="{deployment}",model="corrected"}}': "corrected",
+        f'resplit_cost_model_error_median{{deployment="{deployment}",model="raw"}}': "raw_median",
+        f'resplit_cost_model_error_median{{deployment="{deployment}",model="corrected"}}': "corrected_median",
         f'resplit_cost_model_checks_total{{deployment="{deployment}"}}': "checks",
+        f'resplit_cost_model_outliers_total{{deployment="{deployment}"}}': "outliers",
         f'resplit_cost_correction{{deployment="{deployment}",term="prefill"}}': "prefill",
         f'resplit_cost_correction{{deployment="{deployment}",term="decode"}}': "decode",
         f'resplit_cost_correction{{deployment="{deployment}",term="hop_ms"}}': "hop_ms",

@@ -109,6 +109,18 @@ MODEL_ERROR = Gauge(
     "so far: model raw (uncorrected) or corrected (the correction in force at each check)",
     ["deployment", "model"],
 )
+MODEL_ERROR_MEDIAN = Gauge(
+    "resplit_cost_model_error_median",
+    "Median |measured - predicted| / predicted of the plan in force's latency signals over the "
+    "checks so far (the latest 4,096): model raw or corrected, as resplit_cost_model_error_mean",
+    ["deployment", "model"],
+)
+MODEL_OUTLIERS = Counter(
+    "resplit_cost_model_outliers_total",
+    "Cost-model checks held as outliers (over 3x off the corrected prediction, the first of a run): "
+    "not fitted, still counted in the errors",
+    ["deployment"],
+)
 MODEL_CHECKS = Counter(
     "resplit_cost_model_checks_total",
     "Signals of plans in force checked against the cost model",
@@ -357,9 +369,14 @@ class ControlLoop:
         raw, fitted = tally.means()
         MODEL_ERROR.labels(name, "raw").set(raw)
         MODEL_ERROR.labels(name, "corrected").set(fitted)
+        raw_median, fitted_median = tally.medians()
+        MODEL_ERROR_MEDIAN.labels(name, "raw").set(raw_median)
+        MODEL_ERROR_MEDIAN.labels(name, "corrected").set(fitted_median)
         # the first of a run of outliers: a transient the model has not seen (core/correction.py)
         gate = self._outliers.setdefault(name, OutlierGate())
         held = not gate.admits(outlying(sensitivities, measured, correction))
+        if held:
+            MODEL_OUTLIERS.labels(name).inc()
         if self.settings.cost_correction and not held:
             correction = fit(correction, sensitivities, measured)
             self.corrections[name] = correction

@@ -134,3 +134,16 @@ def test_a_check_far_off_the_corrected_prediction_is_held_once_then_fitted_if_it
     assert [gate.admits(o) for o in (False, True, False, False)] == [True, False, True, True]
     # one that stays is real: only its first check is held
     assert [gate.admits(o) for o in (True, True, True, False)] == [False, True, True, True]
+
+
+def test_the_tally_gives_the_mean_and_a_median_one_transient_does_not_set():
+    tally = ErrorTally()
+    assert all(v != v for v in (*tally.means(), *tally.medians()))  # nan before any check
+    for _ in range(9):
+        tally.add(Check("tpot", measured=11.0, raw=10.0, corrected=11.0))
+    tally.add(Check("tpot", measured=220.0, raw=10.0, corrected=11.0))  # a load step, 20x off
+    raw_mean, corrected_mean = tally.means()
+    raw_median, corrected_median = tally.medians()
+    assert raw_mean == pytest.approx((9 * 0.1 + 21.0) / 10)
+    assert corrected_mean == pytest.approx(19.0 / 10)
+    assert (raw_median, corrected_median) == (pytest.approx(0.1), pytest.approx(0.0))

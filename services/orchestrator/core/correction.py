@@ -41,8 +41,10 @@ outlier that is still there at the next check is real, and is fitted.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -201,21 +203,38 @@ def fit(
     return Correction(*(float(v) for v in np.clip(step, low, high)))
 
 
+#: The latest checks whose errors an ErrorTally keeps for its medians.
+TALLY_KEPT = 4096
+
+
 @dataclass
 class ErrorTally:
-    """Mean absolute relative error of the plan in force's predictions, without and with the
-    correction, over the checks so far (what the benchmark reports)."""
+    """Absolute relative error of the plan in force's predictions, without and with the
+    correction, over the checks so far (what the benchmark reports): the mean, and the median,
+    which one transient check (a load the model had not seen yet, 20x off) does not set."""
 
     count: int = 0
     raw_abs: float = 0.0
     corrected_abs: float = 0.0
+    kept: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=TALLY_KEPT))
 
     def add(self, check: Check) -> None:
+        raw = abs(Check.error(check.raw, check.measured))
+        corrected = abs(Check.error(check.corrected, check.measured))
         self.count += 1
-        self.raw_abs += abs(Check.error(check.raw, check.measured))
-        self.corrected_abs += abs(Check.error(check.corrected, check.measured))
+        self.raw_abs += raw
+        self.corrected_abs += corrected
+        self.kept.append((raw, corrected))
 
     def means(self) -> tuple[float, float]:
         if not self.count:
             return math.nan, math.nan
         return self.raw_abs / self.count, self.corrected_abs / self.count
+
+    def medians(self) -> tuple[float, float]:
+        if not self.kept:
+            return math.nan, math.nan
+        return (
+            statistics.median(raw for raw, _ in self.kept),
+            statistics.median(corrected for _, corrected in self.kept),
+        )
