@@ -501,3 +501,80 @@ def test_a_kv_budget_admits_the_sessions_that_fit_refuses_the_next_and_frees_roo
             ] == expected
     finally:
         local.stop()
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _peak_rss_mib(pid: int, stop: threading.Event, peak: list[float]) -> None:
+    """Samples the process's resident memory every 10 ms until ``stop``; the highest in peak[0]."""
+    while not stop.is_set():
+        peak[0] = max(peak[0], _rss_mib(pid))
+        stop.wait(0.01)
+
+
+@pytest.mark.timeout(300)
+def test_a_kv_budget_bounds_the_workers_memory_under_more_long_prompts_than_fit(tmp_path):
+    """12 sessions with 1,000-token prompts at once on a worker whose KV budget holds 2 of them
+    (a session's cache: 4 blocks x 2 x 4 KV heads x 64 x 4 bytes = 8 KiB a token, 8 MB each):
+    each one is admitted or refused RESOURCE_EXHAUSTED naming the budget, the admitted ones
+    are exactly the whole model's, and the worker's resident memory grows by less than
+    what the caches of all 12 would take (96 MB): the budget, not the offered load, bounds it."""
+    from resplit.models.tiny import build_tiny
+
+    model_dir = build_tiny(
+        "llama",
+        tmp_path / "llama",
+        hidden_size=512,
+        intermediate_size=1024,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        num_hidden_layers=4,
+        max_position_embeddings=2048,
+    )
+    generator = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(4, 300, (1000,), generator=generator).tolist() for _ in range(12)]
+    budget = ["--kv-budget-tokens", "2100"]  # two sessions of 1,000 + 8 new tokens, not three
+    local = LocalStack(workers=1, worker_args=["--torch-threads", "1", *budget])
+    try:
+        local.start()
+        local.deploy("kv-rss", model_dir, spread(num_units(Checkpoint(model_dir).config), 1))
+        with Client(local.orchestrator.address) as client:
+            route = client.route("kv-rss")
+            warm = [t.token_id for t in client.generate_ids(prompts[0], route, Sampling(max_new_tokens=8))]
+            assert warm == _reference(model_dir, prompts[0], 8)
+            _all_closed(local.worker_procs)
+            pid = local.worker_procs[0].proc.pid
+            baseline = _rss_mib(pid)  # the warm-up's cache freed, its allocator pools kept
+            stop, peak = threading.Event(), [baseline]
+            sampler = threading.Thread(target=_peak_rss_mib, args=(pid, stop, peak))
+            sampler.start()
+            client.retry_overload = False  # each refusal as it is (the SDK would retry it)
+
+            def run(prompt: list[int]) -> list[int] | str:
+                try:
+                    return [
+                        t.token_id for t in client.generate_ids(prompt, route, Sampling(max_new_tokens=8))
+                    ]
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    assert "(--kv-budget-tokens)" in exc.details(), exc.details()
+                    return "refused"
+
+            try:
+                with ThreadPoolExecutor(12) as pool:
+                    got = list(pool.map(run, prompts))
+            finally:
+                stop.set()
+                sampler.join()
+        admitted = [i for i, g in enumerate(got) if g != "refused"]
+        assert 1 <= len(admitted) < 12, got
+        for i in admitted:
+            assert got[i] == _reference(model_dir, prompts[i], 8), i
+        growth = peak[0] - baseline
+        print(f"admitted {len(admitted)} of 12, grew {growth:.0f} MiB")
+        assert growth < 60, f"the worker grew {growth:.0f} MiB from {baseline:.0f}; 12 caches take 96 MB"
+    finally:
+        local.stop()
