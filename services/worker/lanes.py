@@ -83,10 +83,9 @@ class Lane:
             raise HopError(grpc.StatusCode.UNAVAILABLE, f"lane to {self.address}: {details}") from None
 
     async def send(self, row: worker_pb2.LaneRow, size: int) -> None:
-        try:
-            await self.rows.send(row, size)
-        except HopError as exc:  # one exception per sender, not the lane's one instance
-            raise HopError(exc.code, exc.details) from None
+        """``row`` in the lane's next message. A failure is the lane's one HopError instance:
+        each caller raises its own, prefixed with where it happened (streams.py)."""
+        await self.rows.send(row, size)
 
     def close(self) -> None:
         self.rows.fail(HopError(grpc.StatusCode.UNAVAILABLE, f"lane to {self.address}: closed"))

@@ -44,7 +44,7 @@ class Coalescer(Generic[Row]):
         self._writer: asyncio.Task[None] | None = None
         #: Set once a write failed: every later send raises it (the lane is gone).
         self.failed: BaseException | None = None
-        #: Messages written and rows they carried (for the worker's metrics and tests).
+        #: Messages written and rows they carried (the worker's metrics count them in its write).
         self.messages = 0
         self.rows = 0
 
