@@ -18,3 +18,12 @@ def raise_if_cancelling(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from exc
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when the current task counts a cancel that did not end it: one
+    that a library swallowed on the way (a gRPC call cancelled as it failed comes back as its
+    own error, which the loop then handles as a failed cycle). A loop calls it each round."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()

@@ -44,7 +44,7 @@ import time
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from resplit.core.cancel import raise_if_cancelling
+from resplit.core.cancel import raise_if_cancelling, stop_if_cancelled
 from resplit.rpc.channels import aio_channel
 from resplit.state import StateStore
 from resplit.v1 import (
@@ -187,6 +187,7 @@ class ControlLoop:
     async def run(self) -> None:
         """for each monitoring cycle t <- 0, Delta t, 2 Delta t, ...: one cycle per due deployment."""
         while True:
+            stop_if_cancelled()  # a cancel swallowed in the last round (resplit/core/cancel.py)
             try:
                 await self.tick()
             except asyncio.CancelledError:
