@@ -4,6 +4,7 @@ orchestrator whose loop kept cycling after its shutdown, until the launcher's SI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 
 from services.orchestrator.loop import ControlLoop
@@ -19,10 +20,8 @@ def test_the_control_loop_ends_on_a_cancel_a_cycle_swallowed():
 
         async def tick() -> None:  # a cycle whose client library eats the cancel it is sent
             ticks[0] += 1
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.05)
-            except asyncio.CancelledError:
-                pass
 
         loop.tick = tick
         task = asyncio.ensure_future(loop.run())
