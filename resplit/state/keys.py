@@ -85,6 +85,11 @@ def latency_ewma() -> str:
     return f"{PREFIX}:latency_ewma"
 
 
+def latency_field(deployment: str, signal: str) -> str:
+    """The field of ``deployment``'s ``signal`` in :func:`latency_ewma`."""
+    return deployment if signal == "request" else f"{deployment}|{signal}"
+
+
 def latency_series(name: str) -> str:
     """Redis stream of one deployment's end-to-end latency samples."""
     return f"{PREFIX}:deploy:{name}:latency:ts"

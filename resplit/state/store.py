@@ -308,15 +308,24 @@ class StateStore:
     async def put_latency(
         self, deployment: str, sample_ms: float, ewma_ms: float, retention_s: float, signal: str = "request"
     ) -> None:
-        field = deployment if signal == "request" else f"{deployment}|{signal}"
+        await self.put_latencies([(deployment, signal, sample_ms, ewma_ms)], retention_s)
+
+    async def put_latencies(self, rows: list[tuple[str, str, float, float]], retention_s: float) -> None:
+        """(deployment, signal, sample ms, EWMA ms) rows: each sample appended to its
+        deployment's series, each EWMA's last value kept; one round trip for them all."""
+        if not rows:
+            return
+        ewmas = {keys.latency_field(deployment, signal): repr(ewma) for deployment, signal, _, ewma in rows}
+        minid = self._min_id(retention_s)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.latency_ewma(), field, repr(ewma_ms))
-            pipe.xadd(
-                keys.latency_series(deployment),
-                {"ms": repr(sample_ms), "s": signal},
-                minid=self._min_id(retention_s),
-                approximate=False,
-            )
+            pipe.hset(keys.latency_ewma(), mapping=ewmas)
+            for deployment, signal, sample_ms, _ in rows:
+                pipe.xadd(
+                    keys.latency_series(deployment),
+                    {"ms": repr(sample_ms), "s": signal},
+                    minid=minid,
+                    approximate=False,
+                )
             await pipe.execute()
 
     async def put_first_hop_latency(

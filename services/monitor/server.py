@@ -19,6 +19,7 @@ import grpc
 from resplit.core.cancel import raise_if_cancelling
 from resplit.core.smoothing import Ewma
 from resplit.state import StateStore
+from resplit.state.keys import latency_field
 from resplit.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
 
 from .config import MonitorSettings
@@ -62,23 +63,35 @@ class MonitorService:
     async def add_latency(
         self, deployment: str, latency_ms: float, t: float, signal: str = "request"
     ) -> float:
-        ewma = self.latency.get((deployment, signal))
-        if ewma is None:
-            ewma = self.latency[(deployment, signal)] = Ewma(self.settings.latency_window_s)
-            field = deployment if signal == "request" else f"{deployment}|{signal}"
-            seed = (await self.store.latency_ewma()).get(field)
-            if seed is not None:  # a restarted monitor continues the average it left in Redis
-                ewma.update(seed, t)
-        value = ewma.update(latency_ms, t)
-        await self.store.put_latency(deployment, latency_ms, value, self.settings.retention_s, signal)
+        (value,) = await self.add_latencies([(deployment, signal, latency_ms, t)])
         return value
+
+    async def add_latencies(self, samples: list[tuple[str, str, float, float]]) -> list[float]:
+        """Fold (deployment, signal, ms, unix time) samples into their EWMAs and store them
+        all in one Redis round trip (one each made the monitor's work grow with the rate)."""
+        seeds: dict[str, float] | None = None
+        rows, values = [], []
+        for deployment, signal, ms, t in samples:
+            ewma = self.latency.get((deployment, signal))
+            if ewma is None:
+                ewma = self.latency[(deployment, signal)] = Ewma(self.settings.latency_window_s)
+                if seeds is None:
+                    seeds = await self.store.latency_ewma()
+                seed = seeds.get(latency_field(deployment, signal))
+                if seed is not None:  # a restarted monitor continues the average it left in Redis
+                    ewma.update(seed, t)
+            value = ewma.update(ms, t)
+            rows.append((deployment, signal, ms, value))
+            values.append(value)
+        await self.store.put_latencies(rows, self.settings.retention_s)
+        return values
 
     async def fold_first_hops(self) -> None:
         """The first hops' TTFT / TPOT / request samples since the last cycle, into the EWMAs."""
         samples, self._first_hop_after = await self.store.first_hop_latency(self._first_hop_after)
-        for deployment, signal, ms, t in samples:
-            if signal in SIGNALS and not validate_latency(deployment, ms):
-                await self.add_latency(deployment, ms, t, signal)
+        valid = [x for x in samples if x[1] in SIGNALS and not validate_latency(x[0], x[2])]
+        if valid:
+            await self.add_latencies(valid)
 
     async def _loop(self) -> None:
         while True:

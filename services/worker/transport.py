@@ -270,7 +270,8 @@ class Forwarding:
         """A step this first hop answered: a latency sample (core/latency.py)."""
         prompt = request.HasField("tokens") and request.tokens.step == 0
         ms = (time.perf_counter() - began) * 1000
-        self.latency.step(session.hosted.deployment, session.hosted.generative, prompt, ms, time.time())
+        hosted = session.hosted
+        self.latency.step(hosted.deployment, hosted.generative, prompt, ms, time.time(), session.session_id)
 
     @property
     def _closing_s(self) -> float | None:

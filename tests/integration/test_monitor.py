@@ -238,9 +238,11 @@ def test_sdk_latency_compute_time_and_passive_bandwidth_reach_e_t(tiny_models):
             what="three latency samples (sync, sync, async)",
         )
         assert len(samples) == 3 and all(ms > 0 for ms in samples)
-        # The first hop saw the same three requests, whoever the client: one TTFT each,
-        # one TPOT per later token (5 + 5 + 3), in E(t) per signal.
-        wait_for(lambda: len(series("ttft")) == 3 and len(series("tpot")) == 13, 10, 0.1, "first-hop samples")
+        # The first hop saw the same three requests, whoever the client: one TTFT each, and
+        # one TPOT per session per agent cycle it decoded in (not one per token: 5 + 5 + 3),
+        # in E(t) per signal.
+        wait_for(lambda: len(series("ttft")) == 3 and len(series("tpot")) >= 3, 10, 0.1, "first-hop samples")
+        assert len(series("tpot")) <= 6  # each session's few steps fall in one or two cycles
         # each request's first token came before its end (both series in request order)
         assert all(0 < ttft < whole for ttft, whole in zip(series("ttft"), samples, strict=True))
         signals = _env(monitor.address).latency_signals["mon-llama"]

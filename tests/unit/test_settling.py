@@ -111,15 +111,33 @@ def test_the_monitor_assembles_each_signal_per_deployment():
 
 def test_the_first_hop_names_each_step_by_what_it_measures():
     latency = FirstHopLatency()
-    latency.step("d", generative=True, prompt=True, ms=80.0, now=1.0)
-    latency.step("d", generative=True, prompt=False, ms=12.0, now=1.1)
-    latency.step("enc", generative=False, prompt=True, ms=9.0, now=1.2)
+    latency.step("d", generative=True, prompt=True, ms=80.0, now=1.0, session="s1")
+    latency.step("d", generative=True, prompt=False, ms=12.0, now=1.1, session="s1")
+    latency.step("enc", generative=False, prompt=True, ms=9.0, now=1.2, session="s2")
     assert [(s.deployment, s.signal, s.ms) for s in latency.drain()] == [
         ("d", "ttft", 80.0),
-        ("d", "tpot", 12.0),
         ("enc", "request", 9.0),
+        ("d", "tpot", 12.0),
     ]
     assert latency.drain() == []
+
+
+def test_a_sessions_decode_steps_make_one_tpot_sample_per_drain():
+    """Samples grow with sessions, not tokens: each session's steps since the last drain
+    are its mean, stamped with its first step's time (never mixed across a plan change)."""
+    latency = FirstHopLatency()
+    for i in range(100):
+        latency.step("d", generative=True, prompt=False, ms=10.0 + i % 2, now=5.0 + i, session="a")
+    latency.step("d", generative=True, prompt=False, ms=40.0, now=7.5, session="b")
+    latency.step("e", generative=True, prompt=True, ms=90.0, now=7.6, session="c")
+    drained = latency.drain()
+    assert [(s.deployment, s.signal, s.ms, s.timestamp) for s in drained] == [
+        ("e", "ttft", 90.0, 7.6),
+        ("d", "tpot", 10.5, 5.0),
+        ("d", "tpot", 40.0, 7.5),
+    ]
+    latency.step("d", generative=True, prompt=False, ms=30.0, now=200.0, session="a")
+    assert [(s.ms, s.timestamp) for s in latency.drain()] == [(30.0, 200.0)]
 
 
 UNITS = [splitter_pb2.UnitProfile(index=i, kv_bytes_per_token=1000 * (1 <= i <= 6)) for i in range(8)]
