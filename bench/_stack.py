@@ -39,10 +39,11 @@ def deploy(
         orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Deploy(request, timeout=600)
 
 
-def worker_metrics(stack, prefix: str) -> Iterator[tuple[str, float]]:
-    """(labels, value) of every worker's Prometheus samples whose name starts with ``prefix``."""
+def worker_metrics(stack, prefix: str, worker: str = "") -> Iterator[tuple[str, float]]:
+    """(labels, value) of every worker's (or only ``worker``'s) Prometheus samples whose name
+    starts with ``prefix``."""
     for record in stack.processes:
-        if record.kind != "worker":
+        if record.kind != "worker" or (worker and record.name != worker):
             continue
         with urllib.request.urlopen(f"http://127.0.0.1:{record.http_port}/metrics", timeout=5) as reply:
             for line in reply.read().decode().splitlines():

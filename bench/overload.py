@@ -7,8 +7,10 @@ RESOURCE_EXHAUSTED with a retry hint, at once). First the unloaded maximum: that
 closed-loop clients, each starting its next request as the last ends (requests/s and
 tokens/s: what the stack serves). Then open-loop arrivals (Poisson, seeded) at 0.5x,
 1x, 2x and 4x that rate for ``--seconds`` each; a refused request is not retried (the
-SDK's retry is off here) so each step shows what admission does alone. Every admitted
-request's tokens are checked against the whole model.
+SDK's retry is off here) so each step shows what admission does alone; the SDK's
+client-side throttling (``--throttle-k``, its default 2; 0: off) refuses part of them
+in the client once the first hop refuses most, and the table counts those apart. Every
+admitted request's tokens are checked against the whole model.
 
 Printed per step: offered and served requests/s, served tokens/s as a ratio to the
 unloaded maximum (no collapse: ≥ 0.9), p50/p99 latency of admitted requests and its
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import grpc
 import psutil
-from _stack import deploy, fixed_placement
+from _stack import deploy, fixed_placement, worker_metrics
 from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM
@@ -47,6 +49,7 @@ from resplit.launcher import stack as stack_mod
 from resplit.models import Checkpoint, num_units
 from resplit.models.tiny import build_tiny
 from resplit.sdk import AsyncClient, Sampling
+from resplit.sdk.throttle import Throttled
 
 STEPS = (0.5, 1.0, 2.0, 4.0)
 
@@ -64,6 +67,7 @@ class Load:
             client, route, prompts, expected, tokens)  # fmt: skip
         self.latencies: list[float] = []
         self.refusals: list[float] = []
+        self.throttled = 0  # refused by the client itself (sdk/throttle.py)
         self.other: list[str] = []
         self.wrong = 0
         self.generator: Generator | None = None
@@ -77,7 +81,9 @@ class Load:
             ]
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if isinstance(exc, Throttled):
+                self.throttled += 1
+            elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self.refusals.append(time.perf_counter() - started)
             else:
                 self.other.append(f"{code}: {exc.details() if hasattr(exc, 'details') else exc}"[:200])
@@ -149,22 +155,29 @@ async def run(address: str, security, args, model_dir: Path, stack) -> tuple[lis
     rng = random.Random(args.seed)
     windows: list[Window] = []
     Generator.stack = {r.name: psutil.Process(r.pid) for r in stack.processes}
-    async with AsyncClient(address, security=security, retry_overload=False) as client:
-        route = await client.route("overload")
-        warm = Load(client, route, prompts, expected, args.tokens)
-        await warm.closed(args.sessions, 3.0)
-        start_rss = rss_mb(stack)
-        for _ in range(args.rounds):
-            base = Load(client, route, prompts, expected, args.tokens)
+
+    def client() -> AsyncClient:
+        # A client per window: its throttle learns from nothing there, not from the window
+        # before (whose overload would refuse the next unloaded window's requests at first).
+        return AsyncClient(address, security=security, retry_overload=False, throttle_k=args.throttle_k)
+
+    async with client() as warming:
+        route = await warming.route("overload")
+        await Load(warming, route, prompts, expected, args.tokens).closed(args.sessions, 3.0)
+    start_rss = rss_mb(stack)
+    for _ in range(args.rounds):
+        async with client() as each:
+            base = Load(each, route, prompts, expected, args.tokens)
             with Generator() as base.generator:
                 wall = await base.closed(args.sessions, args.seconds)
-            capacity = len(base.latencies) / wall
-            windows.append(Window("unloaded max", None, base, wall, capacity))
-            for step in args.steps:
-                load = Load(client, route, prompts, expected, args.tokens)
+        capacity = len(base.latencies) / wall
+        windows.append(Window("unloaded max", None, base, wall, capacity))
+        for step in args.steps:
+            async with client() as each:
+                load = Load(each, route, prompts, expected, args.tokens)
                 with Generator() as load.generator:
                     wall = await load.open(step * capacity, args.seconds, rng)
-                windows.append(Window(f"{step:g}x", step * capacity, load, wall, capacity))
+            windows.append(Window(f"{step:g}x", step * capacity, load, wall, capacity))
     return windows, start_rss, rss_mb(stack)
 
 
@@ -207,10 +220,18 @@ class Generator:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8, help="--max-sessions of each worker")
+    parser.add_argument("--waiting", type=int, default=4, help="--max-waiting-sessions of each worker")
+    parser.add_argument("--wait-ms", type=int, default=250, help="--admission-wait-ms of each worker")
     parser.add_argument("--tokens", type=int, default=16, help="new tokens per request")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each window")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of unloaded + every step")
     parser.add_argument("--steps", type=float, nargs="+", default=list(STEPS), help="offered multiples")
+    parser.add_argument(
+        "--throttle-k",
+        type=float,
+        default=2.0,
+        help="the SDK's client-side throttling (0: every request sent)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     console = Console(width=200)
@@ -218,7 +239,12 @@ def main() -> None:
     model_dir = build_tiny("llama", work / "llama")
     units = num_units(Checkpoint(model_dir).config)
     cut = units // 2
-    extra = fixed_placement(["--max-sessions", str(args.sessions)])
+    extra = fixed_placement(
+        [
+            *("--max-sessions", str(args.sessions), "--max-waiting-sessions", str(args.waiting)),
+            *("--admission-wait-ms", str(args.wait_ms)),
+        ]
+    )
     with console.status("starting the stack"):
         stack = stack_mod.up(work / "stack", workers=2, trusted=2, extra_args=extra)
     try:
@@ -226,9 +252,17 @@ def main() -> None:
         security = None  # the process default: the stack `up` started
         deploy(address, "overload", model_dir, [(0, cut, "worker-0"), (cut, units, "worker-1")])
         windows, start_rss, end_rss = asyncio.run(run(address, security, args, model_dir, stack))
+        admissions = {
+            r.name: dict(worker_metrics(stack, "resplit_worker_admissions_total", r.name))
+            for r in stack.processes
+            if r.kind == "worker"
+        }
     finally:
         stack_mod.down(work / "stack")
     console.print(table(windows, args))
+    for name, counts in admissions.items():
+        shown = ", ".join(f"{k} {v:.0f}" for k, v in counts.items())
+        console.print(f"{name} admissions over the run: {shown}")
     growth = max((end_rss[k] - start_rss[k], k) for k in start_rss)
     console.print(f"RSS growth over the run: {growth[0]:+.1f} MB ({growth[1]}, the most of any process)")
     console.print(
@@ -240,10 +274,12 @@ def table(windows: list[Window], args) -> Table:
     """A row per step over the rounds: each round's served / its own unloaded maximum (the
     median, and the range), latencies pooled over the rounds' admitted requests."""
     title = (f"overload: 2-way split of a tiny Llama, --max-sessions {args.sessions} per worker, "
-             f"{args.tokens} tokens per request, {args.rounds} rounds of {args.seconds:g} s")  # fmt: skip
+             f"{args.tokens} tokens per request, {args.rounds} rounds of {args.seconds:g} s, "
+             f"client throttle k={args.throttle_k:g}")  # fmt: skip
     result = Table(title=title)
     columns = ("offered", "offered req/s", "served req/s", "served / unloaded max (range)",
-               "admitted p50 / p99 ms", "p99 / unloaded p99", "refused", "refusal p99 ms", "wrong",
+               "admitted p50 / p99 ms", "p99 / unloaded p99", "refused by the first hop", "refusal p99 ms",
+               "refused by the client", "wrong",
                "generator CPU / loop lag p99 ms", "busiest processes (CPU)")  # fmt: skip
     for column in columns:
         result.add_column(column, justify="right")
@@ -269,6 +305,7 @@ def table(windows: list[Window], args) -> Table:
             f"{quantile(latencies, 0.99) / base_p99:.2f}",
             str(len(refusals)),
             f"{quantile(refusals, 0.99) * 1e3:.1f}" if refusals else "-",
+            str(sum(w.load.throttled for w in group)),
             str(sum(w.load.wrong for w in group)),
             last.describe() if last is not None else "-",
             last.busiest() if last is not None else "-",

@@ -201,16 +201,20 @@ class AsyncClient(ClientBase):
     ) -> AsyncIterator[GeneratedToken]:
         """One Forward stream; on a move, fills ``outcome`` with (this call, newer route)."""
         address = exchange.route.hops[0].address
+        self._throttle_check(address)
         call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(
             timeout=self.timeout_s, metadata=((SESSION_METADATA_KEY, exchange.session_id),)
         )
-        moving, answered = False, False
+        moving, answered, admitted = False, False, False
         try:
             for message in messages:
                 await self._write(call, message)
             sent_at = time.perf_counter()
             while True:
                 reply = await self._read(call, answered)
+                if not admitted and reply is not grpc.aio.EOF:
+                    admitted = True
+                    self._throttle_outcome(address, None)
                 if reply is grpc.aio.EOF:
                     code = await call.code()
                     if code != grpc.StatusCode.OK:
@@ -239,6 +243,10 @@ class AsyncClient(ClientBase):
                         return
                 for message in following:
                     await self._write(call, message)
+        except grpc.RpcError as error:
+            if not admitted:  # refused at its open (or lost before it): what the throttle counts
+                self._throttle_outcome(address, error)
+            raise
         finally:
             if not moving:
                 call.cancel()

@@ -28,6 +28,7 @@ from .requests import (
     recoverable,
     suspects,
 )
+from .throttle import Throttle, Throttled
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
 #: A session asks the orchestrator for its route at most this often while a move is announced.
@@ -70,6 +71,7 @@ class ClientBase:
         step_timeout_s: float = 10.0,
         server_loop: bool = True,
         retry_overload: bool = True,
+        throttle_k: float = 2.0,
     ) -> None:
         """``monitor``: host:port of the monitor; when set, each finished request's
         end-to-end latency is reported to it (fire and forget, never an error here).
@@ -88,7 +90,10 @@ class ClientBase:
         ``retry_overload``: a call refused RESOURCE_EXHAUSTED with a retry hint (a service over
         its RPC caps, a worker full of sessions or KV budget) is tried again after the hint,
         with jittered, capped backoff, until ``timeout_s``; False: the caller sees it at once
-        (the gateway, which answers 429 and lets its own client retry)."""
+        (the gateway, which answers 429 and lets its own client retry).
+        ``throttle_k``: while a first hop refuses most new sessions as full, this client
+        refuses part of them itself, at once, keeping about ``throttle_k`` sessions sent per
+        session admitted (sdk/throttle.py); 0: every session is sent."""
         self.orchestrator = orchestrator
         #: TLS material and token of this client; None: the process default
         #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
@@ -103,6 +108,9 @@ class ClientBase:
         self.reporter = f"sdk {socket.gethostname()} pid {os.getpid()}"
         self.server_loop = server_loop
         self.retry_overload = retry_overload
+        self.throttle_k = throttle_k
+        #: First hop address -> what it admitted and refused lately (sdk/throttle.py).
+        self._throttles: dict[str, Throttle] = {}
         self._route_checked = 0.0
         #: Deployments by name, as first listed (the tokenizer's model directory).
         self._deployments: dict[str, common_pb2.Deployment] = {}
@@ -119,6 +127,26 @@ class ClientBase:
             return None
         wait = overload_wait_s(attempt, hint_ms, jitter=random.uniform(1.0, 2.0))
         return None if time.monotonic() - started + wait >= self.timeout_s else wait
+
+    def _throttle_check(self, address: str) -> None:
+        """Raise :class:`Throttled` when this client refuses a session to ``address`` itself."""
+        if self.throttle_k <= 0:
+            return
+        throttle = self._throttles.setdefault(address, Throttle(self.throttle_k))
+        now = time.monotonic()
+        if not throttle.admits(now, random.random()):
+            raise Throttled(address, throttle, now)
+
+    def _throttle_outcome(self, address: str, error: grpc.RpcError | None) -> None:
+        """What ``address`` decided on a session it was sent: admitted (``error`` None, a
+        first reply came), or refused as full; any other failure is not overload's."""
+        throttle = self._throttles.get(address)
+        if throttle is None or isinstance(error, Throttled):
+            return
+        if error is None:
+            throttle.admitted(time.monotonic())
+        elif (hint_ms := overload_hint_ms(error)) is not None:
+            throttle.refused(time.monotonic(), hint_ms)
 
     def _pushed_route(self, exchange) -> common_pb2.Route | None:
         """The newer route the first hop sent with the last token, if any: the session moves

@@ -178,13 +178,17 @@ class Client(ClientBase):
         """One Forward stream: yields tokens; returns None when the session is done, or
         (this stream, newer route) to move at this token boundary."""
         address = exchange.route.hops[0].address
+        self._throttle_check(address)
         call = _Call(
             self._channel(address), messages, self.timeout_s, self.step_timeout_s, self.prefill_timeout_s
         )
         sent_at = time.perf_counter()
-        moving = False
+        moving, admitted = False, False
         try:
             for reply in call:
+                if not admitted:
+                    admitted = True
+                    self._throttle_outcome(address, None)
                 if previous is not None and reply.HasField("opened"):
                     previous.close()  # the new hops hold the cache now
                     previous = None
@@ -203,6 +207,10 @@ class Client(ClientBase):
                         return call, route
                 call.send(following, awaiting=True)
             raise ExchangeError("the first hop ended the session before its last token")
+        except grpc.RpcError as error:
+            if not admitted:  # refused at its open (or lost before it): what the throttle counts
+                self._throttle_outcome(address, error)
+            raise
         finally:
             if not moving:
                 call.close()

@@ -1,4 +1,5 @@
-"""A full worker refuses a new session before its Forward stream handler runs.
+"""A full worker makes a new session wait a moment for a slot, or refuses it, before its
+Forward stream handler runs.
 
 Why: under load far above what the workers serve, most Forward streams are refused
 (``--max-sessions``). Refused in the handler, each one still cost a task pumping its
@@ -7,22 +8,34 @@ cores the admitted sessions compute on: with 8-token requests at 4x the unloaded
 the stack served 0.75x its maximum (bench/overload.py). The SDK and the hops name the
 session a stream opens in its metadata (``resplit-session``); this interceptor reads
 it and, when the session table would refuse it, ends the stream RESOURCE_EXHAUSTED
-with the same message and retry hint at once. A stream without the metadata (an
-older client) is refused in the handler as before; a session already here (its other
-segment, or a move to a new epoch) is never refused.
+with the same message and retry hint, after a bounded wait for a slot
+(``--max-waiting-sessions``, ``--admission-wait-ms``: core/waiting.py). A stream without
+the metadata (an older client) is refused in the handler as before; a session already
+here (its other segment, or a move to a new epoch) is never refused.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import AsyncIterator
+
 import grpc
+from prometheus_client import Counter
 
 from resplit.core.limits import RETRY_METADATA_KEY, SESSION_METADATA_KEY
 from resplit.rpc.interceptors import Continuation
 from resplit.rpc.limits import take_opening
 
 from .core.sessions import SessionTable
+from .core.waiting import WaitingRoom
 
 FORWARD = "/resplit.v1.WorkerService/Forward"
+ADMISSIONS = Counter(
+    "resplit_worker_admissions_total",
+    "New sessions at their stream's open, by outcome: admitted at once, admitted after waiting "
+    "for a slot, refused at once (full, the waiting room full), refused after waiting",
+    ["outcome"],
+)
 
 
 def _session_of(details: grpc.HandlerCallDetails) -> str:
@@ -33,8 +46,12 @@ def _session_of(details: grpc.HandlerCallDetails) -> str:
 
 
 class SessionAdmission(grpc.aio.ServerInterceptor):
-    def __init__(self, sessions: SessionTable) -> None:
+    """Admits a new session into a slot (held until its handler opens it), after a bounded
+    wait for one when the worker is full (core/waiting.py), or refuses it."""
+
+    def __init__(self, sessions: SessionTable, room: WaitingRoom) -> None:
         self.sessions = sessions
+        self.room = room
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -43,9 +60,13 @@ class SessionAdmission(grpc.aio.ServerInterceptor):
         if handler is None or details.method != FORWARD:
             return handler
         session_id = _session_of(details)
-        refusal = self.sessions.refusal(session_id) if session_id else ""
-        if not refusal:
+        if not session_id:
             return handler
+        admission = await self.room.admit(session_id)
+        ADMISSIONS.labels(admission.outcome).inc()
+        refusal = admission.refusal
+        if not refusal:
+            return _letting_go(handler, self.sessions, session_id)
         hint = ((RETRY_METADATA_KEY, str(self.sessions.limits.retry_after_ms)),)
 
         async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
@@ -59,3 +80,27 @@ class SessionAdmission(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _letting_go(
+    handler: grpc.RpcMethodHandler, sessions: SessionTable, session_id: str
+) -> grpc.RpcMethodHandler:
+    """``handler``, letting go of the slot held for ``session_id`` when its stream ends (a
+    no-op once the session opened: opening took the slot)."""
+    behaviour = handler.stream_stream
+
+    async def forward(requests, context: grpc.aio.ServicerContext) -> AsyncIterator:
+        try:
+            if inspect.isasyncgenfunction(behaviour):  # as the other interceptors wrap it
+                async for reply in behaviour(requests, context):
+                    yield reply
+            else:
+                await behaviour(requests, context)
+        finally:
+            sessions.let_go(session_id)
+
+    return grpc.stream_stream_rpc_method_handler(
+        forward,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

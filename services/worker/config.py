@@ -109,6 +109,19 @@ class WorkerSettings(ServiceSettings):
         "gRPC's flow-control window is full) is cut off and its memory freed (0: wait forever)",
     )
     max_sessions: int = Field(64, ge=1, le=100_000, description="open sessions this worker accepts")
+    max_waiting_sessions: int = Field(
+        16,
+        ge=0,
+        le=100_000,
+        description="new sessions that may wait for a slot when --max-sessions are open; one over "
+        "this is refused at once (0: none waits)",
+    )
+    admission_wait_ms: int = Field(
+        250,
+        ge=0,
+        le=60_000,
+        description="how long a new session waits for a slot before it is refused RESOURCE_EXHAUSTED",
+    )
     max_tokens: int = Field(4096, ge=1, description="tokens (prompt + generated) one session may hold")
     idle_timeout_s: float = Field(
         300.0, gt=0, description="a session with no request for this long is closed"

@@ -41,6 +41,7 @@ from .core.identity import describe_node
 from .core.loading import resolve_device
 from .core.passive import PassiveLinks
 from .core.sessions import Limits, SessionTable
+from .core.waiting import WaitingRoom
 from .migration import Migrator
 from .segments import Segments
 from .statuses import status_of
@@ -225,8 +226,11 @@ class WorkerService:
             self.node.hosted.add(start=hosted.start, end=hosted.end)
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """A new session over --max-sessions is refused before its stream handler runs."""
-        return [SessionAdmission(self.sessions)]
+        """A new session over --max-sessions waits for a slot or is refused, before its stream
+        handler runs."""
+        s = self.settings
+        room = WaitingRoom(self.sessions, s.max_waiting_sessions, s.admission_wait_ms / 1000)
+        return [SessionAdmission(self.sessions, room)]
 
     def register(self, server: grpc.aio.Server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), server)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from resplit.core.limits import retry_hint
@@ -66,6 +67,12 @@ class SessionTable:
         self._per_id: Counter[str] = Counter()
         #: Tokens of KV cache reserved by the open sessions (see Limits.kv_budget_tokens).
         self.reserved = 0
+        #: Sessions admitted at their stream's open whose handler has not opened them yet:
+        #: each holds a slot, so that none admitted later (or woken from the waiting room,
+        #: core/waiting.py) takes it first.
+        self._slots_held: set[str] = set()
+        #: Called when a slot frees (a session closed, a held slot let go): the waiting room.
+        self.on_free: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -75,14 +82,38 @@ class SessionTable:
         to a new epoch, is open twice but counts once."""
         return len(self._per_id)
 
+    def has_room(self) -> bool:
+        """Whether a new session would find a free slot (held slots count as taken)."""
+        return len(self._per_id) + len(self._slots_held) < self.limits.max_sessions
+
     def refusal(self, session_id: str) -> str:
         """Why a session ``session_id`` would be refused here now ("" if it would not)."""
-        if session_id in self._per_id or len(self._per_id) < self.limits.max_sessions:
+        if session_id in self._per_id or session_id in self._slots_held or self.has_room():
             return ""
+        return self.full()
+
+    def full(self) -> str:
+        """The refusal of a new session by a full worker, with its retry hint."""
         return (
             f"this worker already serves {len(self._per_id)} sessions (limit {self.limits.max_sessions}); "
             f"{retry_hint(self.limits.retry_after_ms)} or use another route"
         )
+
+    def hold_slot(self, session_id: str) -> None:
+        """Keep a slot for ``session_id`` until it opens or :meth:`let_go` (admitted at its
+        stream's open, before its handler reads the open message)."""
+        if session_id not in self._per_id:
+            self._slots_held.add(session_id)
+
+    def let_go(self, session_id: str) -> None:
+        """The slot held for ``session_id`` is not needed (its stream ended before it opened)."""
+        if session_id in self._slots_held:
+            self._slots_held.discard(session_id)
+            self._freed()
+
+    def _freed(self) -> None:
+        if self.on_free is not None:
+            self.on_free()
 
     def open(self, session: Session) -> Session:
         if session.key in self._sessions:
@@ -95,6 +126,7 @@ class SessionTable:
         refusal = self.refusal(session.session_id)
         if refusal:
             raise Exhausted(refusal)
+        self._slots_held.discard(session.session_id)
         self._sessions[session.key] = session
         self._per_id[session.session_id] += 1
         session.hosted.sessions += 1
@@ -122,6 +154,7 @@ class SessionTable:
             self._per_id[session.session_id] -= 1
             if not self._per_id[session.session_id]:
                 del self._per_id[session.session_id]
+                self._freed()
             session.hosted.sessions -= 1
             self.reserved -= session.reserved
             session.reserved = 0
