@@ -220,7 +220,7 @@ class Generator:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8, help="--max-sessions of each worker")
-    parser.add_argument("--waiting", type=int, default=4, help="--max-waiting-sessions of each worker")
+    parser.add_argument("--waiting", type=int, default=8, help="--max-waiting-sessions of each worker")
     parser.add_argument("--wait-ms", type=int, default=250, help="--admission-wait-ms of each worker")
     parser.add_argument("--tokens", type=int, default=16, help="new tokens per request")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each window")

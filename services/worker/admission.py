@@ -20,7 +20,7 @@ import inspect
 from collections.abc import AsyncIterator
 
 import grpc
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from resplit.core.limits import RETRY_METADATA_KEY, SESSION_METADATA_KEY
 from resplit.rpc.interceptors import Continuation
@@ -36,6 +36,7 @@ ADMISSIONS = Counter(
     "for a slot, refused at once (full, the waiting room full), refused after waiting",
     ["outcome"],
 )
+WAITING = Gauge("resplit_worker_sessions_waiting", "New sessions waiting for a slot on this full worker")
 
 
 def _session_of(details: grpc.HandlerCallDetails) -> str:
@@ -52,6 +53,7 @@ class SessionAdmission(grpc.aio.ServerInterceptor):
     def __init__(self, sessions: SessionTable, room: WaitingRoom) -> None:
         self.sessions = sessions
         self.room = room
+        WAITING.set_function(lambda: len(room))
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails

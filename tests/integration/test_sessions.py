@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -64,6 +65,15 @@ def _counted(procs, counter: str, label: str, values: tuple[str, ...]) -> dict[s
                     if line.startswith(f'{counter}{{{label}="{value}"}}'):
                         totals[value] += float(line.rsplit(" ", 1)[1])
     return totals
+
+
+def _gauge(proc, name: str) -> float:
+    """One worker's unlabelled gauge ``name``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in the worker's metrics")
 
 
 def _steps(procs) -> dict[str, float]:
@@ -271,19 +281,23 @@ def test_stop_token_ends_the_generation(stack, tiny_models):
     assert stopped[-1].finished and stopped[-1].finish_reason == "stop_token"
 
 
-@pytest.fixture(scope="module")
-def limited(tiny_models):
-    args = ["--torch-threads", "1", "--max-sessions", "2", "--max-tokens", "20", "--idle-timeout-s", "1"]
-    args += ["--chunk-bytes", "1024"]  # every prefill activation and logits tensor goes in several chunks
-    local = LocalStack(workers=2, worker_args=args)
+def _stack_with(name: str, workers: int, args: list[str], model_dir) -> Iterator[LocalStack]:
+    """A stack whose workers run with ``args``, ``model_dir`` deployed as ``name`` over them."""
+    local = LocalStack(workers=workers, worker_args=args)
     try:
         local.start()
-        model_dir = tiny_models["llama"]
-        local.deploy("limited", model_dir, spread(num_units(Checkpoint(model_dir).config), 2))
+        local.deploy(name, model_dir, spread(num_units(Checkpoint(model_dir).config), workers))
         local.deployed_model = model_dir  # type: ignore[attr-defined]
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_models):
+    args = ["--torch-threads", "1", "--max-sessions", "2", "--max-tokens", "20", "--idle-timeout-s", "1"]
+    args += ["--chunk-bytes", "1024"]  # every prefill activation and logits tensor goes in several chunks
+    yield from _stack_with("limited", 2, args, tiny_models["llama"])
 
 
 def test_session_limit_answers_resource_exhausted_with_a_hint_the_sdk_retries_within_its_deadline(limited):
@@ -381,6 +395,60 @@ def test_a_burst_of_refused_sessions_each_gets_its_refusal_not_a_broken_stream(l
         for session in held:
             assert len(list(session)) == 4  # the held sessions finish untouched
     _all_closed(limited.worker_procs)
+
+
+@pytest.fixture(scope="module")
+def waiting(tiny_models):
+    """One worker with one slot and a waiting room of one that waits long enough for any
+    machine: what the room does, not how fast."""
+    args = ["--torch-threads", "1", "--max-sessions", "1", "--max-waiting-sessions", "1"]
+    args += ["--admission-wait-ms", "30000"]
+    yield from _stack_with("waiting", 1, args, tiny_models["llama"])
+
+
+def test_a_new_session_at_a_full_worker_waits_for_a_slot_and_one_over_the_room_is_refused(waiting):
+    """A session arriving while the only slot is taken waits in the room (not refused), and
+    starts once the slot frees, with the whole model's tokens; the next one finds the room
+    full and is refused at once, RESOURCE_EXHAUSTED with the hint. Counted by outcome."""
+    expected = _reference(waiting.deployed_model, [5, 6], 3)  # type: ignore[attr-defined]
+    admissions = ("admitted", "waited", "refused", "refused_after_wait")
+    before = _counted(waiting.worker_procs, "resplit_worker_admissions_total", "outcome", admissions)
+    with Client(waiting.orchestrator.address) as client:
+        route = client.route("waiting")
+        held = client._run(GenerateExchange(route, [5, 6], Sampling(max_new_tokens=5)))
+        next(held)
+
+        async def waiter() -> list[int]:
+            async with AsyncClient(waiting.orchestrator.address, retry_overload=False) as opener:
+                return [t.token_id async for t in opener.generate_ids([5, 6], route, Sampling(3))]
+
+        async def late() -> grpc.RpcError:
+            async with AsyncClient(waiting.orchestrator.address, retry_overload=False) as opener:
+                with pytest.raises(grpc.RpcError) as info:
+                    async for _ in opener.generate_ids([5, 6], route, Sampling(3)):
+                        pass
+                return info.value
+
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(asyncio.run, waiter())
+            wait_for(lambda: _gauge(waiting.worker_procs[0], "resplit_worker_sessions_waiting") == 1, 30,
+                     what="the new session waiting in the room")  # fmt: skip
+            time.sleep(0.3)
+            assert not first.done(), "the waiting session was answered while the slot was taken"
+            refused = asyncio.run(late())
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.details()
+            assert "limit 1" in refused.details() and "waited" not in refused.details()
+            assert not first.done()
+            assert len(list(held)) == 4  # the held session finishes untouched, freeing the slot
+            assert first.result(timeout=60) == expected
+    after = _counted(waiting.worker_procs, "resplit_worker_admissions_total", "outcome", admissions)
+    assert {k: after[k] - before[k] for k in admissions} == {
+        "admitted": 0,  # the blocking Client names no session: its handler admits it
+        "waited": 1,
+        "refused": 1,
+        "refused_after_wait": 0,
+    }
+    _all_closed(waiting.worker_procs)
 
 
 def test_sessions_at_the_session_limit_move_to_a_new_split_on_the_same_workers(limited):

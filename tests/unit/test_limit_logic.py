@@ -1,6 +1,7 @@
 """Server-wide caps and backpressure, as pure logic: admission per service and per
-client, the retry hint, the SDK's backoff on overload, a session's bounded inbox and
-the cut-off of a caller that stopped reading. No sockets."""
+client, the retry hint, the SDK's backoff on overload, a session's bounded inbox, the
+cut-off of a caller that stopped reading, the client-side throttle and the first hop's
+waiting room. No sockets."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import grpc
 import pytest
 
 from resplit.core.limits import Admission, Caps, client_identity, hint_in
-from resplit.sdk import Client
+from resplit.sdk import AsyncClient, Client
 from resplit.sdk.exchange import GenerateExchange, Sampling
 from resplit.sdk.requests import OVERLOAD_CAP_S, SessionFailed, overload_hint_ms, overload_wait_s
+from resplit.sdk.throttle import Throttle, Throttled
 from resplit.v1 import common_pb2, worker_pb2
 from services.worker.core import errors
 from services.worker.core.inbox import Inbox
 from services.worker.core.sessions import Limits, Session, SessionTable
+from services.worker.core.waiting import WaitingRoom
 from services.worker.replies import ReaderStalled, Replies
 
 ROUTE = common_pb2.Route(deployment="d", epoch=1, hops=[common_pb2.Hop(address="127.0.0.1:1")])
@@ -135,15 +138,9 @@ def test_a_control_plane_call_is_retried_while_overloaded_then_answers():
 
 def test_a_full_worker_and_a_full_kv_budget_carry_the_hint_a_too_long_session_does_not():
     table = SessionTable(Limits(max_sessions=1, max_tokens=8, kv_budget_tokens=0, retry_after_ms=30))
-
-    def session(sid: str) -> Session:
-        hosted = type("H", (), {"deployment": "d", "epoch": 1, "start": 0, "sessions": 0})()
-        state = type("S", (), {"seq_len": 0, "cache": None})()
-        return Session(session_id=sid, hosted=hosted, state=state, sampler=None)
-
-    first = table.open(session("a"))
+    first = table.open(_session("a"))
     with pytest.raises(errors.Exhausted) as full:
-        table.open(session("b"))
+        table.open(_session("b"))
     assert hint_in(str(full.value)) == 30
     with pytest.raises(errors.Exhausted) as too_long:
         table.begin_step(first, 0, 9)
@@ -192,3 +189,118 @@ def test_a_caller_that_stops_reading_is_cut_off_after_the_stall_timeout():
         await replies.settle()  # nothing in flight any more: returns at once
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+FULL = _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "full; retry after 40 ms", (("retry-after-ms", "40"),))
+LOST = _Refused(grpc.StatusCode.UNAVAILABLE, "hop gone")
+
+
+# -- the client-side throttle ---------------------------------------------------------
+
+
+def test_a_hop_that_admits_everything_is_never_throttled():
+    throttle = Throttle(k=2.0, window_s=10.0)
+    for i in range(100):
+        assert throttle.admits(i * 0.05, draw=0.0)
+        throttle.admitted(i * 0.05)
+    assert throttle.probability(5.0) == 0.0
+
+
+def test_a_hop_refusing_most_sessions_makes_the_client_refuse_about_k_per_admitted():
+    throttle = Throttle(k=2.0, window_s=10.0)
+    for i in range(100):
+        (throttle.admitted if i % 10 == 0 else lambda t: throttle.refused(t, 40))(i * 0.01)
+    p = throttle.probability(1.0)
+    assert p == pytest.approx((100 - 2 * 10) / 101)
+    assert not throttle.admits(1.0, draw=p - 0.01)  # refused here: counted as a request
+    assert len(throttle.requests) == 101 and throttle.hint_ms == 40
+    assert throttle.admits(1.0, draw=p + 0.01)  # sent: its outcome is counted when known
+    assert len(throttle.requests) == 101
+    # the window forgets: ten seconds later, nothing is refused here
+    assert throttle.probability(11.5) == 0.0
+
+
+def test_a_client_refusal_reads_as_the_hops_own():
+    throttle = Throttle(k=2.0)
+    throttle.refused(0.0, 40)
+    error = Throttled("10.0.0.1:50051", throttle, 0.0)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert overload_hint_ms(error) == 40 and hint_in(error.details()) == 40
+    assert "10.0.0.1:50051" in error.details() and "client-side throttling" in str(error)
+
+
+def test_the_client_counts_only_what_overload_decided():
+    client = AsyncClient("127.0.0.1:1", throttle_k=2.0)
+    client._throttle_check("hop")  # nothing known: sent
+    for _ in range(30):
+        client._throttle_outcome("hop", LOST)  # a lost hop is not overload: counts for nothing
+    assert len(client._throttles["hop"].requests) == 0
+    for _ in range(30):
+        client._throttle_outcome("hop", FULL)
+    refused = 0
+    for _ in range(200):
+        try:
+            client._throttle_check("hop")
+        except Throttled:
+            refused += 1
+    assert refused > 100  # 30 of 30 refused, none admitted: most are refused here
+    off = AsyncClient("127.0.0.1:1", throttle_k=0)
+    off._throttle_outcome("hop", FULL)
+    for _ in range(50):
+        off._throttle_check("hop")  # never refuses
+
+
+# -- the first hop's waiting room --------------------------------------------------------
+
+
+def _session(sid: str) -> Session:
+    hosted = type("H", (), {"deployment": "d", "epoch": 1, "start": 0, "sessions": 0})()
+    state = type("S", (), {"seq_len": 0, "cache": None})()
+    return Session(session_id=sid, hosted=hosted, state=state, sampler=None)
+
+
+def test_a_freed_slot_goes_to_the_longest_waiting_session_and_no_newcomer_takes_it():
+    async def scenario() -> None:
+        table = SessionTable(Limits(max_sessions=1, retry_after_ms=30))
+        room = WaitingRoom(table, max_waiting=2, wait_s=5.0)
+        first = await room.admit("a")
+        assert first.outcome == "admitted"
+        opened = table.open(_session("a"))
+        b = asyncio.ensure_future(room.admit("b"))
+        c = asyncio.ensure_future(room.admit("c"))
+        await asyncio.sleep(0.01)
+        assert len(room) == 2 and not b.done()
+        late = await room.admit("d")  # the room is full: refused at once, with the hint
+        assert late.outcome == "refused" and hint_in(late.refusal) == 30
+        table.close(opened)  # a slot frees: b's, held for it
+        assert (await asyncio.wait_for(b, 1)).outcome == "waited"
+        assert table.refusal("e") and not table.refusal("b")  # held: a newcomer finds it taken
+        table.let_go("b")  # b's stream ended before it opened: c gets the slot
+        assert (await asyncio.wait_for(c, 1)).outcome == "waited"
+        table.open(_session("c"))
+        assert table.refusal("e")
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_is_bounded_and_a_caller_that_leaves_gives_its_slot_back():
+    async def scenario() -> None:
+        table = SessionTable(Limits(max_sessions=1, retry_after_ms=30))
+        room = WaitingRoom(table, max_waiting=4, wait_s=0.05)
+        await room.admit("a")
+        opened = table.open(_session("a"))
+        timed_out = await room.admit("b")
+        assert timed_out.outcome == "refused_after_wait" and "waited 50 ms" in timed_out.refusal
+        assert hint_in(timed_out.refusal) == 30 and len(room) == 0
+        patient = WaitingRoom(table, max_waiting=4, wait_s=5.0)
+        leaving = asyncio.ensure_future(patient.admit("c"))
+        staying = asyncio.ensure_future(patient.admit("d"))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        await asyncio.sleep(0.01)
+        table.close(opened)
+        assert (await asyncio.wait_for(staying, 1)).outcome == "waited"  # not lost to the one gone
+        never = WaitingRoom(table, max_waiting=0, wait_s=5.0)
+        assert (await never.admit("e")).outcome == "refused"
+
+    asyncio.run(scenario())
