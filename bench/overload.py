@@ -2,8 +2,9 @@
 latency of the admitted requests, how fast the rest are refused, memory.
 
 `resplit up` with two workers serves a tiny Llama split in two; each worker admits at
-most ``--max-sessions`` sessions (the cap under test: a session over it is refused
-RESOURCE_EXHAUSTED with a retry hint, at once). First the unloaded maximum: that many
+most ``--max-sessions`` sessions (the cap under test: a session over it waits in the
+worker's room of ``--waiting`` for up to ``--wait-ms`` for a slot, else is refused
+RESOURCE_EXHAUSTED with a retry hint). First the unloaded maximum: that many
 closed-loop clients, each starting its next request as the last ends (requests/s and
 tokens/s: what the stack serves). Then open-loop arrivals (Poisson, seeded) at 0.5x,
 1x, 2x and 4x that rate for ``--seconds`` each; a refused request is not retried (the
