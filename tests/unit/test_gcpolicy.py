@@ -19,11 +19,14 @@ def test_freezing_moves_the_live_objects_out_of_the_collectors_walk():
     try:
         kept = [[i] for i in range(50_000)]  # long-lived objects, like a model's modules
         frozen = freeze_startup()
-        assert frozen >= len(kept) and gc.get_freeze_count() == frozen
+        # >=: a service another test started in this process may freeze its own meanwhile
+        assert frozen >= len(kept) and gc.get_freeze_count() >= frozen
         walked = {id(obj) for obj in gc.get_objects()}
         assert not any(id(obj) in walked for obj in kept)  # no longer walked
         before = _count("2")
         gc.collect()
-        assert _count("2") == before + 1  # each collection's pause is observed
+        # each collection's pause is observed (at least this one: another thread of the test
+        # process may set off an automatic one meanwhile)
+        assert _count("2") >= before + 1
     finally:
         gc.unfreeze()
