@@ -32,6 +32,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +59,25 @@ CAPACITY_STEPS = [1, 2, 4, 8, 16, 32]
 CAPACITY_STEP_S = 8
 CAPACITY_CLIENTS = 16
 SLA_MS = 150
+
+
+def _run(argv: list[str]) -> int:
+    """``argv`` (a ``resplit testbed run``) to its end; a SIGTERM to this script is passed on
+    to it and waited for, so that the testbed takes its nodes down (testbed/system.py,
+    terminated_as_exit) before this script ends."""
+    child = subprocess.Popen(argv, cwd=ROOT)
+
+    def forward(signum: int, frame) -> None:
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code == 128 + signal.SIGTERM:
+        raise SystemExit(f"terminated: the testbed run was stopped and cleaned up ({' '.join(argv)})")
+    return code
 
 
 def run(bandwidth: int, adaptive: bool, out: Path, duration: float, capacity: bool = False) -> dict:
@@ -88,11 +108,12 @@ def run(bandwidth: int, adaptive: bool, out: Path, duration: float, capacity: bo
         ]
     started = time.monotonic()
     load_before = os.getloadavg()[0]
-    if subprocess.run(argv, cwd=ROOT).returncode != 0:
+    if _run(argv) != 0:
         # once, at 04:04 UTC on 2026-12-05, a worker could not bind its port in a fresh node
         # namespace ("address already in use", not reproduced); one retry, said in the log
         print(f"{folder.name}: the run failed; retrying once", file=sys.stderr)
-        subprocess.run(argv, cwd=ROOT, check=True)
+        if _run(argv) != 0:
+            raise SystemExit(f"{folder.name}: the run failed twice")
     summary = json.loads((folder / "summary.json").read_text())
     summary["wall_s"] = time.monotonic() - started
     summary["load_average"] = [load_before, os.getloadavg()[0]]

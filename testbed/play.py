@@ -18,7 +18,7 @@ from resplit.scenarios.testbed import TestbedScenario
 
 from .report import report, write_json
 from .run import Runner
-from .system import EmulationUnavailable
+from .system import EmulationUnavailable, terminated_as_exit
 
 
 def play(spec: TestbedScenario, base: Path, out_dir: Path) -> int:
@@ -33,7 +33,8 @@ def play(spec: TestbedScenario, base: Path, out_dir: Path) -> int:
             bar.update(task, completed=t, info=f"{done} requests, {failed} failed")
 
         try:
-            result = Runner(spec, base, out_dir, progress).run()
+            with terminated_as_exit():  # a kill still takes the nodes and processes down
+                result = Runner(spec, base, out_dir, progress).run()
         except EmulationUnavailable as exc:
             err.print(f"[red]the testbed needs root, cgroups and network namespaces:[/red] {exc}")
             return 1
