@@ -283,6 +283,24 @@ def test_a_freed_slot_goes_to_the_longest_waiting_session_and_no_newcomer_takes_
     asyncio.run(scenario())
 
 
+def test_a_session_already_here_never_waits_even_with_the_room_full():
+    """Its other segment, or its move to a new epoch, opens another stream: a rollout under a
+    full worker must not be refused or delayed behind new sessions."""
+
+    async def scenario() -> None:
+        table = SessionTable(Limits(max_sessions=1))
+        room = WaitingRoom(table, max_waiting=1, wait_s=5.0)
+        await room.admit("a")
+        table.open(_session("a"))
+        waiting = asyncio.ensure_future(room.admit("b"))
+        await asyncio.sleep(0.01)
+        assert len(room) == 1
+        assert (await asyncio.wait_for(room.admit("a"), 0.1)).outcome == "admitted"
+        waiting.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_a_wait_is_bounded_and_a_caller_that_leaves_gives_its_slot_back():
     async def scenario() -> None:
         table = SessionTable(Limits(max_sessions=1, retry_after_ms=30))

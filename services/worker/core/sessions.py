@@ -86,9 +86,13 @@ class SessionTable:
         """Whether a new session would find a free slot (held slots count as taken)."""
         return len(self._per_id) + len(self._slots_held) < self.limits.max_sessions
 
+    def holds(self, session_id: str) -> bool:
+        """Whether ``session_id`` is open here or has a slot held for it."""
+        return session_id in self._per_id or session_id in self._slots_held
+
     def refusal(self, session_id: str) -> str:
         """Why a session ``session_id`` would be refused here now ("" if it would not)."""
-        if session_id in self._per_id or session_id in self._slots_held or self.has_room():
+        if self.holds(session_id) or self.has_room():
             return ""
         return self.full()
 

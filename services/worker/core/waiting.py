@@ -54,7 +54,11 @@ class WaitingRoom:
         return len(self._queue)
 
     async def admit(self, session_id: str) -> Admission:
-        """Hold a slot for ``session_id``, waiting for one up to ``wait_s``."""
+        """Hold a slot for ``session_id``, waiting for one up to ``wait_s``. A session already
+        here (its other segment, a move to a new epoch) never waits: refusing or delaying
+        it would fail a rollout under a full worker."""
+        if self.table.holds(session_id):
+            return Admission("", waited=False)
         if not self._queue and not self.table.refusal(session_id):
             self.table.hold_slot(session_id)
             return Admission("", waited=False)
