@@ -201,7 +201,7 @@ class AsyncClient(ClientBase):
     ) -> AsyncIterator[GeneratedToken]:
         """One Forward stream; on a move, fills ``outcome`` with (this call, newer route)."""
         address = exchange.route.hops[0].address
-        self._throttle_check(address)
+        self._throttle_check(address, exchange)
         call = worker_pb2_grpc.WorkerServiceStub(self._channel(address)).Forward(
             timeout=self.timeout_s, metadata=((SESSION_METADATA_KEY, exchange.session_id),)
         )
@@ -213,7 +213,7 @@ class AsyncClient(ClientBase):
             while True:
                 reply = await self._read(call, answered)
                 if not admitted and reply is not grpc.aio.EOF:
-                    admitted = True
+                    admitted = exchange.admitted = True
                     self._throttle_outcome(address, None)
                 if reply is grpc.aio.EOF:
                     code = await call.code()

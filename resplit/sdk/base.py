@@ -92,8 +92,9 @@ class ClientBase:
         with jittered, capped backoff, until ``timeout_s``; False: the caller sees it at once
         (the gateway, which answers 429 and lets its own client retry).
         ``throttle_k``: while a first hop refuses most new sessions as full, this client
-        refuses part of them itself, at once, keeping about ``throttle_k`` sessions sent per
-        session admitted (sdk/throttle.py); 0: every session is sent."""
+        refuses part of its new ones itself, at once, keeping about ``throttle_k`` sessions sent
+        per session admitted (sdk/throttle.py; a live session's move or replay never is);
+        0: every session is sent."""
         self.orchestrator = orchestrator
         #: TLS material and token of this client; None: the process default
         #: (RESPLIT_TLS_* / RESPLIT_TOKEN*, or a loaded local stack's).
@@ -128,9 +129,10 @@ class ClientBase:
         wait = overload_wait_s(attempt, hint_ms, jitter=random.uniform(1.0, 2.0))
         return None if time.monotonic() - started + wait >= self.timeout_s else wait
 
-    def _throttle_check(self, address: str) -> None:
-        """Raise :class:`Throttled` when this client refuses a session to ``address`` itself."""
-        if self.throttle_k <= 0:
+    def _throttle_check(self, address: str, exchange) -> None:
+        """Raise :class:`Throttled` when this client refuses ``exchange``'s session to
+        ``address`` itself. Only a new one: a live session's move or replay never is."""
+        if self.throttle_k <= 0 or exchange.admitted:
             return
         throttle = self._throttles.setdefault(address, Throttle(self.throttle_k))
         now = time.monotonic()

@@ -178,7 +178,7 @@ class Client(ClientBase):
         """One Forward stream: yields tokens; returns None when the session is done, or
         (this stream, newer route) to move at this token boundary."""
         address = exchange.route.hops[0].address
-        self._throttle_check(address)
+        self._throttle_check(address, exchange)
         call = _Call(
             self._channel(address), messages, self.timeout_s, self.step_timeout_s, self.prefill_timeout_s
         )
@@ -187,7 +187,7 @@ class Client(ClientBase):
         try:
             for reply in call:
                 if not admitted:
-                    admitted = True
+                    admitted = exchange.admitted = True
                     self._throttle_outcome(address, None)
                 if previous is not None and reply.HasField("opened"):
                     previous.close()  # the new hops hold the cache now

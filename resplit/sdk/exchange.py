@@ -124,6 +124,9 @@ class GenerateExchange:
     recovered_from: list[str] = field(default_factory=list)
     #: When the session began (time.monotonic()): it recovers until timeout_s after this.
     started: float = field(default_factory=time.monotonic)
+    #: A first hop admitted it once: a move or a replay is not a new session for the
+    #: client's throttle (sdk/throttle.py), which never refuses it.
+    admitted: bool = False
     _logits: Assembler | None = None
     _pending_logits: torch.Tensor | None = None
 
@@ -241,6 +244,9 @@ class EmbedExchange:
     recovered_from: list[str] = field(default_factory=list)
     #: When the session began (time.monotonic()): it recovers until timeout_s after this.
     started: float = field(default_factory=time.monotonic)
+    #: A first hop admitted it once: a move or a replay is not a new session for the
+    #: client's throttle (sdk/throttle.py), which never refuses it.
+    admitted: bool = False
     _assembler: Assembler = field(default_factory=_new_assembler)
 
     def opening(self) -> list[worker_pb2.ForwardRequest]:

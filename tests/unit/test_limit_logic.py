@@ -229,9 +229,13 @@ def test_a_client_refusal_reads_as_the_hops_own():
     assert "10.0.0.1:50051" in error.details() and "client-side throttling" in str(error)
 
 
-def test_the_client_counts_only_what_overload_decided():
+def test_the_client_counts_only_what_overload_decided_and_never_throttles_a_live_session():
     client = AsyncClient("127.0.0.1:1", throttle_k=2.0)
-    client._throttle_check("hop")  # nothing known: sent
+
+    def new() -> GenerateExchange:
+        return GenerateExchange(ROUTE, [1, 2], Sampling(2))
+
+    client._throttle_check("hop", new())  # nothing known: sent
     for _ in range(30):
         client._throttle_outcome("hop", LOST)  # a lost hop is not overload: counts for nothing
     assert len(client._throttles["hop"].requests) == 0
@@ -240,14 +244,18 @@ def test_the_client_counts_only_what_overload_decided():
     refused = 0
     for _ in range(200):
         try:
-            client._throttle_check("hop")
+            client._throttle_check("hop", new())
         except Throttled:
             refused += 1
     assert refused > 100  # 30 of 30 refused, none admitted: most are refused here
+    live = new()
+    live.admitted = True  # its move to a new route, or its replay after a lost hop
+    for _ in range(200):
+        client._throttle_check("hop", live)  # never refused
     off = AsyncClient("127.0.0.1:1", throttle_k=0)
     off._throttle_outcome("hop", FULL)
     for _ in range(50):
-        off._throttle_check("hop")  # never refuses
+        off._throttle_check("hop", new())  # never refuses
 
 
 # -- the first hop's waiting room --------------------------------------------------------
