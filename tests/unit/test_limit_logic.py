@@ -280,6 +280,7 @@ def test_a_freed_slot_goes_to_the_longest_waiting_session_and_no_newcomer_takes_
         assert len(room) == 2 and not b.done()
         late = await room.admit("d")  # the room is full: refused at once, with the hint
         assert late.outcome == "refused" and hint_in(late.refusal) == 30
+        assert "2 waiting for a slot already" in late.refusal
         table.close(opened)  # a slot frees: b's, held for it
         assert (await asyncio.wait_for(b, 1)).outcome == "waited"
         assert table.refusal("e") and not table.refusal("b")  # held: a newcomer finds it taken

@@ -63,7 +63,8 @@ class WaitingRoom:
             self.table.hold_slot(session_id)
             return Admission("", waited=False)
         if len(self._queue) >= self.max_waiting or self.wait_s <= 0:
-            return Admission(self.table.full(), waited=False)
+            waiting = f" ({len(self._queue)} waiting for a slot already)" if self._queue else ""
+            return Admission(self.table.full() + waiting, waited=False)
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (session_id, slot)
         self._queue.append(entry)
