@@ -11,7 +11,10 @@ served 0.73-0.85 of its maximum.
 The rule is the client-side throttling of Google's SRE book ("Handling Overload"):
 over the last ``window_s``, of ``requests`` attempts ``accepts`` were admitted; a new
 attempt is refused here with probability max(0, (requests - k * accepts) / (requests + 1)).
-While the hop admits everything, requests == accepts and nothing is refused here. With
+While the hop admits everything, requests == accepts and nothing is refused here; nor
+until the hop refused ``min_refused`` (10) sessions within the window: the rule alone
+refuses half the next sessions after a single refusal (requests 1, accepts 0), where a
+worker full for a moment is ordinary and its one refusal is the caller's to handle. With
 k = 2 the hop still sees about twice what it admits, so a freed slot is soon taken, and
 the client sees at once when the hop has room again (its acceptances climb). Only what
 overload decides counts: a session admitted, a refusal RESOURCE_EXHAUSTED with a retry
@@ -38,19 +41,24 @@ class Throttle:
 
     k: float = 2.0
     window_s: float = 10.0
+    #: Refusals by the hop within the window before the client refuses anything itself.
+    min_refused: int = 10
     requests: deque[float] = field(default_factory=deque)
     accepts: deque[float] = field(default_factory=deque)
+    refusals: deque[float] = field(default_factory=deque)
     #: The retry hint (ms) the hop's last refusal carried.
     hint_ms: int = DEFAULT_HINT_MS
 
     def _expire(self, now: float) -> None:
-        for times in (self.requests, self.accepts):
+        for times in (self.requests, self.accepts, self.refusals):
             while times and times[0] <= now - self.window_s:
                 times.popleft()
 
     def probability(self, now: float) -> float:
         """The chance that an attempt now is refused here."""
         self._expire(now)
+        if len(self.refusals) < self.min_refused:
+            return 0.0
         return max(0.0, (len(self.requests) - self.k * len(self.accepts)) / (len(self.requests) + 1))
 
     def admits(self, now: float, draw: float) -> bool:
@@ -69,6 +77,7 @@ class Throttle:
     def refused(self, now: float, hint_ms: int) -> None:
         """The hop refused a session as full, with a retry hint."""
         self.requests.append(now)
+        self.refusals.append(now)
         self.hint_ms = hint_ms
 
 

@@ -220,6 +220,17 @@ def test_a_hop_refusing_most_sessions_makes_the_client_refuse_about_k_per_admitt
     assert throttle.probability(11.5) == 0.0
 
 
+def test_a_few_refusals_do_not_start_the_throttle():
+    """A worker full for a moment refuses one session: the next is still sent (the book's
+    rule alone would refuse half of them after that one refusal)."""
+    throttle = Throttle(k=2.0, window_s=10.0, min_refused=10)
+    for i in range(9):
+        throttle.refused(i * 0.01, 100)
+    assert throttle.probability(0.1) == 0.0
+    throttle.refused(0.1, 100)
+    assert throttle.probability(0.1) == pytest.approx(10 / 11)
+
+
 def test_a_client_refusal_reads_as_the_hops_own():
     throttle = Throttle(k=2.0)
     throttle.refused(0.0, 40)
