@@ -93,15 +93,24 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     return handler
 
 
+async def streamed(
+    behavior: Callable[..., Any], request_or_iterator: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """A streaming behaviour's replies, whether it yields them (an async generator, as an
+    interceptor's wrapper is) or writes them to ``context`` itself (a servicer method)."""
+    if inspect.isasyncgenfunction(behavior):
+        async for item in behavior(request_or_iterator, context):
+            yield item
+    else:
+        await behavior(request_or_iterator, context)
+
+
 def _wrap_streaming(method: str, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         tally = _Tally(method)
         try:
-            if inspect.isasyncgenfunction(behavior):
-                async for item in behavior(request_or_iterator, context):
-                    yield item
-            else:
-                await behavior(request_or_iterator, context)
+            async for item in streamed(behavior, request_or_iterator, context):
+                yield item
         except grpc.aio.AbortError:
             tally.done(_code_of(context))
             raise

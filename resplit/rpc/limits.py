@@ -12,7 +12,6 @@ lanes (see EXEMPT).
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from ..core.limits import RETRY_METADATA_KEY, Admission, Caps, Refusal, client_identity
-from .interceptors import rewrapped
+from .interceptors import rewrapped, streamed
 
 RPCS_IN_FLIGHT = Gauge("resplit_grpc_server_in_flight", "RPCs (streams included) running now, all clients")
 RPCS_REFUSED = Counter(
@@ -131,11 +130,8 @@ class LimitInterceptor(grpc.aio.ServerInterceptor):
         async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             client = await self._enter(request_or_iterator, context)
             try:
-                if inspect.isasyncgenfunction(behavior):
-                    async for item in behavior(request_or_iterator, context):
-                        yield item
-                else:
-                    await behavior(request_or_iterator, context)
+                async for item in streamed(behavior, request_or_iterator, context):
+                    yield item
             finally:
                 self._leave(client)
 

@@ -16,14 +16,14 @@ here (its other segment, or a move to a new epoch) is never refused.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge
 
 from resplit.core.limits import RETRY_METADATA_KEY, SESSION_METADATA_KEY
-from resplit.rpc.interceptors import Continuation
+from resplit.rpc.interceptors import Continuation, rewrapped, streamed
 from resplit.rpc.limits import take_opening
 
 from .core.sessions import SessionTable
@@ -68,7 +68,7 @@ class SessionAdmission(grpc.aio.ServerInterceptor):
         ADMISSIONS.labels(admission.outcome).inc()
         refusal = admission.refusal
         if not refusal:
-            return _letting_go(handler, self.sessions, session_id)
+            return rewrapped(handler, lambda behavior: behavior, _letting_go(self.sessions, session_id))
         hint = ((RETRY_METADATA_KEY, str(self.sessions.limits.retry_after_ms)),)
 
         async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
@@ -85,24 +85,19 @@ class SessionAdmission(grpc.aio.ServerInterceptor):
 
 
 def _letting_go(
-    handler: grpc.RpcMethodHandler, sessions: SessionTable, session_id: str
-) -> grpc.RpcMethodHandler:
-    """``handler``, letting go of the slot held for ``session_id`` when its stream ends (a
-    no-op once the session opened: opening took the slot)."""
-    behaviour = handler.stream_stream
+    sessions: SessionTable, session_id: str
+) -> Callable[[Callable[..., Any]], Callable[..., AsyncIterator[Any]]]:
+    """A Forward handler's wrapper that lets go of the slot held for ``session_id`` when
+    its stream ends (a no-op once the session opened: opening took the slot)."""
 
-    async def forward(requests, context: grpc.aio.ServicerContext) -> AsyncIterator:
-        try:
-            if inspect.isasyncgenfunction(behaviour):  # as the other interceptors wrap it
-                async for reply in behaviour(requests, context):
+    def wrap(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def forward(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for reply in streamed(behavior, requests, context):
                     yield reply
-            else:
-                await behaviour(requests, context)
-        finally:
-            sessions.let_go(session_id)
+            finally:
+                sessions.let_go(session_id)
 
-    return grpc.stream_stream_rpc_method_handler(
-        forward,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+        return forward
+
+    return wrap
