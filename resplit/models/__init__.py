@@ -4,7 +4,7 @@ Any decoder transformers ships whose base model holds an embedding, one list of
 blocks that run with a KV cache and a final norm is served by the generic
 :class:`~resplit.models.decoder.Decoder` with no declaration at all (Phi-3, Gemma
 2 and 3, Mixtral, Qwen3-MoE, OLMo 2, Granite, GPT-NeoX, ...); what does not fit
-is refused with the reason. ``ADAPTERS`` below names the families with an
+is refused with the reason. ``ADAPTERS`` (``resplit.core.families``) names the families with an
 adapter of their own: the rotary decoders for their lean build (``rotary_lean.py``:
 resplit's own ops, no transformers model code in the process), GPT-2 for its
 learned positions, BERT as an encoder. Adapters are imported when a model of
@@ -18,6 +18,7 @@ import importlib
 
 import torch
 
+from resplit.core.families import ADAPTERS
 from resplit.core.weights import WeightsError, weights_name
 
 from .arena import pack, release_freed
@@ -33,12 +34,6 @@ from .base import (
 )
 from .checkpoint import Checkpoint, CheckpointError
 
-#: model types -> (module, Family subclass); each class's ``model_types`` must match.
-ADAPTERS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("llama", "qwen2", "qwen3", "mistral"): ("rotary", "RotaryDecoder"),
-    ("gpt2",): ("gpt2", "GPT2"),
-    ("bert",): ("bert", "Bert"),
-}
 _loaded: dict[str, Family] = {}
 _generic: dict[str, Family] = {}
 

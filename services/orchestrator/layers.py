@@ -22,9 +22,6 @@ from pathlib import Path
 import grpc
 
 from resplit.core.units import PlanError
-from resplit.models import CheckpointError
-from resplit.models.checkpoint import Checkpoint
-from resplit.models.layers import check_compatible, open_sourced
 from resplit.state import StateStore
 from resplit.v1 import common_pb2, orchestrator_pb2
 
@@ -44,6 +41,11 @@ def _check_source(spec: common_pb2.Deployment, units: list[int], source_dir: str
         raise CommitError(
             grpc.StatusCode.NOT_FOUND, f"checkpoint directory {source_dir[:256]!r} does not exist here"
         )
+    # Here, not at the top: checkpoints import torch, which the orchestrator otherwise never needs.
+    from resplit.models import CheckpointError
+    from resplit.models.checkpoint import Checkpoint
+    from resplit.models.layers import check_compatible, open_sourced
+
     try:
         current = open_sourced(spec.model_dir, {s.unit: s.model_dir for s in spec.unit_sources})
         check_compatible(current, Checkpoint(source_dir), units)

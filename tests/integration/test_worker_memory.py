@@ -7,7 +7,8 @@ SERVING with nothing loaded and again after it loaded the whole model as one
 segment and generated with it. A Llama segment is built without transformers'
 model code (``resplit/models/rotary_lean.py``): the worker's own metric counts the
 transformers modeling modules in its process and must read 0 until a GPT-2 segment
-arrives, which takes transformers' path and imports them then.
+arrives, which takes transformers' path and imports them then. The orchestrator that
+deployed both never loads torch (services/orchestrator/core/models.py).
 """
 
 from __future__ import annotations
@@ -76,5 +77,8 @@ def test_worker_rss_is_within_the_bound_and_llama_needs_no_transformers_model_co
         )
         assert metric_sum([worker], 'resplit_worker_segments{engine="transformers"}') == 1
         assert metric_sum([worker], "resplit_worker_transformers_modeling_modules") >= 2
+        # The orchestrator deployed both from their config.json alone: no torch in it.
+        with open(f"/proc/{local.orchestrator.proc.pid}/maps") as maps:
+            assert "libtorch" not in maps.read()
     finally:
         local.stop()

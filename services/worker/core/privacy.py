@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from resplit.core.families import BLOCK_KEYS
+
 from .errors import NotTrusted
 
 
@@ -46,7 +48,7 @@ def ends_with_head(model_dir: str, end: int) -> bool:
     alone. An unreadable config counts as no head: loading it fails later with the reason."""
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
-        blocks = next(int(config[k]) for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config)
+        blocks = next(int(config[k]) for k in BLOCK_KEYS if k in config)
     except (OSError, ValueError, TypeError, StopIteration, AttributeError):
         return False
     return end == blocks + 2
