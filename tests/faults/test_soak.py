@@ -1,9 +1,8 @@
 """A short chaos soak in CI (tests/faults/soak.py; `make soak` runs the 10-minute one).
 
-Its length is ``RESPLIT_SOAK_S`` (default 30 s of traffic and faults, on top of about half a
-minute of start-up and checking; 90 s passes too, docs/OPERATIONS.md, but with it the suite
-went over its 10-minute budget in the plain collection order, and collected first it ran
-beside the fault suite, whose SIGSTOP test then hung in 2 of 3 fresh-clone runs); the same
+Its length is ``RESPLIT_SOAK_S`` (default 90 s of traffic and faults, on top of about half a
+minute of start-up and checking; issue 26 asks for 90 s in CI, which fit the suite's
+10-minute budget once the orchestrator started without torch, docs/DEVELOPMENT.md); the same
 seed always plays the same faults. Every
 token of every request must be the whole model's, and a request may fail only for a
 cause the schedule made (none is expected: a lost hop is recovered, an overload retried).
@@ -18,7 +17,7 @@ from soak import markdown, soak
 
 pytestmark = pytest.mark.integration
 
-DURATION_S = float(os.environ.get("RESPLIT_SOAK_S", "30"))
+DURATION_S = float(os.environ.get("RESPLIT_SOAK_S", "90"))
 CLIENTS = int(os.environ.get("RESPLIT_SOAK_CLIENTS", "8"))
 
 
