@@ -42,7 +42,12 @@ EXIT_CANNOT_START = 1
 
 
 class Service(Protocol):
-    """What a service plugs into :func:`serve`."""
+    """What a service plugs into :func:`serve`.
+
+    A service may also have ``async def drain(self) -> None``: run when shutdown begins,
+    beside gRPC's graceful stop, to end the long-lived streams of its own that no client
+    will end (the worker's lanes to its peers: each side's stop would otherwise wait the
+    whole grace for the other's stream). It is cancelled once the gRPC server stopped."""
 
     name: str
     #: Full proto names of the services it serves, e.g. ``resplit.v1.WorkerService``.
@@ -180,8 +185,14 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         draining = time.monotonic()
+        drain = getattr(service, "drain", None)
+        ending = asyncio.ensure_future(drain()) if drain is not None else None
         await server.stop(settings.shutdown_grace_s)
         drained = time.monotonic() - draining
+        if ending is not None:
+            ending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ending
         if drained > settings.shutdown_grace_s + 1.0:  # gRPC's own stop overran the grace it was given
             log.warning("%s: the gRPC server took %.1f s to stop (grace %.1f s)", service.name, drained,
                         settings.shutdown_grace_s)  # fmt: skip

@@ -257,6 +257,10 @@ class WorkerService:
             return True, f"registered as {self.node.node_id}"
         return False, f"not registered yet: {self.heartbeat.last_error or 'registering'}"
 
+    async def drain(self) -> None:
+        """Shutdown began: once the sessions here have ended, end the lanes (transport.py)."""
+        await self.forwarding.end_lanes_when_idle()
+
     async def stop(self) -> None:
         if self._agent_task is not None:
             self._agent_task.cancel()

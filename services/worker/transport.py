@@ -174,6 +174,8 @@ class Forwarding:
         self.hops = HopTable()
         #: This worker's lanes to the others: every session's activations and replies.
         self.lanes = Lanes(channels.stub, chunk_bytes)
+        #: The readers of the peers' lanes to this worker, ended at shutdown.
+        self._receiving: set[asyncio.Future[Any]] = set()
         #: Decode steps of many sessions on one segment, run as one forward (core/batch.py).
         #: A prompt of at most this many tokens joins a batched forward whole (a longer one
         #: runs in chunks of prefill_chunk_tokens, core/step.py); a batch takes prompts up
@@ -541,8 +543,32 @@ class Forwarding:
     # -- the lanes, receiving side ----------------------------------------------------
     async def receive_lane(self, messages: AsyncIterator[worker_pb2.LaneMessage]) -> worker_pb2.LaneAck:
         """Another worker's lane: activations for the sessions' hops here, replies for the
-        sessions whose first hop is here (lanes.py)."""
-        return await receive(messages, self.hops, self.ring)
+        sessions whose first hop is here (lanes.py). It reads in a task of its own, which
+        :meth:`end_lanes_when_idle` cancels to answer the lane OK at shutdown (cancelling
+        the RPC's own task would leave its call open until the peer closed it)."""
+        reading = asyncio.ensure_future(receive(messages, self.hops, self.ring))
+        self._receiving.add(reading)
+        try:
+            return await reading
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if reading.cancelled() and current is not None and not current.cancelling():
+                return worker_pb2.LaneAck()  # ended here at shutdown, not by the peer
+            raise
+        finally:
+            self._receiving.discard(reading)
+
+    async def end_lanes_when_idle(self, poll_s: float = 0.05) -> None:
+        """At shutdown: once no session is open here, close this worker's lanes and end its
+        peers'. A lane is no RPC a client finishes: without this, gRPC's graceful stop waits
+        out its whole grace for every peer's lane (5 s for each `resplit down` after a split
+        generation), while the peer waits on this worker's. A session still running keeps
+        its lanes until it ends or the grace does."""
+        while len(self.sessions):  # noqa: ASYNC110 (once, at shutdown: no event to keep for it)
+            await asyncio.sleep(poll_s)
+        self.lanes.close()
+        for reading in list(self._receiving):
+            reading.cancel()
 
 
 def _slot(session: Session) -> tuple[str, str, int]:

@@ -107,3 +107,35 @@ def test_sigterm_stops_gracefully(module_redis, services, name):
     assert proc.terminate(timeout=15) == 0
     out = proc.output()
     assert "shutting down" in out and f"{name} stopped" in out
+
+
+def test_sigterm_after_a_split_generation_does_not_wait_out_the_grace(tiny_models):
+    """Two workers with lanes to each other (a split generated over both) each stop at once
+    on SIGTERM: a lane is no RPC that a client finishes, so the worker ends them itself once
+    its sessions are gone. Before, gRPC's graceful stop waited the whole grace for each
+    peer's lane (5 s per `resplit down` at the default; here 60 s, and the bound is 20)."""
+    from support import LocalStack, greedy, spread
+
+    from resplit.models import Checkpoint, num_units
+    from resplit.sdk import Client, Sampling
+
+    prompt = [5, 17, 33, 40]
+    expected = greedy(tiny_models["llama"], prompt, 6)[0]
+    local = LocalStack(workers=2, worker_args=["--torch-threads", "1", "--shutdown-grace-s", "60"])
+    try:
+        local.start()
+        units = num_units(Checkpoint(tiny_models["llama"]).config)
+        (a, b, _), (c, d, _) = spread(units, 2)
+        local.deploy("lanes", tiny_models["llama"], [(a, b, 0), (c, d - 1, 1), (d - 1, d, 0)])
+        with Client(local.orchestrator.address) as client:
+            tokens = client.generate_ids(prompt, client.route("lanes"), Sampling(max_new_tokens=6))
+            assert [t.token_id for t in tokens] == expected
+        first, second = local.worker_procs
+        # One alone (its peer stays up and keeps its lane to it), then the other.
+        assert second.terminate(timeout=20) == 0
+        assert first.health() == "SERVING"
+        assert first.terminate(timeout=20) == 0
+        for proc in (first, second):
+            assert "worker stopped" in proc.output()
+    finally:
+        local.stop()
