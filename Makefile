@@ -81,8 +81,12 @@ lint: $(STAMP)
 # The suite in two parts: most of it on two processes, a test module per process (its
 # stack is built once); then the tests marked `serial` (a CPU share, a throughput
 # ratio, a tight timing) alone. Both parts always run.
+# Bytecode is cached (in the gitignored __pycache__ folders) even where the environment
+# says not to (PYTHONDONTWRITEBYTECODE, which the development VM sets): the suite
+# starts some 200 Python processes, and each would compile resplit's modules again (0.2 s
+# a service) and each pytest process rewrite every test module's asserts (3 s).
 PYTEST_PROCESSES ?= 2
-suite = status=0; \
+suite = status=0; export PYTHONDONTWRITEBYTECODE=; \
 	$(1) -m pytest -n $(PYTEST_PROCESSES) --dist loadfile -m "not serial" --durations=25 || status=$$?; \
 	$(1) -m pytest -m serial || status=$$?; \
 	exit $$status
