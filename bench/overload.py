@@ -17,7 +17,8 @@ Printed per step: offered and served requests/s, served tokens/s as a ratio to t
 unloaded maximum (no collapse: ≥ 0.9), p50/p99 latency of admitted requests and its
 ratio to the unloaded p99, refused requests and their p99 time to refusal, and the
 load generator's own CPU share and event loop lag (a generator that saturates its core
-measures itself, not the stack); then the largest RSS growth of any process over the run.
+measures itself, not the stack); then the largest RSS growth of any process over the run,
+against a stated bound (``--rss-bound-mb``, RSS_BOUND_MB).
 
 Each round measures the unloaded maximum again, then every step against it; the table
 gives each step's ratio over the rounds (median and range), so that a VM whose speed
@@ -53,6 +54,11 @@ from resplit.sdk import AsyncClient, Sampling
 from resplit.sdk.throttle import Throttled
 
 STEPS = (0.5, 1.0, 2.0, 4.0)
+#: The most any process of the stack may grow over a run, whatever the offered load: what the
+#: caps let in is bounded (--max-sessions plus the waiting room per worker, each with a tiny
+#: model's KV cache under 0.1 MB and a stream's read-ahead of --max-queued-requests), so
+#: growth past this is a leak or an unbounded buffer. Measured: +6 to +8 MB at 4x.
+RSS_BOUND_MB = 64.0
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -234,6 +240,12 @@ def main() -> None:
         help="the SDK's client-side throttling (0: every request sent)",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--rss-bound-mb",
+        type=float,
+        default=RSS_BOUND_MB,
+        help="the most any process may grow over the run (see RSS_BOUND_MB)",
+    )
     args = parser.parse_args()
     console = Console(width=200)
     work = Path(tempfile.mkdtemp(prefix="resplit-overload-"))
@@ -264,8 +276,12 @@ def main() -> None:
     for name, counts in admissions.items():
         shown = ", ".join(f"{k} {v:.0f}" for k, v in counts.items())
         console.print(f"{name} admissions over the run: {shown}")
-    growth = max((end_rss[k] - start_rss[k], k) for k in start_rss)
-    console.print(f"RSS growth over the run: {growth[0]:+.1f} MB ({growth[1]}, the most of any process)")
+    growth, name = max((end_rss[k] - start_rss[k], k) for k in start_rss)
+    verdict = "within" if growth <= args.rss_bound_mb else "OVER"
+    console.print(
+        f"RSS growth over the run: {growth:+.1f} MB ({name}, the most of any process): "
+        f"{verdict} the stated bound of {args.rss_bound_mb:g} MB"
+    )
     console.print(
         f"load average {' '.join(f'{x:.2f}' for x in psutil.getloadavg())} on {psutil.cpu_count()} cores"
     )

@@ -61,6 +61,8 @@ from services.orchestrator.core.policy import default_policy
 TTL = ["--heartbeat-ttl-s", "3", "--heartbeat-interval-s", "1"]
 LAYERS = 8  # units: 0 embedding, 1..8 blocks, 9 head
 START = [(0, 3, "worker-0"), (3, 7, "worker-2"), (7, 10, "worker-0")]
+#: The workers started --trusted: the only ones the embedding and the head may run on.
+TRUSTED = ("worker-0", "worker-1")
 #: Splits an operator applies (ends on the trusted workers 0 and 1).
 OPERATOR_SPLITS = [
     [(0, 4, "worker-1"), (4, 8, "worker-3"), (8, 10, "worker-1")],
@@ -98,6 +100,8 @@ class Played:
     fault: Fault
     started_s: float
     outcome: str = "done"
+    #: When it was over: the process restarted and SERVING again, continued, the hog gone.
+    ended_s: float = 0.0
 
 
 def _sampling(request: Request) -> Sampling:
@@ -213,6 +217,8 @@ class Soak:
                 getattr(self, f"_{fault.kind}")(fault.target, fault.hold_s)
             except Exception as exc:  # recorded: an operator's call may be refused mid-chaos
                 played.outcome = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                played.ended_s = time.monotonic() - self.t0
 
     def _restart(self, name: str, hold_s: float) -> None:
         proc = self.procs()[name]
@@ -432,6 +438,8 @@ class Soak:
             "gap_p50_ms": round(gaps[len(gaps) // 2] * 1e3, 2) if gaps else None,
             "stalls_longest": self.stalls(),
             "failures_during": self.failures_during(),
+            "failures": self.failures(),
+            "no_trusted_worker": [f"{a:.1f}-{b:.1f} s" for a, b in self.no_trusted_worker()],
             "route_waits": sum(1 for r in self.requests if r.route_wait_s),
             "route_wait_max_s": round(max((r.route_wait_s for r in self.requests), default=0.0), 2),
             "processes": growth,
@@ -463,6 +471,33 @@ class Soak:
                 break
         return lines
 
+    def no_trusted_worker(self) -> list[tuple[float, float]]:
+        """When both trusted workers (worker-0 and worker-1) were killed or stopped at once:
+        the model's embedding and head had nowhere to run (unplaceable), from the second
+        one's fault until the first one was back."""
+        down: dict[str, list[tuple[float, float]]] = {TRUSTED[0]: [], TRUSTED[1]: []}
+        for p in self.played:
+            if p.fault.kind in ("worker_kill", "worker_stop") and p.fault.target in down:
+                down[p.fault.target].append((p.started_s, p.ended_s or p.started_s))
+        return sorted(
+            (max(a0, a1), min(b0, b1))
+            for a0, b0 in down[TRUSTED[0]]
+            for a1, b1 in down[TRUSTED[1]]
+            if max(a0, a1) < min(b0, b1)
+        )
+
+    def failures(self, count: int = 10) -> list[str]:
+        """Each failed request (the first ``count``): when it ran, what it said, and whether
+        the model was unplaceable (no trusted worker) while it ran."""
+        windows = self.no_trusted_worker()
+        lines = []
+        for r in [r for r in self.requests if r.error][:count]:
+            unplaceable = [f"{a:.0f}-{b:.0f} s" for a, b in windows if a < r.ended_s and b > r.started_s]
+            where = f"no trusted worker {', '.join(unplaceable)}" if unplaceable else "always placeable"
+            when = f"{r.started_s:.1f}-{r.ended_s:.1f} s"
+            lines.append(f"client {r.client} {r.kind} {when} ({where}): {r.error}")
+        return lines
+
     def failures_during(self) -> dict[str, int]:
         """Failed requests by the faults that held while they ran."""
         return dict(
@@ -486,7 +521,7 @@ def mean_gap_s(duration_s: float) -> float:
 def _why(exc: grpc.RpcError) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return f"{code.name if code is not None else 'UNKNOWN'}: {details}"[:400]
+    return f"{code.name if code is not None else 'UNKNOWN'}: {details}"[:1000]
 
 
 def verify(requests: list[Request], llama: Path, bert: Path, small: Path) -> tuple[int, int, list[str]]:
@@ -557,7 +592,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Soak: seed {report['seed']}, {report['duration_s']:g} s, {report['clients']} clients", ""]
     keys = ("faults", "faults_by_kind", "faults_overlapping", "faults_not_done", "requests",
             "requests_by_kind", "tokens_checked", "tokens_wrong", "requests_wrong", "failed",
-            "failures_by_cause", "failures_during", "stall_max_ms", "stall_p99_ms", "gap_p50_ms",
+            "failures_by_cause", "failures_during", "failures", "no_trusted_worker", "stall_max_ms",
+            "stall_p99_ms", "gap_p50_ms",
             "stalls_longest", "route_waits",
             "route_wait_max_s", "decisions",
             "load_average")  # fmt: skip

@@ -52,3 +52,27 @@ def test_overlapping_counts_faults_that_start_while_another_holds():
         Fault(6, "cpu_hog", "host", 1),
     ]
     assert overlapping(faults) == 1
+
+
+def test_the_report_finds_when_no_trusted_worker_was_up():
+    """The soak's report (soak.py) names the windows when both trusted workers were down or
+    stopped at once: the model unplaceable, the one cause a failed request may have."""
+    from types import SimpleNamespace
+
+    from chaos import Fault
+    from soak import Played, Soak
+
+    def played(kind: str, target: str, start: float, end: float) -> Played:
+        return Played(Fault(start, kind, target, end - start), start, ended_s=end)
+
+    run = SimpleNamespace(
+        played=[
+            played("worker_kill", "worker-0", 10.0, 30.0),
+            played("worker_stop", "worker-1", 25.0, 28.0),  # within worker-0's: 25-28
+            played("worker_kill", "worker-1", 40.0, 60.0),
+            played("worker_stop", "worker-0", 55.0, 70.0),  # overlaps worker-1's: 55-60
+            played("worker_kill", "worker-2", 0.0, 100.0),  # not trusted
+            played("cpu_hog", "host", 0.0, 100.0),
+        ]
+    )
+    assert Soak.no_trusted_worker(run) == [(25.0, 28.0), (55.0, 60.0)]
