@@ -45,11 +45,23 @@ ROUTE_POLL_S = 0.1
 #: How long a session waits for a route without the nodes found down before it takes
 #: whatever route the orchestrator gives (such a node may have come back meanwhile).
 DOWN_ROUTE_WAIT_S = 15.0
+#: How often a session waiting for such a route asks the orchestrator again whether those
+#: nodes are still down: one that answers again (a worker SIGSTOPped for a few seconds) ends
+#: the wait, when no new plan comes because the old one is whole again (the chaos soak's
+#: sessions waited the whole 15 s there: an 18-s stall).
+DOWN_RECHECK_S = 1.0
 
 
 def down_in(reply: orchestrator_pb2.ReportFailureResponse) -> set[str]:
     """The nodes the orchestrator found down, from its answer to a report."""
     return {v.node_id for v in reply.verdicts if v.state == orchestrator_pb2.FailureVerdict.STATE_DOWN}
+
+
+def still_down(down: set[str], reply: orchestrator_pb2.ReportFailureResponse) -> set[str]:
+    """The nodes of ``down`` that the orchestrator's new answer does not find up again (no
+    verdict, or one other than up, keeps a node down: a report it did not check proves nothing)."""
+    up = {v.node_id for v in reply.verdicts if v.state == orchestrator_pb2.FailureVerdict.STATE_UP}
+    return down - up
 
 
 def _uses(route: common_pb2.Route, nodes: set[str]) -> bool:
@@ -232,6 +244,16 @@ class ClientBase:
         if down and time.monotonic() - since < DOWN_ROUTE_WAIT_S and (latest is None or _uses(latest, down)):
             return None
         return latest if latest is not None else exchange.route
+
+    def _recheck_report(self, deployment: str, down: set[str]) -> orchestrator_pb2.ReportFailureRequest:
+        """Asks the orchestrator again about the nodes a recovering session waits to see
+        routed around (DOWN_RECHECK_S)."""
+        return orchestrator_pb2.ReportFailureRequest(
+            node_ids=sorted(down),
+            deployment=deployment,
+            reporter=self.reporter,
+            reason="still waiting for a route without them",
+        )
 
     def _failure_report(
         self, route: common_pb2.Route, error: grpc.RpcError

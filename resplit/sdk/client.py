@@ -31,7 +31,7 @@ from ..v1 import (
     orchestrator_pb2_grpc,
     worker_pb2_grpc,
 )
-from .base import REPORT_TIMEOUT_S, ROUTE_POLL_S, ClientBase, down_in
+from .base import DOWN_RECHECK_S, REPORT_TIMEOUT_S, ROUTE_POLL_S, ClientBase, down_in, still_down
 from .exchange import EmbedExchange, ExchangeError, GeneratedToken, Sampling
 from .requests import (
     HopTimeout,
@@ -135,15 +135,29 @@ class Client(ClientBase):
         wait, since = self._recovery_wait_s(exchange, attempt, error), time.monotonic()
         down = self._report_failure(exchange.route, error)
         time.sleep(max(0.0, wait - (time.monotonic() - since)))
+        checked = time.monotonic()
         while True:
             try:
                 latest = self.route(exchange.route.deployment)
             except grpc.RpcError as exc:
                 latest = exc
+            if down and time.monotonic() - checked >= DOWN_RECHECK_S:
+                down, checked = self._recheck_down(exchange.route.deployment, down), time.monotonic()
             route = self._recovery_route(exchange, latest, down, error, since)
             if route is not None:
                 return exchange.replay(route)
             time.sleep(ROUTE_POLL_S)
+
+    def _recheck_down(self, deployment: str, down: set[str]) -> set[str]:
+        """Those of ``down`` still down by the orchestrator's word (all of them when it does
+        not answer)."""
+        try:
+            reply = self._orchestrator().ReportFailure(
+                self._recheck_report(deployment, down), timeout=REPORT_TIMEOUT_S
+            )
+        except grpc.RpcError:
+            return down
+        return still_down(down, reply)
 
     def _report_failure(self, route: common_pb2.Route, error: grpc.RpcError) -> set[str]:
         """The nodes the orchestrator found down after hearing of ``error`` (best effort)."""

@@ -4,6 +4,7 @@ survives, how long it backs off, and when it asks for a newer route."""
 from __future__ import annotations
 
 import os
+import time
 
 import grpc
 import pytest
@@ -192,3 +193,42 @@ def test_the_client_lists_deployments_once():
     client._orchestrator = _Orchestrator
     assert client.deployment("d").name == client.deployment("d").name == "d"
     assert _Orchestrator.listed == 1
+
+
+def test_a_node_found_down_that_answers_again_ends_the_wait_for_a_route_around_it(monkeypatch):
+    """A worker SIGSTOPped for a few seconds is found down, the re-plan around it fails (the
+    chaos soak killed the broadcaster meanwhile), and it comes back: the plan in force is
+    whole again and no new one comes. The session asks again every DOWN_RECHECK_S and
+    replays on that plan once the orchestrator finds the node up, instead of waiting out
+    DOWN_ROUTE_WAIT_S (the soak's 18-s stall). Only an explicit "up" ends the wait."""
+    from resplit.sdk.base import DOWN_RECHECK_S, still_down
+    from resplit.v1 import orchestrator_pb2
+
+    verdict = orchestrator_pb2.FailureVerdict
+    found = orchestrator_pb2.ReportFailureResponse(
+        verdicts=[
+            verdict(node_id="w1", state=verdict.STATE_UP),
+            verdict(node_id="w2", state=verdict.STATE_DOWN),
+        ]
+    )
+    assert still_down({"w1", "w2", "w3"}, found) == {"w2", "w3"}  # w3: no verdict, not checked
+
+    through = common_pb2.Route(deployment="d", epoch=3, hops=[common_pb2.Hop(node_id="w1", address="a:1")])
+    asked: list[list[str]] = []
+
+    class Orchestrator:
+        def ReportFailure(self, request, timeout):
+            asked.append(list(request.node_ids))
+            state = verdict.STATE_DOWN if len(asked) < 3 else verdict.STATE_UP  # back at the 3rd
+            return orchestrator_pb2.ReportFailureResponse(verdicts=[verdict(node_id="w1", state=state)])
+
+    client, exchange = Client(timeout_s=60.0), _exchange()
+    exchange.route = through
+    monkeypatch.setattr(client, "_orchestrator", lambda: Orchestrator())
+    monkeypatch.setattr(client, "route", lambda deployment: through)  # the old plan, whole again
+    started = time.monotonic()
+    client._recover(exchange, 1, HopTimeout("no reply"))
+    waited = time.monotonic() - started
+    assert asked == [["w1"], ["w1"], ["w1"]]  # the first report, then a recheck each second
+    assert exchange.route is through
+    assert 2 * DOWN_RECHECK_S <= waited < DOWN_ROUTE_WAIT_S / 2
