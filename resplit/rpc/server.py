@@ -191,8 +191,12 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
         drained = time.monotonic() - draining
         if ending is not None:
             ending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await ending
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the shutdown goes on: what drain() left, stop() closes
+                log.warning("%s: draining failed", service.name, exc_info=True)
         if drained > settings.shutdown_grace_s + 1.0:  # gRPC's own stop overran the grace it was given
             log.warning("%s: the gRPC server took %.1f s to stop (grace %.1f s)", service.name, drained,
                         settings.shutdown_grace_s)  # fmt: skip
