@@ -148,6 +148,23 @@ static void int4_rows_ref(const int8_t *xq, const float *d, const float *m, cons
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 
+/* Software prefetch AHEAD bytes down each weight stream (hint T2: into the outer caches,
+ * holding no L1 fill buffer). Why: from DRAM, or from an L3 that other processes emptied
+ * between a worker's steps (every hop of a split), the hardware prefetcher alone kept the
+ * bf16 and quantized bodies at 16-19 GB/s on the 2-core Xeon VM of 2026-12-05, where fp32,
+ * which does less work per byte, streamed 28-30; with it, bf16 28, int8 25-27, int4 23
+ * (bench/gemv.py, docs/BENCHMARKS.md "gemv"). Cache-resident weights lose nothing
+ * measurable. -DAHEAD=0 compiles the prefetches out. A prefetch past a matrix's end is
+ * harmless: prefetches never fault. */
+#ifndef AHEAD
+#define AHEAD 8192
+#endif
+#if AHEAD
+#define PREFETCH(p) _mm_prefetch((const char *)(p) + AHEAD, _MM_HINT_T2)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+
 /* Sixteen weights from element i on: fp32 as stored, or bf16 (wide) widened exactly. The
  * callers pass wide as a constant, so each body is compiled once per format. */
 T512 static inline __attribute__((always_inline)) __m512 dense_load(const void *w, int64_t i, int wide) {
@@ -168,7 +185,12 @@ T512 static inline __attribute__((always_inline)) void dense_tile(const float *x
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
     for (int k = 0; k < K; k += 16) {
         __m512 wv[4];
-        for (int j = 0; j < 4; j++) wv[j] = dense_load(w, (int64_t)(n + j) * K + k, wide);
+        for (int j = 0; j < 4; j++) {
+            int64_t at = (int64_t)(n + j) * K + k;
+            if (wide) { if (!(k & 31)) PREFETCH((const bf16 *)w + at); }
+            else PREFETCH((const float *)w + at);
+            wv[j] = dense_load(w, at, wide);
+        }
         for (int r = 0; r < RR; r++) {
             __m512 xv = _mm512_loadu_ps(x + (int64_t)r * K + k);
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(wv[j], xv, acc[r][j]);
@@ -204,6 +226,8 @@ T512 static inline __attribute__((always_inline)) void dense_row_512(const float
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int k = 0;
         for (; k + 64 <= K; k += 64) {
+            if (wide) PREFETCH((const bf16 *)w + base + k), PREFETCH((const bf16 *)w + base + k + 32);
+            else for (int l = 0; l < 64; l += 16) PREFETCH((const float *)w + base + k + l);
             a0 = _mm512_fmadd_ps(dense_load(w, base + k, wide), _mm512_loadu_ps(x + k), a0);
             a1 = _mm512_fmadd_ps(dense_load(w, base + k + 16, wide), _mm512_loadu_ps(x + k + 16), a1);
             a2 = _mm512_fmadd_ps(dense_load(w, base + k + 32, wide), _mm512_loadu_ps(x + k + 32), a2);
@@ -262,6 +286,8 @@ TVNNI static inline __attribute__((always_inline)) void int8_rows_512_body(const
                 int k1 = k0 + 128 * FLUSH < K ? k0 + 128 * FLUSH : K, k = k0;
                 __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
                 for (; k + 128 <= k1; k += 128) {
+                    PREFETCH(qn + k);
+                    PREFETCH(qn + k + 64);
                     a0 = _mm512_dpwssd_epi32(a0, w8(qn + k), _mm512_loadu_si512(x + k));
                     a1 = _mm512_dpwssd_epi32(a1, w8(qn + k + 32), _mm512_loadu_si512(x + k + 32));
                     a2 = _mm512_dpwssd_epi32(a2, w8(qn + k + 64), _mm512_loadu_si512(x + k + 64));
@@ -282,6 +308,7 @@ TVNNI static inline __attribute__((always_inline)) void int8_rows_512_body(const
             __m512i a[MAX_ROWS];
             for (int r = 0; r < R; r++) a[r] = _mm512_setzero_si512();
             for (int k = k0; k < k1; k += 32) {
+                if (!(k & 63)) PREFETCH(qn + k);
                 __m512i wv = w8(qn + k);
                 for (int r = 0; r < R; r++)
                     a[r] = _mm512_dpwssd_epi32(a[r], wv, _mm512_loadu_si512(x + (int64_t)r * K + k));
@@ -351,6 +378,7 @@ TVNNI static inline __attribute__((always_inline)) void int4_rows_512_body(const
             __m512i lo[4], hi[4];
             for (int j = 0; j < 4; j++) {
                 const uint8_t *b = pn + (int64_t)(g0 + 4 * j) * 16;
+                PREFETCH(b);
                 __m512i w;
                 if (left >= SUPER) w = _mm512_loadu_si512(b);
                 else {
