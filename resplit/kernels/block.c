@@ -176,6 +176,50 @@ int resplit_block_qkv(const block_t *b, int R, const float *h, const float *cos,
 
 /* Row r attends over its own session's cache of this block after the append: kc[r], vc[r]
  * [kv_heads, T[r], head_dim]; then the output projection, the MLP and both residuals. */
+/* q . k over d: sixteen partial sums (lane l takes j = l, l + 16, ...) added up in a fixed
+ * tree, so the compiler vectorizes it and every build, vector or not, gives the same bits.
+ * One running sum, which it may not reorder, kept attention a scalar chain: the 15-block
+ * benchmark Llama (int4, 2 threads, 2-core Xeon) decoded at 8.4 ms a token over 512
+ * cached positions and 15.7 over 2,000 against 3.8 over 12; now 6.4 and 11.4. */
+static inline __attribute__((always_inline)) float dot16(const float *a, const float *b, int d) {
+    float part[16] = {0.f};
+    int j = 0;
+    for (; j + 16 <= d; j += 16)
+        for (int l = 0; l < 16; l++) part[l] += a[j + l] * b[j + l];
+    for (int l = 0; j + l < d; l++) part[l] += a[j + l] * b[j + l];
+    for (int width = 8; width; width >>= 1)
+        for (int l = 0; l < width; l++) part[l] += part[l + width];
+    return part[0];
+}
+
+/* One head of one row: softmax(q k^T * scaling) v over the row's T cached positions. */
+static inline __attribute__((always_inline)) void attend(const float *qi, const float *ki, const float *vi,
+                                                          float *s, float *ai, int T, int d, float scaling) {
+    float top = -INFINITY, total = 0.f;
+    for (int t = 0; t < T; t++) {
+        s[t] = dot16(qi, ki + (int64_t)t * d, d) * scaling;
+        top = s[t] > top ? s[t] : top;
+    }
+    for (int t = 0; t < T; t++) total += (s[t] = expf(s[t] - top));
+    for (int j = 0; j < d; j++) ai[j] = 0.f;
+    for (int t = 0; t < T; t++) {
+        float p = s[t] / total;
+        const float *vt = vi + (int64_t)t * d;
+        for (int j = 0; j < d; j++) ai[j] += p * vt[j];
+    }
+}
+
+/* The same loops compiled twice: for the machine's baseline and with AVX-512 (16 lanes). */
+static void attend_ref(const float *qi, const float *ki, const float *vi, float *s, float *ai, int T, int d,
+                       float scaling) {
+    attend(qi, ki, vi, s, ai, T, d, scaling);
+}
+
+T512 static void attend_512(const float *qi, const float *ki, const float *vi, float *s, float *ai, int T, int d,
+                            float scaling) {
+    attend(qi, ki, vi, s, ai, T, d, scaling);
+}
+
 int resplit_block_out(const block_t *b, int R, const float *h, const float *q, const float *const *kc,
                       const float *const *vc, const int *T, float *out, int threads) {
     if (R < 1 || R > MAX_BLOCK_ROWS) return -1;
@@ -190,25 +234,15 @@ int resplit_block_out(const block_t *b, int R, const float *h, const float *q, c
     int code = (attn && scores && x && gate && up) ? 0 : -2;
     if (code == 0) {
         int pairs = R * heads;
+        int simd = use_512();
         _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")
         for (int pair = 0; pair < pairs; pair++) {
             int r = pair / heads, i = pair % heads, Tr = T[r];
             const float *qi = q + (int64_t)r * QW + i * d;
             const float *ki = kc[r] + (int64_t)(i / group) * Tr * d, *vi = vc[r] + (int64_t)(i / group) * Tr * d;
-            float *s = scores + (int64_t)pair * longest, top = -INFINITY, total = 0.f;
-            for (int t = 0; t < Tr; t++) {
-                float dot = 0.f;
-                for (int j = 0; j < d; j++) dot += qi[j] * ki[(int64_t)t * d + j];
-                s[t] = dot * b->scaling;
-                top = s[t] > top ? s[t] : top;
-            }
-            for (int t = 0; t < Tr; t++) total += (s[t] = expf(s[t] - top));
-            float *ai = attn + (int64_t)r * QW + i * d;
-            for (int j = 0; j < d; j++) ai[j] = 0.f;
-            for (int t = 0; t < Tr; t++) {
-                float p = s[t] / total;
-                for (int j = 0; j < d; j++) ai[j] += p * vi[(int64_t)t * d + j];
-            }
+            float *s = scores + (int64_t)pair * longest, *ai = attn + (int64_t)r * QW + i * d;
+            if (simd) attend_512(qi, ki, vi, s, ai, Tr, d, b->scaling);
+            else attend_ref(qi, ki, vi, s, ai, Tr, d, b->scaling);
         }
         input_t in;
         const proj_t *po[1] = {&b->o};

@@ -187,6 +187,43 @@ def test_the_native_block_step_matches_lean_torch_operations(tmp_path, weights):
     assert torch.allclose(on, off, atol=1e-4, rtol=0)
 
 
+def test_the_native_attention_matches_lean_over_a_long_cache_and_an_odd_head_size(tmp_path, body):
+    """block.c's attention sums q . k in sixteen lanes and a tail: over a 300-token cache,
+    with heads of 40 (two lanes' worth and a tail of 8) and grouped kv heads, through both
+    bodies, the steps equal lean's torch operations within 1e-4."""
+    from resplit.models import Checkpoint, load_segment
+    from resplit.models.tiny import build_tiny
+
+    model_dir = build_tiny(
+        "llama",
+        tmp_path / "llama",
+        head_dim=40,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    segment = load_segment(Checkpoint(model_dir), 0, 6, torch.device("cpu"))
+    prompt = torch.tensor([[(7 * i) % 300 + 3 for i in range(300)]])
+
+    def run(native_blocks: bool) -> torch.Tensor:
+        for block in segment._lean:
+            block.native.clear()
+            if not native_blocks:
+                block.native["why_not"] = "turned off by the test"
+        state, logits, ids = segment.new_state(), [], prompt
+        for _ in range(4):
+            out = segment.step(state, input_ids=ids)
+            logits.append(out.logits[0])
+            ids = torch.tensor([[int(out.logits[0].argmax())]])
+        return torch.stack(logits)
+
+    on = run(True)
+    assert all("engine" in block.native for block in segment._lean), body  # block.c ran
+    off = run(False)
+    assert torch.equal(on.argmax(-1), off.argmax(-1))
+    assert torch.allclose(on, off, atol=1e-4, rtol=0), (on - off).abs().max()
+
+
 def test_a_quantized_kernel_refuses_more_rows_than_it_takes():
     q, scale = torch.zeros(8, 64, dtype=torch.int8), torch.zeros(8).bfloat16()
     with pytest.raises(ValueError, match="refused"):
