@@ -158,6 +158,21 @@ def test_a_quantized_projection_takes_a_batch_in_chunks_and_a_prefill_dequantize
     assert torch.allclose(prefill[:, : x.shape[1]], alone, atol=1e-2 * alone.abs().max().item())
 
 
+def _greedy_logits(segment, prompt: torch.Tensor, steps: int, *, native_blocks: bool) -> torch.Tensor:
+    """The logits of ``steps`` greedy steps of one session from ``prompt``, its decode steps on
+    block.c (``native_blocks``) or on lean's torch operations."""
+    for block in segment._lean:
+        block.native.clear()
+        if not native_blocks:
+            block.native["why_not"] = "turned off by the test"
+    state, logits, ids = segment.new_state(), [], prompt
+    for _ in range(steps):
+        out = segment.step(state, input_ids=ids)
+        logits.append(out.logits[0])
+        ids = torch.tensor([[int(out.logits[0].argmax())]])
+    return torch.stack(logits)
+
+
 @pytest.mark.parametrize("weights", ["fp32", "bf16", "int8", "int4"])
 def test_the_native_block_step_matches_lean_torch_operations(tmp_path, weights):
     """A lone session's steps through block.c against the same segment on lean's torch
@@ -168,21 +183,10 @@ def test_the_native_block_step_matches_lean_torch_operations(tmp_path, weights):
     model_dir = build_tiny("llama", tmp_path / "llama", attention_bias=True)
     segment = load_segment(Checkpoint(model_dir), 0, 6, torch.device("cpu"), weights=weights)
 
-    def run(native_blocks: bool) -> torch.Tensor:
-        for block in segment._lean:
-            block.native.clear()
-            if not native_blocks:
-                block.native["why_not"] = "turned off by the test"
-        state, logits, ids = segment.new_state(), [], torch.tensor([[5, 17, 33, 8, 91]])
-        for _ in range(8):
-            out = segment.step(state, input_ids=ids)
-            logits.append(out.logits[0])
-            ids = torch.tensor([[int(out.logits[0].argmax())]])
-        return torch.stack(logits)
-
-    on = run(True)
+    prompt = torch.tensor([[5, 17, 33, 8, 91]])
+    on = _greedy_logits(segment, prompt, 8, native_blocks=True)
     assert all("engine" in block.native for block in segment._lean)  # the native step ran
-    off = run(False)
+    off = _greedy_logits(segment, prompt, 8, native_blocks=False)
     assert torch.equal(on.argmax(-1), off.argmax(-1))
     assert torch.allclose(on, off, atol=1e-4, rtol=0)
 
@@ -205,21 +209,9 @@ def test_the_native_attention_matches_lean_over_a_long_cache_and_an_odd_head_siz
     segment = load_segment(Checkpoint(model_dir), 0, 6, torch.device("cpu"))
     prompt = torch.tensor([[(7 * i) % 300 + 3 for i in range(300)]])
 
-    def run(native_blocks: bool) -> torch.Tensor:
-        for block in segment._lean:
-            block.native.clear()
-            if not native_blocks:
-                block.native["why_not"] = "turned off by the test"
-        state, logits, ids = segment.new_state(), [], prompt
-        for _ in range(4):
-            out = segment.step(state, input_ids=ids)
-            logits.append(out.logits[0])
-            ids = torch.tensor([[int(out.logits[0].argmax())]])
-        return torch.stack(logits)
-
-    on = run(True)
+    on = _greedy_logits(segment, prompt, 4, native_blocks=True)
     assert all("engine" in block.native for block in segment._lean), body  # block.c ran
-    off = run(False)
+    off = _greedy_logits(segment, prompt, 4, native_blocks=False)
     assert torch.equal(on.argmax(-1), off.argmax(-1))
     assert torch.allclose(on, off, atol=1e-4, rtol=0), (on - off).abs().max()
 
