@@ -220,8 +220,14 @@ T512 static void attend_512(const float *qi, const float *ki, const float *vi, f
     attend(qi, ki, vi, s, ai, T, d, scaling);
 }
 
+/* Present since the cache's heads may lie apart (resplit/models/lean_cache.py): callers of an
+ * older library (bench/gemv.py times one) pass no strides and contiguous caches. */
+int resplit_kv_strides(void) { return 1; }
+
+/* kc[r], vc[r]: row r's cached keys and values, kv head g's T[r] positions (head_dim floats
+ * each, one after another) starting at kc[r] + g * S[r]. */
 int resplit_block_out(const block_t *b, int R, const float *h, const float *q, const float *const *kc,
-                      const float *const *vc, const int *T, float *out, int threads) {
+                      const float *const *vc, const int *T, const int64_t *S, float *out, int threads) {
     if (R < 1 || R > MAX_BLOCK_ROWS) return -1;
     int d = b->head_dim, H = b->hidden, heads = b->heads, group = b->heads / b->kv_heads, QW = heads * d;
     int longest = 1;
@@ -239,7 +245,7 @@ int resplit_block_out(const block_t *b, int R, const float *h, const float *q, c
         for (int pair = 0; pair < pairs; pair++) {
             int r = pair / heads, i = pair % heads, Tr = T[r];
             const float *qi = q + (int64_t)r * QW + i * d;
-            const float *ki = kc[r] + (int64_t)(i / group) * Tr * d, *vi = vc[r] + (int64_t)(i / group) * Tr * d;
+            const float *ki = kc[r] + (i / group) * S[r], *vi = vc[r] + (i / group) * S[r];
             float *s = scores + (int64_t)pair * longest, *ai = attn + (int64_t)r * QW + i * d;
             if (simd) attend_512(qi, ki, vi, s, ai, Tr, d, b->scaling);
             else attend_ref(qi, ki, vi, s, ai, Tr, d, b->scaling);

@@ -4,9 +4,10 @@ token, or one token of each of several sessions at once (a batched step).
 ``lean.py`` hands a block here when every session in the step brings one token, on the CPU in fp32, and
 every projection is one the kernels run (fp32 weights, or bf16/int8/int4 ``QuantLinear`` on
 the native kernels) with a SiLU MLP; anything else stays on lean's torch operations.
-The session's KV cache stays transformers' ``DynamicCache``: k and v are appended with
-its ``update`` between the two native calls, so migration, replay and batching find the
-cache as they always did.
+k and v are appended with the session's cache's own ``update`` (``lean_cache.py``'s, or
+transformers' ``DynamicCache``) between the two native calls, so migration, replay and
+batching find the cache as they always did; the second call reads it where it lies (a
+head stride per session), copying only a cache laid out otherwise.
 
 The engine reads the weights through raw pointers, so it is made on a block's first
 step (after loading has packed the weights where they stay) and made again if the first
@@ -178,27 +179,36 @@ class Engine:
         if code != 0:
             raise MemoryError(f"native block step: code {code}")
         # Each session's cache grows by its row; the tensors are kept alive until the call.
-        held = []
+        # Read in place: each kv head's positions in a run, the heads b.strides[r] apart
+        # (lean_cache.py leaves room after them); copied only when laid out otherwise.
+        held, strided = [], lib.kv_strides
         for r, cache in enumerate(caches):
             keys, values = cache.update(b.k[r : r + 1], b.v[r : r + 1], self.layer_idx)
-            keys, values = keys.contiguous(), values.contiguous()
+            if not (strided and _in_runs(keys, values)):
+                keys, values = keys.contiguous(), values.contiguous()
             held += (keys, values)
             b.keys[r], b.values[r], b.lengths[r] = keys.data_ptr(), values.data_ptr(), keys.shape[2]
+            b.strides[r] = keys.stride(1)
         out = torch.empty_like(h)
+        lengths = (b.lengths_at, b.strides_at) if strided else (b.lengths_at,)
         code = lib.resplit_block_out(
-            self._ref,
-            rows,
-            h.data_ptr(),
-            b.q_ptr,
-            b.keys_at,
-            b.values_at,
-            b.lengths_at,
-            out.data_ptr(),
-            threads,
+            self._ref, rows, h.data_ptr(), b.q_ptr, b.keys_at, b.values_at, *lengths, out.data_ptr(), threads
         )
         if code != 0:
             raise MemoryError(f"native block step: code {code}")
         return out
+
+
+def _in_runs(keys: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether a session's cached keys and values [1, kv_heads, T, head_dim] can be read in
+    place: each head's positions one after another, the heads equally far apart in both."""
+    return (
+        keys.dim() == 4
+        and keys.shape[0] == 1
+        and keys.stride(-1) == 1
+        and keys.stride(-2) == keys.shape[-1]
+        and keys.stride() == values.stride()
+    )
 
 
 class _Buffers:
@@ -210,5 +220,7 @@ class _Buffers:
         self.q_ptr, self.k_ptr, self.v_ptr = self.q.data_ptr(), self.k.data_ptr(), self.v.data_ptr()
         self.keys, self.values = (ctypes.c_void_p * rows)(), (ctypes.c_void_p * rows)()
         self.lengths = (ctypes.c_int * rows)()
+        self.strides = (ctypes.c_int64 * rows)()
+        self.strides_at = ctypes.addressof(self.strides)
         self.keys_at, self.values_at = ctypes.addressof(self.keys), ctypes.addressof(self.values)
         self.lengths_at = ctypes.addressof(self.lengths)

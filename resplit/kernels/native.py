@@ -113,7 +113,10 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         fn.restype = _I
     lib.resplit_simd.restype = _I
     lib.resplit_block_qkv.argtypes = [_F, _I] + [_F] * 6 + [_I]
-    lib.resplit_block_out.argtypes = [_F, _I] + [_F] * 5 + [_F, _I]
+    # A library from before strided caches (no resplit_kv_strides) takes no strides and
+    # contiguous caches: block.py reads ``kv_strides`` to call either.
+    lib.kv_strides = hasattr(lib, "resplit_kv_strides")
+    lib.resplit_block_out.argtypes = [_F, _I] + [_F] * (6 if lib.kv_strides else 5) + [_F, _I]
     lib.resplit_block_qkv.restype = lib.resplit_block_out.restype = _I
     lib.resplit_force_portable.argtypes = [_I]
     lib.resplit_force_portable.restype = None
