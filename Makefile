@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The throw-away environment of `make lock` and `make test-latest`.
 LATEST ?= .venv-latest
 
-.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper bench-peers certs k8s-check docker image compose-up compose-test compose-down clean soak
+.PHONY: setup redis proto proto-check lint test test-latest lock demo bench bench-paper bench-peers bench-gpu gpu-bundle certs k8s-check docker image compose-up compose-test compose-down clean soak
 
 setup: $(STAMP) redis
 
@@ -200,6 +200,16 @@ bench-paper: setup
 bench-peers: setup
 	@test -n "$(LLAMA_CPP)" || { echo "set LLAMA_CPP=/path/to/llama.cpp (built; see bench/vs_llamacpp.py)"; exit 2; }
 	$(BIN)/python bench/vs_llamacpp.py --llama-cpp $(LLAMA_CPP)
+
+# The GPU benchmarks on a CUDA machine (issue 23): results/BENCHMARKS-gpu.md with GPU, driver and
+# versions; exits 2 where there is no CUDA device.
+bench-gpu: setup
+	$(BIN)/python tools/bench_gpu.py
+
+# For an air-gapped GPU host with its own CUDA torch: gpu-bundle/ holds the locked wheels of the
+# rest for its Python (PY=3.12), redis-server, and install/env/gpu-checks scripts (tools/gpu_bundle.py).
+gpu-bundle: setup
+	$(BIN)/python tools/gpu_bundle.py --python $(or $(PY),3.12)
 
 clean:
 	-@test -x $(BIN)/resplit && $(BIN)/resplit down >/dev/null 2>&1 || true
