@@ -5,6 +5,13 @@ Greedy when temperature is 0 (exactly ``argmax``, as ``model.generate`` with
 filtering, and a draw seeded by the client's seed and the token's index, so a
 seeded generation is reproducible and a session that moves to another node
 (or is replayed) mid-generation draws exactly what it would have drawn.
+
+All of it runs where the logits are: on a GPU only the token id and its
+log-probability cross to the host, in one copy, where the whole vocabulary's logits
+did (issue 23). The draw is an inverse-CDF lookup of one uniform number that a CPU
+generator gives for (seed, index), so a CPU node and a GPU node draw the same token
+for the same distribution (``torch.multinomial`` with a device's own generator would
+not), up to the rounding of the cumulative sum at a boundary.
 """
 
 from __future__ import annotations
@@ -32,10 +39,10 @@ class Sampler:
     def choose(self, logits: torch.Tensor, index: int = 0) -> tuple[int, float]:
         """(token id, its log-probability under the final distribution) for 1-D ``logits``;
         ``index`` is the 0-based position of this token among the generated ones."""
-        logits = logits.float().cpu()
+        logits = logits.float()
         if self.temperature == 0:
-            token = int(torch.argmax(logits))
-            return token, float(torch.log_softmax(logits, dim=-1)[token])
+            token = torch.argmax(logits)
+            return _to_host(token, torch.log_softmax(logits, dim=-1)[token])
         scores = logits / self.temperature
         if self.top_k > 0:
             k = min(self.top_k, scores.numel())
@@ -50,8 +57,13 @@ class Sampler:
             scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % (1 << 63))
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        return token, float(torch.log(probs[token]))
+        uniform = torch.rand((), generator=generator, dtype=torch.float64)  # on the CPU: no device sync
+        # In float64, uniform < 1 keeps the target below the total: the first position whose
+        # running sum exceeds it has a probability above zero (a filtered token never wins).
+        cumulative = probs.double().cumsum(dim=-1)
+        target = (uniform.to(cumulative.device) * cumulative[-1]).reshape(1)
+        token = torch.searchsorted(cumulative, target, right=True)[0].clamp(max=probs.numel() - 1)
+        return _to_host(token, torch.log(probs[token]))
 
     def finish_reason(self, token: int, generated: int) -> str:
         """'' to go on, else why the generation ends after ``token``."""
@@ -60,3 +72,9 @@ class Sampler:
         if self.max_new_tokens and generated >= self.max_new_tokens:
             return "max_new_tokens"
         return ""
+
+
+def _to_host(token: torch.Tensor, logprob: torch.Tensor) -> tuple[int, float]:
+    """The chosen token id and its log-probability, copied from the logits' device at once."""
+    token_id, value = torch.stack([token.double(), logprob.double()]).tolist()
+    return int(token_id), value
