@@ -450,11 +450,13 @@ class Forwarding:
                     yield reply
         elif hop.ring is not None:
             for reply in produced:
-                await hop.ring.send(reply)
                 if reply.HasField("token"):
+                    # Counted as handed over: the first hop may have the last token, close the
+                    # session and so cancel this task while the lane write still completes.
                     (_LOCAL if hop.ring.local else _NETWORK).inc()
                     if reply.token.finished:  # as on the first hop: its last step here
                         self.batcher.leave(session.key)
+                await hop.ring.send(reply)
         else:
             for reply in produced:
                 if reply.HasField("token"):
