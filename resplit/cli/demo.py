@@ -27,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..core.emulation import LOAD_REFRESH_S
 from ..launcher import stack as stack_mod
 from ..v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from . import views
@@ -218,7 +219,9 @@ def _adaptation(console: Console, stack: stack_mod.Stack, state_dir: Path) -> No
         console.print("the plan did not change within 60 s (the machine may be too busy)")
         return
     before = [r[2] for r in rows if r[0] < loaded_at] or [math.nan]
-    stuck = [r[2] for r in rows if r[0] >= loaded_at and r[1] == plan.epoch] or [math.nan]
+    # Requests begun before the emulated worker re-read its load file ran unloaded.
+    felt = loaded_at + LOAD_REFRESH_S
+    stuck = [r[2] for r in rows if r[0] >= felt and r[1] == plan.epoch] or [math.nan]
     after = [r[2] for r in rows if r[1] > plan.epoch] or [math.nan]
     gap = max((r[4] for r in rows if r[0] >= changed_at - 2), default=math.nan)
     console.print(

@@ -62,6 +62,10 @@ def step_seconds(
     return service / (1.0 - min(max(load, 0.0), MAX_LOAD))
 
 
+#: How often an emulated device re-reads its load file, in seconds.
+LOAD_REFRESH_S = 0.2
+
+
 class EmulatedDevice:
     """One emulated device: its background load, its busy time, and the wait itself.
 
@@ -71,7 +75,7 @@ class EmulatedDevice:
     thread, utilization is read by the node agent.
     """
 
-    def __init__(self, device: Device, load_file: str = "", refresh_s: float = 0.2) -> None:
+    def __init__(self, device: Device, load_file: str = "", refresh_s: float = LOAD_REFRESH_S) -> None:
         self.device = device
         self.load_file = Path(load_file) if load_file else None
         self.refresh_s = refresh_s
