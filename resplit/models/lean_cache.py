@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import torch
 
-#: Room a full buffer grows by: a quarter of what it holds, at least this many positions
-#: (so a session's cache holds at most 25 % + 16 positions more than it uses, and a long
-#: generation copies its cache a few times, not at every step).
+#: Room a full buffer grows by: an eighth of what it holds, at least GROW_MIN positions.
+#: So a session's cache holds at most 12.5 % + 16 positions more than it uses (the splitter
+#: plans a segment's memory by the positions used: kv_bytes_per_token x context), and a
+#: long generation copies its cache a few dozen times, not at every step.
+GROW_SHARE = 8
 GROW_MIN = 16
 
 
@@ -71,7 +73,7 @@ class LeanLayer:
             self.lazy_initialization(key_states, value_states)
         start, end = self._length, self._length + key_states.shape[-2]
         if self._keys is None or self._keys.dim() != 4 or end > self._keys.shape[-2]:
-            room = end + max(end // 4, GROW_MIN)
+            room = end + max(end // GROW_SHARE, GROW_MIN)
             self._keys = _grown(self._keys, key_states, start, room)
             self._values = _grown(self._values, value_states, start, room)
         self._keys[..., start:end, :] = key_states

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from resplit.models.lean_cache import GROW_MIN, LeanCache
+from resplit.models.lean_cache import GROW_MIN, GROW_SHARE, LeanCache
 
 
 def _states(generator: torch.Generator, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,10 +33,10 @@ def test_appends_return_what_concatenation_would_and_copy_only_when_full():
         moves += got_k.data_ptr() != where
         where = got_k.data_ptr()
     assert cache.get_seq_length(1) == 312 and cache.get_seq_length(0) == 0
-    assert 1 <= moves <= 12, moves  # growth by a quarter: a handful of copies, not 300
+    assert 1 <= moves <= 25, moves  # growth by an eighth: a few dozen copies at most, not 300
     assert torch.equal(first_view, seen_k[..., :12, :])
     room = cache.layers[1]._keys.shape[-2]
-    assert 312 <= room <= 312 + max(312 // 4, GROW_MIN)  # the room left is bounded
+    assert 312 <= room <= 312 + max(312 // GROW_SHARE, GROW_MIN)  # the room left is bounded
 
 
 def test_a_cache_put_in_place_whole_is_read_and_extended():
