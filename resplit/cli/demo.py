@@ -218,17 +218,23 @@ def _adaptation(console: Console, stack: stack_mod.Stack, state_dir: Path) -> No
     if loaded_at is None or changed_at is None:
         console.print("the plan did not change within 60 s (the machine may be too busy)")
         return
-    before = [r[2] for r in rows if r[0] < loaded_at] or [math.nan]
-    # Requests begun before the emulated worker re-read its load file ran unloaded.
+    # TTFT per phase. A request begun before the emulated worker re-read its load file
+    # (every LOAD_REFRESH_S) had its first token unloaded; a loop that moves within the
+    # first loaded request leaves no loaded TTFT on the old plan ("n/a").
     felt = loaded_at + LOAD_REFRESH_S
-    stuck = [r[2] for r in rows if r[0] >= felt and r[1] == plan.epoch] or [math.nan]
-    after = [r[2] for r in rows if r[1] > plan.epoch] or [math.nan]
+    before = [r[2] for r in rows if r[0] < loaded_at]
+    stuck = [r[2] for r in rows if r[0] >= felt and r[1] == plan.epoch]
+    after = [r[2] for r in rows if r[1] > plan.epoch]
     gap = max((r[4] for r in rows if r[0] >= changed_at - 2), default=math.nan)
     console.print(
-        f"TTFT median before the load {statistics.median(before):.1f} ms, under load on the old plan "
-        f"{statistics.median(stuck):.1f} ms, after the change {statistics.median(after):.1f} ms; "
+        f"TTFT median before the load {_median(before)} ms, under load on the old plan "
+        f"{_median(stuck)} ms, after the change {_median(after)} ms; "
         f"largest token gap around the change {gap:.1f} ms"
     )
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f}" if values else "n/a"
 
 
 def run_demo(console: Console, state_dir: Path, keep: bool) -> int:

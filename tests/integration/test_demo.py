@@ -32,14 +32,15 @@ def test_demo_runs_a_real_split_model_end_to_end(tmp_path):
     assert diff <= 1e-5
     assert re.search(r"decode median [0-9.]+ ms/token over 3 hops", out)
     # the adaptation loop: S2's node loaded, the plan moves, the time to first token recovers
+    # (to within 1.5x of before the load, and below the loaded TTFT where a request caught it)
     assert re.search(r"decision: (MIGRATE|RESPLIT) epoch 1 -> [2-9]", out), out
-    under, after = (
-        float(x)
-        for x in re.search(
-            r"under load on the old plan ([0-9.]+) ms, after the change ([0-9.]+) ms", out
-        ).groups()
-    )
-    assert after < under, out
+    before, under, after = re.search(
+        r"TTFT median before the load ([0-9.]+) ms, under load on the old plan ([0-9.]+|n/a) ms, "
+        r"after the change ([0-9.]+) ms",
+        out,
+    ).groups()
+    assert float(after) < 1.5 * float(before), out
+    assert under == "n/a" or float(after) < float(under), out
     assert "stack stopped (11 processes)" in out
     assert not (tmp_path / "demo" / "stack.json").exists()
     # Nothing a user would have to wonder about: no Python warning (a library's deprecation
