@@ -36,11 +36,10 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from lock import LOCK, ROOT, locked  # tools/ is this script's folder
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCK = ROOT / "requirements.lock"
 #: What the GPU checks run besides resplit: the test runner and its plugins (pyproject's
 #: pytest settings load them), and what tools/bench_gpu.py prints with.
 TEST_ROOTS = ("pytest", "pytest-asyncio", "pytest-timeout", "pytest-xdist", "rich")
@@ -51,14 +50,9 @@ GLIBC = re.compile(r"^(linux-vdso|ld-linux|libc|libm|libpthread|libdl|librt|libr
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
-def pins(lock: Path = LOCK) -> dict[str, str]:
-    """Normalized name -> version from the lock's ``name==version`` lines."""
-    out = {}
-    for line in lock.read_text().splitlines():
-        if "==" in line and not line.lstrip().startswith("#"):
-            name, version = line.split("==", 1)
-            out[canonicalize_name(name.strip())] = version.strip()
-    return out
+def pins() -> dict[str, str]:
+    """Normalized name -> version, as ``make lock`` wrote them (tools/lock.py)."""
+    return {canonicalize_name(name): version for name, version in locked(LOCK).items()}
 
 
 def _provided(name: str, host: Iterable[str]) -> bool:
